@@ -1,0 +1,62 @@
+"""Closed value sets of the domain. StrEnum refuses unknown values on construction."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EnrollmentType(StrEnum):
+    SELF_SIGNED = "self_signed"
+    EST = "est"
+    SCEP = "scep"
+    MANUAL = "manual"
+    PKCS12 = "pkcs12"
+
+
+class KeyType(StrEnum):
+    RSA = "rsa"
+    ECDSA = "ecdsa"
+    EDDSA = "eddsa"
+
+
+#: Key sizes the management center offers per key type (bits; EdDSA is Ed25519).
+KEY_SIZES: dict[KeyType, tuple[int, ...]] = {
+    KeyType.RSA: (1024, 2048, 3072, 4096),
+    KeyType.ECDSA: (256, 384, 521),
+    KeyType.EDDSA: (256,),
+}
+
+
+class JobKind(StrEnum):
+    ENROLL = "enroll"
+    RE_ENROLL = "re_enroll"
+    REFRESH = "refresh"
+    DELETE = "delete"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+
+class CertificateRole(StrEnum):
+    IDENTITY = "identity"
+    CA = "ca"
+
+
+class Role(StrEnum):
+    """API roles. Admin and Network Admin may manage certificates, as in the seed."""
+
+    ADMIN = "admin"
+    NETWORK_ADMIN = "network_admin"
+    READ_ONLY = "read_only"
+
+    @property
+    def can_write(self) -> bool:
+        return self is not Role.READ_ONLY

@@ -1,0 +1,50 @@
+"""Events the controller publishes for the workers. They carry ids only, never secrets:
+the worker loads everything else from the database."""
+
+from __future__ import annotations
+
+import uuid
+
+import dramatiq
+from dramatiq import Message
+
+from shared.enums import JobKind
+
+#: Single-device operations. Bulk enrollments get their own queue so an operator's
+#: single action is never stuck behind ten thousand queued jobs.
+JOBS_QUEUE = "certfleet-jobs"
+BULK_QUEUE = "certfleet-bulk"
+
+ACTOR_FOR_KIND: dict[JobKind, str] = {
+    JobKind.ENROLL: "enroll_trustpoint",
+    JobKind.RE_ENROLL: "re_enroll_trustpoint",
+    JobKind.REFRESH: "refresh_trustpoint",
+    JobKind.DELETE: "delete_trustpoint",
+}
+
+
+def job_message(kind: JobKind | str, job_id: uuid.UUID, *, queue: str = JOBS_QUEUE) -> Message:
+    return Message(
+        queue_name=queue,
+        actor_name=ACTOR_FOR_KIND[JobKind(kind)],
+        args=(str(job_id),),
+        kwargs={},
+        options={},
+    )
+
+
+def publish_job(
+    broker: dramatiq.Broker,
+    kind: JobKind | str,
+    job_id: uuid.UUID,
+    *,
+    queue: str = JOBS_QUEUE,
+    delay_ms: int | None = None,
+) -> None:
+    from shared.metrics import EVENTS_PUBLISHED
+
+    if queue not in broker.get_declared_queues():
+        broker.declare_queue(queue)
+    message = job_message(kind, job_id, queue=queue)
+    broker.enqueue(message, delay=delay_ms)
+    EVENTS_PUBLISHED.labels(actor=message.actor_name).inc()

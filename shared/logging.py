@@ -1,0 +1,68 @@
+"""structlog JSON logs. :class:`RedactSecrets` runs before the renderer, so a password,
+challenge, passphrase, token or private key never reaches a log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+#: Keys whose values are always secrets.
+SECRET_KEYS = re.compile(
+    r"pass(word|phrase)?|secret|challenge|token|authorization|private_key|pkcs12|api_key",
+    re.IGNORECASE,
+)
+#: Secret-looking material inside free text.
+SECRET_TEXT = [
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+     "[REDACTED PRIVATE KEY]"),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[REDACTED]"),
+    (re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@"), r"\1[REDACTED]@"),
+]
+REDACTED = "[REDACTED]"
+
+
+class RedactSecrets:
+    """Replace secret values by key name, and secret material inside strings."""
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        return {key: self._clean(key, value) for key, value in event_dict.items()}
+
+    def _clean(self, key: str, value: Any) -> Any:
+        if key != "event" and SECRET_KEYS.search(key):
+            return REDACTED
+        if isinstance(value, str):
+            for pattern, replacement in SECRET_TEXT:
+                value = pattern.sub(replacement, value)
+            return value
+        if isinstance(value, dict):
+            return {k: self._clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(key, v) for v in value]
+        return value
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            RedactSecrets(),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

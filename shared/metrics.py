@@ -1,0 +1,106 @@
+"""Every Prometheus metric certfleet defines, in one place.
+
+Counters and histograms are updated by the workers (in multiprocess mode when
+``PROMETHEUS_MULTIPROC_DIR`` is set). Fleet-wide gauges (trustpoints by status,
+certificates expiring) are computed from the database at scrape time by
+:class:`FleetCollector`, so they stay right whatever the workers did, and stay a
+fixed, small set of series however many devices there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+ENROLLMENTS = Counter(
+    "certfleet_enrollments",
+    "Enrollment exchanges finished, by enrollment method and outcome.",
+    ["method", "outcome"],
+)
+ENROLLMENT_DURATION = Histogram(
+    "certfleet_enrollment_duration_seconds",
+    "Time from a worker claiming an enrollment job to its end, by enrollment method.",
+    ["method"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+JOBS = Counter(
+    "certfleet_jobs",
+    "Jobs finished by the workers, by kind and outcome.",
+    ["kind", "outcome"],
+)
+JOB_RETRIES = Counter(
+    "certfleet_job_retries",
+    "Transient failures that scheduled a retry, by job kind and error code.",
+    ["kind", "code"],
+)
+EVENTS_PUBLISHED = Counter(
+    "certfleet_events_published",
+    "Events the controller and reconciler published to the broker, by actor.",
+    ["actor"],
+)
+RECONCILER_REPUBLISHED = Counter(
+    "certfleet_reconciler_republished",
+    "Jobs the reconciler re-published because their lease expired or their message was lost.",
+)
+
+#: The "expires within N days" windows offered as series.
+EXPIRY_WINDOWS_DAYS = (1, 7, 14, 30, 60, 90)
+
+
+class FleetCollector(Collector):
+    """Gauges computed from the database on every scrape.
+
+    ``read`` returns (status counts, expiry counts, expired count) — see
+    :func:`services.controller.fleet_stats.read_fleet_stats`.
+    """
+
+    def __init__(self, read: Callable[[], FleetSnapshot]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        snap = self._read()
+        trustpoints = GaugeMetricFamily(
+            "certfleet_trustpoints",
+            "Trustpoints by CA-certificate and identity-certificate status.",
+            labels=["ca_status", "identity_status"],
+        )
+        for (ca, identity), count in sorted(snap.statuses.items()):
+            trustpoints.add_metric([ca, identity], count)
+        yield trustpoints
+        expiring = GaugeMetricFamily(
+            "certfleet_certificates_expiring",
+            "Installed identity certificates that expire within the given number of days "
+            "(already expired ones included).",
+            labels=["within_days"],
+        )
+        for days, count in sorted(snap.expiring_within.items()):
+            expiring.add_metric([str(days)], count)
+        yield expiring
+        yield GaugeMetricFamily(
+            "certfleet_certificates_expired",
+            "Installed identity certificates past their notAfter.",
+            value=snap.expired,
+        )
+        if snap.earliest_expiry is not None:
+            yield GaugeMetricFamily(
+                "certfleet_certificate_earliest_expiry_timestamp_seconds",
+                "notAfter of the installed identity certificate that expires first (Unix time).",
+                value=snap.earliest_expiry,
+            )
+
+
+class FleetSnapshot:
+    def __init__(
+        self,
+        statuses: dict[tuple[str, str], int],
+        expiring_within: dict[int, int],
+        expired: int,
+        earliest_expiry: float | None,
+    ) -> None:
+        self.statuses = statuses
+        self.expiring_within = expiring_within
+        self.expired = expired
+        self.earliest_expiry = earliest_expiry

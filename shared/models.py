@@ -1,0 +1,204 @@
+"""SQLModel tables: the database is the source of truth.
+
+Ids are UUIDs, like the management center's object ids. Timestamps are timezone-aware UTC.
+Table models never leave the controller as they are: the API answers with ``*Public``
+models that hold no secrets.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from shared.clock import utcnow
+from shared.enums import JobState
+from shared.states import Status
+
+GLOBAL_DOMAIN_ID = uuid.UUID("e276abec-e0f2-11e3-8169-6d9ed49b625f")
+GLOBAL_DOMAIN_NAME = "Global"
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Any:
+    kwargs: dict[str, Any] = {"sa_type": DateTime(timezone=True), "nullable": nullable, "index": index}
+    if not nullable:
+        kwargs["default_factory"] = utcnow
+    else:
+        kwargs["default"] = None
+    return Field(**kwargs)
+
+
+class Domain(SQLModel, table=True):
+    """A management domain. ``Global`` is the root; children link to their parent."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=128)
+    parent_id: uuid.UUID | None = Field(default=None, foreign_key="domain.id", index=True)
+    created_at: datetime = _ts()
+
+    __table_args__ = (UniqueConstraint("parent_id", "name"),)
+
+
+class Device(SQLModel, table=True):
+    """A managed device, reached through its device-management API."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
+    name: str = Field(max_length=128, index=True)
+    model: str = Field(default="", max_length=64)
+    serial: str = Field(max_length=64, unique=True)
+    ip_address: str = Field(default="", max_length=64)
+    fqdn: str = Field(default="", max_length=255)
+    #: Base URL of this device's management API, e.g. http://127.0.0.1:8400/api/devices/FTD-000001
+    management_url: str = Field(max_length=512)
+    weak_crypto: bool = False
+    created_at: datetime = _ts()
+
+
+class EnrollmentObject(SQLModel, table=True):
+    """A certificate enrollment object: how a trustpoint of its name gets its certificates.
+
+    One table for every enrollment type; the fields a type does not use stay empty.
+    Secrets (EST password, SCEP challenge, PKCS#12 file and passphrase) are stored
+    encrypted in ``secret_blob`` and ``pkcs12_blob`` (see :mod:`shared.secrets`).
+    """
+
+    __tablename__ = "enrollment_object"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
+    name: str = Field(max_length=64)
+    description: str = Field(default="", max_length=1024)
+    enrollment_type: str = Field(max_length=16)
+    # Key
+    key_type: str = Field(default="rsa", max_length=8)
+    key_size: int = 2048
+    # Certificate parameters
+    common_name: str = Field(default="", max_length=64)
+    organization: str = Field(default="", max_length=64)
+    organizational_unit: str = Field(default="", max_length=64)
+    locality: str = Field(default="", max_length=128)
+    state: str = Field(default="", max_length=128)
+    country: str = Field(default="", max_length=2)
+    email: str = Field(default="", max_length=128)
+    include_fqdn: bool = False
+    include_device_ip: bool = False
+    include_serial_number: bool = False
+    validity_days: int = 365
+    # EST / SCEP
+    enrollment_url: str = Field(default="", max_length=512)
+    username: str = Field(default="", max_length=128)
+    fingerprint: str = Field(default="", max_length=128)
+    ignore_server_validation: bool = False
+    retry_period_minutes: int = 1
+    retry_count: int = 10
+    # Manual
+    ca_certificate_pem: str = Field(default="")
+    ca_only: bool = False
+    # Revocation checking (OCSP / CRL URLs; IPv6 literals in brackets)
+    ocsp_url: str = Field(default="", max_length=512)
+    crl_urls: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Encrypted secrets: never returned by the API, never put on a queue.
+    secret_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    pkcs12_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    pkcs12_filename: str = Field(default="", max_length=255)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+    __table_args__ = (UniqueConstraint("domain_id", "name"),)
+
+
+class Trustpoint(SQLModel, table=True):
+    """A (device, name) pair: an enrollment object installed on a device."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    device_id: uuid.UUID = Field(foreign_key="device.id", index=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
+    enrollment_object_id: uuid.UUID = Field(foreign_key="enrollment_object.id", index=True)
+    name: str = Field(max_length=255)
+    enrollment_type: str = Field(max_length=16)
+    ca_status: str = Field(default=Status.IN_PROGRESS.value, max_length=16)
+    identity_status: str = Field(default=Status.IN_PROGRESS.value, max_length=16)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, max_length=2048)
+    #: The CSR the device made, while an operator must get it signed (manual enrollment).
+    csr_pem: str | None = None
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    status_changed_at: datetime | None = _ts(nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("device_id", "name"),
+        Index("ix_trustpoint_statuses", "ca_status", "identity_status"),
+    )
+
+
+class Certificate(SQLModel, table=True):
+    """A certificate installed in a trustpoint, with the fields the operator views."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    trustpoint_id: uuid.UUID = Field(foreign_key="trustpoint.id", index=True)
+    #: The job that installed it: one job can install at most one certificate per slot.
+    job_id: uuid.UUID | None = Field(default=None, foreign_key="job.id")
+    role: str = Field(max_length=16)  # identity | ca
+    #: 0 for the identity certificate and the issuing CA; counts up towards the root.
+    chain_position: int = 0
+    pem: str
+    subject: str = Field(max_length=1024)
+    issuer: str = Field(max_length=1024)
+    serial_number: str = Field(max_length=64)
+    not_before: datetime = _ts()
+    not_after: datetime = _ts(index=True)
+    key_algorithm: str = Field(max_length=32)
+    key_size: int
+    signature_algorithm: str = Field(max_length=64)
+    fingerprint_sha256: str = Field(max_length=64)
+    created_at: datetime = _ts()
+
+    __table_args__ = (UniqueConstraint("trustpoint_id", "role", "chain_position"),)
+
+
+class Job(SQLModel, table=True):
+    """One unit of work on one trustpoint; claimed by a worker with a conditional update."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    kind: str = Field(max_length=16)
+    trustpoint_id: uuid.UUID | None = Field(default=None, foreign_key="trustpoint.id", index=True)
+    device_id: uuid.UUID = Field(foreign_key="device.id", index=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id")
+    #: The trustpoint's name, kept so a delete job still says what it deleted.
+    trustpoint_name: str = Field(max_length=255)
+    state: str = Field(default=JobState.QUEUED.value, max_length=16, index=True)
+    attempts: int = 0
+    max_attempts: int = 5
+    #: Until when the current holder owns the job; after that the reconciler re-publishes it.
+    lease_expires_at: datetime | None = _ts(nullable=True, index=True)
+    #: When a transient failure's retry is due (the message is delayed until then).
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, max_length=2048)
+    #: [{"at": iso time, "step": name, "detail": text}, …]
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    batch_id: uuid.UUID | None = Field(default=None, index=True)
+    created_at: datetime = _ts()
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """An API bearer token, stored as its SHA-256 hash."""
+
+    __tablename__ = "api_token"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    role: str = Field(max_length=16)
+    name: str = Field(default="", max_length=128)
+    created_at: datetime = _ts()
+
+
+def job_is_finished(job: Job) -> bool:
+    return JobState(job.state).finished

@@ -1,0 +1,92 @@
+"""Settings, read from environment variables prefixed ``CERTFLEET_``.
+
+One frozen object, built once per process by :func:`get_settings`; tests build their
+own with :meth:`Settings.from_env` and an explicit mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+from shared.errors import ConfigurationError
+
+PREFIX = "CERTFLEET_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    #: SQLAlchemy URL. ``sqlite:///path`` (embedded default) or ``postgresql://…``.
+    database_url: str = "sqlite:///certfleet.db"
+    #: ``redis://host:port/db``; empty means the in-process broker (demo, tests).
+    broker_url: str = ""
+    #: Key material for encrypting secrets at rest (EST passwords, SCEP challenges,
+    #: PKCS#12 files). Any string; it is stretched into a Fernet key.
+    secret_key: str = "certfleet-development-key-change-me"
+    #: Seconds a worker may hold a job before the reconciler hands it to another.
+    job_lease_seconds: int = 60
+    #: Attempts for a job whose errors are transient (timeouts, 5xx, refused connections).
+    job_max_attempts: int = 5
+    #: First retry delay in milliseconds; doubled per attempt, with jitter.
+    retry_backoff_ms: int = 500
+    #: Cap on the retry delay in milliseconds.
+    retry_backoff_max_ms: int = 30_000
+    #: Timeout of one request to a device's management API, in seconds.
+    device_timeout_seconds: float = 10.0
+    #: Seconds between reconciler passes.
+    reconcile_interval_seconds: float = 5.0
+    #: Where the workers' Prometheus exposition server listens.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9191
+    #: Messages a worker process fetches ahead from Redis.
+    queue_prefetch: int = 64
+    #: Log level and format ("json" or "console").
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw) if kind is not str else raw
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                f"{PREFIX}BROKER_URL must be a redis:// URL or empty for the in-process broker, "
+                f"not {self.broker_url!r}"
+            )
+        if not self.database_url.startswith(("sqlite", "postgresql")):
+            raise ConfigurationError(
+                f"{PREFIX}DATABASE_URL must be a sqlite:// or postgresql:// URL"
+            )
+        if self.job_max_attempts < 1:
+            raise ConfigurationError(f"{PREFIX}JOB_MAX_ATTEMPTS must be at least 1")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with the driver SQLAlchemy should use (psycopg 3 for PostgreSQL)."""
+        url = self.database_url
+        if url.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()
