@@ -142,7 +142,7 @@ class Certificate(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     trustpoint_id: uuid.UUID = Field(foreign_key="trustpoint.id", index=True)
     #: The job that installed it: one job can install at most one certificate per slot.
-    job_id: uuid.UUID | None = Field(default=None, foreign_key="job.id")
+    job_id: uuid.UUID | None = None
     role: str = Field(max_length=16)  # identity | ca
     #: 0 for the identity certificate and the issuing CA; counts up towards the root.
     chain_position: int = 0
@@ -165,10 +165,12 @@ class Job(SQLModel, table=True):
     """One unit of work on one trustpoint; claimed by a worker with a conditional update."""
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    # No foreign keys: a job is also the record of what happened to a trustpoint or
+    # device that has since been deleted.
     kind: str = Field(max_length=16)
-    trustpoint_id: uuid.UUID | None = Field(default=None, foreign_key="trustpoint.id", index=True)
-    device_id: uuid.UUID = Field(foreign_key="device.id", index=True)
-    domain_id: uuid.UUID = Field(foreign_key="domain.id")
+    trustpoint_id: uuid.UUID | None = Field(default=None, index=True)
+    device_id: uuid.UUID = Field(index=True)
+    domain_id: uuid.UUID
     #: The trustpoint's name, kept so a delete job still says what it deleted.
     trustpoint_name: str = Field(max_length=255)
     state: str = Field(default=JobState.QUEUED.value, max_length=16, index=True)
