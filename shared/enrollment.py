@@ -20,7 +20,7 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
 def check_trustpoint_name(name: str) -> str:
-    if not TRUSTPOINT_NAME.match(name or ""):
+    if not isinstance(name, str) or not TRUSTPOINT_NAME.fullmatch(name):
         raise ValidationError(
             f"name {name!r} is not a valid trustpoint name: use 1-64 letters, digits, '.', '_' or "
             "'-', starting with a letter or digit",
@@ -57,12 +57,12 @@ class SubjectFields:
     email: str = ""
 
     def __post_init__(self) -> None:
-        if self.country and not COUNTRY.match(self.country):
+        if self.country and not COUNTRY.fullmatch(self.country):
             raise ValidationError(
                 f"country {self.country!r} must be a two-letter ISO 3166 code such as US",
                 code="invalid_country",
             )
-        if self.email and not EMAIL.match(self.email):
+        if self.email and not EMAIL.fullmatch(self.email):
             raise ValidationError(f"email {self.email!r} is not an email address", code="invalid_email")
         if len(self.common_name) > 64:
             raise ValidationError("common name is longer than 64 characters", code="invalid_subject")
@@ -86,10 +86,17 @@ class EnrollmentParameters:
 
     def __post_init__(self) -> None:
         check_trustpoint_name(self.name)
-        object.__setattr__(self, "enrollment_type", EnrollmentType(self.enrollment_type))
+        try:
+            object.__setattr__(self, "enrollment_type", EnrollmentType(self.enrollment_type))
+        except ValueError:
+            raise ValidationError(
+                f"enrollment type {self.enrollment_type!r} is not one of "
+                f"{', '.join(t.value for t in EnrollmentType)}",
+                code="invalid_enrollment_type",
+            ) from None
         kt, _ = check_key(self.key_type, self.key_size)
         object.__setattr__(self, "key_type", kt)
-        if not 1 <= self.validity_days <= 3650:
+        if not isinstance(self.validity_days, int) or not 1 <= self.validity_days <= 3650:
             raise ValidationError("validity must be 1 to 3650 days", code="invalid_validity")
 
     def to_wire(self) -> dict[str, Any]:
@@ -100,9 +107,9 @@ class EnrollmentParameters:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> EnrollmentParameters:
-        data = dict(data)
-        data["subject"] = SubjectFields(**data.get("subject", {}))
         try:
+            data = dict(data)
+            data["subject"] = SubjectFields(**data.get("subject", {}))
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # unknown or missing fields, or not a mapping
             raise ValidationError(f"trustpoint configuration is malformed: {exc}") from exc

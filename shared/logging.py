@@ -20,7 +20,7 @@ SECRET_TEXT = [
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
      "[REDACTED PRIVATE KEY]"),
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[REDACTED]"),
-    (re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@"), r"\1[REDACTED]@"),
+    (re.compile(r"(?i)(://[^:/@\s]*:)[^@\s]+@"), r"\1[REDACTED]@"),
 ]
 REDACTED = "[REDACTED]"
 
@@ -34,6 +34,8 @@ class RedactSecrets:
     def _clean(self, key: str, value: Any) -> Any:
         if key != "event" and SECRET_KEYS.search(key):
             return REDACTED
+        if isinstance(value, bytes):  # the renderer would show their repr, key material included
+            value = value.decode("utf-8", "replace")
         if isinstance(value, str):
             for pattern, replacement in SECRET_TEXT:
                 value = pattern.sub(replacement, value)

@@ -155,12 +155,16 @@ _KEY_USAGE_FLAGS = (
 )
 
 
+#: Names the operator reads instead of dotted OIDs (RFC 4514 only names a few attributes).
+_READABLE_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress", NameOID.SERIAL_NUMBER: "serialNumber"}
+
+
 def describe(cert: x509.Certificate) -> CertificateInfo:
     key_algorithm, key_size = key_description(cert.public_key())
     der = cert.public_bytes(serialization.Encoding.DER)
     info = dict(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
+        subject=cert.subject.rfc4514_string(_READABLE_NAMES),
+        issuer=cert.issuer.rfc4514_string(_READABLE_NAMES),
         serial_number=format(cert.serial_number, "x"),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
@@ -207,8 +211,10 @@ def _general_name(name: x509.GeneralName) -> str:
     return f"{prefix}:{name.value}"
 
 
-def load_certificates(data: bytes) -> list[x509.Certificate]:
+def load_certificates(data: bytes | str) -> list[x509.Certificate]:
     """PEM (one or many) or a single DER certificate; a clear error for anything else."""
+    if isinstance(data, str):
+        data = data.encode()
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificates(data)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from shared.errors import ConfigurationError
 
 PREFIX = "CERTFLEET_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +78,17 @@ class Settings:
             )
         if self.job_max_attempts < 1:
             raise ConfigurationError(f"{PREFIX}JOB_MAX_ATTEMPTS must be at least 1")
+        # Zero, negative or NaN durations would make leases, retries and timeouts meaningless.
+        for name in ("job_lease_seconds", "retry_backoff_ms", "retry_backoff_max_ms",
+                     "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
+        if not 0 <= self.worker_metrics_port <= 65535:
+            raise ConfigurationError(f"{PREFIX}WORKER_METRICS_PORT must be a port number, 0 to 65535")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigurationError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in ("json", "console"):
+            raise ConfigurationError(f"{PREFIX}LOG_FORMAT must be json or console")
 
     @property
     def sqlalchemy_url(self) -> str:

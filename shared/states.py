@@ -72,7 +72,7 @@ def transition(
 
     Both changes are checked before either is applied, so a refused transition leaves the
     trustpoint as it was. A failure must carry an error code and message; any other
-    status clears them.
+    status clears them, unless the status left untouched is still failed.
     """
     targets = {"ca_status": ca, "identity_status": identity}
     for attr, target in targets.items():
@@ -83,10 +83,16 @@ def transition(
         raise ValueError("a failed status needs an error code and a message")
     changed = False
     for attr, target in targets.items():
-        if target is not None and getattr(trustpoint, attr) != target.value:
-            setattr(trustpoint, attr, target.value)
+        if target is not None and getattr(trustpoint, attr) != Status(target).value:
+            setattr(trustpoint, attr, Status(target).value)
             changed = True
-    new_error = (error_code, error_message) if failing else (None, None)
+    if failing:
+        new_error = (error_code, error_message)
+    elif Status.FAILED.value in (trustpoint.ca_status, trustpoint.identity_status):
+        # The other status is still failed: keep the error that explains it.
+        new_error = (trustpoint.error_code, trustpoint.error_message)
+    else:
+        new_error = (None, None)
     if (trustpoint.error_code, trustpoint.error_message) != new_error:
         trustpoint.error_code, trustpoint.error_message = new_error
         changed = True

@@ -1,0 +1,313 @@
+"""The device-management HTTP API of the simulated fleet (contract: :mod:`shared.device_api`).
+
+Every device request first meets the fault plan (latency, then maybe an injected 500,
+503 or hang-then-504), then the device handles it. All state lives on the event loop's
+thread, so nothing needs a lock; slow work (RSA key generation) runs in a thread pool
+and its result is installed back on the loop. Errors answer ``{"code", "message"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as WireError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shared.clock import utcnow
+from shared.device_api import EnrollRequest, Inventory, TrustpointState
+from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
+from shared.logging import get_logger
+
+from . import enrollers, trustpoints, wire
+from . import keyring as keyrings
+from .config import SimConfig
+from .faults import FaultPlan, Outcome
+from .fleet import Device, Fleet, Trustpoint
+
+log = get_logger(__name__)
+
+#: Largest inventory page; a client asking for more gets this many (the contract allows fewer).
+MAX_PAGE = 5000
+DEFAULT_PAGE = 1000
+_TRUSTPOINT_LIST = TypeAdapter(list[TrustpointState])
+
+
+class DeviceFault(CertfleetError):
+    """An injected fault, answered with its own status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class DeviceSim:
+    """The fleet, its fault plan and request statistics, with one handler per endpoint."""
+
+    def __init__(self, config: SimConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.fleet = Fleet.build(config)
+        self.faults = FaultPlan.from_config(config)
+        self.clock = clock
+        #: The server's own http://host:port; management URLs are built from it.
+        self.base_url = ""
+        self.requests: Counter[str] = Counter()
+        self.fault_counts: Counter[str] = Counter()
+        self._keygen = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="device-sim-keygen"
+        )
+        #: One running enrollment per (serial, trustpoint); a repeated request waits for it.
+        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._released = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            self._keygen.shutdown(wait=False, cancel_futures=True)
+
+    def release_hung_requests(self) -> None:
+        """Answer the requests held by the timeout fault now (thread-safe): a stopping server
+        should not wait out their hang."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._released.set)
+
+    # --- the fault gate ---------------------------------------------------------------------
+
+    async def _reach(self, request: Request, kind: str) -> Device:
+        """The addressed device, after this request's latency and injected fault."""
+        self.requests[kind] += 1
+        serial = request.path_params["serial"]
+        device = self.fleet.get(serial)
+        fate = self.faults.decide(serial, device.next_request_number())
+        if fate.latency_seconds:
+            await asyncio.sleep(fate.latency_seconds)
+        if fate.outcome is Outcome.OK:
+            return device
+        self.fault_counts[fate.outcome.value] += 1
+        if fate.outcome is Outcome.UNREACHABLE:
+            raise DeviceFault(503, "device_unreachable", f"device {serial} is unreachable")
+        if fate.outcome is Outcome.ERROR:
+            raise DeviceFault(500, "device_error", f"device {serial} failed to process the request")
+        hang = self.faults.hang_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), hang)
+        raise DeviceFault(504, "device_timeout", f"device {serial} did not answer within {hang:g} s")
+
+    # --- fleet-wide endpoints (no device faults) ---------------------------------------------
+
+    async def inventory(self, request: Request) -> Response:
+        self.requests["inventory"] += 1
+        offset = _query_int(request, "offset", 0, minimum=0)
+        limit = min(_query_int(request, "limit", DEFAULT_PAGE, minimum=1), MAX_PAGE)
+        page = self.fleet.page(offset=offset, limit=limit)
+        items = [wire.device_info(d, base_url=self.base_url) for d in page]
+        return _json(Inventory(items=items, total=len(self.fleet)))
+
+    async def stats(self, _request: Request) -> Response:
+        return JSONResponse({
+            "devices": len(self.fleet),
+            "requests": dict(self.requests),
+            "faults": dict(self.fault_counts),
+            "enrollments_in_flight": len(self._inflight),
+        })
+
+    # --- device endpoints --------------------------------------------------------------------
+
+    async def get_device(self, request: Request) -> Response:
+        device = await self._reach(request, "device")
+        return _json(wire.device_info(device, base_url=self.base_url))
+
+    async def set_weak_crypto(self, request: Request) -> Response:
+        device = await self._reach(request, "weak_crypto")
+        body = await _body(request)
+        enabled = body.get("enabled") if isinstance(body, dict) else None
+        if not isinstance(enabled, bool):
+            raise ValidationError('send {"enabled": true} or {"enabled": false}', code="invalid_request")
+        device.weak_crypto = enabled
+        return _json(wire.device_info(device, base_url=self.base_url))
+
+    async def list_trustpoints(self, request: Request) -> Response:
+        device = await self._reach(request, "list_trustpoints")
+        states = [wire.trustpoint_state(t) for t in device.trustpoints.values()]
+        return Response(_TRUSTPOINT_LIST.dump_json(states), media_type="application/json")
+
+    async def configure_trustpoint(self, request: Request) -> Response:
+        device = await self._reach(request, "configure_trustpoint")
+        params = trustpoints.parse_configuration(request.path_params["name"], await _body(request))
+        trustpoint = trustpoints.configure(device, params, now=self.clock())
+        return _json(wire.trustpoint_state(trustpoint))
+
+    async def get_trustpoint(self, request: Request) -> Response:
+        device = await self._reach(request, "get_trustpoint")
+        return _json(wire.trustpoint_state(trustpoints.find(device, request.path_params["name"])))
+
+    async def delete_trustpoint(self, request: Request) -> Response:
+        device = await self._reach(request, "delete_trustpoint")
+        trustpoints.remove(device, request.path_params["name"])
+        return Response(status_code=204)
+
+    async def enroll(self, request: Request) -> Response:
+        device = await self._reach(request, "enroll")
+        body = await _body(request)
+        try:
+            mode = EnrollRequest.model_validate(body if body is not None else {}).mode
+        except WireError:
+            raise ValidationError(
+                'send {"mode": "enroll"} or {"mode": "re_enroll"}', code="invalid_request"
+            ) from None
+        trustpoint = await self._enroll(device, request.path_params["name"], mode)
+        return _json(wire.trustpoint_state(trustpoint))
+
+    async def get_keyring(self, request: Request) -> Response:
+        device = await self._reach(request, "keyring")
+        now = self.clock()
+        return _json(wire.keyring_state(keyrings.default_keyring(device, now=now), now=now))
+
+    async def regenerate_keyring(self, request: Request) -> Response:
+        device = await self._reach(request, "regenerate_keyring")
+        now = self.clock()
+        return _json(wire.keyring_state(keyrings.regenerate(device, now=now), now=now))
+
+    # --- enrollment --------------------------------------------------------------------------
+
+    async def _enroll(self, device: Device, name: str, mode: Literal["enroll", "re_enroll"]) -> Trustpoint:
+        key = (device.serial, name)
+        running = self._inflight.get(key)
+        if running is not None:
+            # A repeated request (a redelivered job) gets the result of the enrollment under way
+            # instead of racing it with a second key pair.
+            await asyncio.shield(running)
+            return trustpoints.find(device, name)
+        trustpoint = trustpoints.find(device, name)
+        if trustpoints.is_current(trustpoint, mode):
+            return trustpoint
+        task = trustpoints.begin(device, trustpoint, re_enroll=mode == "re_enroll", now=self.clock())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            outcome = await self._run(task)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
+        if device.trustpoints.get(name) is not trustpoint:
+            raise NotFoundError(
+                f"trustpoint {name!r} was deleted from device {device.serial} while it enrolled",
+                code="trustpoint_not_found",
+            )
+        if trustpoint.params != task.params:  # a repeated identical configuration is no change
+            raise ConflictError(
+                f"trustpoint {name!r} on device {device.serial} was reconfigured while it enrolled; "
+                "enroll it again",
+                code="trustpoint_reconfigured",
+            )
+        trustpoints.finish(trustpoint, task, outcome, now=self.clock())
+        return trustpoint
+
+    async def _run(self, task: enrollers.EnrollmentTask) -> enrollers.Outcome:
+        try:
+            if enrollers.runs_off_loop(task.params):
+                return await asyncio.get_running_loop().run_in_executor(self._keygen, enrollers.enroll, task)
+            return enrollers.enroll(task)
+        except Exception as exc:  # the device reports a failure; the trustpoint must not stay in progress
+            log.exception("enrollment failed", serial=task.device.serial, trustpoint=task.params.name)
+            return enrollers.Refused(
+                code="enrollment_failed",
+                message=f"device {task.device.serial} failed to enroll trustpoint {task.params.name}: "
+                f"{type(exc).__name__}",
+                retryable=True,
+            )
+
+
+# --- the ASGI application ---------------------------------------------------------------------
+
+def create_app(sim: DeviceSim) -> Starlette:
+    device = "/api/devices/{serial}"
+    trustpoint = device + "/trustpoints/{name}"
+    routes = [
+        Route("/api/inventory", sim.inventory, methods=["GET"]),
+        Route("/api/stats", sim.stats, methods=["GET"]),
+        Route(device, sim.get_device, methods=["GET"]),
+        Route(device + "/weak-crypto", sim.set_weak_crypto, methods=["PUT"]),
+        Route(device + "/trustpoints", sim.list_trustpoints, methods=["GET"]),
+        Route(trustpoint, sim.get_trustpoint, methods=["GET"]),
+        Route(trustpoint, sim.configure_trustpoint, methods=["PUT"]),
+        Route(trustpoint, sim.delete_trustpoint, methods=["DELETE"]),
+        Route(trustpoint + "/enroll", sim.enroll, methods=["POST"]),
+        Route(device + "/keyring/default", sim.get_keyring, methods=["GET"]),
+        Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
+    ]
+    handlers: dict[Any, Any] = {
+        CertfleetError: _certfleet_error,
+        HTTPException: _http_error,
+        Exception: _internal_error,
+    }
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=sim.lifespan)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+async def _certfleet_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CertfleetError)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error(404, "not_found", f"no such endpoint: {request.url.path} (see shared/device_api.py)")
+    if exc.status_code == 405:
+        return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    return _error(exc.status_code, "http_error", str(exc.detail))
+
+
+async def _internal_error(_request: Request, _exc: Exception) -> Response:
+    return _error(500, "internal_error", "the device simulator failed; see its log")
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ValidationError("the request body is not valid JSON", code="invalid_json") from None
+
+
+def _query_int(request: Request, name: str, default: int, *, minimum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValidationError(
+            f"{name} must be an integer of at least {minimum}, not {raw!r}", code="invalid_paging"
+        )
+    return value

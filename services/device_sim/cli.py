@@ -1,0 +1,63 @@
+"""``certfleet device-sim``: serve a simulated device fleet until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shared.errors import ConfigurationError
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+from .config import SimConfig
+from .server import run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=1000, help="fleet size (default 1000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8400,
+                        help="port to listen on (default 8400; 0 picks a free one)")
+    parser.add_argument("--public-url", help="URL workers reach this simulator at, if not the listening "
+                        "address (e.g. http://device-sim:8400 in a container)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for models, faults and expired keyrings")
+    latency = parser.add_argument_group("latency per device request")
+    latency.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency")
+    latency.add_argument("--latency-min-ms", type=float, help="uniform latency range: lower bound")
+    latency.add_argument("--latency-max-ms", type=float, help="uniform latency range: upper bound")
+    faults = parser.add_argument_group("injected faults (fractions 0..1)")
+    faults.add_argument("--error-rate", type=float, default=0.0, help="requests answered 500 device_error")
+    faults.add_argument("--timeout-rate", type=float, default=0.0,
+                        help="requests held --hang-seconds, then answered 504")
+    faults.add_argument("--hang-seconds", type=float, default=30.0,
+                        help="how long a timed-out request is held (default 30)")
+    faults.add_argument("--unreachable-rate", type=float, default=0.0,
+                        help="devices (chosen by seed) answering every request 503 device_unreachable")
+    faults.add_argument("--expired-keyrings", type=float, default=0.0, metavar="FRACTION",
+                        help="devices (chosen by seed) whose default keyring certificate has expired")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        devices=args.devices, host=args.host, port=args.port, seed=args.seed, public_url=args.public_url,
+        latency_ms=args.latency_ms, latency_min_ms=args.latency_min_ms, latency_max_ms=args.latency_max_ms,
+        error_rate=args.error_rate, timeout_rate=args.timeout_rate, hang_seconds=args.hang_seconds,
+        unreachable_rate=args.unreachable_rate, expired_keyrings=args.expired_keyrings,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level, settings.log_format)
+        config = config_from_args(args)
+    except ConfigurationError as exc:
+        print(f"device-sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(config)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        print(f"device-sim: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,81 @@
+"""Running the simulator: in a background thread (tests, the embedded stack) or blocking
+(the ``certfleet device-sim`` command). uvicorn serves it; with httptools installed its
+"auto" HTTP implementation is httptools; access logging is off.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.http_thread import ServerThread
+from shared.clock import utcnow
+
+from .app import DeviceSim, create_app
+from .config import SimConfig
+from .fleet import Fleet
+
+
+@dataclass
+class RunningSim:
+    """A simulator serving on ``url`` until :meth:`stop`."""
+
+    sim: DeviceSim
+    server: ServerThread
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.sim.fleet
+
+    @property
+    def config(self) -> SimConfig:
+        return self.sim.config
+
+    def stop(self) -> None:
+        self.sim.release_hung_requests()
+        self.server.stop()
+
+    def __enter__(self) -> RunningSim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_in_thread(config: SimConfig, *, clock: Callable[[], datetime] = utcnow) -> RunningSim:
+    """Build the fleet, bind config.port (0: a free one) and return once connections are accepted."""
+    sim = DeviceSim(config, clock=clock)
+    server = ServerThread(create_app(sim), host=config.host, port=config.port)
+    sim.base_url = (config.public_url or server.url).rstrip("/")
+    server.start()
+    return RunningSim(sim=sim, server=server)
+
+
+def run(config: SimConfig, *, announce: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; announce the ready line once listening."""
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    running = start_in_thread(config)
+    try:
+        (announce or _print)(f"device-sim ready: {running.url} devices={len(running.fleet)}")
+        # Poll: the signal may land on another thread, which does not wake a blocked wait().
+        while not stopping.wait(0.1):
+            pass
+    finally:
+        running.stop()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)

@@ -1,0 +1,163 @@
+"""A device's trustpoints: reading a configuration, configuring, enrolling, removing.
+
+Pure state changes on :mod:`.fleet` records; the key generation and certificates come
+from :mod:`.enrollers`. Statuses move only through :func:`shared.states.transition`, so
+the device follows the same table as the management center.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, Literal
+
+from shared.enrollment import EnrollmentParameters, SubjectFields, check_trustpoint_name
+from shared.enums import EnrollmentType
+from shared.errors import NotFoundError, ValidationError
+from shared.pki import to_pem
+from shared.states import Status, transition
+
+from .enrollers import Enrolled, EnrollmentTask, Outcome
+from .fleet import Device, InstalledCert, Trustpoint
+
+FIELDS = frozenset(f.name for f in fields(EnrollmentParameters))
+SUBJECT_FIELDS = frozenset(f.name for f in fields(SubjectFields))
+BOOL_FIELDS = ("include_fqdn", "include_device_ip", "include_serial_number")
+INT_FIELDS = ("key_size", "validity_days")
+TEXT_FIELDS = ("key_type", "enrollment_type")
+
+
+def _invalid(message: str, code: str = "invalid_configuration") -> ValidationError:
+    return ValidationError(message, code=code)
+
+
+def parse_configuration(name: str, body: Any) -> EnrollmentParameters:
+    """The trustpoint configuration from a PUT body, checked field by field.
+
+    The body's ``name`` may be left out; when given it must match the trustpoint in the URL.
+    """
+    check_trustpoint_name(name)
+    if not isinstance(body, dict):
+        raise _invalid("a trustpoint configuration is a JSON object (EnrollmentParameters.to_wire())")
+    data = dict(body)
+    if data.setdefault("name", name) != name:
+        raise _invalid(f"configuration names trustpoint {data['name']!r} but was sent to {name!r}",
+                       code="name_mismatch")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise _invalid(f"unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(FIELDS))}")
+    if "enrollment_type" not in data:
+        raise _invalid("enrollment_type is required", code="invalid_enrollment_type")
+    for key in TEXT_FIELDS:
+        if key in data and not isinstance(data[key], str):
+            raise _invalid(f"{key} must be a string, not {data[key]!r}")
+    if data["enrollment_type"] not in set(EnrollmentType):
+        raise _invalid(
+            f"enrollment type {data['enrollment_type']!r} is not one of "
+            f"{', '.join(t.value for t in EnrollmentType)}",
+            code="invalid_enrollment_type",
+        )
+    for key in BOOL_FIELDS:
+        if key in data and not isinstance(data[key], bool):
+            raise _invalid(f"{key} must be true or false, not {data[key]!r}")
+    for key in INT_FIELDS:
+        if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool)):
+            raise _invalid(f"{key} must be an integer, not {data[key]!r}")
+    subject = data.get("subject", {})
+    if not isinstance(subject, dict):
+        raise _invalid("subject must be an object of name fields", code="invalid_subject")
+    unknown = sorted(set(subject) - SUBJECT_FIELDS)
+    bad = [k for k, v in subject.items() if not isinstance(v, str)]
+    if unknown or bad:
+        raise _invalid(
+            f"subject fields must be strings among {', '.join(sorted(SUBJECT_FIELDS))}; "
+            f"got {', '.join(unknown + bad)}",
+            code="invalid_subject",
+        )
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise _invalid("options must be an object")
+    if not isinstance(options.get("weak_crypto", False), bool):
+        raise _invalid(f"options.weak_crypto must be true or false, not {options['weak_crypto']!r}")
+    try:
+        return EnrollmentParameters.from_wire(data)
+    except ValidationError:
+        raise
+    except (TypeError, ValueError) as exc:  # anything the checks above did not foresee
+        raise _invalid(f"trustpoint configuration is malformed: {exc}") from None
+
+
+def find(device: Device, name: str) -> Trustpoint:
+    trustpoint = device.trustpoints.get(name)
+    if trustpoint is None:
+        raise NotFoundError(f"device {device.serial} has no trustpoint {name!r}", code="trustpoint_not_found")
+    return trustpoint
+
+
+def configure(device: Device, params: EnrollmentParameters, *, now: datetime) -> Trustpoint:
+    """Create or update the trustpoint. Installed certificates stay until the next enrollment;
+    a failed trustpoint goes back to in progress, as the new configuration is a new attempt."""
+    # Device settings deployed with the trustpoint apply first: the enrollment depends on them.
+    if "weak_crypto" in params.options:
+        device.weak_crypto = params.options["weak_crypto"]
+    trustpoint = device.trustpoints.get(params.name)
+    if trustpoint is None:
+        trustpoint = Trustpoint(name=params.name, params=params, status_changed_at=now)
+        device.trustpoints[params.name] = trustpoint
+        return trustpoint
+    # An identical configuration (a redelivered job) is no change for an enrollment under way.
+    if params != trustpoint.params:
+        trustpoint.params = params
+    _retry_failed(trustpoint, now=now)
+    return trustpoint
+
+
+def is_current(trustpoint: Trustpoint, mode: Literal["enroll", "re_enroll"]) -> bool:
+    """An enroll repeated (a redelivered message) changes nothing when the certificate was
+    made for this very configuration; a re-enroll always makes a new key pair."""
+    return (
+        mode == "enroll"
+        and trustpoint.identity_status == Status.AVAILABLE
+        and trustpoint.issued_for == trustpoint.params
+    )
+
+
+def begin(device: Device, trustpoint: Trustpoint, *, re_enroll: bool, now: datetime) -> EnrollmentTask:
+    transition(trustpoint, now=now, ca=Status.IN_PROGRESS, identity=Status.IN_PROGRESS)
+    trustpoint.retryable = False
+    return EnrollmentTask(
+        params=trustpoint.params, device=device.identity, weak_crypto=device.weak_crypto,
+        re_enroll=re_enroll, now=now,
+    )
+
+
+def finish(trustpoint: Trustpoint, task: EnrollmentTask, outcome: Outcome, *, now: datetime) -> None:
+    """Install what the enrollment produced, or record why it failed. On failure the
+    previously installed certificates stay, as on a real device."""
+    if isinstance(outcome, Enrolled):
+        trustpoint.private_key = outcome.private_key
+        trustpoint.certificates = [
+            InstalledCert(role=role.value, chain_position=position, pem=to_pem(cert))
+            for role, position, cert in outcome.certificates
+        ]
+        trustpoint.issued_for = task.params
+        transition(trustpoint, now=now, ca=outcome.ca_status, identity=outcome.identity_status)
+        trustpoint.retryable = False
+        return
+    transition(trustpoint, now=now, ca=Status.FAILED, identity=Status.FAILED,
+               error_code=outcome.code, error_message=outcome.message)
+    trustpoint.retryable = outcome.retryable
+
+
+def remove(device: Device, name: str) -> None:
+    device.trustpoints.pop(name, None)
+
+
+def _retry_failed(trustpoint: Trustpoint, *, now: datetime) -> None:
+    failed = Status.FAILED.value
+    transition(
+        trustpoint, now=now,
+        ca=Status.IN_PROGRESS if trustpoint.ca_status == failed else None,
+        identity=Status.IN_PROGRESS if trustpoint.identity_status == failed else None,
+    )
+    trustpoint.retryable = False

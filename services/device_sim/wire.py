@@ -1,0 +1,46 @@
+"""Device state as the device-management API shows it (:mod:`shared.device_api`).
+
+The one place that turns fleet records into wire models; private keys have no field here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shared.device_api import DeviceInfo, InstalledCertificate, KeyringState, TrustpointState
+
+from . import keyring as keyrings
+from .fleet import Device, Keyring, Trustpoint
+
+
+def management_url(base_url: str, serial: str) -> str:
+    return f"{base_url}/api/devices/{serial}"
+
+
+def device_info(device: Device, *, base_url: str) -> DeviceInfo:
+    return DeviceInfo(
+        serial=device.serial, name=device.name, model=device.model, ip_address=device.ip_address,
+        fqdn=device.fqdn, management_url=management_url(base_url, device.serial),
+        weak_crypto=device.weak_crypto,
+    )
+
+
+def trustpoint_state(trustpoint: Trustpoint) -> TrustpointState:
+    return TrustpointState(
+        name=trustpoint.name,
+        enrollment_type=trustpoint.params.enrollment_type.value,
+        ca_status=trustpoint.ca_status,
+        identity_status=trustpoint.identity_status,
+        error_code=trustpoint.error_code,
+        error_message=trustpoint.error_message,
+        retryable=trustpoint.retryable,
+        certificates=[
+            InstalledCertificate(role=c.role, chain_position=c.chain_position, pem=c.pem)  # type: ignore[arg-type]
+            for c in trustpoint.certificates
+        ],
+    )
+
+
+def keyring_state(keyring: Keyring, *, now: datetime) -> KeyringState:
+    valid, reason = keyrings.validity(keyring, now=now)
+    return KeyringState(name=keyrings.NAME, valid=valid, reason=reason, certificate_pem=keyring.pem)
