@@ -1,0 +1,92 @@
+"""The controller's FastAPI application: the REST API under /api/v1, health, metrics and,
+optionally, the reconciler running beside it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import dramatiq
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from shared.broker import make_broker
+from shared.clock import utcnow
+from shared.db import init_db, make_engine
+from shared.metrics import FleetCollector, FleetSnapshot
+from shared.secrets import SecretBox
+from shared.settings import Settings
+
+from . import problems
+from .auth import TokenCache
+from .fleet_stats import read_fleet_stats
+from .reconciler import Reconciler
+from .routers import devices, domains, enrollment_objects, jobs, ops, trustpoints
+
+API_PREFIX = "/api/v1"
+
+
+def _fleet_registry(engine: Engine) -> CollectorRegistry:
+    def read() -> FleetSnapshot:
+        with Session(engine) as session:
+            return read_fleet_stats(session, now=utcnow())
+
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(read))
+    return registry
+
+
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, broker: dramatiq.Broker | None = None,
+    start_reconciler: bool = False,
+) -> FastAPI:
+    """Build the app. An engine or broker passed in stays the caller's to close; those made
+    here are closed when the app shuts down."""
+    owns_engine, owns_broker = engine is None, broker is None
+    engine = engine if engine is not None else make_engine(settings)
+    init_db(engine)
+    broker = broker if broker is not None else make_broker(settings)
+    reconciler = (
+        Reconciler(engine, broker, interval_seconds=settings.reconcile_interval_seconds,
+                   lease_seconds=settings.job_lease_seconds)
+        if start_reconciler else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if reconciler is not None:
+            reconciler.start()
+        try:
+            yield
+        finally:
+            if reconciler is not None:
+                reconciler.stop()
+            if owns_broker:
+                broker.close()
+            if owns_engine:
+                engine.dispose()
+
+    app = FastAPI(
+        title="certfleet controller",
+        description="Certificate lifecycle for device fleets: the Devices > Certificates screen as an API.",
+        version="0.1.0",
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.broker = broker
+    app.state.reconciler = reconciler
+    app.state.secret_box = SecretBox(settings.secret_key)
+    app.state.token_cache = TokenCache()
+    app.state.fleet_registry = _fleet_registry(engine)
+
+    problems.install(app)
+    app.include_router(ops.router)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (domains, devices, enrollment_objects, trustpoints, jobs):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

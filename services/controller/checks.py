@@ -1,0 +1,92 @@
+"""Pure checks of single values a client sends: URLs, addresses, host names, fingerprints.
+
+Each returns the (normalised) value or raises :class:`shared.errors.ValidationError` with
+a stable code and a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from shared.errors import ValidationError
+
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+#: MD5, SHA-1, SHA-256, SHA-384, SHA-512 digests, in hex digits.
+_FINGERPRINT_LENGTHS = (32, 40, 64, 96, 128)
+
+
+def check_http_url(value: str, *, field: str) -> str:
+    """An http(s) URL with a host; IPv6 literals must be in brackets (https://[2001:db8::5]/)."""
+    value = value.strip()
+    problem = f"{field} {value!r} is not a valid http(s) URL"
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. brackets around something that is not an IP address
+        raise ValidationError(f"{problem}: {exc}", code="invalid_url") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError(f"{problem}: expected http://host[:port]/path or https://…", code="invalid_url")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        hint = (
+            "an IPv6 address must be enclosed in square brackets, e.g. https://[2001:db8::5]:8443/"
+            if parts.netloc.count(":") > 1 and "[" not in parts.netloc
+            else "the port must be a number from 0 to 65535"
+        )
+        raise ValidationError(f"{problem}: {hint}", code="invalid_url") from None
+    host = parts.hostname or ""
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise ValidationError(f"{problem}: {host!r} in brackets is not an IPv6 address",
+                                  code="invalid_url") from None
+    elif not host or not (_is_ipv4(host) or _HOSTNAME.match(host)):
+        raise ValidationError(f"{problem}: {host!r} is not a host name or IP address", code="invalid_url")
+    if any(ch.isspace() for ch in value):
+        raise ValidationError(f"{problem}: it contains white space", code="invalid_url")
+    return value
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_ip_address(value: str) -> str:
+    value = value.strip()
+    if value:
+        try:
+            value = str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValidationError(f"ip_address {value!r} is not an IPv4 or IPv6 address",
+                                  code="invalid_ip_address") from None
+    return value
+
+
+def check_fqdn(value: str) -> str:
+    value = value.strip()
+    if value and not _HOSTNAME.match(value):
+        raise ValidationError(f"fqdn {value!r} is not a host name such as fw1.example.com",
+                              code="invalid_fqdn")
+    return value
+
+
+def check_fingerprint(value: str) -> str:
+    """A certificate fingerprint in hex, colons allowed; stored lower-case without colons."""
+    digits = value.strip().replace(":", "")
+    if not digits:
+        return ""
+    if not _HEX.match(digits) or len(digits) not in _FINGERPRINT_LENGTHS:
+        raise ValidationError(
+            f"fingerprint {value!r} must be a hex digest (SHA-256: 64 hex digits; colons allowed)",
+            code="invalid_fingerprint",
+        )
+    return digits.lower()

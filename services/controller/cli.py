@@ -1,0 +1,97 @@
+"""``certfleet controller`` and ``certfleet token create``.
+
+    certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only]
+    certfleet token create --role admin|network_admin|read_only [--name NAME]
+
+Both read the database and broker from the ``CERTFLEET_*`` environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from shared.enums import Role
+from shared.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--no-reconciler", action="store_true",
+                      help="serve the API only (run the reconciler elsewhere)")
+    mode.add_argument("--reconciler-only", action="store_true",
+                      help="run the reconciler alone, without the API")
+
+
+def main(args: argparse.Namespace) -> int:
+    from shared.logging import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    if args.reconciler_only:
+        return _run_reconciler(settings)
+
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(settings, start_reconciler=not args.no_reconciler)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False,
+                log_level=settings.log_level.lower(), lifespan="on")
+    return 0
+
+
+def _run_reconciler(settings: Settings) -> int:
+    from shared.broker import make_broker
+    from shared.db import init_db, make_engine
+
+    from .reconciler import Reconciler
+
+    engine = make_engine(settings)
+    init_db(engine)
+    broker = make_broker(settings)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    reconciler = Reconciler(engine, broker, interval_seconds=settings.reconcile_interval_seconds,
+                            lease_seconds=settings.job_lease_seconds).start()
+    print(f"reconciler running every {settings.reconcile_interval_seconds:g} s", flush=True)
+    done.wait()
+    reconciler.stop()
+    broker.close()
+    engine.dispose()
+    return 0
+
+
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", required=True, choices=[r.value for r in Role],
+                        help="admin and network_admin may make changes; read_only may only read")
+    parser.add_argument("--name", default="", help="what the token is for (shown in job history)")
+
+
+def token_create(args: argparse.Namespace) -> int:
+    """Create a token and print it: the only time it is shown."""
+    from shared.db import init_db, make_engine, session_scope
+
+    from .auth import create_token
+
+    engine = make_engine(Settings.from_env())
+    try:
+        init_db(engine)
+        with session_scope(engine) as session:
+            token = create_token(session, role=Role(args.role), name=args.name)
+            session.commit()
+    finally:
+        engine.dispose()
+    print(token)
+    return 0
+
+
+if __name__ == "__main__":  # python -m services.controller.cli: the API server alone
+    parser = argparse.ArgumentParser(prog="certfleet controller")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,105 @@
+"""Devices of a domain subtree: register, view, change, move and remove them."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import delete, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from shared.errors import ConflictError, NotFoundError
+from shared.models import Certificate, Device, Trustpoint
+
+from ..checks import check_fqdn, check_http_url, check_ip_address
+from ..jobs import ensure_no_unfinished_job
+from ..schemas.devices import DeviceCreate, DeviceUpdate
+from ..scope import DomainScope
+
+#: The seed's warning, shown until the operator confirms.
+WEAK_CRYPTO_WARNING = (
+    "Enabling weak-crypto lets this device use weak ciphers in certificates, which reduces "
+    "security. Confirm to enable it: send {\"weak_crypto\": true, \"confirm\": true}."
+)
+
+
+def get_device(session: Session, *, scope: DomainScope, device_id: uuid.UUID) -> Device:
+    """The device, if this domain can see it; 404 alike for unknown and out-of-scope ids."""
+    device = session.get(Device, device_id)
+    if device is None or not scope.sees(device.domain_id):
+        raise NotFoundError(f"device {device_id} not found in this domain")
+    return device
+
+
+def list_devices(
+    session: Session, *, scope: DomainScope, offset: int, limit: int, serial: str | None = None
+) -> tuple[list[Device], int]:
+    conditions = [] if scope.is_root else [Device.domain_id.in_(scope.subtree)]
+    if serial:
+        conditions.append(Device.serial == serial)
+    total = session.exec(select(func.count()).select_from(Device).where(*conditions)).one()
+    rows = session.exec(
+        select(Device).where(*conditions).order_by(Device.name, Device.id).offset(offset).limit(limit)
+    ).all()
+    return list(rows), total
+
+
+def _duplicate_serial(serial: str) -> ConflictError:
+    return ConflictError(f"a device with serial {serial!r} is already registered", code="duplicate_serial")
+
+
+def create_device(session: Session, *, scope: DomainScope, data: DeviceCreate) -> Device:
+    serial = data.serial.strip()
+    if session.exec(select(Device.id).where(Device.serial == serial)).first() is not None:
+        raise _duplicate_serial(serial)
+    device = Device(
+        domain_id=scope.domain_id,
+        name=data.name.strip(),
+        model=data.model.strip(),
+        serial=serial,
+        ip_address=check_ip_address(data.ip_address),
+        fqdn=check_fqdn(data.fqdn),
+        management_url=check_http_url(data.management_url, field="management_url"),
+    )
+    session.add(device)
+    try:
+        session.flush()
+    except IntegrityError:  # registered by a concurrent request since the check
+        session.rollback()
+        raise _duplicate_serial(serial) from None
+    return device
+
+
+def update_device(
+    session: Session, *, scope: DomainScope, device_id: uuid.UUID, data: DeviceUpdate
+) -> Device:
+    device = get_device(session, scope=scope, device_id=device_id)
+    if data.weak_crypto and not device.weak_crypto and not data.confirm:
+        raise ConflictError(WEAK_CRYPTO_WARNING, code="weak_crypto_confirmation_required")
+    if data.name is not None:
+        device.name = data.name.strip()
+    if data.model is not None:
+        device.model = data.model.strip()
+    if data.weak_crypto is not None:
+        device.weak_crypto = data.weak_crypto
+    if data.domain_id is not None and data.domain_id != device.domain_id:
+        if not scope.sees(data.domain_id):
+            raise NotFoundError(f"domain {data.domain_id} not found in this domain's subtree")
+        device.domain_id = data.domain_id
+        # The seed: certificates move with the device.
+        session.execute(
+            update(Trustpoint).where(Trustpoint.device_id == device.id).values(domain_id=data.domain_id)
+        )
+    session.add(device)
+    return device
+
+
+def delete_device(session: Session, *, scope: DomainScope, device_id: uuid.UUID) -> None:
+    """Forget the device with its trustpoints and certificates (not what is on the device).
+    Refused while a job on it is unfinished: the worker would find its rows gone."""
+    device = get_device(session, scope=scope, device_id=device_id)
+    ensure_no_unfinished_job(session, device_id=device.id, what=f"device {device.name}")
+    trustpoint_ids = select(Trustpoint.id).where(Trustpoint.device_id == device.id)
+    session.execute(delete(Certificate).where(Certificate.trustpoint_id.in_(trustpoint_ids)))
+    session.execute(delete(Trustpoint).where(Trustpoint.device_id == device.id))
+    session.execute(delete(Device).where(Device.id == device.id))

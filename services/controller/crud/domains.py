@@ -1,0 +1,45 @@
+"""Domains: the management center's tree, Global at the root."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from shared.errors import ConflictError, NotFoundError, ValidationError
+from shared.models import GLOBAL_DOMAIN_ID, Domain
+
+
+def get_domain(session: Session, *, domain_id: uuid.UUID) -> Domain:
+    domain = session.get(Domain, domain_id)
+    if domain is None:
+        raise NotFoundError(f"domain {domain_id} not found")
+    return domain
+
+
+def list_domains(session: Session, *, offset: int, limit: int) -> tuple[list[Domain], int]:
+    total = session.exec(select(func.count()).select_from(Domain)).one()
+    query = select(Domain).order_by(Domain.created_at, Domain.id).offset(offset).limit(limit)
+    rows = session.exec(query).all()
+    return list(rows), total
+
+
+def create_domain(session: Session, *, name: str, parent_id: uuid.UUID | None) -> Domain:
+    name = name.strip()
+    if not name:
+        raise ValidationError("a domain needs a name", code="invalid_name")
+    parent = get_domain(session, domain_id=parent_id or GLOBAL_DOMAIN_ID)
+    if session.exec(select(Domain.id).where(Domain.parent_id == parent.id, Domain.name == name)).first():
+        raise ConflictError(f"domain {parent.name} already has a child named {name!r}", code="duplicate_name")
+    domain = Domain(name=name, parent_id=parent.id)
+    session.add(domain)
+    try:
+        session.flush()
+    except IntegrityError:  # created by a concurrent request since the check
+        session.rollback()
+        raise ConflictError(
+            f"domain {parent.name} already has a child named {name!r}", code="duplicate_name"
+        ) from None
+    return domain

@@ -1,0 +1,134 @@
+"""Certificate enrollment objects: usable in their domain and its descendants, editable only
+in their own domain, and kept while any trustpoint uses them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from shared.enums import EnrollmentType
+from shared.errors import ConflictError, ForbiddenError, NotFoundError
+from shared.models import EnrollmentObject, Trustpoint
+from shared.secrets import SecretBox
+
+from ..enrollment_rules import object_columns, secret_of
+from ..schemas.enrollment_objects import EnrollmentObjectCreate, EnrollmentObjectUpdate
+from ..scope import DomainScope
+
+
+def get_object(session: Session, *, scope: DomainScope, object_id: uuid.UUID) -> EnrollmentObject:
+    """An object usable in this domain: its own, or an ancestor domain's."""
+    obj = session.get(EnrollmentObject, object_id)
+    if obj is None or not scope.may_use(obj.domain_id):
+        raise NotFoundError(f"enrollment object {object_id} not found in this domain or its ancestors")
+    return obj
+
+
+def _editable(session: Session, *, scope: DomainScope, object_id: uuid.UUID) -> EnrollmentObject:
+    obj = get_object(session, scope=scope, object_id=object_id)
+    if obj.domain_id != scope.domain_id:
+        raise ForbiddenError(
+            f"enrollment object {obj.name} belongs to ancestor domain {obj.domain_id}; change it there",
+            code="inherited_object",
+        )
+    return obj
+
+
+def list_objects(
+    session: Session, *, scope: DomainScope, offset: int, limit: int,
+    enrollment_type: EnrollmentType | None = None,
+) -> tuple[list[EnrollmentObject], int]:
+    conditions = [EnrollmentObject.domain_id.in_(scope.ancestors)]
+    if enrollment_type is not None:
+        conditions.append(EnrollmentObject.enrollment_type == EnrollmentType(enrollment_type).value)
+    total = session.exec(select(func.count()).select_from(EnrollmentObject).where(*conditions)).one()
+    rows = session.exec(
+        select(EnrollmentObject).where(*conditions)
+        .order_by(EnrollmentObject.name, EnrollmentObject.id).offset(offset).limit(limit)
+    ).all()
+    return list(rows), total
+
+
+def _duplicate_name(name: str) -> ConflictError:
+    return ConflictError(f"this domain already has an enrollment object named {name!r}",
+                         code="duplicate_name")
+
+
+def _ensure_unique_name(
+    session: Session, *, domain_id: uuid.UUID, name: str, other_than: uuid.UUID | None
+) -> None:
+    query = select(EnrollmentObject.id).where(EnrollmentObject.domain_id == domain_id,
+                                              EnrollmentObject.name == name)
+    found = session.exec(query).first()
+    if found is not None and found != other_than:
+        raise _duplicate_name(name)
+
+
+def _flush(session: Session, name: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError:  # the same name stored by a concurrent request since the check
+        session.rollback()
+        raise _duplicate_name(name) from None
+
+
+def _trustpoints_using(session: Session, object_id: uuid.UUID) -> int:
+    return session.exec(
+        select(func.count()).select_from(Trustpoint).where(Trustpoint.enrollment_object_id == object_id)
+    ).one()
+
+
+def create_object(
+    session: Session, *, scope: DomainScope, data: EnrollmentObjectCreate, box: SecretBox
+) -> EnrollmentObject:
+    columns = object_columns(data)
+    _ensure_unique_name(session, domain_id=scope.domain_id, name=data.name, other_than=None)
+    secret = secret_of(data)
+    obj = EnrollmentObject(domain_id=scope.domain_id, **columns,
+                           secret_blob=box.seal(secret.encode()) if secret else None)
+    session.add(obj)
+    _flush(session, data.name)
+    return obj
+
+
+def replace_object(
+    session: Session, *, scope: DomainScope, object_id: uuid.UUID, data: EnrollmentObjectUpdate,
+    box: SecretBox, now: datetime,
+) -> EnrollmentObject:
+    obj = _editable(session, scope=scope, object_id=object_id)
+    columns = object_columns(data)
+    changes_identity = columns["name"] != obj.name or columns["enrollment_type"] != obj.enrollment_type
+    if changes_identity and (in_use := _trustpoints_using(session, obj.id)):
+        # A trustpoint is named after its object and keeps its type: they cannot change under it.
+        raise ConflictError(
+            f"enrollment object {obj.name} is used by {in_use} trustpoint(s): its name and enrollment "
+            "type cannot change; delete those trustpoints first or create a new object",
+            code="object_in_use",
+        )
+    _ensure_unique_name(session, domain_id=obj.domain_id, name=data.name, other_than=obj.id)
+    secret = secret_of(data)
+    if columns["enrollment_type"] != obj.enrollment_type:
+        obj.secret_blob = None  # a secret belongs to the type it was given for
+    if secret is not None:
+        obj.secret_blob = box.seal(secret.encode()) if secret else None
+    for key, value in columns.items():
+        setattr(obj, key, value)
+    obj.updated_at = now
+    session.add(obj)
+    _flush(session, data.name)
+    return obj
+
+
+def delete_object(session: Session, *, scope: DomainScope, object_id: uuid.UUID) -> None:
+    obj = _editable(session, scope=scope, object_id=object_id)
+    in_use = _trustpoints_using(session, obj.id)
+    if in_use:
+        raise ConflictError(
+            f"enrollment object {obj.name} is used by {in_use} trustpoint(s); delete them first",
+            code="object_in_use",
+        )
+    session.delete(obj)

@@ -1,0 +1,150 @@
+"""Trustpoints: installing an enrollment object on a device (the seed's "Add"), and the
+re-enroll, refresh and delete actions. Each writes its intent and a job in one transaction;
+the router publishes the job after the commit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from shared.enums import EnrollmentType, JobKind
+from shared.errors import ConflictError, NotFoundError
+from shared.models import Certificate, Device, Job, Trustpoint
+from shared.settings import Settings
+from shared.states import Status, transition
+
+from ..jobs import ensure_no_unfinished_job, new_job
+from ..scope import DomainScope
+from .devices import get_device
+from .enrollment_objects import get_object
+
+#: The certificate columns a list shows (no PEM, no parsing).
+SUMMARY_COLUMNS = (
+    Certificate.trustpoint_id, Certificate.role, Certificate.chain_position, Certificate.subject,
+    Certificate.issuer, Certificate.serial_number, Certificate.not_before, Certificate.not_after,
+    Certificate.key_algorithm, Certificate.key_size, Certificate.signature_algorithm,
+    Certificate.fingerprint_sha256,
+)
+
+
+def get_trustpoint(
+    session: Session, *, scope: DomainScope, device_id: uuid.UUID, name: str
+) -> tuple[Trustpoint, Device]:
+    device = get_device(session, scope=scope, device_id=device_id)
+    trustpoint = session.exec(
+        select(Trustpoint).where(Trustpoint.device_id == device.id, Trustpoint.name == name)
+    ).first()
+    if trustpoint is None:
+        raise NotFoundError(f"device {device.name} has no trustpoint named {name!r}")
+    return trustpoint, device
+
+
+def list_trustpoints(
+    session: Session, *, scope: DomainScope, offset: int, limit: int, device_id: uuid.UUID | None = None,
+    ca_status: Status | None = None, identity_status: Status | None = None,
+) -> tuple[list[tuple[Trustpoint, str]], int]:
+    """Trustpoints of the scope's subtree with their device names: one filtered count and one
+    page query on indexed columns (domain, statuses, device)."""
+    conditions = [] if scope.is_root else [Trustpoint.domain_id.in_(scope.subtree)]
+    if device_id is not None:
+        conditions.append(Trustpoint.device_id == device_id)
+    if ca_status is not None:
+        conditions.append(Trustpoint.ca_status == Status(ca_status).value)
+    if identity_status is not None:
+        conditions.append(Trustpoint.identity_status == Status(identity_status).value)
+    total = session.exec(select(func.count()).select_from(Trustpoint).where(*conditions)).one()
+    rows = session.exec(
+        select(Trustpoint, Device.name)
+        .join(Device, Device.id == Trustpoint.device_id)
+        .where(*conditions)
+        .order_by(Trustpoint.id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return [(tp, device_name) for tp, device_name in rows], total
+
+
+def certificate_summaries(session: Session, trustpoint_ids: list[uuid.UUID]) -> dict[uuid.UUID, list]:
+    """Summary rows of the certificates of these trustpoints, by trustpoint, in chain order."""
+    found: dict[uuid.UUID, list] = {}
+    if trustpoint_ids:
+        rows = session.exec(
+            select(*SUMMARY_COLUMNS)
+            .where(Certificate.trustpoint_id.in_(trustpoint_ids))
+            .order_by(Certificate.trustpoint_id, Certificate.role, Certificate.chain_position)
+        ).all()
+        for row in rows:
+            found.setdefault(row.trustpoint_id, []).append(row)
+    return found
+
+
+def certificates_of(session: Session, trustpoint_id: uuid.UUID) -> list[Certificate]:
+    return list(session.exec(
+        select(Certificate).where(Certificate.trustpoint_id == trustpoint_id)
+        .order_by(Certificate.role, Certificate.chain_position)
+    ).all())
+
+
+def _duplicate(device: Device, name: str) -> ConflictError:
+    return ConflictError(
+        f"device {device.name} already has a trustpoint named {name!r}; re-enroll or delete it instead",
+        code="duplicate_trustpoint",
+    )
+
+
+def add_trustpoint(
+    session: Session, *, scope: DomainScope, device_id: uuid.UUID, enrollment_object_id: uuid.UUID,
+    settings: Settings, now: datetime, requested_by: str = "",
+) -> tuple[Trustpoint, Device, Job]:
+    device = get_device(session, scope=scope, device_id=device_id)
+    obj = get_object(session, scope=scope, object_id=enrollment_object_id)
+    if obj.enrollment_type == EnrollmentType.PKCS12 and obj.pkcs12_blob is None:
+        raise ConflictError(
+            f"enrollment object {obj.name} has no PKCS12 file yet; upload the file before adding it",
+            code="pkcs12_file_missing",
+        )
+    name = obj.name
+    if session.exec(select(Trustpoint.id).where(Trustpoint.device_id == device.id,
+                                                Trustpoint.name == name)).first():
+        raise _duplicate(device, name)
+    trustpoint = Trustpoint(
+        device_id=device.id, domain_id=device.domain_id, enrollment_object_id=obj.id, name=name,
+        enrollment_type=obj.enrollment_type, ca_status=Status.IN_PROGRESS.value,
+        identity_status=Status.IN_PROGRESS.value, created_at=now, updated_at=now, status_changed_at=now,
+    )
+    session.add(trustpoint)
+    try:
+        session.flush()
+    except IntegrityError:  # added by a concurrent request since the check
+        session.rollback()
+        raise _duplicate(device, name) from None
+    job = new_job(session, kind=JobKind.ENROLL, trustpoint=trustpoint, settings=settings, now=now,
+                  requested_by=requested_by)
+    return trustpoint, device, job
+
+
+def start_action(
+    session: Session, *, scope: DomainScope, device_id: uuid.UUID, name: str, kind: JobKind,
+    settings: Settings, now: datetime, requested_by: str = "",
+) -> tuple[Trustpoint, Device, Job]:
+    """Re-enroll, refresh or delete a trustpoint: one job at a time per trustpoint."""
+    trustpoint, device = get_trustpoint(session, scope=scope, device_id=device_id, name=name)
+    # Write to the row before checking its jobs: PostgreSQL locks the row and SQLite takes its
+    # write lock, so two requests for one trustpoint cannot both find "no job running".
+    session.execute(
+        update(Trustpoint).where(Trustpoint.id == trustpoint.id).values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(trustpoint)
+    ensure_no_unfinished_job(session, trustpoint_id=trustpoint.id,
+                             what=f"trustpoint {trustpoint.name} of device {device.name}")
+    if kind in (JobKind.RE_ENROLL, JobKind.REFRESH):
+        transition(trustpoint, now=now, ca=Status.IN_PROGRESS, identity=Status.IN_PROGRESS)
+        session.add(trustpoint)
+    job = new_job(session, kind=kind, trustpoint=trustpoint, settings=settings, now=now,
+                  requested_by=requested_by)
+    return trustpoint, device, job

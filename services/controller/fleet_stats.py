@@ -1,0 +1,43 @@
+"""Fleet-wide figures for the /metrics gauges, computed by aggregate SQL at scrape time.
+
+Two queries whatever the fleet's size: trustpoints counted by status pair (GROUP BY), and
+identity certificates counted per expiry window in one pass (SUM of CASE). The result is a
+fixed, small set of series.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func
+from sqlmodel import Session, select
+
+from shared.enums import CertificateRole
+from shared.metrics import EXPIRY_WINDOWS_DAYS, FleetSnapshot
+from shared.models import Certificate, Trustpoint
+
+
+def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
+    statuses = {
+        (ca, identity): count
+        for ca, identity, count in session.exec(
+            select(Trustpoint.ca_status, Trustpoint.identity_status, func.count())
+            .group_by(Trustpoint.ca_status, Trustpoint.identity_status)
+        ).all()
+    }
+
+    def count_before(moment: datetime):
+        return func.coalesce(func.sum(case((Certificate.not_after < moment, 1), else_=0)), 0)
+
+    windows = [count_before(now + timedelta(days=days)) for days in EXPIRY_WINDOWS_DAYS]
+    row = session.exec(
+        select(*windows, count_before(now), func.min(Certificate.not_after))
+        .where(Certificate.role == CertificateRole.IDENTITY.value)
+    ).one()
+    *within, expired, earliest = row
+    return FleetSnapshot(
+        statuses=statuses,
+        expiring_within={days: int(n) for days, n in zip(EXPIRY_WINDOWS_DAYS, within, strict=True)},
+        expired=int(expired),
+        earliest_expiry=earliest.timestamp() if earliest is not None else None,
+    )

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlmodel import Session
+
+from shared.clock import utcnow
+from shared.enums import EnrollmentType
+from shared.models import EnrollmentObject
+from shared.secrets import SecretBox
+
+from ..auth import authorize
+from ..crud import enrollment_objects as crud
+from ..deps import Paging, get_paging, get_scope, get_session
+from ..schemas.common import Page
+from ..schemas.enrollment_objects import (
+    EnrollmentObjectCreate,
+    EnrollmentObjectPublic,
+    EnrollmentObjectUpdate,
+)
+from ..scope import DomainScope
+
+router = APIRouter(prefix="/domains/{domain_id}/enrollment-objects", tags=["enrollment objects"],
+                   dependencies=[Depends(authorize)])
+
+
+def get_secret_box(request: Request) -> SecretBox:
+    return request.app.state.secret_box
+
+
+def public(obj: EnrollmentObject) -> EnrollmentObjectPublic:
+    data = {name: getattr(obj, name) for name in EnrollmentObjectPublic.model_fields
+            if name not in ("has_secret", "has_pkcs12_file")}
+    return EnrollmentObjectPublic(**data, has_secret=obj.secret_blob is not None,
+                                  has_pkcs12_file=obj.pkcs12_blob is not None)
+
+
+@router.get("", response_model=Page[EnrollmentObjectPublic])
+def list_objects(
+    enrollment_type: EnrollmentType | None = Query(None),
+    scope: DomainScope = Depends(get_scope),
+    session: Session = Depends(get_session),
+    paging: Paging = Depends(get_paging),
+):
+    rows, total = crud.list_objects(session, scope=scope, offset=paging.offset, limit=paging.limit,
+                                    enrollment_type=enrollment_type)
+    return Page[EnrollmentObjectPublic](items=[public(o) for o in rows], total=total,
+                                        offset=paging.offset, limit=paging.limit)
+
+
+@router.post("", response_model=EnrollmentObjectPublic, status_code=201)
+def create_object(body: EnrollmentObjectCreate, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
+    obj = crud.create_object(session, scope=scope, data=body, box=box)
+    session.commit()
+    return public(obj)
+
+
+@router.get("/{object_id}", response_model=EnrollmentObjectPublic)
+def get_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+               session: Session = Depends(get_session)):
+    return public(crud.get_object(session, scope=scope, object_id=object_id))
+
+
+@router.put("/{object_id}", response_model=EnrollmentObjectPublic)
+def replace_object(object_id: uuid.UUID, body: EnrollmentObjectUpdate,
+                   scope: DomainScope = Depends(get_scope), session: Session = Depends(get_session),
+                   box: SecretBox = Depends(get_secret_box)):
+    obj = crud.replace_object(session, scope=scope, object_id=object_id, data=body, box=box, now=utcnow())
+    session.commit()
+    return public(obj)
+
+
+@router.delete("/{object_id}", status_code=204, response_class=Response)
+def delete_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session)):
+    crud.delete_object(session, scope=scope, object_id=object_id)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,58 @@
+"""The domain tree: which domains a request made in one domain may see.
+
+A domain sees devices and trustpoints of itself and its descendants (an enrollment in a
+leaf domain is visible to its parent), and may use enrollment objects of itself and its
+ancestors. Pure: built from (id, parent_id) pairs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class DomainScope:
+    """What a request addressed to ``domain_id`` may reach."""
+
+    domain_id: uuid.UUID
+    #: The domain and all its descendants.
+    subtree: frozenset[uuid.UUID]
+    #: The domain first, then its parent, up to the root.
+    ancestors: tuple[uuid.UUID, ...]
+
+    @property
+    def is_root(self) -> bool:
+        """The root sees everything: queries can skip the domain filter."""
+        return len(self.ancestors) == 1
+
+    def sees(self, domain_id: uuid.UUID) -> bool:
+        return domain_id in self.subtree
+
+    def may_use(self, domain_id: uuid.UUID) -> bool:
+        return domain_id in self.ancestors
+
+
+def build_scope(pairs: Iterable[tuple[uuid.UUID, uuid.UUID | None]], domain_id: uuid.UUID) -> DomainScope:
+    parent_of = dict(pairs)
+    if domain_id not in parent_of:
+        raise NotFoundError(f"domain {domain_id} not found")
+    children: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for child, parent in parent_of.items():
+        if parent is not None:
+            children.setdefault(parent, []).append(child)
+    subtree, todo = set(), [domain_id]
+    while todo:
+        current = todo.pop()
+        if current not in subtree:  # a cycle in bad data must not loop forever
+            subtree.add(current)
+            todo.extend(children.get(current, ()))
+    ancestors: list[uuid.UUID] = []
+    current: uuid.UUID | None = domain_id
+    while current is not None and current not in ancestors:
+        ancestors.append(current)
+        current = parent_of.get(current)
+    return DomainScope(domain_id=domain_id, subtree=frozenset(subtree), ancestors=tuple(ancestors))

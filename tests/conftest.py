@@ -1,0 +1,58 @@
+"""Fixtures any test may use. Each gives a real component and cleans up after itself:
+
+- ``sqlite_engine``: an initialised SQLite database in a file of the test's temp folder;
+- ``pg_engine``: an initialised PostgreSQL database made for the test and dropped after
+  (skips without a server, fails under ``CI=true``);
+- ``db_engine``: parametrise with ``indirect=True`` and "sqlite" or "postgres" to run a test
+  on either (defaults to SQLite);
+- ``stub_broker``: Dramatiq's in-process broker, emptied afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from sqlalchemy.engine import Engine
+
+from shared.broker import make_broker
+from shared.db import init_db, make_engine
+from shared.settings import Settings
+from tests.pg import fresh_database, postgres_or_skip
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[Engine]:
+    engine = make_engine(Settings(database_url=f"sqlite:///{tmp_path / 'certfleet.db'}"))
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    postgres_or_skip()
+    with fresh_database() as url:
+        engine = make_engine(Settings(database_url=url))
+        init_db(engine)
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
+def db_engine(request) -> Engine:
+    """SQLite by default; ``@pytest.mark.parametrize("db_engine", ["sqlite", "postgres"],
+    indirect=True)`` runs the test on both."""
+    kind = getattr(request, "param", "sqlite")
+    if kind not in ("sqlite", "postgres"):
+        raise ValueError(f"db_engine is 'sqlite' or 'postgres', not {kind!r}")
+    return request.getfixturevalue("pg_engine" if kind == "postgres" else "sqlite_engine")
+
+
+@pytest.fixture
+def stub_broker() -> Iterator[dramatiq.Broker]:
+    broker = make_broker(Settings(broker_url=""))
+    yield broker
+    broker.flush_all()
+    broker.close()
