@@ -31,10 +31,15 @@ def _up(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     stack = EmbeddedStack(Settings.from_env(), devices=args.devices, api_port=args.port,
                           state_dir=state_dir, worker_threads=args.threads).start()
+    from services.api_client import CertfleetClient
+
+    with CertfleetClient(stack.api_url, stack.admin_token) as client:
+        imported = client.import_devices(stack.sim.url)["imported"]
     token_file = state_dir / "admin-token"
     token_file.write_text(stack.admin_token + "\n")
     token_file.chmod(0o600)
-    print(f"certfleet is up: API {stack.api_url}/api/v1  device simulator {stack.sim.url}", flush=True)
+    print(f"certfleet is up: API {stack.api_url}/api/v1  device simulator {stack.sim.url} "
+          f"({imported} new devices imported into Global)", flush=True)
     print(f"admin token: {stack.admin_token}  (also in {token_file})", flush=True)
     try:
         while True:

@@ -1,0 +1,46 @@
+"""What a newcomer runs: ``certfleet demo`` and ``certfleet up`` on the embedded default
+(SQLite, in-process broker), as separate processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.procs import ROOT, Proc, free_port, wait_http
+
+EMBEDDED_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CERTFLEET_")}
+
+
+def test_demo_enrolls_its_fleet_and_prints_a_summary():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "40"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "imported 40 devices" in done.stdout
+    summary = next(line for line in done.stdout.splitlines() if "self-signed" in line)
+    cells = [c.strip() for c in summary.strip("│ \n").split("│")]
+    assert cells[:5] == ["40", "self-signed", "40", "0", "0"], summary
+
+
+def test_up_serves_the_api_and_writes_an_admin_token(tmp_path):
+    port = free_port()
+    up = Proc("up", ["up", "--devices", "5", "--port", str(port), "--state-dir", str(tmp_path / "state")],
+              EMBEDDED_ENV, tmp_path)
+    try:
+        up.wait_for_line(r"admin token: \S+")
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        token = (tmp_path / "state" / "admin-token").read_text().strip()
+        assert token in up.output()
+        headers = {"Authorization": f"Bearer {token}"}
+        domains = httpx.get(f"http://127.0.0.1:{port}/api/v1/domains", headers=headers).json()
+        assert [d["name"] for d in domains["items"]] == ["Global"]
+        devices = httpx.get(f"http://127.0.0.1:{port}/api/v1/domains/{domains['items'][0]['id']}/devices",
+                            headers=headers).json()
+        assert devices["total"] == 5
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/domains").status_code == 401
+    finally:
+        up.stop()
