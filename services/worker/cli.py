@@ -1,0 +1,110 @@
+"""``certfleet worker``: run Dramatiq worker processes, and the embedded worker for the demo.
+
+``certfleet worker --processes P --threads T`` prepares the environment (a private, empty
+Prometheus multiprocess directory, the metrics address, the queue prefetch) and runs the
+dramatiq CLI on :mod:`services.worker.main`, listening on both job queues. Stopping it
+(SIGTERM, SIGINT, SIGHUP) stops the workers gracefully: running jobs finish, prefetched
+messages go back to Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from shared.events import BULK_QUEUE, JOBS_QUEUE
+from shared.settings import Settings
+
+from .context import WorkerContext
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--threads", type=int, default=8, help="worker threads per process (default 8)")
+
+
+def dramatiq_command(*, processes: int, threads: int) -> list[str]:
+    return [
+        sys.executable, "-m", "dramatiq", "services.worker.main",
+        "--processes", str(processes), "--threads", str(threads),
+        "--queues", JOBS_QUEUE, BULK_QUEUE,
+    ]
+
+
+def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.update(
+        PROMETHEUS_MULTIPROC_DIR=metrics_dir,
+        dramatiq_prom_db=metrics_dir,
+        dramatiq_prom_host=settings.worker_metrics_host,
+        dramatiq_prom_port=str(settings.worker_metrics_port),
+    )
+    # Read by dramatiq when it is imported; a larger prefetch keeps threads busy (see design.md).
+    env.setdefault("dramatiq_queue_prefetch", str(settings.queue_prefetch))
+    return env
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.processes < 1 or args.threads < 1:
+        print("error: --processes and --threads must be at least 1", file=sys.stderr)
+        return 2
+    if not settings.broker_url:
+        print("error: CERTFLEET_BROKER_URL is not set; worker processes need the Redis broker the "
+              "controller publishes to, e.g. redis://127.0.0.1:6379/0", file=sys.stderr)
+        return 2
+    # A fresh directory per run: multiprocess metric files left by an earlier run would be
+    # summed into this one's.
+    metrics_dir = tempfile.mkdtemp(prefix="certfleet-worker-metrics-")
+    try:
+        child = subprocess.Popen(
+            dramatiq_command(processes=args.processes, threads=args.threads),
+            env=worker_environment(settings, metrics_dir, os.environ),
+            # Its own process group: a signal to ours reaches dramatiq once, through us
+            # (dramatiq kills its workers outright on a second SIGTERM).
+            process_group=0,
+            preexec_fn=_stop_with_parent,
+        )
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+        return child.wait()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop_with_parent() -> None:
+    """Linux: should this process die without forwarding a signal (SIGKILL), the kernel sends
+    SIGTERM to dramatiq, so no worker outlives the command that started it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_embedded_worker(
+    broker: dramatiq.Broker, context: WorkerContext, threads: int = 8, *, worker_timeout_ms: int = 1000
+) -> dramatiq.Worker:
+    """Worker threads in this process, for the embedded stack (the in-process broker, or
+    Redis in tests). Declare the actors first (:func:`services.worker.actors.declare_actors`).
+    Stop it with ``worker.stop()``."""
+    if not isinstance(broker, StubBroker):
+        # What the dramatiq CLI does in each worker process; it starts the time-limit watchdog.
+        # (shared.broker.make_broker has already done it for the in-process broker.)
+        broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=worker_timeout_ms)
+    worker.queue_prefetch = max(context.settings.queue_prefetch, threads)
+    worker.start()
+    return worker

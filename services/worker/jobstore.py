@@ -1,0 +1,205 @@
+"""The job row: claiming it and recording how it ended, safely under at-least-once delivery.
+
+A worker claims a job with one conditional UPDATE; the attempt number it sets is its
+fencing token. Every later write (finish, fail, retry, release) is a conditional UPDATE
+on (id, attempts, state running): a worker whose lease expired and whose job was claimed
+again by another finds its write refused, and rolls back whatever it meant to commit
+with it.
+
+``claim_job`` commits (others must see the claim at once). The other writes do not: the
+caller commits them together with the trustpoint changes they belong to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, update
+from sqlmodel import Session
+
+from shared.clock import aware
+from shared.enums import JobKind, JobState
+from shared.logging import get_logger
+from shared.models import Job
+
+from .steps import Step
+
+
+def log():
+    # A logger per use follows the logging configuration in force: structlog would pin a
+    # module-level logger to the configuration of its first use.
+    return get_logger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedJob:
+    """A job this worker holds, and the fencing token (``attempts``) that proves it."""
+
+    id: uuid.UUID
+    kind: JobKind
+    attempts: int
+    max_attempts: int
+    trustpoint_id: uuid.UUID | None
+    device_id: uuid.UUID
+    domain_id: uuid.UUID
+    trustpoint_name: str
+    claimed_at: datetime
+    #: The steps as written by the claim; fenced writes append to these.
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def out_of_attempts(self) -> bool:
+        return self.attempts >= self.max_attempts
+
+
+def claim_job(
+    session: Session, job_id: uuid.UUID, *, now: datetime, lease_seconds: float, holder: str = ""
+) -> ClaimedJob | None:
+    """Claim a queued job, or a running one whose holder's lease ran out; commit the claim.
+
+    ``None`` when there is nothing to do: the job is unknown, already finished, held by a
+    live worker, or another worker claimed it a moment earlier. The message is then
+    acknowledged and dropped; the reason is logged.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        log().warning("job not found; message dropped", job_id=str(job_id))
+        return None
+    lease = aware(job.lease_expires_at)
+    if JobState(job.state).finished:
+        log().info("job already finished; duplicate message dropped", job_id=str(job_id), state=job.state)
+        return None
+    if job.state == JobState.RUNNING and lease is not None and lease >= now:
+        log().info("job held by another worker; duplicate message dropped", job_id=str(job_id),
+                 attempt=job.attempts, lease_expires_at=lease.isoformat())
+        return None
+
+    attempts = job.attempts + 1
+    taking_over = job.state == JobState.RUNNING
+    detail = f"attempt {attempts} of {job.max_attempts}"
+    if taking_over:
+        detail += f", taken over after attempt {job.attempts}'s lease expired"
+    if holder:
+        detail += f", by {holder}"
+    steps = [*job.steps, {"at": now.isoformat(), "step": "claimed", "detail": detail}]
+    result = session.execute(
+        update(Job)
+        .where(
+            and_(
+                Job.id == job_id,
+                # The attempt number read above: if another worker claimed in between, it changed.
+                Job.attempts == job.attempts,
+                or_(
+                    Job.state == JobState.QUEUED.value,
+                    and_(
+                        Job.state == JobState.RUNNING.value,
+                        or_(Job.lease_expires_at < now, Job.lease_expires_at.is_(None)),
+                    ),
+                ),
+            )
+        )
+        .values(
+            state=JobState.RUNNING.value,
+            attempts=attempts,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=job.started_at or now,
+            steps=steps,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        log().info("job claimed by another worker first; duplicate message dropped", job_id=str(job_id))
+        return None
+    session.commit()
+    return ClaimedJob(
+        id=job.id, kind=JobKind(job.kind), attempts=attempts, max_attempts=job.max_attempts,
+        trustpoint_id=job.trustpoint_id, device_id=job.device_id, domain_id=job.domain_id,
+        trustpoint_name=job.trustpoint_name, claimed_at=now, steps=steps,
+    )
+
+
+def _fenced(session: Session, claimed: ClaimedJob, **values: Any) -> bool:
+    """Update the job only if this worker still holds it under its fencing token."""
+    result = session.execute(
+        update(Job)
+        .where(
+            and_(
+                Job.id == claimed.id,
+                Job.attempts == claimed.attempts,
+                Job.state == JobState.RUNNING.value,
+            )
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        log().warning("job no longer held by this worker; its result is discarded",
+                    job_id=str(claimed.id), attempt=claimed.attempts)
+        return False
+    return True
+
+
+def finish_job(session: Session, claimed: ClaimedJob, *, now: datetime, steps: list[Step]) -> bool:
+    """Mark the job succeeded (not committed). False: another holder has it; roll back."""
+    return _fenced(
+        session, claimed, state=JobState.SUCCEEDED.value, finished_at=now, lease_expires_at=None,
+        next_attempt_at=None, error_code=None, error_message=None, steps=[*claimed.steps, *steps],
+    )
+
+
+def fail_job(
+    session: Session, claimed: ClaimedJob, *, now: datetime, code: str, message: str, steps: list[Step]
+) -> bool:
+    """Mark the job failed for good (not committed). False: another holder has it; roll back."""
+    return _fenced(
+        session, claimed, state=JobState.FAILED.value, finished_at=now, lease_expires_at=None,
+        next_attempt_at=None, error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps],
+    )
+
+
+def schedule_retry(
+    session: Session,
+    claimed: ClaimedJob,
+    *,
+    now: datetime,
+    delay_ms: int,
+    lease_seconds: float,
+    code: str,
+    message: str,
+    steps: list[Step],
+) -> bool:
+    """Put the job back in the queue state until its retry is due (not committed).
+
+    The lease is pushed past the retry time so the reconciler does not re-publish the job
+    while its delayed message is still on its way.
+    """
+    due = now + timedelta(milliseconds=delay_ms)
+    return _fenced(
+        session, claimed, state=JobState.QUEUED.value, next_attempt_at=due,
+        lease_expires_at=due + timedelta(seconds=lease_seconds),
+        error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps],
+    )
+
+
+def release_job(
+    session: Session,
+    claimed: ClaimedJob,
+    *,
+    now: datetime,
+    lease_seconds: float,
+    reason: str,
+    steps: list[Step],
+) -> bool:
+    """Give the job back (not committed) after an unexpected error, so a redelivery can claim it.
+
+    The lease still runs: if no redelivery comes, the reconciler re-publishes the job when it ends.
+    """
+    entry = {"at": now.isoformat(), "step": "released", "detail": reason}
+    return _fenced(
+        session, claimed, state=JobState.QUEUED.value,
+        lease_expires_at=now + timedelta(seconds=lease_seconds), steps=[*claimed.steps, *steps, entry],
+    )

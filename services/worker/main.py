@@ -1,0 +1,48 @@
+"""The module the dramatiq CLI loads in every worker process (``certfleet worker`` runs it).
+
+    python -m dramatiq services.worker.main --queues certfleet-jobs certfleet-bulk
+
+Importing it configures logging, makes the Redis broker with the Prometheus middleware,
+builds the worker context (database engine, device client) and declares the actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import dramatiq
+
+from shared.errors import ConfigurationError
+from shared.logging import configure_logging
+from shared.settings import get_settings
+
+from .context import WorkerContext
+
+
+def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
+    from shared.broker import make_broker
+
+    from .actors import declare_actors
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    # The dramatiq CLI logs at INFO; a line per device request would cost more than the request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not settings.broker_url:
+        raise ConfigurationError(
+            "CERTFLEET_BROKER_URL is not set: worker processes need the Redis broker the controller "
+            "publishes to, e.g. redis://127.0.0.1:6379/0"
+        )
+    # Dramatiq's Prometheus middleware reads where to serve and store its metrics when it is
+    # imported. `certfleet worker` sets them; a bare `dramatiq` run gets ours rather than 0.0.0.0.
+    os.environ.setdefault("dramatiq_prom_host", settings.worker_metrics_host)
+    os.environ.setdefault("dramatiq_prom_port", str(settings.worker_metrics_port))
+    from dramatiq.middleware.prometheus import Prometheus
+
+    broker = make_broker(settings, extra_middleware=[Prometheus()])
+    context = WorkerContext.create(settings)
+    return broker, context, declare_actors(broker, context)
+
+
+broker, context, actors = build()

@@ -1,0 +1,77 @@
+"""From an enrollment object to the trustpoint configuration a device receives.
+
+Pure: rows in, :class:`~shared.enrollment.EnrollmentParameters` out. Construction
+validates, so an enrollment object that was stored with a value the device cannot take
+fails the job with a clear code instead of reaching the device half-built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.enrollment import EnrollmentParameters, SubjectFields
+from shared.enums import EnrollmentType
+from shared.models import Device, EnrollmentObject
+from shared.secrets import SecretBox
+
+#: Where an enrollment type's secret goes in the configuration (the device uses it with the CA).
+SECRET_OPTION = {EnrollmentType.EST: "password", EnrollmentType.SCEP: "challenge"}
+
+
+def trustpoint_configuration(
+    obj: EnrollmentObject, device: Device, *, name: str, secrets: SecretBox | None = None
+) -> EnrollmentParameters:
+    """The configuration of trustpoint ``name`` (the enrollment object's name, or the PKCS#12
+    file's) on ``device``.
+
+    An EST password or SCEP challenge is decrypted into it with ``secrets``: the device needs
+    it to talk to the CA. The configuration goes to the device only; it is never logged or
+    queued.
+    """
+    return EnrollmentParameters(
+        name=name,
+        enrollment_type=EnrollmentType(obj.enrollment_type),
+        key_type=obj.key_type,
+        key_size=obj.key_size,
+        subject=SubjectFields(
+            common_name=obj.common_name,
+            organization=obj.organization,
+            organizational_unit=obj.organizational_unit,
+            locality=obj.locality,
+            state=obj.state,
+            country=obj.country,
+            email=obj.email,
+        ),
+        include_fqdn=obj.include_fqdn,
+        include_device_ip=obj.include_device_ip,
+        include_serial_number=obj.include_serial_number,
+        validity_days=obj.validity_days,
+        options=_options(obj, device, secrets),
+    )
+
+
+def _options(obj: EnrollmentObject, device: Device, secrets: SecretBox | None) -> dict[str, Any]:
+    # The device decides about weak algorithms itself, as the real one does; it needs to know
+    # whether the operator enabled weak-crypto on it.
+    options: dict[str, Any] = {"weak_crypto": device.weak_crypto}
+    kind = EnrollmentType(obj.enrollment_type)
+    if kind in (EnrollmentType.EST, EnrollmentType.SCEP):
+        options.update(
+            enrollment_url=obj.enrollment_url,
+            username=obj.username,
+            fingerprint=obj.fingerprint,
+            ignore_server_validation=obj.ignore_server_validation,
+            retry_period_minutes=obj.retry_period_minutes,
+            retry_count=obj.retry_count,
+        )
+    if kind is EnrollmentType.MANUAL:
+        options.update(ca_certificate_pem=obj.ca_certificate_pem, ca_only=obj.ca_only)
+    secret_option = SECRET_OPTION.get(kind)
+    if secret_option and obj.secret_blob is not None and secrets is not None:
+        options[secret_option] = secrets.open(obj.secret_blob).decode()
+    if obj.ocsp_url:
+        options["ocsp_url"] = obj.ocsp_url
+    if obj.crl_urls:
+        options["crl_urls"] = list(obj.crl_urls)
+    # Drop empty values: the configuration says only what the object sets.
+    return {k: v for k, v in options.items() if v not in ("", None)}

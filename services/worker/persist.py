@@ -1,0 +1,164 @@
+"""Writing what a device reports into the trustpoint and certificate rows.
+
+Statuses change only through :func:`shared.states.transition`. Nothing here commits: the
+runner commits these changes in the same transaction as the job's fenced finish, so a
+duplicate delivery can never leave two certificates or a half-written trustpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import delete
+from sqlmodel import Session, select
+
+from shared.models import Certificate, Trustpoint
+from shared.states import Status, can_move, transition
+
+from .exchanges import DeviceReport, ReportedCertificate
+
+
+def lock_trustpoint(session: Session, trustpoint_id: uuid.UUID | None) -> Trustpoint | None:
+    """The trustpoint, fresh from the database and locked until commit (PostgreSQL; SQLite
+    serialises writers anyway), so two jobs on one trustpoint cannot interleave their writes."""
+    if trustpoint_id is None:
+        return None
+    return session.get(Trustpoint, trustpoint_id, with_for_update=True, populate_existing=True)
+
+
+def apply_report(
+    session: Session, trustpoint: Trustpoint, report: DeviceReport, *, job_id: uuid.UUID, now: datetime
+) -> None:
+    """Make the trustpoint show what the device has: its statuses, certificates and CSR."""
+    replace_certificates(session, trustpoint, report.certificates, job_id=job_id, now=now)
+    code = message = None
+    if report.failed:
+        code = report.error_code or "enrollment_failed"
+        message = report.error_message or (
+            f"the device reports trustpoint {trustpoint.name} failed without a reason"
+        )
+    move_statuses(trustpoint, now=now, ca=report.ca, identity=report.identity,
+                  error_code=code, error_message=message)
+    trustpoint.csr_pem = report.csr_pem
+    trustpoint.updated_at = now
+    session.add(trustpoint)
+
+
+def mark_failed(trustpoint: Trustpoint, *, now: datetime, code: str, message: str) -> None:
+    """A permanent failure the device did not describe itself (refused request, gave up).
+
+    The identity certificate fails; so does the CA certificate while it was still on its
+    way. A CA certificate already installed stays available. A CA-only trustpoint (no
+    identity certificate) fails on its CA certificate.
+    """
+    ca, identity = Status(trustpoint.ca_status), Status(trustpoint.identity_status)
+    identity_target = None if identity is Status.NOT_APPLICABLE else Status.FAILED
+    still_coming = ca in (Status.IN_PROGRESS, Status.PENDING)
+    ca_target = Status.FAILED if still_coming or identity_target is None else None
+    move_statuses(trustpoint, now=now, ca=ca_target, identity=identity_target,
+                  error_code=code, error_message=message)
+    trustpoint.updated_at = now
+
+
+def mark_missing(session: Session, trustpoint: Trustpoint, *, serial: str, now: datetime) -> None:
+    """The device no longer has the trustpoint: its certificates are gone with it, the CA's too."""
+    replace_certificates(session, trustpoint, (), job_id=None, now=now)
+
+    def gone(status: str) -> Status | None:
+        return None if status == Status.NOT_APPLICABLE else Status.FAILED
+
+    move_statuses(
+        trustpoint, now=now, ca=gone(trustpoint.ca_status), identity=gone(trustpoint.identity_status),
+        error_code="trustpoint_missing",
+        error_message=f"trustpoint {trustpoint.name} is no longer on device {serial}; re-enroll it to "
+                      "install it again",
+    )
+    trustpoint.csr_pem = None
+    trustpoint.updated_at = now
+    session.add(trustpoint)
+
+
+def remove_trustpoint(session: Session, trustpoint: Trustpoint) -> None:
+    """Delete the trustpoint and its certificates (certificates first: they reference it)."""
+    session.execute(delete(Certificate).where(Certificate.trustpoint_id == trustpoint.id))
+    session.delete(trustpoint)
+
+
+def replace_certificates(
+    session: Session,
+    trustpoint: Trustpoint,
+    reported: tuple[ReportedCertificate, ...] | list[ReportedCertificate],
+    *,
+    job_id: uuid.UUID | None,
+    now: datetime,
+) -> None:
+    """Make the trustpoint's certificate rows match the reported ones.
+
+    A certificate already stored in the same slot (role, chain position) with the same
+    fingerprint keeps its row; every other row goes, and the new certificates are added.
+    """
+    existing = session.exec(select(Certificate).where(Certificate.trustpoint_id == trustpoint.id)).all()
+    wanted = {(c.role.value, c.chain_position): c for c in reported}
+    keep, drop = set(), []
+    for row in existing:
+        new = wanted.get((row.role, row.chain_position))
+        if new is not None and new.info.fingerprint_sha256 == row.fingerprint_sha256:
+            keep.add((row.role, row.chain_position))
+        else:
+            drop.append(row.id)
+    if drop:
+        # Deleted now, before the inserts are flushed: the unique slot key must be free first.
+        session.execute(delete(Certificate).where(Certificate.id.in_(drop)))  # type: ignore[attr-defined]
+    for slot, cert in wanted.items():
+        if slot not in keep:
+            session.add(_certificate_row(trustpoint.id, cert, job_id=job_id, now=now))
+
+
+def move_statuses(
+    trustpoint: Trustpoint,
+    *,
+    now: datetime,
+    ca: Status | None = None,
+    identity: Status | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    """Move the statuses to the targets through the state machine.
+
+    Where the table has no direct edge (a not-applicable status becoming available), the
+    status passes through in-progress, which is what happened on the device.
+    """
+    via = {}
+    if ca is not None and not can_move(trustpoint.ca_status, ca):
+        via["ca"] = Status.IN_PROGRESS
+    if identity is not None and not can_move(trustpoint.identity_status, identity):
+        via["identity"] = Status.IN_PROGRESS
+    if via:
+        transition(trustpoint, now=now, **via)
+    transition(
+        trustpoint, now=now, ca=ca, identity=identity, error_code=error_code, error_message=error_message
+    )
+
+
+def _certificate_row(
+    trustpoint_id: uuid.UUID, cert: ReportedCertificate, *, job_id: uuid.UUID | None, now: datetime
+) -> Certificate:
+    info = cert.info
+    return Certificate(
+        trustpoint_id=trustpoint_id,
+        job_id=job_id,
+        role=cert.role.value,
+        chain_position=cert.chain_position,
+        pem=cert.pem,
+        subject=info.subject[:1024],
+        issuer=info.issuer[:1024],
+        serial_number=info.serial_number[:64],
+        not_before=info.not_before,
+        not_after=info.not_after,
+        key_algorithm=info.key_algorithm,
+        key_size=info.key_size,
+        signature_algorithm=info.signature_algorithm[:64],
+        fingerprint_sha256=info.fingerprint_sha256,
+        created_at=now,
+    )

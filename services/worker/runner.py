@@ -1,0 +1,338 @@
+"""Running one job: claim it, talk to the device, record the outcome.
+
+The sequence for every kind:
+
+1. claim the job (one conditional UPDATE, committed) and load its trustpoint, device and
+   enrollment object;
+2. run the exchange for the job's kind with the device; no database connection is held
+   meanwhile;
+3. in one transaction fenced by the claim's attempt number: record the outcome on the job
+   and the trustpoint (certificates, statuses), then commit.
+
+A transient error below the job's attempt limit puts the job back to queued and
+re-publishes its message with a backoff delay; at the limit, or on a permanent error, the
+job fails with a code and a message a person can act on. Any other exception releases
+the claim and propagates, so Dramatiq's own retry can claim the job again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import dramatiq
+from sqlmodel import Session, select
+
+from shared.db import session_scope
+from shared.enums import CertificateRole, JobKind
+from shared.errors import (
+    CertfleetError,
+    ConfigurationError,
+    PermanentError,
+    TransientError,
+    ValidationError,
+)
+from shared.events import JOBS_QUEUE, publish_job
+from shared.logging import get_logger
+from shared.models import Device, EnrollmentObject, Trustpoint
+from shared.states import Status
+
+from . import exchanges, job_metrics, jobstore, persist
+from .context import WorkerContext
+from .device_client import DeviceTransientError
+from .exchanges import DeviceReport
+from .jobstore import ClaimedJob
+from .parameters import trustpoint_configuration
+from .steps import StepLog
+
+
+def log():
+    # A logger per use follows the logging configuration in force: structlog would pin a
+    # module-level logger to the configuration of its first use.
+    return get_logger(__name__)
+
+
+Result = Literal["succeeded", "failed", "retry_scheduled", "skipped"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOutcome:
+    job_id: uuid.UUID | None
+    result: Result
+    kind: JobKind | None = None
+    attempt: int = 0
+    code: str | None = None
+    delay_ms: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subject:
+    """The rows a job is about, as loaded after the claim. Any may be gone."""
+
+    trustpoint: Trustpoint | None
+    device: Device | None
+    enrollment_object: EnrollmentObject | None
+
+
+def run_job(
+    ctx: WorkerContext,
+    job_id: str | uuid.UUID,
+    *,
+    broker: dramatiq.Broker | None = None,
+    queue: str = JOBS_QUEUE,
+    expected_kind: JobKind | None = None,
+) -> JobOutcome:
+    """Run the job once. ``broker`` and ``queue`` are where a retry is re-published
+    (no broker: the retry is only recorded, for tests that drive the runner directly)."""
+    try:
+        job_id = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        log().error("message does not carry a job id; dropped", job_id=str(job_id)[:64])
+        return JobOutcome(job_id=None, result="skipped")
+    with session_scope(ctx.engine) as session:
+        claimed = jobstore.claim_job(
+            session, job_id, now=ctx.clock(), lease_seconds=ctx.settings.job_lease_seconds, holder=ctx.holder
+        )
+    if claimed is None:
+        return JobOutcome(job_id=job_id, result="skipped")
+    if expected_kind is not None and expected_kind is not claimed.kind:
+        log().warning("message names another kind than the job; the job's kind wins", job_id=str(job_id),
+                      message_kind=expected_kind.value, job_kind=claimed.kind.value)
+    run = _JobRun(ctx, claimed, broker=broker, queue=queue)
+    try:
+        return run.execute()
+    except BaseException as exc:  # a dropped database connection, the time limit, a bug
+        run.release(exc)
+        raise
+
+
+def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
+    """The job's trustpoint with its device and enrollment object, in one query."""
+    if claimed.trustpoint_id is not None:
+        row = session.exec(
+            select(Trustpoint, Device, EnrollmentObject)
+            .join(Device, Device.id == Trustpoint.device_id)  # type: ignore[arg-type]
+            .join(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)  # type: ignore[arg-type]
+            .where(Trustpoint.id == claimed.trustpoint_id)
+        ).first()
+        if row is not None:
+            return Subject(trustpoint=row[0], device=row[1], enrollment_object=row[2])
+    return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None)
+
+
+def gave_up_message(error: TransientError, attempts: int) -> str:
+    if isinstance(error, DeviceTransientError):
+        return error.after_attempts(attempts)
+    return f"{error.message} (gave up after {_attempts(attempts)})"
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'s' if count != 1 else ''}"
+
+
+class _JobRun:
+    """One attempt at one claimed job."""
+
+    def __init__(self, ctx: WorkerContext, claimed: ClaimedJob, *, broker: dramatiq.Broker | None,
+                 queue: str) -> None:
+        self.ctx, self.claimed = ctx, claimed
+        self.broker, self.queue = broker, queue
+        self.kind = claimed.kind
+        self.steps = StepLog(ctx.clock)
+        self.started = time.perf_counter()
+        self.subject = Subject(trustpoint=None, device=None, enrollment_object=None)
+        self.method: str | None = None
+
+    def execute(self) -> JobOutcome:
+        with session_scope(self.ctx.engine) as session:
+            self.subject = load_subject(session, self.claimed)
+        if self.subject.trustpoint is not None:
+            self.method = self.subject.trustpoint.enrollment_type
+        try:
+            if self.claimed.attempts > self.claimed.max_attempts:
+                # Earlier holders stopped without recording an outcome (killed, or an unexpected error).
+                raise PermanentError(
+                    f"gave up after {_attempts(self.claimed.max_attempts)}: the workers running this job "
+                    "stopped before finishing it (see their logs); start the operation again",
+                    code="attempts_exhausted",
+                )
+            if self.kind in (JobKind.ENROLL, JobKind.RE_ENROLL):
+                return self._enroll()
+            if self.kind is JobKind.REFRESH:
+                return self._refresh()
+            return self._delete()
+        except TransientError as exc:
+            return self._transient(exc)
+        except (PermanentError, ValidationError, ConfigurationError) as exc:
+            # ConfigurationError: a stored secret this worker cannot open (another secret key).
+            return self._fail(exc.code, exc.message, report=getattr(exc, "report", None),
+                              mark_trustpoint=self.kind is not JobKind.DELETE)
+
+    # --- the kinds -----------------------------------------------------------------------------
+
+    def _require(self) -> tuple[Trustpoint, Device, EnrollmentObject]:
+        s, name = self.subject, self.claimed.trustpoint_name
+        if s.device is None:
+            raise PermanentError(f"the device of trustpoint {name} was removed before the job ran",
+                                 code="device_gone")
+        if s.trustpoint is None or s.enrollment_object is None:
+            raise PermanentError(
+                f"trustpoint {name} of device {s.device.serial} was deleted before the job ran",
+                code="trustpoint_gone",
+            )
+        return s.trustpoint, s.device, s.enrollment_object
+
+    def _enroll(self) -> JobOutcome:
+        trustpoint, device, obj = self._require()
+        params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
+        mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
+        report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
+        self.steps.add("installed", _installed(report))
+
+        def write(session: Session, locked: Trustpoint) -> None:
+            persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
+
+        enrollment = "pending" if Status.PENDING in (report.ca, report.identity) else "succeeded"
+        return self._succeed(write, enrollment=enrollment)
+
+    def _refresh(self) -> JobOutcome:
+        trustpoint, device, _ = self._require()
+        report = exchanges.refresh(self.ctx.devices, device, trustpoint.name, steps=self.steps)
+        self.steps.add("synced", "trustpoint marked missing" if report is None else _installed(report))
+
+        def write(session: Session, locked: Trustpoint) -> None:
+            now = self.ctx.clock()
+            if report is None:
+                persist.mark_missing(session, locked, serial=device.serial, now=now)
+            else:
+                persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
+
+        return self._succeed(write)
+
+    def _delete(self) -> JobOutcome:
+        device, name = self.subject.device, self.claimed.trustpoint_name
+        if device is None:
+            self.steps.add("deleted_on_device",
+                           f"the device of trustpoint {name} is no longer registered; nothing to remove")
+        else:
+            exchanges.delete(self.ctx.devices, device, name, steps=self.steps)
+        self.steps.add("deleted", f"removed trustpoint {name} and its certificates")
+        return self._succeed(lambda session, locked: persist.remove_trustpoint(session, locked))
+
+    # --- outcomes --------------------------------------------------------------------------------
+
+    def _succeed(
+        self, write: Callable[[Session, Trustpoint], None], *, enrollment: str | None = None
+    ) -> JobOutcome:
+        with session_scope(self.ctx.engine) as session:
+            # The fence first: it takes the job's row lock, so the trustpoint read below is current.
+            if not jobstore.finish_job(session, self.claimed, now=self.ctx.clock(), steps=self.steps.drain()):
+                session.rollback()
+                return self._lost()
+            locked = persist.lock_trustpoint(session, self.claimed.trustpoint_id)
+            if locked is not None:
+                write(session, locked)
+            session.commit()
+        self._finished("succeeded", enrollment=enrollment)
+        log().info("job succeeded", job_id=str(self.claimed.id), kind=self.kind.value,
+                 attempt=self.claimed.attempts, trustpoint=self.claimed.trustpoint_name)
+        return self._outcome("succeeded")
+
+    def _transient(self, error: TransientError) -> JobOutcome:
+        attempt = self.claimed.attempts
+        if self.claimed.out_of_attempts:
+            # A refresh or delete that cannot reach the device says nothing new about the
+            # certificates: only an enrollment marks the trustpoint failed.
+            return self._fail(error.code, gave_up_message(error, attempt),
+                              mark_trustpoint=self.kind in (JobKind.ENROLL, JobKind.RE_ENROLL))
+        delay = self.ctx.retry.delay_ms(attempt, rng=self.ctx.rng, retry_after=error.retry_after)
+        self.steps.add("retry_scheduled", f"{error.code}: {error.message}; attempt {attempt} of "
+                                          f"{self.claimed.max_attempts} failed, next in {delay / 1000:.2f} s")
+        with session_scope(self.ctx.engine) as session:
+            if not jobstore.schedule_retry(
+                session, self.claimed, now=self.ctx.clock(), delay_ms=delay,
+                lease_seconds=self.ctx.settings.job_lease_seconds, code=error.code, message=error.message,
+                steps=self.steps.drain(),
+            ):
+                session.rollback()
+                return self._lost()
+            session.commit()
+        # Published after the commit: the delayed message must find the job queued. Should the
+        # process die in between, the reconciler re-publishes the job when its lease ends.
+        if self.broker is not None:
+            publish_job(self.broker, self.kind, self.claimed.id, queue=self.queue, delay_ms=delay)
+        job_metrics.retry_scheduled(self.kind, error.code)
+        log().info("job will be retried", job_id=str(self.claimed.id), kind=self.kind.value, attempt=attempt,
+                 code=error.code, error=error.message, delay_ms=delay)
+        return self._outcome("retry_scheduled", code=error.code, delay_ms=delay)
+
+    def _fail(self, code: str, message: str, *, mark_trustpoint: bool,
+              report: DeviceReport | None = None) -> JobOutcome:
+        self.steps.add("failed", f"{code}: {message}")
+        with session_scope(self.ctx.engine) as session:
+            if not jobstore.fail_job(session, self.claimed, now=self.ctx.clock(), code=code, message=message,
+                                     steps=self.steps.drain()):
+                session.rollback()
+                return self._lost()
+            locked = persist.lock_trustpoint(session, self.claimed.trustpoint_id) if mark_trustpoint else None
+            if locked is not None:
+                now = self.ctx.clock()
+                if report is not None:
+                    # The device described the failure: show its statuses and certificates as they are.
+                    report = replace(report, error_code=code, error_message=message)
+                    persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
+                else:
+                    persist.mark_failed(locked, now=now, code=code, message=message)
+                    session.add(locked)
+            session.commit()
+        self._finished("failed", enrollment="failed")
+        log().warning("job failed", job_id=str(self.claimed.id), kind=self.kind.value,
+                    attempt=self.claimed.attempts, code=code, error=message)
+        return self._outcome("failed", code=code)
+
+    def _lost(self) -> JobOutcome:
+        """Another worker took the job over after this one's lease ran out: its outcome stands."""
+        return self._outcome("skipped")
+
+    def _outcome(self, result: Result, **details: object) -> JobOutcome:
+        return JobOutcome(job_id=self.claimed.id, result=result, kind=self.kind,
+                          attempt=self.claimed.attempts, **details)  # type: ignore[arg-type]
+
+    def _finished(self, outcome: str, *, enrollment: str | None) -> None:
+        job_metrics.job_finished(self.kind, outcome, method=self.method, enrollment=enrollment,
+                                 seconds=time.perf_counter() - self.started)
+
+    def release(self, exc: BaseException) -> None:
+        """After an unexpected error: hand the job back so Dramatiq's retry can claim it."""
+        reason = f"unexpected {type(exc).__name__}"
+        if isinstance(exc, CertfleetError):
+            reason += f" ({exc.code})"
+        try:
+            with session_scope(self.ctx.engine) as session:
+                released = jobstore.release_job(
+                    session, self.claimed, now=self.ctx.clock(),
+                    lease_seconds=self.ctx.settings.job_lease_seconds,
+                    reason=f"{reason}; the job will be tried again", steps=self.steps.drain(),
+                )
+                if released:
+                    session.commit()
+        except Exception as release_error:  # the database may be what failed
+            log().warning("could not release job; the reconciler will re-publish it when its lease ends",
+                        job_id=str(self.claimed.id), error=type(release_error).__name__)
+        else:
+            log().warning("job released after an unexpected error", job_id=str(self.claimed.id), error=reason)
+
+
+def _installed(report: DeviceReport) -> str:
+    identity = report.certificate(CertificateRole.IDENTITY)
+    parts = [report.summary()]
+    if identity is not None:
+        info = identity.info
+        parts.append(f"identity certificate {info.subject}, serial {info.serial_number}, "
+                     f"{info.key_algorithm}-{info.key_size}, valid until {info.not_after:%Y-%m-%d}")
+    if Status.PENDING in (report.ca, report.identity):
+        parts.append("waiting for the CA or an operator; refresh the trustpoint later")
+    return "; ".join(parts)
