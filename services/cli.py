@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("controller", "services.controller.cli", "serve the REST API (and the reconciler)"),
         ("worker", "services.worker.cli", "run Dramatiq worker processes"),
         ("device-sim", "services.device_sim.cli", "serve a simulated device fleet"),
+        ("ca", "services.device_sim.ca.cli", "CA simulator (EST)"),
     ):
         p = sub.add_parser(name, help=help_text)
         mod = import_module(module)

@@ -1,0 +1,133 @@
+"""Run the CA simulator: load (or create) the CA, then serve EST over HTTPS on an event loop
+in a background thread. The CLI waits on it; tests and the demo use :func:`start_in_thread`.
+
+SCEP (issue 4) and the CRL/OCSP HTTP endpoint are not served yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from shared.enums import KeyType
+from shared.logging import get_logger
+
+from .admin import load_or_create_token
+from .authority import CertificateAuthority, ensure_tls_certificate, load_authority
+from .est_server import EstSettings, build_app, server_ssl_context
+from .pending import RequestStore
+
+log = get_logger("ca")
+
+_UNSPECIFIED = ("", "0.0.0.0", "::")
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    if host in _UNSPECIFIED:
+        host = "127.0.0.1"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host or "0.0.0.0", port))
+    return sock
+
+
+@dataclass
+class RunningCa:
+    """A CA simulator serving in this process."""
+
+    ca: CertificateAuthority
+    est_url: str
+    admin_token: str
+    _loop: asyncio.AbstractEventLoop = field(repr=False)
+    _runner: web.AppRunner = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.ca.paths.state_dir
+
+    @property
+    def tls_ca(self) -> Path:
+        """Trust anchor for the HTTPS endpoints."""
+        return self.ca.paths.tls_ca
+
+    @property
+    def chain(self) -> Path:
+        return self.ca.paths.chain
+
+    def ready_line(self) -> str:
+        return f"ca ready: est={self.est_url} state={self.state_dir}"
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=15)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        # Connections still open (keep-alive) end here, so the loop closes without orphans.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __enter__(self) -> RunningCa:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_in_thread(state_dir: Path | str, *, host: str = "127.0.0.1", est_port: int = 0,
+                    est_user: str | None = None, est_password: str | None = None,
+                    key_type: KeyType | str | None = None, retry_after: int = 2,
+                    default_profile: str = "default") -> RunningCa:
+    """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread.
+    Several servers may share one state directory (and so one CA and request store)."""
+    settings = EstSettings(user=est_user, password=est_password, retry_after=retry_after,
+                           default_profile=default_profile)
+    ca = load_authority(state_dir, key_type=key_type)
+    extra = () if host in _UNSPECIFIED else (host,)
+    cert_file, key_file = ensure_tls_certificate(ca, extra_names=extra)
+    ssl_context = server_ssl_context(ca, cert_file, key_file)
+    token = load_or_create_token(ca.paths.admin_token)
+    app = build_app(ca, RequestStore(ca.paths.requests_db), settings, admin_token=token)
+
+    sock = _bind(host, est_port)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+
+    async def start() -> None:
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+
+    try:
+        loop.run_until_complete(start())
+    except BaseException:
+        sock.close()
+        loop.close()
+        raise
+
+    def serve() -> None:
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=serve, name=f"ca-est-{sock.getsockname()[1]}", daemon=True)
+    thread.start()
+    running = RunningCa(ca=ca, est_url=_url("https", host, sock.getsockname()[1]), admin_token=token,
+                        _loop=loop, _runner=runner, _thread=thread)
+    log.info("ca started", est_url=running.est_url, state_dir=str(running.state_dir),
+             key_type=ca.key_type.value, basic_auth=bool(est_user))
+    return running
