@@ -76,6 +76,17 @@ class CertfleetClient:
             json={"enrollment_object_id": enrollment_object_id},
         )
 
+    def start_bulk_enrollment(
+        self, enrollment_object_id: str, *, selection: dict | None = None,
+        domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        return self._call("POST", f"/domains/{domain_id}/bulk-enrollments", json={
+            "enrollment_object_id": enrollment_object_id, "selection": selection or {"all": True},
+        })
+
+    def bulk_enrollment(self, batch_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("GET", f"/domains/{domain_id}/bulk-enrollments/{batch_id}")
+
     def trustpoint(self, device_id: str, name: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("GET", f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}")
 
@@ -89,6 +100,9 @@ class CertfleetClient:
 
     def trustpoints(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
         return list(self._pages(f"/domains/{domain_id}/trustpoints", **filters))
+
+    def trustpoints_page(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **params) -> dict:
+        return self._call("GET", f"/domains/{domain_id}/trustpoints", params=params)
 
     def count_trustpoints(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> int:
         return self._call("GET", f"/domains/{domain_id}/trustpoints", params={**filters, "limit": 1})["total"]

@@ -216,6 +216,26 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = _ts(nullable=True)
 
 
+class Batch(SQLModel, table=True):
+    """A bulk enrollment: one enrollment object installed on a selection of devices.
+
+    Its progress is never stored here: counts are derived from its jobs, so they stay right
+    whatever the broker did.
+    """
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
+    enrollment_object_id: uuid.UUID = Field(foreign_key="enrollment_object.id")
+    trustpoint_name: str = Field(max_length=255)
+    #: The device selection as the operator gave it.
+    selection: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: Devices selected, and those skipped because they already had the trustpoint.
+    selected: int = 0
+    skipped: int = 0
+    requested_by: str = Field(default="", max_length=255)
+    created_at: datetime = _ts()
+
+
 class ApiToken(SQLModel, table=True):
     """An API bearer token, stored as its SHA-256 hash."""
 

@@ -23,7 +23,7 @@ from . import problems
 from .auth import TokenCache
 from .fleet_stats import read_fleet_stats
 from .reconciler import Reconciler
-from .routers import devices, domains, enrollment_objects, jobs, ops, trustpoints
+from .routers import bulk_enrollments, devices, domains, enrollment_objects, jobs, ops, trustpoints
 
 API_PREFIX = "/api/v1"
 
@@ -86,7 +86,7 @@ def create_app(
     problems.install(app)
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (domains, devices, enrollment_objects, trustpoints, jobs):
+    for module in (domains, devices, enrollment_objects, trustpoints, bulk_enrollments, jobs):
         api.include_router(module.router)
     app.include_router(api)
     return app

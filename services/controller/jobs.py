@@ -88,6 +88,19 @@ def publish(broker: dramatiq.Broker, job: Job) -> bool:
     return True
 
 
+def publish_many(broker: dramatiq.Broker, kind: JobKind, job_ids: list[uuid.UUID], *, queue: str) -> int:
+    """Publish committed jobs; stop at the first broker error and leave the rest to the
+    reconciler (their leases run out and they are re-published). Returns how many went out."""
+    for sent, job_id in enumerate(job_ids):
+        try:
+            publish_job(broker, kind, job_id, queue=queue)
+        except Exception as exc:  # the broker's errors vary by backend; the stored jobs are what counts
+            log.warning("jobs stored but not all published; the reconciler will re-publish the rest",
+                        published=sent, unpublished=len(job_ids) - sent, error=f"{type(exc).__name__}: {exc}")
+            return sent
+    return len(job_ids)
+
+
 def get_job(session: Session, *, scope: DomainScope, job_id: uuid.UUID) -> Job:
     job = session.get(Job, job_id)
     if job is None or not scope.sees(job.domain_id):
