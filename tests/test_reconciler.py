@@ -20,7 +20,7 @@ from services.controller.app import create_app
 from services.controller.reconciler import Reconciler, reconcile_once
 from services.worker.jobstore import claim_job
 from shared.broker import make_broker
-from shared.events import JOBS_QUEUE
+from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.metrics import RECONCILER_REPUBLISHED
 from shared.models import GLOBAL_DOMAIN_ID, Job
 from shared.settings import Settings
@@ -63,8 +63,8 @@ def add_jobs(
     return [row["id"] for row in rows]
 
 
-def drain(broker) -> list[dramatiq.Message]:
-    queue = broker.queues.get(JOBS_QUEUE)
+def drain(broker, queue_name: str = JOBS_QUEUE) -> list[dramatiq.Message]:
+    queue = broker.queues.get(queue_name)
     messages = []
     while queue is not None and not queue.empty():
         messages.append(dramatiq.Message.decode(queue.get_nowait()))
@@ -233,3 +233,11 @@ def test_the_controller_runs_the_reconciler_in_the_background(sqlite_engine, stu
         thread = reconciler._thread
         assert thread is not None and thread.is_alive()
     assert not thread.is_alive()  # stopped with the app
+
+
+def test_a_bulk_enrollment_job_goes_back_to_the_bulk_queue(sqlite_engine, stub_broker):
+    single = add_jobs(sqlite_engine, 1)
+    bulk = add_jobs(sqlite_engine, 2, batch_id=uuid.uuid4())
+    assert reconcile(sqlite_engine, stub_broker, T0 + timedelta(seconds=1)) == 3
+    assert [m.args[0] for m in drain(stub_broker)] == [str(j) for j in single]
+    assert sorted(m.args[0] for m in drain(stub_broker, BULK_QUEUE)) == sorted(str(j) for j in bulk)

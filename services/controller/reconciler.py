@@ -29,7 +29,7 @@ from sqlmodel import Session, select
 
 from shared.clock import utcnow
 from shared.enums import JobState
-from shared.events import publish_job
+from shared.events import BULK_QUEUE, JOBS_QUEUE, publish_job
 from shared.logging import get_logger
 from shared.metrics import RECONCILER_REPUBLISHED
 from shared.models import Job
@@ -53,9 +53,9 @@ def _lost_running(now: datetime):
 
 def take_lost_jobs(
     session: Session, *, now: datetime, lease_seconds: float, limit: int
-) -> tuple[list[tuple[uuid.UUID, str]], bool]:
-    """Mark up to ``limit`` lost jobs as re-published (not committed). Return (id, kind) of
-    those this call won (another reconciler may win some), and whether more may be waiting."""
+) -> tuple[list[tuple[uuid.UUID, str, str]], bool]:
+    """Mark up to ``limit`` lost jobs as re-published (not committed). Return (id, kind, queue) of
+    those this call won with their queue (another reconciler may win some), and whether more may be waiting."""
     candidates = session.exec(
         select(Job.id).where(or_(_lost_queued(now), _lost_running(now)))
         .order_by(Job.lease_expires_at).limit(limit)
@@ -63,16 +63,17 @@ def take_lost_jobs(
     if not candidates:
         return [], False
     until = now + timedelta(seconds=lease_seconds)
-    taken: list[tuple[uuid.UUID, str]] = []
+    taken: list[tuple[uuid.UUID, str, str]] = []
     for condition, values in (
         (_lost_queued(now), {"lease_expires_at": until}),
         (_lost_running(now), {"next_attempt_at": until}),
     ):
         result = session.execute(
             update(Job).where(Job.id.in_(candidates), condition).values(**values)
-            .returning(Job.id, Job.kind).execution_options(synchronize_session=False)
+            .returning(Job.id, Job.kind, Job.batch_id).execution_options(synchronize_session=False)
         )
-        taken += [(row[0], row[1]) for row in result]
+        # A bulk enrollment's jobs go back to the bulk queue, behind no single-device action.
+        taken += [(row[0], row[1], BULK_QUEUE if row[2] else JOBS_QUEUE) for row in result]
     return taken, len(candidates) == limit
 
 
@@ -100,11 +101,11 @@ def reconcile_once(
     while True:
         taken, more = take_lost_jobs(session, now=now, lease_seconds=lease_seconds, limit=chunk)
         session.commit()
-        for index, (job_id, kind) in enumerate(taken):
+        for index, (job_id, kind, queue) in enumerate(taken):
             try:
-                publish_job(broker, kind, job_id)
+                publish_job(broker, kind, job_id, queue=queue)
             except Exception as exc:  # broker down: retry these at the next pass
-                _give_back(session, [j for j, _ in taken[index:]], now=now, until=until)
+                _give_back(session, [j for j, _, _ in taken[index:]], now=now, until=until)
                 log.warning("re-publishing stopped: the broker refused", published=published,
                             error=f"{type(exc).__name__}: {exc}")
                 RECONCILER_REPUBLISHED.inc(published)
