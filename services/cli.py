@@ -21,7 +21,8 @@ def _api_args(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
-    return run_demo(devices=args.devices, key_type=args.key_type, key_size=args.key_size, threads=args.threads)
+    return run_demo(devices=args.devices, key_type=args.key_type, key_size=args.key_size,
+                    threads=args.threads, enrollment=args.enrollment)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "eddsa"])
     demo.add_argument("--key-size", type=int, default=256)
     demo.add_argument("--threads", type=int, default=8, help="worker threads")
+    demo.add_argument("--enrollment", default="self-signed", choices=["self-signed", "est"],
+                      help="how the devices enroll: self-signed (default), or est with the CA simulator")
     demo.set_defaults(func=_demo)
 
     up = sub.add_parser("up", help="run the embedded stack and leave it serving the API")

@@ -1,5 +1,6 @@
 """The embedded stack: controller API, reconciler, worker threads and the device
-simulator in one process. What ``certfleet demo`` and ``certfleet up`` run.
+simulator in one process, and on request the CA simulator (EST), whose TLS root the
+simulated devices then trust. What ``certfleet demo`` and ``certfleet up`` run.
 
 This module is the composition root: the one place allowed to import every service.
 With ``CERTFLEET_BROKER_URL`` and ``CERTFLEET_DATABASE_URL`` set it uses Redis and
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from services.controller.app import create_app
 from services.controller.auth import create_token
+from services.device_sim.ca.service import RunningCa
+from services.device_sim.ca.service import start_in_thread as start_ca
 from services.device_sim.config import SimConfig
 from services.device_sim.server import start_in_thread
 from services.http_thread import ServerThread
@@ -36,6 +39,10 @@ class EmbeddedStack:
     api_port: int = 0
     state_dir: Path | None = None
     sim_options: dict = field(default_factory=dict)
+    #: Keyword arguments for the CA simulator (services.device_sim.ca.service.start_in_thread),
+    #: e.g. ``{"est_user": ..., "est_password": ...}``; None: no CA. Its state goes to STATE_DIR/ca.
+    ca_options: dict | None = None
+    ca: RunningCa | None = field(default=None, init=False)
 
     def start(self) -> EmbeddedStack:
         if self.state_dir is None:
@@ -48,7 +55,12 @@ class EmbeddedStack:
         self.engine = make_engine(self.settings)
         init_db(self.engine)
         self.broker = make_broker(self.settings)
-        self.sim = start_in_thread(SimConfig(devices=self.devices, seed=self.seed, **self.sim_options))
+        sim_options = dict(self.sim_options)
+        if self.ca_options is not None:
+            self.ca = start_ca(self.state_dir / "ca", **self.ca_options)
+            anchors = tuple(sim_options.get("trust_anchors", ())) + (str(self.ca.tls_ca),)
+            sim_options["trust_anchors"] = anchors
+        self.sim = start_in_thread(SimConfig(devices=self.devices, seed=self.seed, **sim_options))
         self.context = WorkerContext.create(self.settings, engine=self.engine)
         declare_actors(self.broker, self.context)
         self.worker = start_embedded_worker(self.broker, self.context, threads=self.worker_threads)
@@ -68,6 +80,7 @@ class EmbeddedStack:
             lambda: self.api.stop(),
             lambda: self.worker.stop(timeout=5000),
             lambda: self.sim.stop(),
+            lambda: self.ca.stop() if self.ca is not None else None,
             lambda: self.broker.close(),
             lambda: self.engine.dispose(),
         ):

@@ -26,6 +26,19 @@ def test_demo_enrolls_its_fleet_and_prints_a_summary():
     assert cells[:5] == ["40", "self-signed", "40", "0", "0"], summary
 
 
+def test_demo_enrolls_over_est_with_the_ca_simulator():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "20", "--enrollment", "est"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CA simulator up: EST https://127.0.0.1:" in done.stdout
+    assert "imported 20 devices" in done.stdout
+    summary = next(line for line in done.stdout.splitlines() if "│ " in line and " est " in line)
+    cells = [c.strip() for c in summary.strip("│ \n").split("│")]
+    assert cells[:5] == ["20", "est", "20", "0", "0"], summary
+
+
 def test_up_serves_the_api_and_writes_an_admin_token(tmp_path):
     port = free_port()
     up = Proc("up", ["up", "--devices", "5", "--port", str(port), "--state-dir", str(tmp_path / "state")],

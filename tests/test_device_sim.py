@@ -307,7 +307,7 @@ def test_weak_crypto_deployed_with_the_trustpoint_applies_first(client: httpx.Cl
     assert client.get(device).json()["weak_crypto"] is False
 
 
-@pytest.mark.parametrize("enrollment_type", ["est", "scep", "manual", "pkcs12"])
+@pytest.mark.parametrize("enrollment_type", ["scep", "manual", "pkcs12"])  # EST: tests/test_est_enrollment.py
 def test_other_enrollment_types_fail_clearly(client: httpx.Client, enrollment_type: str) -> None:
     state = configure_and_enroll(client, DEVICE, configuration(f"tp-{enrollment_type}",
                                                                enrollment_type=enrollment_type))

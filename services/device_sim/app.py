@@ -2,8 +2,10 @@
 
 Every device request first meets the fault plan (latency, then maybe an injected 500,
 503 or hang-then-504), then the device handles it. All state lives on the event loop's
-thread, so nothing needs a lock; slow work (RSA key generation) runs in a thread pool
-and its result is installed back on the loop. Errors answer ``{"code", "message"}``.
+thread, so nothing needs a lock; slow work (RSA key generation, talking to a CA) runs in a
+thread pool and its result is installed back on the loop. A request a CA holds for approval
+is asked about again in the background (:meth:`DeviceSim._keep_polling`), as a real device
+does. Errors answer ``{"code", "message"}``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from shared.logging import get_logger
 
 from . import enrollers, trustpoints, wire
 from . import keyring as keyrings
+from .ca_trust import load_trust_anchors
 from .config import SimConfig
 from .faults import FaultPlan, Outcome
 from .fleet import Device, Fleet, Trustpoint
@@ -42,6 +45,8 @@ log = get_logger(__name__)
 #: Largest inventory page; a client asking for more gets this many (the contract allows fewer).
 MAX_PAGE = 5000
 DEFAULT_PAGE = 1000
+#: Enrollments talking to CAs at once: they mostly wait on the network, not the CPU.
+CA_THREADS = 32
 _TRUSTPOINT_LIST = TypeAdapter(list[TrustpointState])
 
 
@@ -68,6 +73,14 @@ class DeviceSim:
         self._keygen = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="device-sim-keygen"
         )
+        self._network = ThreadPoolExecutor(max_workers=CA_THREADS, thread_name_prefix="device-sim-ca")
+        #: How every device reaches CAs: the fleet's trust anchors, timeouts, patience.
+        self.ca_client = enrollers.CaClientSettings(
+            trust_anchors_pem=load_trust_anchors(config.trust_anchors),
+            wait_seconds=config.ca_wait_seconds, timeout_seconds=config.ca_timeout_seconds,
+        )
+        #: Background polls of requests CAs hold (see _keep_polling).
+        self._polls: set[asyncio.Task[None]] = set()
         #: One running enrollment per (serial, trustpoint); a repeated request waits for it.
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._released = asyncio.Event()
@@ -81,7 +94,10 @@ class DeviceSim:
         try:
             yield
         finally:
+            for poll in list(self._polls):
+                poll.cancel()
             self._keygen.shutdown(wait=False, cancel_futures=True)
+            self._network.shutdown(wait=False, cancel_futures=True)
 
     def release_hung_requests(self) -> None:
         """Answer the requests held by the timeout fault now (thread-safe): a stopping server
@@ -199,14 +215,9 @@ class DeviceSim:
         trustpoint = trustpoints.find(device, name)
         if trustpoints.is_current(trustpoint, mode):
             return trustpoint
-        task = trustpoints.begin(device, trustpoint, re_enroll=mode == "re_enroll", now=self.clock())
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = done
-        try:
-            outcome = await self._run(task)
-        finally:
-            del self._inflight[key]
-            done.set_result(None)
+        task = trustpoints.begin(device, trustpoint, re_enroll=mode == "re_enroll", now=self.clock(),
+                                 ca=self.ca_client)
+        outcome = await self._run_exclusive(key, task)
         if device.trustpoints.get(name) is not trustpoint:
             raise NotFoundError(
                 f"trustpoint {name!r} was deleted from device {device.serial} while it enrolled",
@@ -219,10 +230,25 @@ class DeviceSim:
                 code="trustpoint_reconfigured",
             )
         trustpoints.finish(trustpoint, task, outcome, now=self.clock())
+        if isinstance(outcome, enrollers.HeldByCa):
+            self._follow_up(device, trustpoint)
         return trustpoint
+
+    async def _run_exclusive(self, key: tuple[str, str], task: enrollers.EnrollmentTask
+                             ) -> enrollers.Outcome:
+        """Run the task as the one enrollment under way for its trustpoint."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            return await self._run(task)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
 
     async def _run(self, task: enrollers.EnrollmentTask) -> enrollers.Outcome:
         try:
+            if task.params.enrollment_type in enrollers.NETWORK_TYPES:
+                return await asyncio.get_running_loop().run_in_executor(self._network, enrollers.enroll, task)
             if enrollers.runs_off_loop(task.params):
                 return await asyncio.get_running_loop().run_in_executor(self._keygen, enrollers.enroll, task)
             return enrollers.enroll(task)
@@ -234,6 +260,35 @@ class DeviceSim:
                 f"{type(exc).__name__}",
                 retryable=True,
             )
+
+    # --- requests a CA holds -----------------------------------------------------------------
+
+    def _follow_up(self, device: Device, trustpoint: Trustpoint) -> None:
+        poll = asyncio.get_running_loop().create_task(self._keep_polling(device, trustpoint))
+        self._polls.add(poll)
+        poll.add_done_callback(self._polls.discard)
+
+    async def _keep_polling(self, device: Device, trustpoint: Trustpoint) -> None:
+        """The CA holds the trustpoint's request: ask again as its Retry-After says, until it
+        issues or refuses, or the enrollment object's retries (count x period) run out. The
+        trustpoint then stays pending; enrolling it again asks about the same request, and a
+        refresh shows whatever the device has by then."""
+        key = (device.serial, trustpoint.name)
+        while (held := trustpoint.held) is not None:
+            await asyncio.sleep(held.retry_after)
+            if device.trustpoints.get(trustpoint.name) is not trustpoint or trustpoint.held is not held:
+                return  # deleted, or a newer enrollment took over (and follows up itself)
+            if trustpoint.params != held.params:
+                return  # reconfigured: the next enrollment files a request for the new configuration
+            if self.clock() >= trustpoints.held_until(trustpoint, held) or key in self._inflight:
+                return
+            task = trustpoints.resume(device, trustpoint, now=self.clock(), ca=self.ca_client)
+            outcome = await self._run_exclusive(key, task)
+            if device.trustpoints.get(trustpoint.name) is not trustpoint or trustpoint.params != task.params:
+                return
+            if isinstance(outcome, enrollers.Refused) and outcome.retryable:
+                continue  # the CA is unreachable for now: the request is still held, ask again later
+            trustpoints.finish(trustpoint, task, outcome, now=self.clock())
 
 
 # --- the ASGI application ---------------------------------------------------------------------

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="devices (chosen by seed) answering every request 503 device_unreachable")
     faults.add_argument("--expired-keyrings", type=float, default=0.0, metavar="FRACTION",
                         help="devices (chosen by seed) whose default keyring certificate has expired")
+    ca = parser.add_argument_group("reaching CA servers (EST)")
+    ca.add_argument("--trust-anchor", action="append", default=[], metavar="FILE",
+                    help="PEM certificate(s) the devices trust for HTTPS CA servers, e.g. the CA simulator's "
+                    "DIR/tls-ca.pem; repeat for more")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -43,6 +47,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_ms=args.latency_ms, latency_min_ms=args.latency_min_ms, latency_max_ms=args.latency_max_ms,
         error_rate=args.error_rate, timeout_rate=args.timeout_rate, hang_seconds=args.hang_seconds,
         unreachable_rate=args.unreachable_rate, expired_keyrings=args.expired_keyrings,
+        trust_anchors=tuple(args.trust_anchor),
     )
 
 
@@ -56,6 +61,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         run(config)
+    except ConfigurationError as exc:  # e.g. a trust anchor file that holds no certificate
+        print(f"device-sim: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         reason = exc.strerror or exc
         print(f"device-sim: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)

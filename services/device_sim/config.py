@@ -1,4 +1,5 @@
-"""How a simulated fleet is set up: its size, seed, latency and injected faults.
+"""How a simulated fleet is set up: its size, seed, latency, injected faults, and how its
+devices reach CA servers (trust anchors, timeouts).
 
 Validated on construction, so a bad option fails at start with a message naming it
 instead of surfacing as odd behaviour under load.
@@ -39,6 +40,14 @@ class SimConfig:
     #: The URL workers reach the simulator at, when it differs from the listening address
     #: (a container listening on 0.0.0.0 is reached as http://device-sim:8400).
     public_url: str | None = None
+    #: PEM files of the certificates every device trusts for HTTPS CA servers (EST), e.g. the CA
+    #: simulator's DIR/tls-ca.pem. Without one, EST needs a fingerprint or ignored validation.
+    trust_anchors: tuple[str, ...] = ()
+    #: How long one enrollment keeps asking a CA that holds its request (EST 202) before it
+    #: reports the identity certificate pending; keep it below the workers' device timeout.
+    ca_wait_seconds: float = 4.0
+    #: Connect and read timeout of one request from a device to a CA.
+    ca_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, int) or not 1 <= self.devices <= MAX_DEVICES:
@@ -60,6 +69,17 @@ class SimConfig:
         if not 0.0 < self.hang_seconds <= 3600:
             raise ConfigurationError(
                 f"hang_seconds must be above 0 and at most 3600, not {self.hang_seconds!r}"
+            )
+        if isinstance(self.trust_anchors, str) or not all(isinstance(p, str) for p in self.trust_anchors):
+            raise ConfigurationError(
+                f"trust_anchors must be a tuple of file paths, not {self.trust_anchors!r}"
+            )
+        object.__setattr__(self, "trust_anchors", tuple(self.trust_anchors))
+        if not 0.0 <= self.ca_wait_seconds <= 60:
+            raise ConfigurationError(f"ca_wait_seconds must be 0 to 60, not {self.ca_wait_seconds!r}")
+        if not 0.0 < self.ca_timeout_seconds <= 120:
+            raise ConfigurationError(
+                f"ca_timeout_seconds must be above 0 and at most 120, not {self.ca_timeout_seconds!r}"
             )
         ranged = (self.latency_min_ms, self.latency_max_ms)
         if (ranged[0] is None) != (ranged[1] is None):

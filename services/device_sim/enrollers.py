@@ -1,66 +1,41 @@
 """How a device obtains a trustpoint's certificates, one enroller per enrollment type.
 
 An enroller is a plain function from an :class:`EnrollmentTask` to an outcome: the key
-pair and certificates to install, or a refusal with a stable code. It touches no device
-state (the caller installs the outcome), so it may run in a worker thread. Self-signed
-enrollment is implemented; an EST or SCEP client plugs in by adding its function to
-:data:`ENROLLERS` (and its type to :data:`NETWORK_TYPES`, as it talks to a CA).
+pair and certificates to install, a request the CA holds, or a refusal with a stable code
+(:mod:`.tasks`). It touches no device state (the caller installs the outcome), so it may run
+in a worker thread. Self-signed and EST enrollment are implemented; a SCEP client plugs in by
+adding its function to :data:`ENROLLERS` (and its type to :data:`NETWORK_TYPES`, as it talks
+to a CA).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 
 from cryptography import x509
 
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole, EnrollmentType, KeyType
 from shared.errors import WeakCryptoError
-from shared.pki import DeviceIdentity, PrivateKey, generate_private_key, self_signed_certificate
-from shared.states import Status
+from shared.pki import self_signed_certificate
 
-#: RSA keys shorter than this need weak-crypto enabled on the device.
-MIN_RSA_BITS = 2048
+from .est_client import enroll_est
+from .keypairs import MIN_RSA_BITS, generate_device_key
+from .tasks import (
+    CaClientSettings,
+    CurrentIdentity,
+    Enrolled,
+    Enroller,
+    EnrollmentTask,
+    HeldByCa,
+    HeldRequest,
+    Outcome,
+    Refused,
+)
 
-
-@dataclass(frozen=True, kw_only=True)
-class EnrollmentTask:
-    params: EnrollmentParameters
-    device: DeviceIdentity
-    weak_crypto: bool
-    #: True to renew (an EST simplereenroll, for instance); every enrollment makes a new key pair.
-    re_enroll: bool
-    now: datetime
-
-
-@dataclass(frozen=True, kw_only=True)
-class Enrolled:
-    private_key: PrivateKey
-    #: (role, chain position, certificate), identity first.
-    certificates: tuple[tuple[CertificateRole, int, x509.Certificate], ...]
-    ca_status: Status = Status.AVAILABLE
-    identity_status: Status = Status.AVAILABLE
-
-
-@dataclass(frozen=True, kw_only=True)
-class Refused:
-    code: str
-    message: str
-    #: Whether the same request may succeed later without anyone changing anything.
-    retryable: bool = False
-
-
-Outcome = Enrolled | Refused
-Enroller = Callable[[EnrollmentTask], Outcome]
-
-
-def generate_device_key(params: EnrollmentParameters, *, weak_crypto: bool) -> PrivateKey:
-    """The device's new key pair, refusing a weak one unless weak-crypto is enabled."""
-    if params.key_type is KeyType.RSA and params.key_size < MIN_RSA_BITS and not weak_crypto:
-        raise WeakCryptoError(f"RSA-{params.key_size}")
-    return generate_private_key(params.key_type, params.key_size)
+__all__ = [
+    "CaClientSettings", "CurrentIdentity", "ENROLLERS", "Enrolled", "Enroller", "EnrollmentTask", "HeldByCa",
+    "HeldRequest", "MIN_RSA_BITS", "NETWORK_TYPES", "Outcome", "Refused", "enroll", "enroll_self_signed",
+    "generate_device_key", "runs_off_loop",
+]
 
 
 def enroll_self_signed(task: EnrollmentTask) -> Outcome:
@@ -77,9 +52,10 @@ def enroll_self_signed(task: EnrollmentTask) -> Outcome:
 
 ENROLLERS: dict[EnrollmentType, Enroller] = {
     EnrollmentType.SELF_SIGNED: enroll_self_signed,
+    EnrollmentType.EST: enroll_est,
 }
 #: Types whose enroller waits on the network (a CA); they always run off the event loop.
-NETWORK_TYPES: frozenset[EnrollmentType] = frozenset()
+NETWORK_TYPES: frozenset[EnrollmentType] = frozenset({EnrollmentType.EST})
 
 
 def runs_off_loop(params: EnrollmentParameters) -> bool:
@@ -95,7 +71,8 @@ def enroll(task: EnrollmentTask) -> Outcome:
         return Refused(
             code="unsupported_enrollment_type",
             message=f"device {task.device.serial} cannot enroll {task.params.enrollment_type.value} "
-            f"trustpoints yet (the simulator supports: {supported}); use a {supported} enrollment object",
+            f"trustpoints yet (the simulator supports: {supported}); use an enrollment object of one of "
+            "those types",
         )
     try:
         return enroller(task)

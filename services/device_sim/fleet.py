@@ -19,6 +19,7 @@ from shared.states import Status
 
 from .config import SimConfig
 from .seeding import fraction
+from .tasks import HeldRequest
 
 #: Threat-defense models in the fleet, with how common each one is.
 MODELS: dict[str, int] = {"FTD-1010": 4, "FTD-2110": 3, "FTD-3105": 2, "FTDv": 3}
@@ -51,6 +52,8 @@ class Trustpoint:
     issued_for: EnrollmentParameters | None = None
     #: Stays on the device: never serialised, never returned.
     private_key: PrivateKey | None = field(default=None, repr=False)
+    #: A request the CA holds for an operator's approval (EST 202); its key stays here too.
+    held: HeldRequest | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)

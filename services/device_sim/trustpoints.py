@@ -8,17 +8,28 @@ the device follows the same table as the management center.
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from cryptography import x509
+
 from shared.enrollment import EnrollmentParameters, SubjectFields, check_trustpoint_name
-from shared.enums import EnrollmentType
+from shared.enums import CertificateRole, EnrollmentType
 from shared.errors import NotFoundError, ValidationError
 from shared.pki import to_pem
 from shared.states import Status, transition
 
-from .enrollers import Enrolled, EnrollmentTask, Outcome
 from .fleet import Device, InstalledCert, Trustpoint
+from .tasks import (
+    CaClientSettings,
+    CurrentIdentity,
+    Enrolled,
+    EnrollmentTask,
+    HeldByCa,
+    HeldRequest,
+    Outcome,
+    Slot,
+)
 
 FIELDS = frozenset(f.name for f in fields(EnrollmentParameters))
 SUBJECT_FIELDS = frozenset(f.name for f in fields(SubjectFields))
@@ -122,31 +133,87 @@ def is_current(trustpoint: Trustpoint, mode: Literal["enroll", "re_enroll"]) -> 
     )
 
 
-def begin(device: Device, trustpoint: Trustpoint, *, re_enroll: bool, now: datetime) -> EnrollmentTask:
+def begin(device: Device, trustpoint: Trustpoint, *, re_enroll: bool, now: datetime,
+          ca: CaClientSettings | None = None) -> EnrollmentTask:
     transition(trustpoint, now=now, ca=Status.IN_PROGRESS, identity=Status.IN_PROGRESS)
     trustpoint.retryable = False
+    return _task(device, trustpoint, re_enroll=re_enroll, now=now, ca=ca)
+
+
+def resume(device: Device, trustpoint: Trustpoint, *, now: datetime,
+           ca: CaClientSettings | None = None) -> EnrollmentTask:
+    """Ask the CA again about the request it holds; the statuses stay as they are meanwhile."""
+    renewal = trustpoint.held is not None and trustpoint.held.renewal
+    return _task(device, trustpoint, re_enroll=renewal, now=now, ca=ca)
+
+
+def _task(device: Device, trustpoint: Trustpoint, *, re_enroll: bool, now: datetime,
+          ca: CaClientSettings | None) -> EnrollmentTask:
     return EnrollmentTask(
         params=trustpoint.params, device=device.identity, weak_crypto=device.weak_crypto,
-        re_enroll=re_enroll, now=now,
+        re_enroll=re_enroll, now=now, ca=ca or CaClientSettings(),
+        current=current_identity(trustpoint) if re_enroll else None, held=trustpoint.held,
     )
 
 
+def current_identity(trustpoint: Trustpoint) -> CurrentIdentity | None:
+    """The installed identity certificate with its key: what a renewal authenticates with."""
+    pem = next((c.pem for c in trustpoint.certificates
+                if c.role == CertificateRole.IDENTITY.value and c.chain_position == 0), None)
+    if pem is None or trustpoint.private_key is None:
+        return None
+    return CurrentIdentity(certificate=x509.load_pem_x509_certificate(pem.encode()),
+                           private_key=trustpoint.private_key)
+
+
+def held_until(trustpoint: Trustpoint, held: HeldRequest) -> datetime:
+    """When the device stops asking the CA about a held request on its own: the enrollment
+    object's retry count times its retry period after the first ask (10 x 1 minute by default)."""
+    options = trustpoint.params.options
+    count, period = options.get("retry_count", 10), options.get("retry_period_minutes", 1)
+    if not isinstance(count, int) or not isinstance(period, int | float):
+        count, period = 10, 1
+    return held.first_asked_at + timedelta(minutes=max(count, 1) * max(period, 0))
+
+
 def finish(trustpoint: Trustpoint, task: EnrollmentTask, outcome: Outcome, *, now: datetime) -> None:
-    """Install what the enrollment produced, or record why it failed. On failure the
-    previously installed certificates stay, as on a real device."""
+    """Install what the enrollment produced, or record why it failed. On failure, and while the
+    CA holds the request, the previously installed identity certificate stays, as on a real
+    device; CA certificates obtained on the way are installed."""
     if isinstance(outcome, Enrolled):
         trustpoint.private_key = outcome.private_key
-        trustpoint.certificates = [
-            InstalledCert(role=role.value, chain_position=position, pem=to_pem(cert))
-            for role, position, cert in outcome.certificates
-        ]
+        trustpoint.certificates = [_installed(slot) for slot in outcome.certificates]
         trustpoint.issued_for = task.params
+        trustpoint.held = None
         transition(trustpoint, now=now, ca=outcome.ca_status, identity=outcome.identity_status)
         trustpoint.retryable = False
         return
-    transition(trustpoint, now=now, ca=Status.FAILED, identity=Status.FAILED,
-               error_code=outcome.code, error_message=outcome.message)
+    if isinstance(outcome, HeldByCa):
+        trustpoint.held = outcome.request
+        _install_ca(trustpoint, outcome.ca_certificates)
+        transition(trustpoint, now=now, ca=Status.AVAILABLE, identity=Status.PENDING)
+        trustpoint.retryable = False
+        return
+    if not outcome.retryable:
+        trustpoint.held = None  # the CA will not issue it: a new enrollment files a new request
+    if outcome.ca_certificates:
+        _install_ca(trustpoint, outcome.ca_certificates)
+        transition(trustpoint, now=now, ca=Status.AVAILABLE, identity=Status.FAILED,
+                   error_code=outcome.code, error_message=outcome.message)
+    else:
+        transition(trustpoint, now=now, ca=Status.FAILED, identity=Status.FAILED,
+                   error_code=outcome.code, error_message=outcome.message)
     trustpoint.retryable = outcome.retryable
+
+
+def _installed(slot: Slot) -> InstalledCert:
+    role, position, cert = slot
+    return InstalledCert(role=role.value, chain_position=position, pem=to_pem(cert))
+
+
+def _install_ca(trustpoint: Trustpoint, slots: tuple[Slot, ...]) -> None:
+    identity = [c for c in trustpoint.certificates if c.role != CertificateRole.CA.value]
+    trustpoint.certificates = identity + [_installed(slot) for slot in slots]
 
 
 def remove(device: Device, name: str) -> None:

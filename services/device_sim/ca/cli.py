@@ -1,6 +1,6 @@
 """``certfleet ca``: the CA simulator.
 
-    certfleet ca serve --state-dir DIR [--host H] [--est-port P] [--est-user U --est-password W] ...
+    certfleet ca serve --state-dir DIR [--host H]... [--est-port P] [--est-user U --est-password W] ...
     certfleet ca requests --state-dir DIR [--all]
     certfleet ca approve --state-dir DIR REQUEST_ID
 """
@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     serve = sub.add_parser("serve", help="serve the CA over EST (HTTPS) until interrupted")
     serve.add_argument("--state-dir", required=True, help="where the CA keeps its keys and certificates")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--host", action="append",
+                       help="address to listen on (default 127.0.0.1); repeat it to serve several, e.g. "
+                       "--host 127.0.0.1 --host ::1, on one port")
     serve.add_argument("--est-port", type=int, default=8443,
                        help="EST port (default 8443; 0 picks a free one)")
     serve.add_argument("--scep-port", type=int, help="SCEP port (SCEP is not served yet)")
@@ -74,14 +76,15 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"ca: {option} ignored: SCEP and CRL/OCSP are not served yet", file=sys.stderr)
     try:
         running = start_in_thread(
-            args.state_dir, host=args.host, est_port=args.est_port, est_user=args.est_user,
+            args.state_dir, host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
             est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
             default_profile=args.default_profile,
         )
     except ValueError as exc:  # EstSettings: user without password and the like
         raise ConfigurationError(str(exc)) from exc
     except OSError as exc:
-        print(f"ca: cannot listen on {args.host}:{args.est_port}: {exc.strerror or exc}", file=sys.stderr)
+        hosts = ", ".join(args.host or ["127.0.0.1"])
+        print(f"ca: cannot listen on {hosts} port {args.est_port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +34,36 @@ def _url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, v6only: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host or "0.0.0.0", port))
+    if family == socket.AF_INET6 and v6only:  # "::" next to "0.0.0.0" on one port
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host or "0.0.0.0", port))
+    except OSError:
+        sock.close()
+        raise
     return sock
+
+
+def _bind_all(hosts: list[str], port: int) -> list[socket.socket]:
+    """One socket per host, all on one port (0: a free one, found by the first host; should the
+    others have it taken, try another)."""
+    several = len(hosts) > 1
+    for _ in range(10):
+        socks = [_bind(hosts[0], port, v6only=several)]
+        try:
+            for host in hosts[1:]:
+                socks.append(_bind(host, socks[0].getsockname()[1], v6only=several))
+            return socks
+        except OSError:
+            for sock in socks:
+                sock.close()
+            if port:
+                raise
+    raise OSError(f"no port free on all of {', '.join(hosts)}")
 
 
 @dataclass
@@ -51,6 +76,8 @@ class RunningCa:
     _loop: asyncio.AbstractEventLoop = field(repr=False)
     _runner: web.AppRunner = field(repr=False)
     _thread: threading.Thread = field(repr=False)
+    #: The EST URL on every address served (``est_url`` is the first).
+    est_urls: list[str] = field(default_factory=list)
 
     @property
     def state_dir(self) -> Path:
@@ -66,7 +93,8 @@ class RunningCa:
         return self.ca.paths.chain
 
     def ready_line(self) -> str:
-        return f"ca ready: est={self.est_url} state={self.state_dir}"
+        urls = " ".join(f"est={url}" for url in self.est_urls or [self.est_url])
+        return f"ca ready: {urls} state={self.state_dir}"
 
     def stop(self) -> None:
         if not self._thread.is_alive():
@@ -90,33 +118,37 @@ class RunningCa:
         self.stop()
 
 
-def start_in_thread(state_dir: Path | str, *, host: str = "127.0.0.1", est_port: int = 0,
+def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0.0.1", est_port: int = 0,
                     est_user: str | None = None, est_password: str | None = None,
                     key_type: KeyType | str | None = None, retry_after: int = 2,
                     default_profile: str = "default") -> RunningCa:
-    """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread.
+    """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread; ``host`` may
+    list several addresses (e.g. 127.0.0.1 and ::1), served on one port.
     Several servers may share one state directory (and so one CA and request store)."""
+    hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host)) or ["127.0.0.1"]
     settings = EstSettings(user=est_user, password=est_password, retry_after=retry_after,
                            default_profile=default_profile)
     ca = load_authority(state_dir, key_type=key_type)
-    extra = () if host in _UNSPECIFIED else (host,)
+    extra = tuple(h for h in hosts if h not in _UNSPECIFIED)
     cert_file, key_file = ensure_tls_certificate(ca, extra_names=extra)
     ssl_context = server_ssl_context(ca, cert_file, key_file)
     token = load_or_create_token(ca.paths.admin_token)
     app = build_app(ca, RequestStore(ca.paths.requests_db), settings, admin_token=token)
 
-    sock = _bind(host, est_port)
+    socks = _bind_all(hosts, est_port)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
 
     async def start() -> None:
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        for sock in socks:
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
 
     try:
         loop.run_until_complete(start())
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         loop.close()
         raise
 
@@ -124,9 +156,11 @@ def start_in_thread(state_dir: Path | str, *, host: str = "127.0.0.1", est_port:
         loop.run_forever()
         loop.close()
 
-    thread = threading.Thread(target=serve, name=f"ca-est-{sock.getsockname()[1]}", daemon=True)
+    port = socks[0].getsockname()[1]
+    thread = threading.Thread(target=serve, name=f"ca-est-{port}", daemon=True)
     thread.start()
-    running = RunningCa(ca=ca, est_url=_url("https", host, sock.getsockname()[1]), admin_token=token,
+    urls = [_url("https", h, port) for h in hosts]
+    running = RunningCa(ca=ca, est_url=urls[0], admin_token=token, est_urls=urls,
                         _loop=loop, _runner=runner, _thread=thread)
     log.info("ca started", est_url=running.est_url, state_dir=str(running.state_dir),
              key_type=ca.key_type.value, basic_auth=bool(est_user))
