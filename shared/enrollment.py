@@ -82,7 +82,7 @@ class EnrollmentParameters:
     include_serial_number: bool = False
     validity_days: int = 365
     #: Type-specific settings (EST/SCEP URL, credentials, fingerprint, …).
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # holds secrets
 
     def __post_init__(self) -> None:
         check_trustpoint_name(self.name)

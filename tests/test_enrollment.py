@@ -154,3 +154,9 @@ def test_malformed_wire_message_says_what_is_wrong():
         EnrollmentParameters.from_wire({"name": "tp", "enrollment_type": "est", "colour": "blue"})
     assert "trustpoint configuration is malformed" in info.value.message
     assert "colour" in info.value.message
+
+
+def test_the_repr_of_parameters_never_shows_their_secrets():
+    params = EnrollmentParameters(name="vpn", enrollment_type="est", key_type="ecdsa", key_size=256,
+                                  options={"password": "s3cret-enroll", "challenge": "otp-42"})
+    assert "s3cret-enroll" not in repr(params) and "otp-42" not in repr(params)
