@@ -81,7 +81,7 @@ def root_fingerprint(http: httpx.Client) -> set[str]:
 
 
 def test_serve_restart_keeps_the_ca_and_never_logs_the_password(state_dir):
-    served = Served(state_dir, "--scep-port", "0")
+    served = Served(state_dir, "--http-port", "0")
     try:
         assert served.match[2] == str(state_dir.resolve())
         assert "scep=" not in served.lines[0]
@@ -98,7 +98,7 @@ def test_serve_restart_keeps_the_ca_and_never_logs_the_password(state_dir):
         assert served.stop() == 0
     assert len(served.lines) == 1, served.lines  # exactly one line on stdout
     log = served.stderr()
-    assert "certificate issued" in log and "--scep-port ignored" in log
+    assert "certificate issued" in log and "--http-port ignored" in log
     assert PASSWORD not in log
     tls_ca = (state_dir / "tls-ca.pem").read_bytes()
 

@@ -1,6 +1,6 @@
 """The CA simulator: a root and an issuing CA kept in a state directory, certificate profiles
-imitating the CA servers the seed names, and an EST server (RFC 7030) that real clients such as
-strongSwan's ``pki`` enroll against.
+imitating the CA servers the seed names, and EST (RFC 7030) and SCEP (RFC 8894) servers that
+real clients such as strongSwan's ``pki`` enroll against.
 
     profiles.py     issuing policies per EST label, and check_ipsec_eku
     issuance.py     pure certificate building
@@ -8,8 +8,16 @@ strongSwan's ``pki`` enroll against.
     pending.py      requests waiting for manual approval, and approve()
     est_codec.py    pure EST message codec (shared with the device's EST client)
     est_server.py   the EST endpoints (aiohttp, TLS client certificates)
+    scep_cms.py     pure CMS pieces SCEP is made of (asn1crypto + cryptography)
+    scep_codec.py   pure SCEP message codec (shared with the device's SCEP client)
+    scep_dialects.py  what each SCEP profile advertises and accepts (legacy-des: DES/SHA-1)
+    scep_identity.py  who speaks SCEP for the CA: the issuing CA or an RA
+    scep_transactions.py  SCEP transactions and sender nonces (SQLite)
+    challenges.py   one-time SCEP challenge passwords (SQLite)
+    scep_service.py the answer to each SCEP message
+    scep_server.py  the SCEP endpoints (aiohttp, plain HTTP)
     admin.py        admin endpoints (approve) on loopback, token-protected
     problems.py     errors to problem+json answers
     service.py      start_in_thread(): run it in this process
-    cli.py          certfleet ca serve | requests | approve
+    cli.py          certfleet ca serve | requests | approve | challenge
 """

@@ -1,7 +1,8 @@
-"""Run the CA simulator: load (or create) the CA, then serve EST over HTTPS on an event loop
-in a background thread. The CLI waits on it; tests and the demo use :func:`start_in_thread`.
+"""Run the CA simulator: load (or create) the CA, then serve EST over HTTPS (and SCEP over
+plain HTTP, when given a port) on an event loop in a background thread. The CLI waits on it;
+tests and the demo use :func:`start_in_thread`.
 
-SCEP (issue 4) and the CRL/OCSP HTTP endpoint are not served yet.
+The CRL/OCSP HTTP endpoint is not served yet.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .admin import load_or_create_token
 from .authority import CertificateAuthority, ensure_tls_certificate, load_authority
 from .est_server import EstSettings, build_app, server_ssl_context
 from .pending import RequestStore
+from .scep_server import build_scep_app
+from .scep_service import ScepSettings, scep_service_for
 
 log = get_logger("ca")
 
@@ -78,6 +81,10 @@ class RunningCa:
     _thread: threading.Thread = field(repr=False)
     #: The EST URL on every address served (``est_url`` is the first).
     est_urls: list[str] = field(default_factory=list)
+    #: SCEP (plain HTTP), when served: ``<scep_url>/scep`` or ``<scep_url>/cgi-bin/pkiclient.exe``.
+    scep_url: str | None = None
+    scep_urls: list[str] = field(default_factory=list)
+    _scep_runner: web.AppRunner | None = field(default=None, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -94,6 +101,7 @@ class RunningCa:
 
     def ready_line(self) -> str:
         urls = " ".join(f"est={url}" for url in self.est_urls or [self.est_url])
+        urls += "".join(f" scep={url}" for url in self.scep_urls)
         return f"ca ready: {urls} state={self.state_dir}"
 
     def stop(self) -> None:
@@ -105,6 +113,8 @@ class RunningCa:
 
     async def _shutdown(self) -> None:
         await self._runner.cleanup()
+        if self._scep_runner is not None:
+            await self._scep_runner.cleanup()
         # Connections still open (keep-alive) end here, so the loop closes without orphans.
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
@@ -121,10 +131,13 @@ class RunningCa:
 def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0.0.1", est_port: int = 0,
                     est_user: str | None = None, est_password: str | None = None,
                     key_type: KeyType | str | None = None, retry_after: int = 2,
-                    default_profile: str = "default") -> RunningCa:
+                    default_profile: str = "default", scep_port: int | None = None,
+                    scep_challenge: str | None = None, scep_ra: bool = False) -> RunningCa:
     """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread; ``host`` may
     list several addresses (e.g. 127.0.0.1 and ::1), served on one port.
-    Several servers may share one state directory (and so one CA and request store)."""
+    Several servers may share one state directory (and so one CA and request store).
+    With ``scep_port`` (0: a free one) SCEP is served too, on plain HTTP; ``scep_challenge`` is
+    its static challenge password, ``scep_ra`` makes an RA certificate speak for the CA."""
     hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host)) or ["127.0.0.1"]
     settings = EstSettings(user=est_user, password=est_password, retry_after=retry_after,
                            default_profile=default_profile)
@@ -133,21 +146,38 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
     cert_file, key_file = ensure_tls_certificate(ca, extra_names=extra)
     ssl_context = server_ssl_context(ca, cert_file, key_file)
     token = load_or_create_token(ca.paths.admin_token)
-    app = build_app(ca, RequestStore(ca.paths.requests_db), settings, admin_token=token)
+    store = RequestStore(ca.paths.requests_db)
+    app = build_app(ca, store, settings, admin_token=token)
+    scep_app = None
+    if scep_port is not None:
+        scep_settings = ScepSettings(challenge=scep_challenge, ra=scep_ra)
+        scep_app = build_scep_app(scep_service_for(ca, scep_settings, requests=store))
 
     socks = _bind_all(hosts, est_port)
+    try:
+        scep_socks = _bind_all(hosts, scep_port) if scep_port is not None else []
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    scep_runner = web.AppRunner(scep_app, access_log=None, handle_signals=False, shutdown_timeout=2) \
+        if scep_app is not None else None
 
     async def start() -> None:
         await runner.setup()
         for sock in socks:
             await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        if scep_runner is not None:
+            await scep_runner.setup()
+            for sock in scep_socks:
+                await web.SockSite(scep_runner, sock).start()
 
     try:
         loop.run_until_complete(start())
     except BaseException:
-        for sock in socks:
+        for sock in socks + scep_socks:
             sock.close()
         loop.close()
         raise
@@ -160,8 +190,10 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
     thread = threading.Thread(target=serve, name=f"ca-est-{port}", daemon=True)
     thread.start()
     urls = [_url("https", h, port) for h in hosts]
+    scep_urls = [_url("http", h, scep_socks[0].getsockname()[1]) for h in hosts] if scep_socks else []
     running = RunningCa(ca=ca, est_url=urls[0], admin_token=token, est_urls=urls,
-                        _loop=loop, _runner=runner, _thread=thread)
-    log.info("ca started", est_url=running.est_url, state_dir=str(running.state_dir),
-             key_type=ca.key_type.value, basic_auth=bool(est_user))
+                        _loop=loop, _runner=runner, _thread=thread,
+                        scep_url=scep_urls[0] if scep_urls else None, scep_urls=scep_urls, _scep_runner=scep_runner)
+    log.info("ca started", est_url=running.est_url, scep_url=running.scep_url, state_dir=str(running.state_dir),
+             key_type=ca.key_type.value, basic_auth=bool(est_user), scep_challenge=bool(scep_challenge))
     return running
