@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Real peers the protocol tests talk to: strongSwan's pki (EST/SCEP clients) and openssl.
 DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl
 
-.PHONY: demo test bench lint peers clean
+.PHONY: demo test bench bench-self-signed lint peers clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,8 +22,13 @@ demo: $(STAMP)
 test: $(STAMP) peers
 	$(PY) -m pytest -q
 
+# Not part of `make test`: each prints JSON lines (see README, Performance). Run on a quiet machine.
 bench: $(STAMP)
-	$(PY) bench/fleet.py
+	$(PY) bench/publish.py --devices 10000
+	$(PY) bench/fleet.py --enrollment est --devices 5000 --devices 10000 --devices 50000
+
+bench-self-signed: $(STAMP)
+	$(PY) bench/fleet.py --devices 5000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared services tests bench

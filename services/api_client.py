@@ -3,6 +3,7 @@ end-to-end tests. Problem responses become :class:`ApiError` with their stable c
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -35,7 +36,7 @@ class CertfleetClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -43,6 +44,10 @@ class CertfleetClient:
                 raise ApiError(response.status_code, body.get("code", "error"), body.get("detail", ""))
             except ValueError:
                 raise ApiError(response.status_code, "error", response.text[:200]) from None
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -59,12 +64,38 @@ class CertfleetClient:
     def devices(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, limit: int = 1000) -> list[dict]:
         return list(self._pages(f"/domains/{domain_id}/devices", limit=limit))
 
+    def find_devices(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters: str) -> list[dict]:
+        """Devices matching exact filters: ``name=`` or ``serial=``."""
+        return self._call("GET", f"/domains/{domain_id}/devices", params={**filters, "limit": 100})["items"]
+
     def update_device(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **fields) -> dict:
         return self._call("PATCH", f"/domains/{domain_id}/devices/{device_id}", json=fields)
+
+    def device(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("GET", f"/domains/{domain_id}/devices/{device_id}")
 
     # --- enrollment objects ---------------------------------------------------------------
     def create_enrollment_object(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **fields) -> dict:
         return self._call("POST", f"/domains/{domain_id}/enrollment-objects", json=fields)
+
+    def upload_pkcs12(
+        self, filename: str, content: bytes, passphrase: str, *, name: str | None = None,
+        domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        """A PKCS12 enrollment object named as the file (multipart upload)."""
+        data = {"passphrase": passphrase, **({"name": name} if name else {})}
+        return self._call("POST", f"/domains/{domain_id}/enrollment-objects/pkcs12", data=data,
+                          files={"file": (filename, content, "application/x-pkcs12")})
+
+    def set_pkcs12_passphrase(
+        self, object_id: str, passphrase: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID
+    ) -> dict:
+        return self._call("PUT", f"/domains/{domain_id}/enrollment-objects/{object_id}/passphrase",
+                          json={"passphrase": passphrase})
+
+    def enrollment_objects(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> list[dict]:
+        """The objects usable in the domain: its own and its ancestors'."""
+        return list(self._pages(f"/domains/{domain_id}/enrollment-objects"))
 
     # --- trustpoints and jobs -------------------------------------------------------------
     def add_trustpoint(
@@ -97,6 +128,52 @@ class CertfleetClient:
         if action == "delete":
             return self._call("DELETE", path)
         return self._call("POST", f"{path}/{action}")
+
+    def trustpoint_csr(
+        self, device_id: str, name: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID
+    ) -> str:
+        return self._request("GET", f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}/csr").text
+
+    def import_identity_certificate(
+        self, device_id: str, name: str, certificate: bytes, *, ca_certificate: bytes | None = None,
+        domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        """``certificate`` in PEM or DER; a CA certificate (PEM) goes after it in the same PEM body."""
+        path = f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}/identity-certificate"
+        body, media_type = certificate, "application/x-pem-file"
+        if b"-----BEGIN" not in certificate:
+            media_type = "application/pkix-cert"
+            if ca_certificate:
+                raise ValueError("send a DER certificate alone, or both certificates in PEM")
+        elif ca_certificate:
+            body = certificate.rstrip() + b"\n" + ca_certificate
+        return self._call("POST", path, content=body, headers={"Content-Type": media_type})
+
+    def export_trustpoint(
+        self, device_id: str, name: str, fmt: str, *, passphrase: str | None = None,
+        domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> bytes:
+        body: dict[str, Any] = {"format": fmt}
+        if passphrase is not None:
+            body["passphrase"] = passphrase
+        path = f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}/export"
+        return self._request("POST", path, json=body).content
+
+    def export_audit(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
+        return list(self._pages(f"/domains/{domain_id}/audit/exports", **filters))
+
+    def wait_for_job(
+        self, job_id: str, *, timeout: float = 60, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID
+    ) -> dict:
+        """The job once it has finished (succeeded or failed); TimeoutError after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id, domain_id=domain_id)
+            if job["state"] in ("succeeded", "failed"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout:g} s")
+            time.sleep(0.1)
 
     def trustpoints(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
         return list(self._pages(f"/domains/{domain_id}/trustpoints", **filters))

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "eddsa"])
     demo.add_argument("--key-size", type=int, default=256)
     demo.add_argument("--threads", type=int, default=8, help="worker threads")
-    demo.add_argument("--enrollment", default="self-signed", choices=["self-signed", "est"],
-                      help="how the devices enroll: self-signed (default), or est with the CA simulator")
+    demo.add_argument("--enrollment", default="self-signed", choices=["self-signed", "est", "scep", "mixed"],
+                      help="how the devices enroll: self-signed (default), est or scep with the CA simulator, "
+                      "or mixed (a third each)")
     demo.set_defaults(func=_demo)
 
     up = sub.add_parser("up", help="run the embedded stack and leave it serving the API")
@@ -89,12 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("controller", "services.controller.cli", "serve the REST API (and the reconciler)"),
         ("worker", "services.worker.cli", "run Dramatiq worker processes"),
         ("device-sim", "services.device_sim.cli", "serve a simulated device fleet"),
-        ("ca", "services.device_sim.ca.cli", "CA simulator (EST)"),
+        ("ca", "services.device_sim.ca.cli", "CA simulator (EST and SCEP)"),
     ):
         p = sub.add_parser(name, help=help_text)
         mod = import_module(module)
         mod.add_arguments(p)
         p.set_defaults(func=mod.main)
+
+    enroll = sub.add_parser("enroll", help="install an enrollment object on many devices and follow it")
+    enroll_cli = import_module("services.enroll_cli")
+    enroll_cli.add_arguments(enroll)
+    _api_args(enroll)
+    enroll.set_defaults(func=enroll_cli.main)
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
@@ -110,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--domain", default="e276abec-e0f2-11e3-8169-6d9ed49b625f", help="domain id (default Global)")
     _api_args(imp)
     imp.set_defaults(func=_devices_import)
+
+    # certfleet trustpoint show|csr|import|export|re-enroll|refresh|delete, certfleet device weak-crypto
+    import_module("services.operator_cli").add_commands(sub, _api_args)
     return parser
 
 

@@ -1,8 +1,9 @@
 """The device-management API: the contract between the workers and a device.
 
-The device simulator serves it; :mod:`services.worker.device_client` speaks it. An adapter
-for real devices implements the same client interface. All paths are relative to a
-device's management URL, ``{base}/api/devices/{serial}``:
+The device simulator serves it; :mod:`shared.device_client` speaks it (for the workers, and
+for the controller's synchronous export). An adapter for real devices implements the same
+client interface. All paths are relative to a device's management URL,
+``{base}/api/devices/{serial}``:
 
     GET    .                                   DeviceInfo
     PUT    ./weak-crypto                       {"enabled": bool} -> DeviceInfo
@@ -10,9 +11,20 @@ device's management URL, ``{base}/api/devices/{serial}``:
     PUT    ./trustpoints/{name}                EnrollmentParameters.to_wire() -> TrustpointState
     POST   ./trustpoints/{name}/enroll         EnrollRequest -> TrustpointState
     GET    ./trustpoints/{name}                TrustpointState (certificates included)
+    POST   ./trustpoints/{name}/identity-certificate
+                                               IdentityCertificateImport -> TrustpointState
+    POST   ./trustpoints/{name}/export         ExportRequest -> ExportedFile
     DELETE ./trustpoints/{name}                204 (also when already gone)
     GET    ./keyring/default                   KeyringState
     POST   ./keyring/default/regenerate        KeyringState
+
+A manual trustpoint waiting for its identity certificate shows identity ``pending`` and its
+certificate request in ``TrustpointState.csr_pem``; the operator's signed certificate comes
+back through ``identity-certificate``, which the device checks against its key (and CA)
+before installing it. Private keys never leave a device, except inside the
+passphrase-encrypted PKCS#12 file ``export`` makes (AES-256-CBC, PBKDF2, HMAC-SHA-256).
+A PKCS#12 enrollment carries the file and its passphrase in the trustpoint configuration's
+options (``pkcs12_base64``, ``passphrase``), like an EST password: to the device only.
 
 The fleet's inventory is at ``{base}/api/inventory?offset=&limit=`` -> Inventory.
 Errors come as ``{"code": ..., "message": ...}`` with a 4xx or 5xx status; a 5xx (or no
@@ -67,6 +79,27 @@ class TrustpointState(_Wire):
 class EnrollRequest(_Wire):
     #: "enroll" for a new key pair and certificate; "re_enroll" renews with a new key pair.
     mode: Literal["enroll", "re_enroll"] = "enroll"
+
+
+class IdentityCertificateImport(_Wire):
+    """An identity certificate for a trustpoint whose request (CSR) an operator got signed."""
+
+    certificate_pem: str
+    #: The CA certificate(s) that issued it, when the trustpoint has none yet (issuing CA first).
+    ca_certificate_pem: str | None = None
+
+
+class ExportRequest(_Wire):
+    #: "pkcs12": key, identity certificate and CA chain, encrypted; "pem": the identity certificate.
+    format: Literal["pkcs12", "pem"]
+    #: Required for pkcs12. A secret: never logged, never stored.
+    passphrase: str | None = None
+
+
+class ExportedFile(_Wire):
+    format: Literal["pkcs12", "pem"]
+    #: The file's bytes, base64.
+    content_base64: str
 
 
 class KeyringState(_Wire):

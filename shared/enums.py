@@ -32,6 +32,8 @@ class JobKind(StrEnum):
     RE_ENROLL = "re_enroll"
     REFRESH = "refresh"
     DELETE = "delete"
+    #: Install the identity certificate an operator imported into a manual trustpoint.
+    INSTALL_IDENTITY = "install_identity"
 
 
 class JobState(StrEnum):

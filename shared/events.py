@@ -20,6 +20,7 @@ ACTOR_FOR_KIND: dict[JobKind, str] = {
     JobKind.RE_ENROLL: "re_enroll_trustpoint",
     JobKind.REFRESH: "refresh_trustpoint",
     JobKind.DELETE: "delete_trustpoint",
+    JobKind.INSTALL_IDENTITY: "install_identity_certificate",
 }
 
 

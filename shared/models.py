@@ -121,6 +121,10 @@ class EnrollmentObject(SQLModel, table=True):
     ignore_server_validation: bool = False
     retry_period_minutes: int = 1
     retry_count: int = 10
+    #: This CA's own limits (EST / SCEP), shared by every object naming the same CA endpoint;
+    #: None: the settings' CERTFLEET_CA_CONCURRENCY and CERTFLEET_CA_RATE_PER_SECOND.
+    ca_concurrency_limit: int | None = None
+    ca_rate_limit: float | None = None
     # Manual
     ca_certificate_pem: str = Field(default="")
     ca_only: bool = False
@@ -152,6 +156,10 @@ class Trustpoint(SQLModel, table=True):
     error_message: str | None = Field(default=None, max_length=2048)
     #: The CSR the device made, while an operator must get it signed (manual enrollment).
     csr_pem: str | None = None
+    #: An identity certificate (and CA certificates) an operator imported, checked and waiting
+    #: for its install job to put it on the device; cleared when installed.
+    pending_identity_pem: str | None = None
+    pending_ca_pem: str | None = None
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     status_changed_at: datetime | None = _ts(nullable=True)
@@ -202,6 +210,8 @@ class Job(SQLModel, table=True):
     state: str = Field(default=JobState.QUEUED.value, max_length=16, index=True)
     attempts: int = 0
     max_attempts: int = 5
+    #: Times the job waited for its CA (busy or down) without spending an attempt.
+    ca_waits: int = 0
     #: Until when the current holder owns the job; after that the reconciler re-publishes it.
     lease_expires_at: datetime | None = _ts(nullable=True, index=True)
     #: When a transient failure's retry is due (the message is delayed until then).
@@ -234,6 +244,31 @@ class Batch(SQLModel, table=True):
     skipped: int = 0
     requested_by: str = Field(default="", max_length=255)
     created_at: datetime = _ts()
+
+
+class ExportAudit(SQLModel, table=True):
+    """One export of a trustpoint's certificate: who, when, which trustpoint, which format.
+
+    No foreign keys: the record outlives the trustpoint and device it names. The passphrase
+    of a PKCS#12 export is never stored.
+    """
+
+    __tablename__ = "export_audit"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    domain_id: uuid.UUID = Field(index=True)
+    device_id: uuid.UUID
+    device_name: str = Field(max_length=128)
+    trustpoint_id: uuid.UUID
+    trustpoint_name: str = Field(max_length=255)
+    format: str = Field(max_length=16)  # pkcs12 | pem
+    #: The API token's name and role, as Principal.describe() gives them.
+    requested_by: str = Field(default="", max_length=255)
+    role: str = Field(default="", max_length=16)
+    #: "succeeded", or "failed" with the error code (e.g. the device was unreachable).
+    outcome: str = Field(default="succeeded", max_length=16)
+    error_code: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts(index=True)
 
 
 class ApiToken(SQLModel, table=True):

@@ -41,6 +41,16 @@ class Settings:
     #: Where the workers' Prometheus exposition server listens.
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9191
+    #: Enrollments talking to one CA endpoint (scheme://host:port) at once, across every worker;
+    #: an enrollment object's ca_concurrency_limit overrides it.
+    ca_concurrency: int = 64
+    #: Enrollments started per second against one CA endpoint, across every worker; an
+    #: enrollment object's ca_rate_limit overrides it.
+    ca_rate_per_second: float = 200.0
+    #: Cap on the wait between tries while a CA is unavailable or at its limits, in milliseconds.
+    ca_backoff_max_ms: int = 60_000
+    #: How long jobs wait for an unavailable CA (without spending their attempts) before failing.
+    ca_outage_give_up_seconds: float = 3600.0
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -80,7 +90,9 @@ class Settings:
             raise ConfigurationError(f"{PREFIX}JOB_MAX_ATTEMPTS must be at least 1")
         # Zero, negative or NaN durations would make leases, retries and timeouts meaningless.
         for name in ("job_lease_seconds", "retry_backoff_ms", "retry_backoff_max_ms",
-                     "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch"):
+                     "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch",
+                     "ca_concurrency", "ca_rate_per_second", "ca_backoff_max_ms",
+                     "ca_outage_give_up_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
         if not 0 <= self.worker_metrics_port <= 65535:

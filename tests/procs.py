@@ -65,6 +65,17 @@ class Proc:
         self.log.close()
 
 
+def ca_ready_urls(ca: Proc, timeout: float = 60) -> dict[str, list[str]]:
+    """The URLs on the ready line of ``certfleet ca serve`` by protocol, e.g. ``{"est": [...],
+    "scep": [...]}`` (``ca ready: est=URL [est=URL …] [scep=URL …] state=DIR``)."""
+    served = ca.wait_for_line(r"ca ready: ((?:\w+=\S+ )+)state=", timeout).group(1)
+    urls: dict[str, list[str]] = {}
+    for item in served.split():
+        protocol, _, url = item.partition("=")
+        urls.setdefault(protocol, []).append(url)
+    return urls
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -39,6 +39,39 @@ def test_demo_enrolls_over_est_with_the_ca_simulator():
     assert cells[:5] == ["20", "est", "20", "0", "0"], summary
 
 
+def demo_rows(stdout: str) -> dict[str, list[str]]:
+    """The summary table's rows by method: [devices, method, available, failed, unfinished, …]."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ \n").split("│")]
+        if line.startswith("│") and len(cells) >= 5:
+            rows[cells[1]] = cells
+    return rows
+
+
+def test_demo_enrolls_over_scep_with_the_ca_simulator():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "20", "--enrollment", "scep"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CA simulator up: SCEP http://127.0.0.1:" in done.stdout
+    assert demo_rows(done.stdout)["scep"][:5] == ["20", "scep", "20", "0", "0"], done.stdout
+
+
+def test_demo_enrolls_a_mixed_fleet_a_third_per_method():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "30", "--enrollment", "mixed"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CA simulator up: EST https://127.0.0.1:" in done.stdout and ", SCEP http://127.0.0.1:" in done.stdout
+    rows = demo_rows(done.stdout)
+    for method in ("self-signed", "est", "scep"):
+        assert rows[method][:5] == ["10", method, "10", "0", "0"], done.stdout
+    assert rows["all"][:5] == ["30", "all", "30", "0", "0"], done.stdout
+
+
 def test_up_serves_the_api_and_writes_an_admin_token(tmp_path):
     port = free_port()
     up = Proc("up", ["up", "--devices", "5", "--port", str(port), "--state-dir", str(tmp_path / "state")],

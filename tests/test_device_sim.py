@@ -307,13 +307,15 @@ def test_weak_crypto_deployed_with_the_trustpoint_applies_first(client: httpx.Cl
     assert client.get(device).json()["weak_crypto"] is False
 
 
-@pytest.mark.parametrize("enrollment_type", ["scep", "manual", "pkcs12"])  # EST: tests/test_est_enrollment.py
-def test_other_enrollment_types_fail_clearly(client: httpx.Client, enrollment_type: str) -> None:
+# EST: tests/test_est_enrollment.py; SCEP: tests/test_scep_enrollment.py; manual and PKCS12:
+# tests/test_manual_pkcs12.py, tests/test_device_manual.py
+@pytest.mark.parametrize("enrollment_type", ["est", "scep"])
+def test_a_ca_enrollment_without_its_url_fails_clearly(client: httpx.Client, enrollment_type: str) -> None:
     state = configure_and_enroll(client, DEVICE, configuration(f"tp-{enrollment_type}",
                                                                enrollment_type=enrollment_type))
     assert state.identity_status == "failed"
-    assert state.error_code == "unsupported_enrollment_type" and state.retryable is False
-    assert enrollment_type in state.error_message and "self_signed" in state.error_message
+    assert state.error_code == "invalid_enrollment_url" and state.retryable is False
+    assert "has no enrollment URL" in state.error_message
 
 
 # --- the default keyring -------------------------------------------------------------------------

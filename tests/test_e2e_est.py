@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from services.api_client import ApiError, CertfleetClient
 from tests.ca_peers import spki, write_pem
 from tests.pg import fresh_database, postgres_or_skip
-from tests.procs import Proc, Stack, run_cli
+from tests.procs import Proc, Stack, ca_ready_urls, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     serve = ["ca", "serve", "--state-dir", str(ca_dir), "--est-port", "0", *hosts, "--est-user", USER]
     ca = Proc("ca", serve, env, logs)
     try:
-        urls = ca.wait_for_line(r"ca ready: ((?:est=\S+ )+)state=").group(1).replace("est=", "").split()
+        urls = ca_ready_urls(ca)["est"]
         redis.Redis.from_url(REDIS_URL).flushdb()
         with fresh_database() as database_url:
             with Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=logs, devices=DEVICES,

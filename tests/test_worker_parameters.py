@@ -61,3 +61,15 @@ def test_stored_value_the_device_cannot_take_is_refused_with_its_code():
     with pytest.raises(ValidationError) as caught:
         trustpoint_configuration(obj(country="Germany"), device(), name="vpn")
     assert caught.value.code == "invalid_country"
+
+
+def test_pkcs12_configuration_carries_the_file_and_passphrase_decrypted_and_manual_its_ca():
+    p12 = obj(name="gw", enrollment_type="pkcs12", pkcs12_blob=BOX.seal(b"\x30\x82 p12 bytes"),
+              secret_blob=BOX.seal(b"p12-pass"), pkcs12_filename="gw.p12")
+    params = trustpoint_configuration(p12, device(), name="gw", secrets=BOX)
+    assert params.options["pkcs12_base64"] == "MIIgcDEyIGJ5dGVz"
+    assert params.options["passphrase"] == "p12-pass"
+    assert "p12-pass" not in repr(params)
+    manual = obj(enrollment_type="manual", ca_certificate_pem="-----BEGIN CERTIFICATE-----…", ca_only=True)
+    options = trustpoint_configuration(manual, device(), name="vpn").options
+    assert options["ca_only"] is True and options["ca_certificate_pem"].startswith("-----BEGIN")

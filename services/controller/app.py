@@ -15,6 +15,7 @@ from sqlmodel import Session
 from shared.broker import make_broker
 from shared.clock import utcnow
 from shared.db import init_db, make_engine
+from shared.device_client import DeviceClient, HttpDeviceClient
 from shared.metrics import FleetCollector, FleetSnapshot
 from shared.secrets import SecretBox
 from shared.settings import Settings
@@ -23,7 +24,17 @@ from . import problems
 from .auth import TokenCache
 from .fleet_stats import read_fleet_stats
 from .reconciler import Reconciler
-from .routers import bulk_enrollments, devices, domains, enrollment_objects, jobs, ops, trustpoints
+from .routers import (
+    audit,
+    bulk_enrollments,
+    certificates,
+    devices,
+    domains,
+    enrollment_objects,
+    jobs,
+    ops,
+    trustpoints,
+)
 
 API_PREFIX = "/api/v1"
 
@@ -40,14 +51,17 @@ def _fleet_registry(engine: Engine) -> CollectorRegistry:
 
 def create_app(
     settings: Settings, *, engine: Engine | None = None, broker: dramatiq.Broker | None = None,
-    start_reconciler: bool = False,
+    start_reconciler: bool = False, device_client: DeviceClient | None = None,
 ) -> FastAPI:
-    """Build the app. An engine or broker passed in stays the caller's to close; those made
-    here are closed when the app shuts down."""
-    owns_engine, owns_broker = engine is None, broker is None
+    """Build the app. An engine, broker or device client passed in stays the caller's to close;
+    those made here are closed when the app shuts down. The device client serves the one
+    synchronous device call, the PKCS#12 export."""
+    owns_engine, owns_broker, owns_devices = engine is None, broker is None, device_client is None
     engine = engine if engine is not None else make_engine(settings)
     init_db(engine)
     broker = broker if broker is not None else make_broker(settings)
+    device_client = device_client if device_client is not None else HttpDeviceClient.from_settings(
+        settings, max_connections=16)
     reconciler = (
         Reconciler(engine, broker, interval_seconds=settings.reconcile_interval_seconds,
                    lease_seconds=settings.job_lease_seconds)
@@ -65,6 +79,8 @@ def create_app(
                 reconciler.stop()
             if owns_broker:
                 broker.close()
+            if owns_devices:
+                getattr(device_client, "close", lambda: None)()
             if owns_engine:
                 engine.dispose()
 
@@ -79,6 +95,7 @@ def create_app(
     app.state.engine = engine
     app.state.broker = broker
     app.state.reconciler = reconciler
+    app.state.devices = device_client
     app.state.secret_box = SecretBox(settings.secret_key)
     app.state.token_cache = TokenCache()
     app.state.fleet_registry = _fleet_registry(engine)
@@ -86,7 +103,8 @@ def create_app(
     problems.install(app)
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (domains, devices, enrollment_objects, trustpoints, bulk_enrollments, jobs):
+    for module in (domains, devices, enrollment_objects, trustpoints, certificates, bulk_enrollments, jobs,
+                   audit):
         api.include_router(module.router)
     app.include_router(api)
     return app

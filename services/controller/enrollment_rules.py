@@ -54,7 +54,7 @@ def object_columns(data: EnrollmentObjectCreate) -> dict[str, Any]:
             )
         columns["enrollment_url"] = check_http_url(data.enrollment_url, field="enrollment_url")
     else:
-        for field in ("enrollment_url", "username"):
+        for field in ("enrollment_url", "username", "ca_concurrency_limit", "ca_rate_limit"):
             if getattr(data, field):
                 raise _not_applicable(field, kind, "EST and SCEP")
     if not 1 <= data.retry_period_minutes <= 60:

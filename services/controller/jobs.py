@@ -23,6 +23,7 @@ from shared.logging import get_logger
 from shared.models import Job, Trustpoint
 from shared.settings import Settings
 
+from .publishing import publish_jobs
 from .scope import DomainScope
 
 log = get_logger(__name__)
@@ -88,17 +89,12 @@ def publish(broker: dramatiq.Broker, job: Job) -> bool:
     return True
 
 
-def publish_many(broker: dramatiq.Broker, kind: JobKind, job_ids: list[uuid.UUID], *, queue: str) -> int:
-    """Publish committed jobs; stop at the first broker error and leave the rest to the
-    reconciler (their leases run out and they are re-published). Returns how many went out."""
-    for sent, job_id in enumerate(job_ids):
-        try:
-            publish_job(broker, kind, job_id, queue=queue)
-        except Exception as exc:  # the broker's errors vary by backend; the stored jobs are what counts
-            log.warning("jobs stored but not all published; the reconciler will re-publish the rest",
-                        published=sent, unpublished=len(job_ids) - sent, error=f"{type(exc).__name__}: {exc}")
-            return sent
-    return len(job_ids)
+def publish_many(broker: dramatiq.Broker, kind: JobKind, job_ids: list[uuid.UUID], *, queue: str,
+                 published_at: datetime | None = None) -> int:
+    """Publish committed jobs in a few round trips (:mod:`.publishing`), stamped with the time
+    their leases count from; on a broker error the rest is left to the reconciler (their
+    leases run out and they are re-published). Returns how many went out."""
+    return publish_jobs(broker, [(kind, job_id, queue) for job_id in job_ids], published_at=published_at)
 
 
 def get_job(session: Session, *, scope: DomainScope, job_id: uuid.UUID) -> Job:

@@ -1,8 +1,12 @@
 """The reconciler: re-publishes jobs whose message the broker lost.
 
-Every job carries a lease. A queued job whose lease ran out was never claimed (its message
-was lost: a Redis flush, a crash before publishing); a running job whose lease ran out
-lost its worker (``kill -9``). Either way the job's id is published again.
+Every job carries a lease. A queued job whose lease ran out was never claimed: its message
+was lost (a Redis flush, a worker killed with it prefetched, a crash before publishing) or is
+still waiting behind a long queue, as most of a bulk enrollment's do. It counts as lost only
+when it was published before the oldest message still waiting in its queue
+(:mod:`.queue_head`), so a queue of fifty thousand is not published again every lease. A
+running job whose lease ran out lost its worker (``kill -9``). Either way the job's id is
+published again.
 
 Each candidate is taken with a conditional UPDATE, so two reconcilers (or two passes
 within a lease) never both re-publish one job:
@@ -29,10 +33,13 @@ from sqlmodel import Session, select
 
 from shared.clock import utcnow
 from shared.enums import JobState
-from shared.events import BULK_QUEUE, JOBS_QUEUE, publish_job
+from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.logging import get_logger
 from shared.metrics import RECONCILER_REPUBLISHED
 from shared.models import Job
+
+from .publishing import publish_jobs
+from .queue_head import oldest_waiting
 
 log = get_logger(__name__)
 
@@ -40,9 +47,35 @@ log = get_logger(__name__)
 CHUNK = 1000
 
 
-def _lost_queued(now: datetime):
+#: Slack for clocks: a job published this close before the head of its queue may be right
+#: behind it (a single job's message is stamped a moment after its lease).
+HEAD_MARGIN = timedelta(seconds=2)
+
+
+def _lost_queued(now: datetime, cutoffs: dict[str, datetime] | None = None):
+    """Queued jobs whose lease ended before their queue's cutoff (see :func:`queue_cutoffs`)."""
+    cutoffs = cutoffs or {}
+
+    def expired(queue: str):
+        cutoff = min(now, cutoffs.get(queue, now))
+        return or_(Job.lease_expires_at < cutoff, Job.lease_expires_at.is_(None))
+
+    # A bulk enrollment's jobs are on the bulk queue, the others on the jobs queue.
     return and_(Job.state == JobState.QUEUED.value,
-                or_(Job.lease_expires_at < now, Job.lease_expires_at.is_(None)))
+                or_(and_(Job.batch_id.is_(None), expired(JOBS_QUEUE)),
+                    and_(Job.batch_id.is_not(None), expired(BULK_QUEUE))))
+
+
+def queue_cutoffs(broker: dramatiq.Broker, *, lease_seconds: float) -> dict[str, datetime]:
+    """Per queue, the lease end before which a queued job's message cannot still be waiting:
+    the job was published (lease end minus the lease) before the queue's oldest waiting
+    message. Queues that are empty, or whose head the broker cannot show, have none."""
+    cutoffs = {}
+    for queue in (JOBS_QUEUE, BULK_QUEUE):
+        head = oldest_waiting(broker, queue)
+        if head is not None:
+            cutoffs[queue] = head + timedelta(seconds=lease_seconds) - HEAD_MARGIN
+    return cutoffs
 
 
 def _lost_running(now: datetime):
@@ -52,12 +85,14 @@ def _lost_running(now: datetime):
 
 
 def take_lost_jobs(
-    session: Session, *, now: datetime, lease_seconds: float, limit: int
+    session: Session, *, now: datetime, lease_seconds: float, limit: int,
+    cutoffs: dict[str, datetime] | None = None,
 ) -> tuple[list[tuple[uuid.UUID, str, str]], bool]:
     """Mark up to ``limit`` lost jobs as re-published (not committed). Return (id, kind, queue) of
-    those this call won with their queue (another reconciler may win some), and whether more may be waiting."""
+    those this call won with their queue (another reconciler may win some), and whether more may be waiting.
+    ``cutoffs``: see :func:`queue_cutoffs` (none: every queued job past its lease counts)."""
     candidates = session.exec(
-        select(Job.id).where(or_(_lost_queued(now), _lost_running(now)))
+        select(Job.id).where(or_(_lost_queued(now, cutoffs), _lost_running(now)))
         .order_by(Job.lease_expires_at).limit(limit)
     ).all()
     if not candidates:
@@ -65,7 +100,7 @@ def take_lost_jobs(
     until = now + timedelta(seconds=lease_seconds)
     taken: list[tuple[uuid.UUID, str, str]] = []
     for condition, values in (
-        (_lost_queued(now), {"lease_expires_at": until}),
+        (_lost_queued(now, cutoffs), {"lease_expires_at": until}),
         (_lost_running(now), {"next_attempt_at": until}),
     ):
         result = session.execute(
@@ -98,19 +133,18 @@ def reconcile_once(
     """Re-publish every lost job; return how many were published."""
     published = 0
     until = now + timedelta(seconds=lease_seconds)
+    # Read once per pass: what this pass publishes becomes the queues' new tail, not their head.
+    cutoffs = queue_cutoffs(broker, lease_seconds=lease_seconds)
     while True:
-        taken, more = take_lost_jobs(session, now=now, lease_seconds=lease_seconds, limit=chunk)
+        taken, more = take_lost_jobs(session, now=now, lease_seconds=lease_seconds, limit=chunk, cutoffs=cutoffs)
         session.commit()
-        for index, (job_id, kind, queue) in enumerate(taken):
-            try:
-                publish_job(broker, kind, job_id, queue=queue)
-            except Exception as exc:  # broker down: retry these at the next pass
-                _give_back(session, [j for j, _, _ in taken[index:]], now=now, until=until)
-                log.warning("re-publishing stopped: the broker refused", published=published,
-                            error=f"{type(exc).__name__}: {exc}")
-                RECONCILER_REPUBLISHED.inc(published)
-                return published
-            published += 1
+        sent = publish_jobs(broker, [(kind, job_id, queue) for job_id, kind, queue in taken], published_at=now)
+        published += sent
+        if sent < len(taken):  # broker down: retry the rest at the next pass
+            _give_back(session, [j for j, _, _ in taken[sent:]], now=now, until=until)
+            log.warning("re-publishing stopped: the broker refused", published=published)
+            RECONCILER_REPUBLISHED.inc(published)
+            return published
         if not more:
             break
     if published:

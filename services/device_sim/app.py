@@ -29,11 +29,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.clock import utcnow
-from shared.device_api import EnrollRequest, Inventory, TrustpointState
+from shared.device_api import (
+    EnrollRequest,
+    ExportRequest,
+    IdentityCertificateImport,
+    Inventory,
+    TrustpointState,
+)
 from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
 from shared.logging import get_logger
 
-from . import enrollers, trustpoints, wire
+from . import enrollers, manual, trustpoints, wire
+from . import export as exports
 from . import keyring as keyrings
 from .ca_trust import load_trust_anchors
 from .config import SimConfig
@@ -78,6 +85,7 @@ class DeviceSim:
         self.ca_client = enrollers.CaClientSettings(
             trust_anchors_pem=load_trust_anchors(config.trust_anchors),
             wait_seconds=config.ca_wait_seconds, timeout_seconds=config.ca_timeout_seconds,
+            scep_minute_seconds=config.scep_minute_seconds,
         )
         #: Background polls of requests CAs hold (see _keep_polling).
         self._polls: set[asyncio.Task[None]] = set()
@@ -191,6 +199,28 @@ class DeviceSim:
             ) from None
         trustpoint = await self._enroll(device, request.path_params["name"], mode)
         return _json(wire.trustpoint_state(trustpoint))
+
+    async def import_identity(self, request: Request) -> Response:
+        device = await self._reach(request, "import_identity")
+        body = _wire_body(IdentityCertificateImport, await _body(request),
+                          'send {"certificate_pem": "...", "ca_certificate_pem": "..." (optional)}')
+        name = request.path_params["name"]
+        trustpoint = trustpoints.find(device, name)
+        if (device.serial, name) in self._inflight:
+            raise ConflictError(f"trustpoint {name!r} on device {device.serial} is enrolling; import when "
+                                "it is pending", code="enrollment_in_progress")
+        manual.import_identity(device, trustpoint, body, now=self.clock())
+        return _json(wire.trustpoint_state(trustpoint))
+
+    async def export(self, request: Request) -> Response:
+        device = await self._reach(request, "export")
+        body = _wire_body(ExportRequest, await _body(request),
+                          'send {"format": "pkcs12", "passphrase": "..."} or {"format": "pem"}')
+        trustpoint = trustpoints.find(device, request.path_params["name"])
+        # PBKDF2 and the key's serialisation take tens of milliseconds: off the event loop.
+        exported = await asyncio.get_running_loop().run_in_executor(
+            self._keygen, exports.export, device, trustpoint, body)
+        return _json(exported)
 
     async def get_keyring(self, request: Request) -> Response:
         device = await self._reach(request, "keyring")
@@ -306,6 +336,8 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route(trustpoint, sim.configure_trustpoint, methods=["PUT"]),
         Route(trustpoint, sim.delete_trustpoint, methods=["DELETE"]),
         Route(trustpoint + "/enroll", sim.enroll, methods=["POST"]),
+        Route(trustpoint + "/identity-certificate", sim.import_identity, methods=["POST"]),
+        Route(trustpoint + "/export", sim.export, methods=["POST"]),
         Route(device + "/keyring/default", sim.get_keyring, methods=["GET"]),
         Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
     ]
@@ -351,6 +383,13 @@ async def _body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError:
         raise ValidationError("the request body is not valid JSON", code="invalid_json") from None
+
+
+def _wire_body(model: type[Any], body: Any, hint: str) -> Any:
+    try:
+        return model.model_validate(body if body is not None else {})
+    except WireError:
+        raise ValidationError(hint, code="invalid_request") from None
 
 
 def _query_int(request: Request, name: str, default: int, *, minimum: int) -> int:

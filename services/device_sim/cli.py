@@ -35,10 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="devices (chosen by seed) answering every request 503 device_unreachable")
     faults.add_argument("--expired-keyrings", type=float, default=0.0, metavar="FRACTION",
                         help="devices (chosen by seed) whose default keyring certificate has expired")
-    ca = parser.add_argument_group("reaching CA servers (EST)")
+    ca = parser.add_argument_group("reaching CA servers (EST, SCEP)")
     ca.add_argument("--trust-anchor", action="append", default=[], metavar="FILE",
                     help="PEM certificate(s) the devices trust for HTTPS CA servers, e.g. the CA simulator's "
                     "DIR/tls-ca.pem; repeat for more")
+    ca.add_argument("--ca-wait-seconds", type=float, default=4.0,
+                    help="how long one enrollment keeps asking a CA that holds its request before it reports "
+                    "the identity certificate pending and goes on asking in the background (default 4)")
+    ca.add_argument("--scep-minute-seconds", type=float, default=60.0, metavar="SECONDS",
+                    help="length of a minute in SCEP retry periods (default 60; e.g. 0.5 in tests, so that a "
+                    "1-minute retry period polls every half second)")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -47,7 +53,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_ms=args.latency_ms, latency_min_ms=args.latency_min_ms, latency_max_ms=args.latency_max_ms,
         error_rate=args.error_rate, timeout_rate=args.timeout_rate, hang_seconds=args.hang_seconds,
         unreachable_rate=args.unreachable_rate, expired_keyrings=args.expired_keyrings,
-        trust_anchors=tuple(args.trust_anchor),
+        trust_anchors=tuple(args.trust_anchor), ca_wait_seconds=args.ca_wait_seconds,
+        scep_minute_seconds=args.scep_minute_seconds,
     )
 
 

@@ -1,5 +1,5 @@
 """How a simulated fleet is set up: its size, seed, latency, injected faults, and how its
-devices reach CA servers (trust anchors, timeouts).
+devices reach CA servers (trust anchors, timeouts, the length of a SCEP retry minute).
 
 Validated on construction, so a bad option fails at start with a message naming it
 instead of surfacing as odd behaviour under load.
@@ -48,6 +48,9 @@ class SimConfig:
     ca_wait_seconds: float = 4.0
     #: Connect and read timeout of one request from a device to a CA.
     ca_timeout_seconds: float = 5.0
+    #: Seconds in one minute of a SCEP retry period: 60, or less so that tests need not wait
+    #: minutes between a device's polls of a request its CA holds.
+    scep_minute_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, int) or not 1 <= self.devices <= MAX_DEVICES:
@@ -80,6 +83,10 @@ class SimConfig:
         if not 0.0 < self.ca_timeout_seconds <= 120:
             raise ConfigurationError(
                 f"ca_timeout_seconds must be above 0 and at most 120, not {self.ca_timeout_seconds!r}"
+            )
+        if not 0.0 < self.scep_minute_seconds <= 60:
+            raise ConfigurationError(
+                f"scep_minute_seconds must be above 0 and at most 60, not {self.scep_minute_seconds!r}"
             )
         ranged = (self.latency_min_ms, self.latency_max_ms)
         if (ranged[0] is None) != (ranged[1] is None):

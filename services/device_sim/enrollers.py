@@ -3,9 +3,9 @@
 An enroller is a plain function from an :class:`EnrollmentTask` to an outcome: the key
 pair and certificates to install, a request the CA holds, or a refusal with a stable code
 (:mod:`.tasks`). It touches no device state (the caller installs the outcome), so it may run
-in a worker thread. Self-signed and EST enrollment are implemented; a SCEP client plugs in by
-adding its function to :data:`ENROLLERS` (and its type to :data:`NETWORK_TYPES`, as it talks
-to a CA).
+in a worker thread. Self-signed, EST, SCEP (:mod:`.scep_client`), manual (:mod:`.manual`)
+and PKCS12 (:mod:`.pkcs12_install`) enrollment are implemented; another type plugs in by
+adding its function to :data:`ENROLLERS` (and to :data:`NETWORK_TYPES` when it talks to a CA).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from shared.pki import self_signed_certificate
 
 from .est_client import enroll_est
 from .keypairs import MIN_RSA_BITS, generate_device_key
+from .manual import enroll_manual
+from .pkcs12_install import enroll_pkcs12
+from .scep_client import enroll_scep
 from .tasks import (
     CaClientSettings,
     CurrentIdentity,
@@ -53,9 +56,12 @@ def enroll_self_signed(task: EnrollmentTask) -> Outcome:
 ENROLLERS: dict[EnrollmentType, Enroller] = {
     EnrollmentType.SELF_SIGNED: enroll_self_signed,
     EnrollmentType.EST: enroll_est,
+    EnrollmentType.MANUAL: enroll_manual,
+    EnrollmentType.PKCS12: enroll_pkcs12,
+    EnrollmentType.SCEP: enroll_scep,
 }
 #: Types whose enroller waits on the network (a CA); they always run off the event loop.
-NETWORK_TYPES: frozenset[EnrollmentType] = frozenset({EnrollmentType.EST})
+NETWORK_TYPES: frozenset[EnrollmentType] = frozenset({EnrollmentType.EST, EnrollmentType.SCEP})
 
 
 def runs_off_loop(params: EnrollmentParameters) -> bool:

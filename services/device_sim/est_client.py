@@ -25,23 +25,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import AttributeOID
 
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, WeakCryptoError
 from shared.pki import DeviceIdentity, PrivateKey, signing_hash, subject_alt_names, subject_name
 
-from . import ca_trust
+from . import ca_trust, issued
 from .ca.est_codec import decode_certs_only, encode_csr
-from .ca.profiles import check_ipsec_eku
 from .est_transport import CaFailure, EstEndpoint, EstSession
 from .keypairs import generate_device_key
 from .tasks import CurrentIdentity, Enrolled, EnrollmentTask, HeldByCa, HeldRequest, Outcome, Refused, Slot
 
 ENROLL, REENROLL = "simpleenroll", "simplereenroll"
-#: Signature hashes a device accepts only with weak-crypto enabled.
-WEAK_HASHES = (hashes.SHA1, hashes.MD5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,13 +98,16 @@ def enroll_est(task: EnrollmentTask) -> Outcome:
         return Refused(code=exc.code, message=exc.message, ca_certificates=enrollment.ca_slots)
 
 
-def build_csr(key: PrivateKey, params: EnrollmentParameters, device: DeviceIdentity
-              ) -> x509.CertificateSigningRequest:
-    """The request for the trustpoint's subject and names, as the self-signed certificate has them."""
+def build_csr(key: PrivateKey, params: EnrollmentParameters, device: DeviceIdentity, *,
+              challenge_password: str = "") -> x509.CertificateSigningRequest:
+    """The request for the trustpoint's subject and names, as the self-signed certificate has them;
+    with a ``challenge_password`` attribute when given (SCEP's PKCSReq carries it)."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject_name(params, device))
     sans = subject_alt_names(params, device)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if challenge_password:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode())
     return builder.sign(key, signing_hash(key))
 
 
@@ -185,24 +186,9 @@ class _EstEnrollment:
     # --- enrolling -------------------------------------------------------------------------------
 
     def _renewal_identity(self, chain: list[x509.Certificate]) -> CurrentIdentity | None:
-        """The current certificate to renew with: only one this CA issued, still valid, for the
-        same subject and names (RFC 7030 4.2.2); else the device enrolls anew with its password."""
-        task, current = self.task, self.task.current
-        if not task.re_enroll or current is None:
-            return None
-        cert = current.certificate
-        if not ca_trust.issued_by(cert, chain[0]):
-            return None
-        if not cert.not_valid_before_utc <= task.now < cert.not_valid_after_utc:
-            return None
-        if cert.subject != subject_name(task.params, task.device):
-            return None
-        try:
-            present = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            present = set()
-        wanted = set(subject_alt_names(task.params, task.device))
-        return current if not wanted or wanted == present else None
+        """The current certificate to renew with (RFC 7030 4.2.2); else the device enrolls anew
+        with its password."""
+        return issued.renewal_identity(self.task, chain[0])
 
     def _enroll(self, session: EstSession, chain: list[x509.Certificate],
                 identity: CurrentIdentity | None) -> Outcome:
@@ -244,26 +230,4 @@ class _EstEnrollment:
         except CertfleetError as exc:
             raise CaFailure(f"CA at {url} answered {operation} with no certificate: {exc}",
                             code="ca_bad_response") from None
-        mine = _spki(key.public_key())
-        cert = next((c for c in certs if _spki(c.public_key()) == mine), None)
-        if cert is None:
-            raise CaFailure(f"CA at {url} issued a certificate for another public key than the device's; "
-                            "the device does not install it", code="ca_wrong_key")
-        if not ca_trust.issued_by(cert, chain[0]):
-            raise CaFailure(
-                f"CA at {url} issued {cert.subject.rfc4514_string()} signed by "
-                f"{cert.issuer.rfc4514_string()}, not by the CA certificate it serves "
-                f"({chain[0].subject.rfc4514_string()})",
-                code="ca_chain_mismatch",
-            )
-        problem = check_ipsec_eku(cert)
-        if problem:
-            raise CaFailure(problem, code="ipsec_eku_rejected")
-        if isinstance(cert.signature_hash_algorithm, WEAK_HASHES) and not self.task.weak_crypto:
-            raise WeakCryptoError(cert.signature_algorithm_oid._name)
-        return cert
-
-
-def _spki(public_key) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        return issued.accept_issued(certs, key, chain[0], url=url, weak_crypto=self.task.weak_crypto)

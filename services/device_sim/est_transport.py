@@ -1,6 +1,7 @@
 """EST over HTTPS from the device to a CA: where the enrollment URL leads, and the one place
-that turns network and HTTP answers into a :class:`CaFailure` with a stable code, a message
-that names the cause, and whether trying again later may help:
+that turns EST's network and HTTP answers into a :class:`CaFailure` with a stable code, a
+message that names the cause, and whether trying again later may help (network causes are
+named by :mod:`.ca_network`, shared with the SCEP client):
 
     name not resolved        ca_name_unresolved           (retryable for a temporary DNS failure)
     no route to the host     ca_no_route                  retryable
@@ -19,10 +20,8 @@ told apart without digging through wrapped exceptions.
 
 from __future__ import annotations
 
-import errno
 import http.client
 import json
-import socket
 import ssl
 from base64 import b64encode
 from dataclasses import dataclass
@@ -30,9 +29,11 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from shared.clock import utcnow
-from shared.errors import CertfleetError
 
 from .ca.est_codec import PKCS10
+from .ca_network import CaFailure, network_failure
+
+__all__ = ["Answer", "CaFailure", "EstEndpoint", "EstSession"]
 
 #: Longest answer the device reads from a CA; a certificate chain is a few KiB.
 MAX_ANSWER_BYTES = 1024 * 1024
@@ -41,15 +42,6 @@ DEFAULT_RETRY_AFTER = 10.0
 #: The device asks a holding CA again no sooner than this and no later than this.
 RETRY_AFTER_RANGE = (1.0, 3600.0)
 WELL_KNOWN = "/.well-known/est"
-_NO_ROUTE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
-
-
-class CaFailure(CertfleetError):
-    """Enrolling with the CA did not work, for a reason named in the message."""
-
-    def __init__(self, message: str, *, code: str, retryable: bool = False) -> None:
-        super().__init__(message, code=code)
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -185,40 +177,9 @@ class EstSession:
     # --- turning failures into messages ------------------------------------------------------
 
     def _network_failure(self, exc: BaseException) -> CaFailure:
-        url, host = self.endpoint.url, self.endpoint.host
-        unreachable = f"CA at {url} unreachable"
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return CaFailure(
-                f"CA at {url}: TLS verification failed: {exc.verify_message or exc.reason} "
-                f"(server checked against {self.trust})",
-                code="ca_tls_verification_failed",
-            )
-        if isinstance(exc, ssl.SSLError):
-            return CaFailure(f"CA at {url}: TLS handshake failed: {exc.reason or exc}", code="ca_tls_failed")
-        if isinstance(exc, socket.gaierror):
-            temporary = exc.errno == socket.EAI_AGAIN
-            return CaFailure(
-                f"{unreachable}: name {host} not resolved ({exc.strerror}); check the enrollment URL's host "
-                "name and the device's DNS servers",
-                code="ca_name_unresolved", retryable=temporary,
-            )
-        if isinstance(exc, ConnectionRefusedError):
-            return CaFailure(f"{unreachable}: connection refused; is its EST service listening on port "
-                             f"{self.endpoint.port}?", code="ca_connection_refused", retryable=True)
-        if isinstance(exc, TimeoutError):
-            return CaFailure(f"{unreachable}: no answer within {self.timeout:g} s", code="ca_timeout",
-                             retryable=True)
-        if isinstance(exc, OSError) and exc.errno in _NO_ROUTE:
-            return CaFailure(f"{unreachable}: no route to host {host} ({exc.strerror}); check the device's "
-                             "routes to the CA", code="ca_no_route", retryable=True)
-        if isinstance(exc, ConnectionError | http.client.RemoteDisconnected):
-            return CaFailure(f"CA at {url} dropped the connection: {exc}", code="ca_connection_lost",
-                             retryable=True)
-        if isinstance(exc, http.client.HTTPException):
-            return CaFailure(f"CA at {url} sent an answer that is not HTTP/1.1: {type(exc).__name__}",
-                             code="ca_bad_response")
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return CaFailure(f"{unreachable}: {reason}", code="ca_unreachable", retryable=True)
+        endpoint = self.endpoint
+        return network_failure(exc, url=endpoint.url, host=endpoint.host, port=endpoint.port,
+                               timeout=self.timeout, service="EST", trust=self.trust)
 
     def http_failure(self, answer: Answer, operation: str, *, renewing: bool = False,
                      sent_password: bool = False) -> CaFailure:

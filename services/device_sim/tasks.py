@@ -34,6 +34,8 @@ class CaClientSettings:
     wait_seconds: float = 4.0
     #: Connect and read timeout of one request to a CA.
     timeout_seconds: float = 5.0
+    #: Seconds in one minute of a SCEP enrollment object's retry period (60; less in tests).
+    scep_minute_seconds: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +59,9 @@ class HeldRequest:
     #: Seconds the CA asked the device to wait before asking again.
     retry_after: float
     first_asked_at: datetime
+    #: When the device stops asking on its own; None: the enrollment object's retry count
+    #: times its retry period after the first ask (see trustpoints.held_until).
+    poll_until: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +81,8 @@ class EnrollmentTask:
 
 @dataclass(frozen=True, kw_only=True)
 class Enrolled:
-    private_key: PrivateKey = field(repr=False)
+    #: None for a CA-only trustpoint: it has no key pair of its own.
+    private_key: PrivateKey | None = field(repr=False)
     #: (role, chain position, certificate), identity first.
     certificates: tuple[Slot, ...]
     ca_status: Status = Status.AVAILABLE
@@ -93,6 +99,15 @@ class HeldByCa:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CsrPending:
+    """Manual enrollment: the device made a key pair and a CSR and waits for the operator to
+    import the identity certificate; the CA certificate is installed if the object gave one."""
+
+    request: HeldRequest
+    ca_certificates: tuple[Slot, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Refused:
     code: str
     message: str
@@ -102,5 +117,5 @@ class Refused:
     ca_certificates: tuple[Slot, ...] = ()
 
 
-Outcome = Enrolled | HeldByCa | Refused
+Outcome = Enrolled | HeldByCa | CsrPending | Refused
 Enroller = Callable[[EnrollmentTask], Outcome]

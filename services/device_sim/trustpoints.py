@@ -19,9 +19,11 @@ from shared.errors import NotFoundError, ValidationError
 from shared.pki import to_pem
 from shared.states import Status, transition
 
+from . import manual
 from .fleet import Device, InstalledCert, Trustpoint
 from .tasks import (
     CaClientSettings,
+    CsrPending,
     CurrentIdentity,
     Enrolled,
     EnrollmentTask,
@@ -168,7 +170,10 @@ def current_identity(trustpoint: Trustpoint) -> CurrentIdentity | None:
 
 def held_until(trustpoint: Trustpoint, held: HeldRequest) -> datetime:
     """When the device stops asking the CA about a held request on its own: the enrollment
-    object's retry count times its retry period after the first ask (10 x 1 minute by default)."""
+    object's retry count times its retry period after the first ask (10 x 1 minute by default),
+    unless the enroller set its own deadline."""
+    if held.poll_until is not None:
+        return held.poll_until
     options = trustpoint.params.options
     count, period = options.get("retry_count", 10), options.get("retry_period_minutes", 1)
     if not isinstance(count, int) or not isinstance(period, int | float):
@@ -187,6 +192,9 @@ def finish(trustpoint: Trustpoint, task: EnrollmentTask, outcome: Outcome, *, no
         trustpoint.held = None
         transition(trustpoint, now=now, ca=outcome.ca_status, identity=outcome.identity_status)
         trustpoint.retryable = False
+        return
+    if isinstance(outcome, CsrPending):
+        manual.install_pending(trustpoint, outcome, now=now)
         return
     if isinstance(outcome, HeldByCa):
         trustpoint.held = outcome.request

@@ -11,6 +11,7 @@ from shared.device_api import DeviceInfo, InstalledCertificate, KeyringState, Tr
 
 from . import keyring as keyrings
 from .fleet import Device, Keyring, Trustpoint
+from .manual import csr_pem
 
 
 def management_url(base_url: str, serial: str) -> str:
@@ -38,6 +39,7 @@ def trustpoint_state(trustpoint: Trustpoint) -> TrustpointState:
             InstalledCertificate(role=c.role, chain_position=c.chain_position, pem=c.pem)  # type: ignore[arg-type]
             for c in trustpoint.certificates
         ],
+        csr_pem=csr_pem(trustpoint),
     )
 
 

@@ -3,7 +3,7 @@
     actors.py         the four job actors, declared on a broker made at runtime
     runner.py         one job, start to end: claim, exchange, fenced outcome
     exchanges.py      the conversations with a device, per job kind (no database)
-    device_client.py  the device-management API over HTTP; the one place HTTP becomes errors
+    device_client.py  re-exports shared.device_client (the device-management API over HTTP)
     parameters.py     enrollment object -> trustpoint configuration
     jobstore.py       claiming and fencing job rows
     persist.py        certificates and statuses from what the device reports

@@ -30,7 +30,7 @@ ACTOR_OPTIONS = {"max_retries": 3, "min_backoff": 1_000, "max_backoff": 30_000}
 
 
 def declare_actors(broker: dramatiq.Broker, context: WorkerContext) -> dict[str, dramatiq.Actor]:
-    """Declare the four job actors on ``broker``; return them by actor name."""
+    """Declare the job actors (one per job kind) on ``broker``; return them by actor name."""
     _ensure_middleware(broker)
     # A job stuck longer than its lease is handed to another worker anyway: stop this one.
     time_limit_ms = context.settings.job_lease_seconds * 1000

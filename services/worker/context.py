@@ -16,6 +16,8 @@ from shared.db import make_engine
 from shared.secrets import SecretBox
 from shared.settings import Settings
 
+from .ca_gate import CaGate, MemoryCaGate
+from .ca_gate_redis import RedisCaGate
 from .device_client import DeviceClient, HttpDeviceClient
 from .retry_policy import RetryPolicy
 
@@ -32,6 +34,8 @@ class WorkerContext:
     #: Jitter for retry delays; seed it for repeatable runs. ``random.Random`` is safe to share
     #: between threads.
     rng: random.Random = field(default_factory=random.Random)
+    #: Per-CA limits and outages, shared by every worker: in Redis when there is a broker URL.
+    ca_gate: CaGate = field(default_factory=MemoryCaGate)
 
     @classmethod
     def create(
@@ -54,6 +58,7 @@ class WorkerContext:
             secrets=SecretBox(settings.secret_key),
             clock=clock,
             rng=rng if rng is not None else random.Random(),
+            ca_gate=RedisCaGate.from_url(settings.broker_url) if settings.broker_url else MemoryCaGate(),
         )
 
     @property
@@ -62,6 +67,7 @@ class WorkerContext:
         return f"worker {socket.gethostname()} pid {os.getpid()}"
 
     def close(self) -> None:
-        close = getattr(self.devices, "close", None)
-        if close is not None:
-            close()
+        for part in (self.devices, self.ca_gate):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()

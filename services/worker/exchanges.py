@@ -178,6 +178,38 @@ def enroll(
     return report
 
 
+def install_identity(
+    client: DeviceClient,
+    device: DeviceAddress,
+    params: EnrollmentParameters,
+    *,
+    certificate_pem: str,
+    ca_certificate_pem: str | None,
+    steps: StepLog,
+) -> DeviceReport:
+    """Give a manual trustpoint the identity certificate an operator imported for its CSR.
+
+    The configuration is pushed first: it carries the device's weak-crypto setting, which the
+    device applies when it checks the certificate against its key pair and CA.
+    """
+    serial = device.serial
+    configured = client.configure_trustpoint(device, params)
+    raise_if_failed(configured, read_report(configured, serial=serial), serial=serial)
+    steps.add("configured", f"pushed trustpoint {params.name} to device {serial}")
+    state = client.install_identity_certificate(device, params.name, certificate_pem, ca_certificate_pem)
+    report = read_report(state, serial=serial)
+    raise_if_failed(state, report, serial=serial)
+    if report.identity is not Status.AVAILABLE or report.certificate(CertificateRole.IDENTITY) is None:
+        raise PermanentError(
+            f"device {serial} accepted the identity certificate for trustpoint {params.name} but reports "
+            f"{report.summary()}",
+            code="device_bad_response",
+        )
+    steps.add("identity_installed", f"device {serial} installed the imported identity certificate: "
+                                    f"{report.summary()}")
+    return report
+
+
 def refresh(client: DeviceClient, device: DeviceAddress, name: str, *, steps: StepLog) -> DeviceReport | None:
     """Read the trustpoint from the device; ``None`` when the device no longer has it.
 

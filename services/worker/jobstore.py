@@ -47,6 +47,8 @@ class ClaimedJob:
     domain_id: uuid.UUID
     trustpoint_name: str
     claimed_at: datetime
+    #: Times the job waited for its CA before (see :func:`park_job`).
+    ca_waits: int = 0
     #: The steps as written by the claim; fenced writes append to these.
     steps: list[Step] = field(default_factory=list)
 
@@ -118,7 +120,7 @@ def claim_job(
     return ClaimedJob(
         id=job.id, kind=JobKind(job.kind), attempts=attempts, max_attempts=job.max_attempts,
         trustpoint_id=job.trustpoint_id, device_id=job.device_id, domain_id=job.domain_id,
-        trustpoint_name=job.trustpoint_name, claimed_at=now, steps=steps,
+        trustpoint_name=job.trustpoint_name, claimed_at=now, steps=steps, ca_waits=job.ca_waits,
     )
 
 
@@ -180,6 +182,33 @@ def schedule_retry(
     due = now + timedelta(milliseconds=delay_ms)
     return _fenced(
         session, claimed, state=JobState.QUEUED.value, next_attempt_at=due,
+        lease_expires_at=due + timedelta(seconds=lease_seconds),
+        error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps],
+    )
+
+
+def park_job(
+    session: Session,
+    claimed: ClaimedJob,
+    *,
+    now: datetime,
+    delay_ms: int,
+    lease_seconds: float,
+    code: str,
+    message: str,
+    steps: list[Step],
+) -> bool:
+    """Put the job back to wait for its CA (not committed), giving back the attempt it claimed:
+    a CA at its limits or down is no fault of the job's.
+
+    Safe for fencing: the attempt number goes back to what it was before this claim while the
+    job is queued, and any claim raises it again, so a stale holder of that number never finds
+    the job running under it.
+    """
+    due = now + timedelta(milliseconds=delay_ms)
+    return _fenced(
+        session, claimed, state=JobState.QUEUED.value, attempts=claimed.attempts - 1,
+        ca_waits=claimed.ca_waits + 1, next_attempt_at=due,
         lease_expires_at=due + timedelta(seconds=lease_seconds),
         error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps],
     )

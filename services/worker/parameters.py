@@ -7,6 +7,7 @@ fails the job with a clear code instead of reaching the device half-built.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from shared.enrollment import EnrollmentParameters, SubjectFields
@@ -24,9 +25,9 @@ def trustpoint_configuration(
     """The configuration of trustpoint ``name`` (the enrollment object's name, or the PKCS#12
     file's) on ``device``.
 
-    An EST password or SCEP challenge is decrypted into it with ``secrets``: the device needs
-    it to talk to the CA. The configuration goes to the device only; it is never logged or
-    queued.
+    An EST password or SCEP challenge, or a PKCS#12 file and its passphrase, is decrypted
+    into it with ``secrets``: the device needs it to talk to the CA or to open the file. The
+    configuration goes to the device only; it is never logged or queued.
     """
     return EnrollmentParameters(
         name=name,
@@ -69,6 +70,10 @@ def _options(obj: EnrollmentObject, device: Device, secrets: SecretBox | None) -
     secret_option = SECRET_OPTION.get(kind)
     if secret_option and obj.secret_blob is not None and secrets is not None:
         options[secret_option] = secrets.open(obj.secret_blob).decode()
+    if kind is EnrollmentType.PKCS12 and obj.pkcs12_blob is not None and secrets is not None:
+        options["pkcs12_base64"] = base64.b64encode(secrets.open(obj.pkcs12_blob)).decode()
+        if obj.secret_blob is not None:
+            options["passphrase"] = secrets.open(obj.secret_blob).decode()
     if obj.ocsp_url:
         options["ocsp_url"] = obj.ocsp_url
     if obj.crl_urls:

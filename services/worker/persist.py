@@ -45,6 +45,12 @@ def apply_report(
     session.add(trustpoint)
 
 
+def clear_imported(trustpoint: Trustpoint) -> None:
+    """The imported identity certificate is on the device now: nothing waits any more."""
+    trustpoint.pending_identity_pem = None
+    trustpoint.pending_ca_pem = None
+
+
 def mark_failed(trustpoint: Trustpoint, *, now: datetime, code: str, message: str) -> None:
     """A permanent failure the device did not describe itself (refused request, gave up).
 

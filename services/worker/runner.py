@@ -41,6 +41,7 @@ from shared.models import Device, EnrollmentObject, Trustpoint
 from shared.states import Status
 
 from . import exchanges, job_metrics, jobstore, persist
+from .ca_waiting import CaWait, park_delay_ms, through_ca_gate
 from .context import WorkerContext
 from .device_client import DeviceTransientError
 from .exchanges import DeviceReport
@@ -55,7 +56,7 @@ def log():
     return get_logger(__name__)
 
 
-Result = Literal["succeeded", "failed", "retry_scheduled", "skipped"]
+Result = Literal["succeeded", "failed", "retry_scheduled", "waiting_for_ca", "skipped"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,13 +164,18 @@ class _JobRun:
                 return self._enroll()
             if self.kind is JobKind.REFRESH:
                 return self._refresh()
+            if self.kind is JobKind.INSTALL_IDENTITY:
+                return self._install_identity()
             return self._delete()
+        except CaWait as wait:
+            return self._park(wait)
         except TransientError as exc:
             return self._transient(exc)
         except (PermanentError, ValidationError, ConfigurationError) as exc:
             # ConfigurationError: a stored secret this worker cannot open (another secret key).
+            # A refused import leaves the trustpoint waiting for a good certificate: the job says why.
             return self._fail(exc.code, exc.message, report=getattr(exc, "report", None),
-                              mark_trustpoint=self.kind is not JobKind.DELETE)
+                              mark_trustpoint=self.kind not in (JobKind.DELETE, JobKind.INSTALL_IDENTITY))
 
     # --- the kinds -----------------------------------------------------------------------------
 
@@ -189,7 +195,8 @@ class _JobRun:
         trustpoint, device, obj = self._require()
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
-        report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
+        with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng):
+            report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 
         def write(session: Session, locked: Trustpoint) -> None:
@@ -209,6 +216,27 @@ class _JobRun:
                 persist.mark_missing(session, locked, serial=device.serial, now=now)
             else:
                 persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
+
+        return self._succeed(write)
+
+    def _install_identity(self) -> JobOutcome:
+        trustpoint, device, obj = self._require()
+        if not trustpoint.pending_identity_pem:
+            raise PermanentError(
+                f"trustpoint {trustpoint.name} of device {device.serial} has no imported identity "
+                "certificate waiting to be installed; import it again",
+                code="nothing_to_install",
+            )
+        params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
+        report = exchanges.install_identity(
+            self.ctx.devices, device, params, certificate_pem=trustpoint.pending_identity_pem,
+            ca_certificate_pem=trustpoint.pending_ca_pem, steps=self.steps,
+        )
+        self.steps.add("installed", _installed(report))
+
+        def write(session: Session, locked: Trustpoint) -> None:
+            persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
+            persist.clear_imported(locked)
 
         return self._succeed(write)
 
@@ -268,6 +296,27 @@ class _JobRun:
         log().info("job will be retried", job_id=str(self.claimed.id), kind=self.kind.value, attempt=attempt,
                  code=error.code, error=error.message, delay_ms=delay)
         return self._outcome("retry_scheduled", code=error.code, delay_ms=delay)
+
+    def _park(self, wait: CaWait) -> JobOutcome:
+        """The CA is busy or down: back to queued until a jittered, growing delay has passed,
+        the attempt given back (see :mod:`.ca_waiting`)."""
+        delay = park_delay_ms(self.claimed.ca_waits, wait, self.ctx.settings, rng=self.ctx.rng)
+        self.steps.add("waiting_for_ca", f"{wait.message}; next try in {delay / 1000:.1f} s")
+        with session_scope(self.ctx.engine) as session:
+            if not jobstore.park_job(
+                session, self.claimed, now=self.ctx.clock(), delay_ms=delay,
+                lease_seconds=self.ctx.settings.job_lease_seconds, code=wait.code, message=wait.message,
+                steps=self.steps.drain(),
+            ):
+                session.rollback()
+                return self._lost()
+            session.commit()
+        if self.broker is not None:
+            publish_job(self.broker, self.kind, self.claimed.id, queue=self.queue, delay_ms=delay)
+        job_metrics.retry_scheduled(self.kind, wait.code)
+        log().info("job waits for its CA", job_id=str(self.claimed.id), kind=self.kind.value, code=wait.code,
+                   error=wait.message, delay_ms=delay)
+        return self._outcome("waiting_for_ca", code=wait.code, delay_ms=delay)
 
     def _fail(self, code: str, message: str, *, mark_trustpoint: bool,
               report: DeviceReport | None = None) -> JobOutcome:

@@ -21,6 +21,7 @@ from shared.states import Status
 
 from ..schemas.bulk_enrollments import BulkEnrollmentPublic, DeviceSelection, FailureGroup
 from ..scope import DomainScope
+from ..short_cache import ShortCache
 from .enrollment_objects import get_object
 
 #: Rows per INSERT statement: large enough to be fast, small enough for any driver.
@@ -81,26 +82,27 @@ def create_batch(
     lease_until = now + timedelta(seconds=settings.job_lease_seconds)
     step = [{"at": now.isoformat(), "step": "requested",
              "detail": f"bulk enrollment {batch.id}" + (f" by {requested_by}" if requested_by else "")}]
-    trustpoints, jobs = [], []
-    for device_id, domain_id in devices:
-        if device_id in already:
-            continue
-        tp_id = uuid.uuid4()
-        trustpoints.append(dict(
-            id=tp_id, device_id=device_id, domain_id=domain_id, enrollment_object_id=obj.id, name=obj.name,
-            enrollment_type=obj.enrollment_type, ca_status=Status.IN_PROGRESS.value,
-            identity_status=Status.IN_PROGRESS.value, created_at=now, updated_at=now, status_changed_at=now,
-        ))
-        jobs.append(dict(
-            id=uuid.uuid4(), kind=JobKind.ENROLL.value, trustpoint_id=tp_id, device_id=device_id,
-            domain_id=domain_id, trustpoint_name=obj.name, state=JobState.QUEUED.value, attempts=0,
-            max_attempts=settings.job_max_attempts, lease_expires_at=lease_until, steps=step,
-            batch_id=batch.id, created_at=now,
-        ))
-    for table, rows in ((Trustpoint, trustpoints), (Job, jobs)):
-        for chunk in _chunks(rows, INSERT_CHUNK):
-            session.execute(insert(table), chunk)
-    return batch, [j["id"] for j in jobs]
+    job_ids: list[uuid.UUID] = []
+    # Chunk by chunk: fifty thousand devices never sit in memory as a hundred thousand row dicts.
+    for chunk in _chunks([d for d in devices if d[0] not in already], INSERT_CHUNK):
+        trustpoints, jobs = [], []
+        for device_id, domain_id in chunk:
+            tp_id = uuid.uuid4()
+            trustpoints.append(dict(
+                id=tp_id, device_id=device_id, domain_id=domain_id, enrollment_object_id=obj.id, name=obj.name,
+                enrollment_type=obj.enrollment_type, ca_status=Status.IN_PROGRESS.value,
+                identity_status=Status.IN_PROGRESS.value, created_at=now, updated_at=now, status_changed_at=now,
+            ))
+            jobs.append(dict(
+                id=uuid.uuid4(), kind=JobKind.ENROLL.value, trustpoint_id=tp_id, device_id=device_id,
+                domain_id=domain_id, trustpoint_name=obj.name, state=JobState.QUEUED.value, attempts=0,
+                max_attempts=settings.job_max_attempts, lease_expires_at=lease_until, steps=step,
+                batch_id=batch.id, created_at=now,
+            ))
+        session.execute(insert(Trustpoint), trustpoints)
+        session.execute(insert(Job), jobs)
+        job_ids += [j["id"] for j in jobs]
+    return batch, job_ids
 
 
 def get_batch(session: Session, *, scope: DomainScope, batch_id: uuid.UUID) -> Batch:
@@ -110,22 +112,41 @@ def get_batch(session: Session, *, scope: DomainScope, batch_id: uuid.UUID) -> B
     return batch
 
 
-def progress(session: Session, batch: Batch, *, now: datetime) -> BulkEnrollmentPublic:
-    """The batch's counts, failures by error code, and an ETA — all from its jobs."""
-    counts = dict(session.exec(
-        select(Job.state, func.count()).where(Job.batch_id == batch.id).group_by(Job.state)
-    ).all())
+#: A big batch's counts are remembered for a second (see :mod:`..short_cache`).
+_AGGREGATES = ShortCache(1.0)
+#: From this many jobs on, a batch's counts are worth remembering.
+CACHE_FROM_JOBS = 1000
+
+
+def _aggregate(
+    session: Session, batch_id: uuid.UUID
+) -> tuple[dict[str, int], list[FailureGroup], datetime | None]:
+    """Jobs per state, failures by error code, and when the last job finished."""
+    rows = session.exec(
+        select(Job.state, func.count(), func.max(Job.finished_at)).where(Job.batch_id == batch_id)
+        .group_by(Job.state)
+    ).all()
+    counts = {state: count for state, count, _ in rows}
+    finished_at = [last for _, _, last in rows if last is not None]
     failures = [
         FailureGroup(error_code=code or "unknown", count=count, example_message=message or "")
         for code, count, message in session.exec(
             select(Job.error_code, func.count(), func.max(Job.error_message))
-            .where(Job.batch_id == batch.id, Job.state == JobState.FAILED.value)
+            .where(Job.batch_id == batch_id, Job.state == JobState.FAILED.value)
             .group_by(Job.error_code).order_by(func.count().desc())
         ).all()
-    ]
+    ] if counts.get(JobState.FAILED.value) else []
+    return counts, failures, max(finished_at, default=None)
+
+
+def progress(session: Session, batch: Batch, *, now: datetime) -> BulkEnrollmentPublic:
+    """The batch's counts, failures by error code, and an ETA — all from its jobs."""
+    counts, failures, last_finished = _AGGREGATES.get(
+        (id(session.get_bind()), batch.id), lambda: _aggregate(session, batch.id),
+        keep=lambda _: batch.selected - batch.skipped >= CACHE_FROM_JOBS,
+    )
     total = sum(counts.values())
     done = counts.get(JobState.SUCCEEDED.value, 0) + counts.get(JobState.FAILED.value, 0)
-    last_finished = session.exec(select(func.max(Job.finished_at)).where(Job.batch_id == batch.id)).one()
     created = batch.created_at
     finished = done >= total
     elapsed = ((last_finished if finished and last_finished else now) - created).total_seconds()

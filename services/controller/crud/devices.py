@@ -32,11 +32,14 @@ def get_device(session: Session, *, scope: DomainScope, device_id: uuid.UUID) ->
 
 
 def list_devices(
-    session: Session, *, scope: DomainScope, offset: int, limit: int, serial: str | None = None
+    session: Session, *, scope: DomainScope, offset: int, limit: int, serial: str | None = None,
+    name: str | None = None,
 ) -> tuple[list[Device], int]:
     conditions = [] if scope.is_root else [Device.domain_id.in_(scope.subtree)]
     if serial:
         conditions.append(Device.serial == serial)
+    if name:
+        conditions.append(Device.name == name)
     total = session.exec(select(func.count()).select_from(Device).where(*conditions)).one()
     rows = session.exec(
         select(Device).where(*conditions).order_by(Device.name, Device.id).offset(offset).limit(limit)

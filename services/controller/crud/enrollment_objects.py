@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from shared.enums import EnrollmentType
-from shared.errors import ConflictError, ForbiddenError, NotFoundError
+from shared.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from shared.models import EnrollmentObject, Trustpoint
 from shared.secrets import SecretBox
 
@@ -120,6 +120,40 @@ def replace_object(
     obj.updated_at = now
     session.add(obj)
     _flush(session, data.name)
+    return obj
+
+
+def create_pkcs12_object(
+    session: Session, *, scope: DomainScope, name: str, filename: str, content: bytes, passphrase: str,
+    box: SecretBox, description: str = "",
+) -> EnrollmentObject:
+    """A PKCS12 enrollment object holding the (already checked) file and its passphrase,
+    both encrypted: a failed enrollment is retried from them without a new upload."""
+    data = EnrollmentObjectCreate(name=name, enrollment_type=EnrollmentType.PKCS12, description=description)
+    columns = object_columns(data)
+    _ensure_unique_name(session, domain_id=scope.domain_id, name=name, other_than=None)
+    obj = EnrollmentObject(domain_id=scope.domain_id, **columns, pkcs12_filename=filename[:255],
+                           pkcs12_blob=box.seal(content), secret_blob=box.seal(passphrase.encode()))
+    session.add(obj)
+    _flush(session, name)
+    return obj
+
+
+def set_passphrase(
+    session: Session, *, scope: DomainScope, object_id: uuid.UUID, passphrase: str, box: SecretBox,
+    now: datetime,
+) -> EnrollmentObject:
+    """Correct a PKCS12 object's passphrase; re-enrolling its trustpoints then uses it."""
+    obj = _editable(session, scope=scope, object_id=object_id)
+    if obj.enrollment_type != EnrollmentType.PKCS12:
+        raise ValidationError(
+            f"enrollment object {obj.name} is of type {obj.enrollment_type}: only PKCS12 objects have a "
+            "passphrase",
+            code="not_pkcs12",
+        )
+    obj.secret_blob = box.seal(passphrase.encode())
+    obj.updated_at = now
+    session.add(obj)
     return obj
 
 

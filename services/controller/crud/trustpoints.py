@@ -19,8 +19,13 @@ from shared.states import Status, transition
 
 from ..jobs import ensure_no_unfinished_job, new_job
 from ..scope import DomainScope
+from ..short_cache import ShortCache
 from .devices import get_device
 from .enrollment_objects import get_object
+
+#: List totals worth remembering for a moment (see :mod:`..short_cache`).
+_TOTALS = ShortCache(1.0)
+CACHE_TOTALS_FROM = 10_000
 
 #: The certificate columns a list shows (no PEM, no parsing).
 SUMMARY_COLUMNS = (
@@ -56,7 +61,10 @@ def list_trustpoints(
         conditions.append(Trustpoint.ca_status == Status(ca_status).value)
     if identity_status is not None:
         conditions.append(Trustpoint.identity_status == Status(identity_status).value)
-    total = session.exec(select(func.count()).select_from(Trustpoint).where(*conditions)).one()
+    # A total in the tens of thousands is remembered for a second: a polled list stays cheap.
+    key = (id(session.get_bind()), scope.domain_id, device_id, ca_status, identity_status)
+    count = select(func.count()).select_from(Trustpoint).where(*conditions)
+    total = _TOTALS.get(key, lambda: session.exec(count).one(), keep=lambda n: n >= CACHE_TOTALS_FROM)
     rows = session.exec(
         select(Trustpoint, Device.name)
         .join(Device, Device.id == Trustpoint.device_id)

@@ -41,7 +41,7 @@ def start_bulk_enrollment(
         settings=settings, now=now, requested_by=principal.describe(),
     )
     session.commit()
-    jobs.publish_many(broker, JobKind.ENROLL, job_ids, queue=BULK_QUEUE)
+    jobs.publish_many(broker, JobKind.ENROLL, job_ids, queue=BULK_QUEUE, published_at=now)
     response.headers["Location"] = f"/api/v1/domains/{scope.domain_id}/bulk-enrollments/{batch.id}"
     return crud.progress(session, batch, now=now)
 

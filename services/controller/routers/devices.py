@@ -27,12 +27,13 @@ def _public(device) -> DevicePublic:
 @router.get("", response_model=Page[DevicePublic])
 def list_devices(
     serial: str | None = Query(None, max_length=64),
+    name: str | None = Query(None, max_length=128, description="exact device name"),
     scope: DomainScope = Depends(get_scope),
     session: Session = Depends(get_session),
     paging: Paging = Depends(get_paging),
 ):
     rows, total = crud.list_devices(session, scope=scope, offset=paging.offset, limit=paging.limit,
-                                    serial=serial)
+                                    serial=serial, name=name)
     return Page[DevicePublic](items=[_public(d) for d in rows], total=total,
                               offset=paging.offset, limit=paging.limit)
 

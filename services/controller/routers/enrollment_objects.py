@@ -13,13 +13,17 @@ from shared.secrets import SecretBox
 from ..auth import authorize
 from ..crud import enrollment_objects as crud
 from ..deps import Paging, get_paging, get_scope, get_session
+from ..pkcs12_upload import check_file, trustpoint_name
 from ..schemas.common import Page
 from ..schemas.enrollment_objects import (
     EnrollmentObjectCreate,
     EnrollmentObjectPublic,
     EnrollmentObjectUpdate,
+    PassphraseUpdate,
+    Pkcs12Upload,
 )
 from ..scope import DomainScope
+from ..uploads import UploadedPkcs12, pkcs12_upload
 
 router = APIRouter(prefix="/domains/{domain_id}/enrollment-objects", tags=["enrollment objects"],
                    dependencies=[Depends(authorize)])
@@ -53,6 +57,42 @@ def list_objects(
 def create_object(body: EnrollmentObjectCreate, scope: DomainScope = Depends(get_scope),
                   session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
     obj = crud.create_object(session, scope=scope, data=body, box=box)
+    session.commit()
+    return public(obj)
+
+
+@router.post(
+    "/pkcs12", response_model=EnrollmentObjectPublic, status_code=201,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["file", "passphrase"],
+            "properties": {"file": {"type": "string", "format": "binary"}, "passphrase": {"type": "string"},
+                           "name": {"type": "string"}, "description": {"type": "string"}},
+        }},
+        "application/json": {"schema": Pkcs12Upload.model_json_schema()},
+    }}},
+)
+def upload_pkcs12(upload: UploadedPkcs12 = Depends(pkcs12_upload), scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
+    """Upload a PKCS#12 file (at most 24 KiB) with its passphrase: a PKCS12 enrollment object named
+    as the file. File and passphrase are kept encrypted, so a failed enrollment is retried after
+    correcting the passphrase, without a new upload."""
+    check_file(upload.content)
+    name = trustpoint_name(upload.filename, upload.name)
+    obj = crud.create_pkcs12_object(
+        session, scope=scope, name=name, filename=upload.filename, content=upload.content,
+        passphrase=upload.passphrase.get_secret_value(), box=box, description=upload.description,
+    )
+    session.commit()
+    return public(obj)
+
+
+@router.put("/{object_id}/passphrase", response_model=EnrollmentObjectPublic)
+def set_passphrase(object_id: uuid.UUID, body: PassphraseUpdate, scope: DomainScope = Depends(get_scope),
+                   session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
+    """Correct a PKCS12 object's passphrase; then re-enroll its failed trustpoints."""
+    obj = crud.set_passphrase(session, scope=scope, object_id=object_id,
+                              passphrase=body.passphrase.get_secret_value(), box=box, now=utcnow())
     session.commit()
     return public(obj)
 

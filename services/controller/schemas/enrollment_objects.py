@@ -39,6 +39,10 @@ class EnrollmentObjectFields(BaseModel):
     ignore_server_validation: bool = False
     retry_period_minutes: int = 1
     retry_count: int = 10
+    #: The CA endpoint's limits across every worker: enrollments at once, and started per
+    #: second. Null: the settings' CERTFLEET_CA_CONCURRENCY and CERTFLEET_CA_RATE_PER_SECOND.
+    ca_concurrency_limit: int | None = Field(default=None, ge=1, le=10_000)
+    ca_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
     # Manual
     ca_certificate_pem: str = Field(default="", max_length=65536)
     ca_only: bool = False
@@ -70,3 +74,22 @@ class EnrollmentObjectPublic(EnrollmentObjectFields):
     pkcs12_filename: str
     created_at: datetime
     updated_at: datetime
+
+
+class Pkcs12Upload(InputModel):
+    """The JSON form of a PKCS#12 upload (multipart/form-data with ``file`` and ``passphrase``
+    works too). The enrollment object, and so the trustpoint, is named as the file."""
+
+    #: The file's name, e.g. "vpn-gateway.p12": the object is named "vpn-gateway".
+    filename: str = Field(min_length=1, max_length=255)
+    pkcs12_base64: str = Field(min_length=1)
+    passphrase: SecretStr = Field(max_length=1024)
+    #: Another name than the file's, e.g. when the file's name cannot be a trustpoint name.
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    description: str = Field(default="", max_length=1024)
+
+
+class PassphraseUpdate(InputModel):
+    """Correct a PKCS#12 object's passphrase; the stored file is kept."""
+
+    passphrase: SecretStr = Field(max_length=1024)

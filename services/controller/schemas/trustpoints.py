@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, SecretStr
 
 from shared.states import Status
 
@@ -78,3 +79,20 @@ class TrustpointAccepted(BaseModel):
 
     trustpoint: TrustpointPublic
     job: JobPublic
+
+
+class IdentityCertificateImport(InputModel):
+    """The JSON form of an identity certificate import (a raw PEM or DER body works too)."""
+
+    certificate_pem: str = Field(min_length=1, max_length=65536)
+    #: The CA certificate(s) that issued it, when the trustpoint has no CA certificate yet.
+    ca_certificate_pem: str | None = Field(default=None, max_length=65536)
+
+
+class ExportRequest(InputModel):
+    """The seed's Export Certificate: PKCS12 (complete chain, needs a passphrase) or PEM
+    (identity certificate only)."""
+
+    format: Literal["pkcs12", "pem"]
+    #: Protects the PKCS#12 file; never stored or logged.
+    passphrase: SecretStr | None = Field(default=None, max_length=1024)

@@ -1,0 +1,122 @@
+"""The CA gate in Redis, shared by every worker process: the rules of
+:class:`services.worker.ca_gate.MemoryCaGate`, each step one Lua script so it is atomic,
+timed by the Redis server's clock so workers on hosts with skewed clocks agree.
+
+Keys per endpoint (``<prefix>:<scheme://host:port>``):
+
+- ``…:state``   hash: ``tat`` (rate), ``failures``, ``openings``, ``open_until``,
+  ``probing_until``, ``down_since`` (circuit); expires a day after its last change;
+- ``…:holders`` sorted set: permit token -> lease end (concurrency).
+
+A Redis flush forgets them all: permits and outages are then counted afresh, nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from .ca_gate import CIRCUIT_BASE_MS, CIRCUIT_THRESHOLD, STATE_TTL_MS, CaLimits, Circuit, Decision, Outcome
+
+PREFIX = "certfleet:ca"
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: state, holders. ARGV: concurrency, interval_ms, tolerance_ms, lease_ms, token, threshold,
+# base_ms, ttl_ms. Returns {code, retry_in_ms, down_since}: 0 granted, 1 rate, 2 circuit, 3 concurrency.
+_ACQUIRE = _NOW + """
+local limit, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease, token, threshold, base = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local s = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probing_until', 'down_since', 'tat')
+local failures = tonumber(s[1]) or 0
+local open_until, probing_until = tonumber(s[2]) or 0, tonumber(s[3]) or 0
+local down_since, tat = tonumber(s[4]) or 0, tonumber(s[5]) or 0
+local probe = false
+if failures >= threshold then
+  if now < open_until then return {2, tostring(open_until - now), tostring(down_since)} end
+  if now < probing_until then
+    return {2, tostring(math.min(probing_until - now, base)), tostring(down_since)}
+  end
+  probe = true
+end
+if tat < now then tat = now end
+if tat - now > tolerance then return {1, tostring(tat - now - tolerance), '0'} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= limit then return {3, '0', '0'} end
+redis.call('ZADD', KEYS[2], now + lease, token)
+redis.call('PEXPIRE', KEYS[2], math.ceil(lease))
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + interval))
+if probe then redis.call('HSET', KEYS[1], 'probing_until', now + lease) end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+return {0, '0', '0'}
+"""
+
+# KEYS: state, holders. ARGV: token, outcome (ok/down/unknown), threshold, base_ms, cap_ms, jitter,
+# ttl_ms. Returns {open (1/0), retry_in_ms, down_since}.
+_FINISH = _NOW + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == 'unknown' then return {0, '0', '0'} end
+if ARGV[2] == 'ok' then
+  redis.call('HDEL', KEYS[1], 'failures', 'openings', 'open_until', 'probing_until', 'down_since')
+  return {0, '0', '0'}
+end
+local threshold, base = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cap, jitter = tonumber(ARGV[5]), tonumber(ARGV[6])
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local s = redis.call('HMGET', KEYS[1], 'openings', 'open_until', 'down_since')
+local openings, open_until, down_since = tonumber(s[1]) or 0, tonumber(s[2]) or 0, tonumber(s[3]) or 0
+if down_since == 0 then
+  down_since = now
+  redis.call('HSET', KEYS[1], 'down_since', now)
+end
+if failures >= threshold and now >= open_until then
+  openings = openings + 1
+  local ceiling = math.min(cap, base * 2 ^ math.min(openings - 1, 30))
+  open_until = now + ceiling / 2 + ceiling / 2 * jitter
+  redis.call('HSET', KEYS[1], 'openings', openings, 'open_until', tostring(open_until), 'probing_until', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if now < open_until then return {1, tostring(open_until - now), tostring(down_since)} end
+return {0, '0', tostring(down_since)}
+"""
+
+_REASONS = {1: "rate", 2: "circuit", 3: "concurrency"}
+
+
+class RedisCaGate:
+    def __init__(self, client: redis.Redis, *, prefix: str = PREFIX) -> None:
+        self.client, self.prefix = client, prefix
+        self._acquire = client.register_script(_ACQUIRE)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisCaGate:
+        return cls(redis.Redis.from_url(url))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _keys(self, endpoint: str) -> list[str]:
+        return [f"{self.prefix}:{endpoint}:state", f"{self.prefix}:{endpoint}:holders"]
+
+    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float) -> Decision:
+        token = uuid.uuid4().hex
+        code, retry_in, down_since = self._acquire(keys=self._keys(endpoint), args=[
+            limits.concurrency, repr(limits.interval_ms), repr(limits.tolerance_ms), repr(lease_ms), token,
+            CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, STATE_TTL_MS,
+        ])
+        if int(code) == 0:
+            return Decision(granted=True, token=token)
+        return Decision(granted=False, reason=_REASONS[int(code)], retry_in_ms=float(retry_in),
+                        down_since_ms=float(down_since))
+
+    def finish(self, endpoint: str, token: str, *, outcome: Outcome, cap_ms: float, jitter: float) -> Circuit:
+        is_open, retry_in, down_since = self._finish(keys=self._keys(endpoint), args=[
+            token, outcome, CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, repr(cap_ms), repr(jitter),
+            STATE_TTL_MS,
+        ])
+        return Circuit(open=bool(int(is_open)), retry_in_ms=float(retry_in), down_since_ms=float(down_since))

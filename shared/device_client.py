@@ -1,0 +1,253 @@
+"""Talking to a device's management API.
+
+:class:`DeviceClient` is what the workers' exchanges (and the controller's synchronous
+export) need from a device; :class:`HttpDeviceClient` speaks :mod:`shared.device_api` over
+HTTP. This module is the one place that turns HTTP answers into errors, so an adapter for
+real devices can replace it without touching the actors or the API:
+
+- no answer (timeout), refused or reset connections, 5xx and 429 -> :class:`DeviceTransientError`
+  (codes ``device_timeout``, ``device_unreachable``, ``device_error``);
+- 4xx -> :class:`~shared.errors.PermanentError` carrying the device's own code and message;
+- an answer that does not parse -> ``PermanentError`` with code ``device_bad_response``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+from pydantic import ValidationError as WireError
+
+from shared.device_api import (
+    EnrollRequest,
+    ErrorBody,
+    ExportedFile,
+    ExportRequest,
+    IdentityCertificateImport,
+    KeyringState,
+    TrustpointState,
+)
+from shared.enrollment import EnrollmentParameters
+from shared.errors import PermanentError, TransientError
+from shared.settings import Settings
+
+Model = TypeVar("Model", bound=BaseModel)
+
+#: The 404 code that means "the device has no such trustpoint", not "no such device" or
+#: "no such endpoint" (a management URL with a wrong path must not look like a lost trustpoint).
+TRUSTPOINT_MISSING_CODES = frozenset({"trustpoint_not_found"})
+#: Transient codes, with how a message says it: "device FTD-000042 unreachable: …".
+TRANSIENT_CODES = {
+    "device_unreachable": "unreachable",
+    "device_timeout": "did not answer",
+    "device_error": "",
+}
+
+
+class DeviceAddress(Protocol):
+    """Whatever says where a device is: ``shared.models.Device`` does."""
+
+    serial: str
+    management_url: str
+
+
+class DeviceClient(Protocol):
+    def configure_trustpoint(
+        self, device: DeviceAddress, params: EnrollmentParameters
+    ) -> TrustpointState: ...
+
+    def enroll(
+        self, device: DeviceAddress, name: str, mode: Literal["enroll", "re_enroll"] = "enroll"
+    ) -> TrustpointState: ...
+
+    def get_trustpoint(self, device: DeviceAddress, name: str) -> TrustpointState | None: ...
+
+    def delete_trustpoint(self, device: DeviceAddress, name: str) -> None: ...
+
+    def get_keyring(self, device: DeviceAddress) -> KeyringState: ...
+
+    def install_identity_certificate(
+        self, device: DeviceAddress, name: str, certificate_pem: str, ca_certificate_pem: str | None = None
+    ) -> TrustpointState: ...
+
+    def export_trustpoint(
+        self, device: DeviceAddress, name: str, fmt: Literal["pkcs12", "pem"], passphrase: str | None = None
+    ) -> ExportedFile: ...
+
+
+class DeviceTransientError(TransientError):
+    """A device that did not answer usefully this time; the parts are kept so the final
+    message can say how many attempts were made."""
+
+    def __init__(
+        self, *, code: str, serial: str, url: str, what: str, reason: str, retry_after: float | None = None
+    ) -> None:
+        self.serial, self.url, self.what, self.reason = serial, url, what, reason
+        super().__init__(self._text(""), code=code, retry_after=retry_after)
+
+    def _text(self, after: str) -> str:
+        return f"device {self.serial} {self.what}{after}: {self.reason} ({self.url})"
+
+    def after_attempts(self, attempts: int) -> str:
+        """E.g. "device FTD-000042 unreachable after 5 attempts: connection refused (http://…)"."""
+        return self._text(f" after {attempts} attempt{'s' if attempts != 1 else ''}")
+
+
+class HttpDeviceClient:
+    """One pooled, thread-safe ``httpx.Client`` for every device a worker process talks to."""
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        max_connections: int = 64,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_seconds),
+            # Every worker thread may hold one request in flight; keep them all alive between jobs.
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"accept": "application/json"},
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_connections: int = 64) -> HttpDeviceClient:
+        return cls(timeout_seconds=settings.device_timeout_seconds, max_connections=max_connections)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the device-management API ---------------------------------------------------------
+
+    def configure_trustpoint(self, device: DeviceAddress, params: EnrollmentParameters) -> TrustpointState:
+        path = f"/trustpoints/{quote(params.name, safe='')}"
+        return self._call(device, "PUT", path, TrustpointState, body=params.to_wire())
+
+    def enroll(
+        self, device: DeviceAddress, name: str, mode: Literal["enroll", "re_enroll"] = "enroll"
+    ) -> TrustpointState:
+        path = f"/trustpoints/{quote(name, safe='')}/enroll"
+        return self._call(device, "POST", path, TrustpointState, body=EnrollRequest(mode=mode).model_dump())
+
+    def get_trustpoint(self, device: DeviceAddress, name: str) -> TrustpointState | None:
+        path = f"/trustpoints/{quote(name, safe='')}"
+        return self._call(device, "GET", path, TrustpointState, missing_ok=True)
+
+    def delete_trustpoint(self, device: DeviceAddress, name: str) -> None:
+        # The API answers 204 also when the trustpoint is already gone; a device answering 404
+        # trustpoint_not_found instead means the same.
+        self._call(device, "DELETE", f"/trustpoints/{quote(name, safe='')}", None, missing_ok=True)
+
+    def get_keyring(self, device: DeviceAddress) -> KeyringState:
+        return self._call(device, "GET", "/keyring/default", KeyringState)
+
+    def install_identity_certificate(
+        self, device: DeviceAddress, name: str, certificate_pem: str, ca_certificate_pem: str | None = None
+    ) -> TrustpointState:
+        path = f"/trustpoints/{quote(name, safe='')}/identity-certificate"
+        body = IdentityCertificateImport(certificate_pem=certificate_pem,
+                                         ca_certificate_pem=ca_certificate_pem)
+        return self._call(device, "POST", path, TrustpointState, body=body.model_dump())
+
+    def export_trustpoint(
+        self, device: DeviceAddress, name: str, fmt: Literal["pkcs12", "pem"], passphrase: str | None = None
+    ) -> ExportedFile:
+        # The passphrase travels in this request body only: never in a URL, never logged.
+        path = f"/trustpoints/{quote(name, safe='')}/export"
+        body = ExportRequest(format=fmt, passphrase=passphrase).model_dump()
+        return self._call(device, "POST", path, ExportedFile, body=body)
+
+    # --- transport and error mapping -------------------------------------------------------
+
+    def _call(
+        self,
+        device: DeviceAddress,
+        method: str,
+        path: str,
+        model: type[Model] | None,
+        *,
+        body: dict[str, Any] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        base = device.management_url.rstrip("/")
+        try:
+            response = self._http.request(method, base + path, json=body)
+        except httpx.TimeoutException:
+            raise DeviceTransientError(
+                code="device_timeout", serial=device.serial, url=base, what="did not answer",
+                reason=f"no answer within {self.timeout_seconds:g} s",
+            ) from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise PermanentError(
+                f"device {device.serial} has an unusable management URL {base!r}: {exc}; correct the "
+                "device's management URL",
+                code="invalid_management_url",
+            ) from None
+        except httpx.TransportError as exc:
+            raise DeviceTransientError(
+                code="device_unreachable", serial=device.serial, url=base, what="unreachable",
+                reason=_transport_reason(exc),
+            ) from None
+
+        status = response.status_code
+        if status >= 500 or status == 429:
+            error = _error_body(response)
+            # A device manager in front of the device may say why it failed: it could not reach it.
+            code = error.code if error and error.code in TRANSIENT_CODES else "device_error"
+            raise DeviceTransientError(
+                code=code, serial=device.serial, url=base,
+                what=TRANSIENT_CODES.get(code) or f"answered {status} {response.reason_phrase}".rstrip(),
+                reason=error.message if error else "no explanation given",
+                retry_after=_retry_after(response),
+            )
+        if status >= 400:
+            error = _error_body(response)
+            if status == 404 and missing_ok and error is not None and error.code in TRUSTPOINT_MISSING_CODES:
+                return None
+            if error is None:
+                raise PermanentError(
+                    f"device {device.serial} refused {method} {path}: {status} {response.reason_phrase}",
+                    code=f"device_http_{status}",
+                )
+            raise PermanentError(f"device {device.serial}: {error.message}", code=error.code)
+        if model is None:
+            return None
+        try:
+            return model.model_validate_json(response.content)
+        except WireError as exc:
+            raise PermanentError(
+                f"device {device.serial} sent an answer to {method} {path} that does not follow the "
+                f"device-management API ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})",
+                code="device_bad_response",
+            ) from None
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if "reset" in lowered or isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return "connection reset"
+    if "name or service not known" in lowered or "nodename nor servname" in lowered:
+        return "host name does not resolve"
+    return text
+
+
+def _error_body(response: httpx.Response) -> ErrorBody | None:
+    try:
+        return ErrorBody.model_validate_json(response.content)
+    except WireError:
+        return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date, or nothing: the backoff decides
