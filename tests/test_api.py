@@ -474,6 +474,8 @@ def test_put_replaces_fields_and_keeps_or_clears_the_secret(api):
         ({"enrollment_type": "est"}, "enrollment_url_required"),
         ({"enrollment_type": "est", "enrollment_url": "https://2001:db8::5/"}, "invalid_url"),
         ({"enrollment_type": "scep", "enrollment_url": "ldap://ca.example.com/"}, "invalid_url"),
+        ({"enrollment_type": "est", "enrollment_url": "http://ca.example.com/"}, "est_url_not_https"),
+        ({"enrollment_type": "scep", "enrollment_url": "https://ca.example.com/"}, "scep_url_not_http"),
         (
             {"enrollment_type": "scep", "enrollment_url": "http://ca/", "retry_period_minutes": 61},
             "invalid_retry_period",
@@ -483,7 +485,7 @@ def test_put_replaces_fields_and_keeps_or_clears_the_secret(api):
             "invalid_retry_count",
         ),
         (
-            {"enrollment_type": "est", "enrollment_url": "http://ca/", "fingerprint": "xyz"},
+            {"enrollment_type": "est", "enrollment_url": "https://ca/", "fingerprint": "xyz"},
             "invalid_fingerprint",
         ),
         ({"enrollment_type": "self_signed", "password": "p"}, "field_not_applicable"),

@@ -53,6 +53,15 @@ def object_columns(data: EnrollmentObjectCreate) -> dict[str, Any]:
                 code="enrollment_url_required",
             )
         columns["enrollment_url"] = check_http_url(data.enrollment_url, field="enrollment_url")
+        # EST exists only over TLS; SCEP runs over plain HTTP (its messages are signed and
+        # enveloped themselves), and the devices speak it that way only.
+        scheme = columns["enrollment_url"].split(":", 1)[0].lower()
+        if kind is EnrollmentType.EST and scheme != "https":
+            raise ValidationError("EST runs over HTTPS only: use an https:// enrollment_url",
+                                  code="est_url_not_https")
+        if kind is EnrollmentType.SCEP and scheme != "http":
+            raise ValidationError("SCEP runs over plain HTTP: use an http:// enrollment_url, e.g. "
+                                  "http://ca.example.com/cgi-bin/pkiclient.exe", code="scep_url_not_http")
     else:
         for field in ("enrollment_url", "username", "ca_concurrency_limit", "ca_rate_limit"):
             if getattr(data, field):
