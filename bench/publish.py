@@ -29,7 +29,7 @@ from shared.events import BULK_QUEUE  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 from tests.procs import Stack  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/8"
+REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
 def run(devices: int) -> dict:

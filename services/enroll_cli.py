@@ -9,8 +9,8 @@ shows a progress bar (succeeded, failed, queued, running, and the controller's E
 every job has ended, then a summary with the failures grouped by error code.
 
 Exit status: 0 when every device enrolled, 1 when any failed, 2 when the request was refused
-(unknown object, device or domain, empty selection, no token…), 130 when interrupted: the
-enrollment goes on without the command.
+(unknown object, device or domain, empty selection, no token…) or the controller cannot be
+reached, 130 when interrupted: the enrollment goes on without the command.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,6 +29,8 @@ from services.api_client import ApiError, CertfleetClient
 from shared.models import GLOBAL_DOMAIN_ID
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 1, 2, 130
+#: How long the progress bar waits out a controller that stopped answering before giving up.
+UNREACHABLE_PATIENCE_S = 60.0
 
 
 class CannotStart(Exception):
@@ -137,12 +140,20 @@ def follow(client: CertfleetClient, batch: dict, *, domain_id: str, console: Con
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("enroll", total=batch["total"], **_fields(batch))
+        answered = time.monotonic()
         while True:
             progress.update(task, completed=batch["succeeded"] + batch["failed"], **_fields(batch))
             if batch["finished"]:
                 return batch
             time.sleep(interval)
-            batch = client.bulk_enrollment(batch["id"], domain_id=domain_id)
+            try:
+                batch, answered = client.bulk_enrollment(batch["id"], domain_id=domain_id), time.monotonic()
+            except (httpx.TransportError, ApiError) as exc:
+                # A controller restarting (or its database away for a moment) is waited out: the
+                # enrollment goes on in the workers meanwhile.
+                gave_up = time.monotonic() - answered > UNREACHABLE_PATIENCE_S
+                if gave_up or (isinstance(exc, ApiError) and exc.status < 500):
+                    raise
 
 
 def _fields(batch: dict) -> dict:
@@ -177,27 +188,36 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     with CertfleetClient(args.api_url, args.token) as client:
         try:
-            domain_id = resolve_domain(client, args.domain)
-            obj = resolve_object(client, args.object, domain_id=domain_id)
-            device_ids = resolve_devices(client, args.device, domain_id=domain_id) if args.device else []
-            selection = selection_of(args, device_ids)
-            batch = client.start_bulk_enrollment(obj["id"], selection=selection, domain_id=domain_id)
-        except CannotStart as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            return _run(client, args, console)
+        except httpx.TransportError as exc:
+            print(f"error: the controller at {args.api_url} cannot be reached: {exc or type(exc).__name__}",
+                  file=sys.stderr)
             return EXIT_REFUSED
-        except ApiError as exc:
-            print(f"error: the controller refused: {exc.code}: {exc.detail}", file=sys.stderr)
-            return EXIT_REFUSED
-        console.print(f"started bulk enrollment {batch['id']}: {obj['name']} on {batch['total']} devices "
-                      f"({batch['skipped']} skipped: they already had it)")
-        if args.no_wait:
-            return 0
-        try:
-            batch = follow(client, batch, domain_id=domain_id, console=console, interval=args.interval)
-        except KeyboardInterrupt:
-            console.print(f"stopped following; bulk enrollment {batch['id']} goes on "
-                          f"(GET /api/v1/domains/{domain_id}/bulk-enrollments/{batch['id']})")
-            return EXIT_INTERRUPTED
+
+
+def _run(client: CertfleetClient, args: argparse.Namespace, console: Console) -> int:
+    try:
+        domain_id = resolve_domain(client, args.domain)
+        obj = resolve_object(client, args.object, domain_id=domain_id)
+        device_ids = resolve_devices(client, args.device, domain_id=domain_id) if args.device else []
+        selection = selection_of(args, device_ids)
+        batch = client.start_bulk_enrollment(obj["id"], selection=selection, domain_id=domain_id)
+    except CannotStart as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ApiError as exc:
+        print(f"error: the controller refused: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_REFUSED
+    console.print(f"started bulk enrollment {batch['id']}: {obj['name']} on {batch['total']} devices "
+                  f"({batch['skipped']} skipped: they already had it)")
+    if args.no_wait:
+        return 0
+    try:
+        batch = follow(client, batch, domain_id=domain_id, console=console, interval=args.interval)
+    except KeyboardInterrupt:
+        console.print(f"stopped following; bulk enrollment {batch['id']} goes on "
+                      f"(GET /api/v1/domains/{domain_id}/bulk-enrollments/{batch['id']})")
+        return EXIT_INTERRUPTED
     for line in summary(batch, object_name=obj["name"]):
         console.print(line)
     return EXIT_FAILED if batch["failed"] else 0

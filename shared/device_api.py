@@ -72,6 +72,8 @@ class TrustpointState(_Wire):
     error_message: str | None = None
     #: True when the failure may clear by itself (the CA was busy or unreachable).
     retryable: bool = False
+    #: Seconds the CA asked to wait before trying again (its 503/429 Retry-After), if it said.
+    retry_after: float | None = None
     certificates: list[InstalledCertificate] = []
     csr_pem: str | None = None
 

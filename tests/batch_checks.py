@@ -132,5 +132,5 @@ def check_nothing_lost(world: World, *, total: int, failed: int = 0) -> dict[str
 def jobs_taken_over(world: World) -> int:
     """Jobs another worker took over after their holder's lease ran out (their steps say so)."""
     with world.engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT count(*) FROM job WHERE CAST(steps AS TEXT) LIKE '%taken over after attempt%'")).scalar_one()
+        query = "SELECT count(*) FROM job WHERE CAST(steps AS TEXT) LIKE '%taken over after attempt%'"
+        return conn.execute(sa.text(query)).scalar_one()

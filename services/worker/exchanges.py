@@ -117,7 +117,7 @@ def raise_if_failed(state: TrustpointState, report: DeviceReport, *, serial: str
     reason = state.error_message or "the device gave no reason"
     message = f"device {serial}, trustpoint {state.name}: {reason}"
     if state.retryable:
-        raise TransientError(message, code=code)
+        raise TransientError(message, code=code, retry_after=state.retry_after)
     raise DeviceReportedFailure(message, code=code, report=report)
 
 
