@@ -177,7 +177,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, action="append", help="fleet size (repeat for a scaling run)")
     parser.add_argument("--latency-ms", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--enrollment", choices=["self-signed", "est"], default="self-signed",
                         help="est: every device enrolls with the CA simulator (RSA-2048 CA) over EST")
     args = parser.parse_args()

@@ -95,13 +95,15 @@ def import_inventory(
 ) -> tuple[int, int]:
     """Insert the inventory's new devices into the scope's domain; return (imported, skipped).
     Nothing is committed here: the caller commits the whole import at once."""
-    # Fetch everything first: the write transaction (which blocks other writers on SQLite)
-    # then lasts only as long as the inserts, not the HTTP paging.
-    entries = [info for page in fetch_inventory(inventory_url) for info in page]
+    pages = fetch_inventory(inventory_url)
+    if session.get_bind().dialect.name == "sqlite":
+        # Fetch everything first: the write transaction (which blocks other writers on SQLite)
+        # then lasts only as long as the inserts, not the HTTP paging.
+        pages = iter([[info for page in pages for info in page]])
+    # Elsewhere page by page: fifty thousand parsed entries never sit in memory at once.
     imported = skipped = 0
     seen: set[str] = set()
-    for start in range(0, len(entries), BATCH):
-        batch = entries[start:start + BATCH]
+    for batch in (page[start:start + BATCH] for page in pages for start in range(0, len(page), BATCH)):
         serials = [d.serial for d in batch]
         known = set(session.execute(select(Device.serial).where(Device.serial.in_(serials))).scalars())
         rows = []

@@ -2,8 +2,8 @@
 
 The sequence for every kind:
 
-1. claim the job (one conditional UPDATE, committed) and load its trustpoint, device and
-   enrollment object;
+1. claim the job (one conditional UPDATE) and load its trustpoint, device and enrollment
+   object, in one transaction committed at once;
 2. run the exchange for the job's kind with the device; no database connection is held
    meanwhile;
 3. in one transaction fenced by the claim's attempt number: record the outcome on the job
@@ -94,15 +94,18 @@ def run_job(
         log().error("message does not carry a job id; dropped", job_id=str(job_id)[:64])
         return JobOutcome(job_id=None, result="skipped")
     with session_scope(ctx.engine) as session:
-        claimed = jobstore.claim_job(
+        claimed = jobstore.take_claim(
             session, job_id, now=ctx.clock(), lease_seconds=ctx.settings.job_lease_seconds, holder=ctx.holder
         )
-    if claimed is None:
-        return JobOutcome(job_id=job_id, result="skipped")
+        if claimed is None:
+            return JobOutcome(job_id=job_id, result="skipped")
+        # Read in the claim's own transaction: one database round trip per job fewer.
+        subject = load_subject(session, claimed)
+        session.commit()
     if expected_kind is not None and expected_kind is not claimed.kind:
         log().warning("message names another kind than the job; the job's kind wins", job_id=str(job_id),
                       message_kind=expected_kind.value, job_kind=claimed.kind.value)
-    run = _JobRun(ctx, claimed, broker=broker, queue=queue)
+    run = _JobRun(ctx, claimed, subject, broker=broker, queue=queue)
     try:
         return run.execute()
     except BaseException as exc:  # a dropped database connection, the time limit, a bug
@@ -137,19 +140,17 @@ def _attempts(count: int) -> str:
 class _JobRun:
     """One attempt at one claimed job."""
 
-    def __init__(self, ctx: WorkerContext, claimed: ClaimedJob, *, broker: dramatiq.Broker | None,
-                 queue: str) -> None:
+    def __init__(self, ctx: WorkerContext, claimed: ClaimedJob, subject: Subject, *,
+                 broker: dramatiq.Broker | None, queue: str) -> None:
         self.ctx, self.claimed = ctx, claimed
         self.broker, self.queue = broker, queue
         self.kind = claimed.kind
         self.steps = StepLog(ctx.clock)
         self.started = time.perf_counter()
-        self.subject = Subject(trustpoint=None, device=None, enrollment_object=None)
+        self.subject = subject
         self.method: str | None = None
 
     def execute(self) -> JobOutcome:
-        with session_scope(self.ctx.engine) as session:
-            self.subject = load_subject(session, self.claimed)
         if self.subject.trustpoint is not None:
             self.method = self.subject.trustpoint.enrollment_type
         try:
