@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from shared.heap import freeze_startup_objects
     from shared.logging import configure_logging
 
     settings = Settings.from_env()
@@ -40,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
     from .app import create_app
 
     app = create_app(settings, start_reconciler=not args.no_reconciler)
+    freeze_startup_objects()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False,
                 log_level=settings.log_level.lower(), lifespan="on")
     return 0

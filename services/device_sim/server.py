@@ -13,6 +13,7 @@ from datetime import datetime
 
 from services.http_thread import ServerThread
 from shared.clock import utcnow
+from shared.heap import freeze_startup_objects
 
 from .app import DeviceSim, create_app
 from .config import SimConfig
@@ -68,6 +69,7 @@ def run(config: SimConfig, *, announce: Callable[[str], None] | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     running = start_in_thread(config)
+    freeze_startup_objects()  # the fleet, built once, is most of what the simulator holds
     try:
         (announce or _print)(f"device-sim ready: {running.url} devices={len(running.fleet)}")
         # Poll: the signal may land on another thread, which does not wake a blocked wait().

@@ -14,6 +14,7 @@ import os
 import dramatiq
 
 from shared.errors import ConfigurationError
+from shared.heap import freeze_startup_objects
 from shared.logging import configure_logging
 from shared.settings import get_settings
 
@@ -46,3 +47,4 @@ def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
 
 
 broker, context, actors = build()
+freeze_startup_objects()

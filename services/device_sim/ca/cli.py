@@ -17,6 +17,7 @@ import threading
 from datetime import timedelta
 
 from shared.errors import CertfleetError, ConfigurationError
+from shared.heap import freeze_startup_objects
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -108,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    freeze_startup_objects()
     print(running.ready_line(), flush=True)
     try:
         stop.wait()
