@@ -115,7 +115,7 @@ def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path
         during = sim_requests(world, "enroll") - before
         ca.start()
         final = wait_for(world, batch, timeout=120)
-        assert (final["succeeded"], final["failed"]) == (devices, 0), final
+        assert (final["succeeded"], final["failed"]) == (devices, 0), final["failures"]
         check_nothing_lost(world, total=devices)
         with world.engine.connect() as conn:
             waited, max_attempts_used = conn.execute(sa.text(

@@ -6,7 +6,7 @@ later may help. Both device clients use it: EST over HTTPS and SCEP over plain H
     no route to the host     ca_no_route                  retryable
     connection refused       ca_connection_refused        retryable
     no answer in time        ca_timeout                   retryable
-    connection dropped       ca_connection_lost           retryable
+    connection dropped       ca_connection_lost           retryable (mid-handshake too)
     server not trusted       ca_tls_verification_failed
     other TLS failure        ca_tls_failed
     not HTTP/1.1             ca_bad_response
@@ -22,6 +22,8 @@ import ssl
 from shared.errors import CertfleetError
 
 _NO_ROUTE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+#: OpenSSL's reasons for a peer that went away in the middle of a handshake or record.
+_CUT_OFF = {"UNEXPECTED_EOF_WHILE_READING", "EOF occurred in violation of protocol"}
 
 
 class CaFailure(CertfleetError):
@@ -43,6 +45,10 @@ def network_failure(exc: BaseException, *, url: str, host: str, port: int, timeo
             f"(server checked against {trust or 'the device trust anchors'})",
             code="ca_tls_verification_failed",
         )
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) or getattr(exc, "reason", None) in _CUT_OFF:
+        # The connection ended mid-handshake: the CA stopping or restarting, not a TLS mismatch.
+        return CaFailure(f"CA at {url} closed the connection during the TLS handshake ({exc.reason or exc})",
+                         code="ca_connection_lost", retryable=True)
     if isinstance(exc, ssl.SSLError):
         return CaFailure(f"CA at {url}: TLS handshake failed: {exc.reason or exc}", code="ca_tls_failed")
     if isinstance(exc, socket.gaierror):
