@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from shared.clock import utcnow
 from shared.errors import NotFoundError
 
 from .authority import CaPaths
+from .sqlite_store import SqliteStore
 
 DEFAULT_TTL = timedelta(minutes=60)
 
@@ -40,24 +37,10 @@ def _hash(password: str) -> str:
     return hashlib.sha256(password.encode("utf-8")).hexdigest()
 
 
-class ChallengeStore:
-    """Thread-safe within a process; SQLite's locking makes it safe across processes."""
+class ChallengeStore(SqliteStore):
+    """One-time SCEP challenge passwords, kept as hashes."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            try:
-                yield db
-            finally:
-                db.close()
+    SCHEMA = _SCHEMA
 
     def issue(self, *, ttl: timedelta = DEFAULT_TTL, now: datetime | None = None) -> str:
         """A new password, valid once within ``ttl``."""

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +23,7 @@ from shared.clock import utcnow
 from shared.errors import NotFoundError
 
 from .authority import CaPaths
+from .sqlite_store import SqliteStore
 
 PENDING, APPROVED, ISSUED = "pending", "approved", "issued"
 
@@ -69,25 +67,10 @@ class EnrollmentRequest:
         return x509.load_pem_x509_certificate(self.cert_pem.encode()) if self.cert_pem else None
 
 
-class RequestStore:
-    """Thread-safe within a process; SQLite's locking makes it safe across processes."""
+class RequestStore(SqliteStore):
+    """Enrollment requests a profile holds for approval, and what became of them."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            try:
-                yield db
-            finally:
-                db.close()
+    SCHEMA = _SCHEMA
 
     @staticmethod
     def _row(row: sqlite3.Row) -> EnrollmentRequest:

@@ -12,10 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from shared.clock import utcnow
 
 from .authority import CaPaths
+from .sqlite_store import SqliteStore
 
 #: How long a nonce is remembered; a replay later than this is caught by its signingTime.
 NONCE_MEMORY = timedelta(days=2)
@@ -83,25 +80,10 @@ class ScepTransaction:
         return x509.load_pem_x509_certificate(self.cert_pem.encode()) if self.cert_pem else None
 
 
-class TransactionStore:
-    """Thread-safe within a process; SQLite's locking makes it safe across processes."""
+class TransactionStore(SqliteStore):
+    """SCEP transactions and sender nonces: a re-sent or polled request gets the same certificate back."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            try:
-                yield db
-            finally:
-                db.close()
+    SCHEMA = _SCHEMA
 
     def find(self, label: str, transaction_id: str, *, renews: str | None = None) -> ScepTransaction | None:
         """The transaction; with ``renews`` None, the latest of either kind (what a poll means)."""
