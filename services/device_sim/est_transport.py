@@ -21,26 +21,17 @@ told apart without digging through wrapped exceptions.
 from __future__ import annotations
 
 import http.client
-import json
 import ssl
 from base64 import b64encode
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-from shared.clock import utcnow
-
 from .ca.est_codec import PKCS10
+from .ca_connection import Answer, CaConnection
 from .ca_network import CaFailure, network_failure
 
 __all__ = ["Answer", "CaFailure", "EstEndpoint", "EstSession"]
 
-#: Longest answer the device reads from a CA; a certificate chain is a few KiB.
-MAX_ANSWER_BYTES = 1024 * 1024
-#: How long to wait when a CA holds a request without saying for how long (RFC 7030 requires it to).
-DEFAULT_RETRY_AFTER = 10.0
-#: The device asks a holding CA again no sooner than this and no later than this.
-RETRY_AFTER_RANGE = (1.0, 3600.0)
 WELL_KNOWN = "/.well-known/est"
 
 
@@ -79,41 +70,6 @@ class EstEndpoint:
         return f"{self.base_path}/{operation}"
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    reason: str
-    headers: dict[str, str]
-    body: bytes
-
-    def retry_after(self) -> float:
-        """Seconds the CA asks the device to wait (Retry-After: seconds or an HTTP date)."""
-        raw = self.headers.get("retry-after", "").strip()
-        seconds = DEFAULT_RETRY_AFTER
-        if raw.isdigit():
-            seconds = float(raw)
-        elif raw:
-            try:
-                seconds = (parsedate_to_datetime(raw) - utcnow()).total_seconds()
-            except (TypeError, ValueError):
-                pass
-        low, high = RETRY_AFTER_RANGE
-        return min(max(seconds, low), high)
-
-    def detail(self) -> str:
-        """The CA's own explanation: a problem+json ``detail``, or the start of a text body."""
-        text = self.body[:2000].decode("utf-8", "replace")
-        if "json" in self.headers.get("content-type", ""):
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = None
-            if isinstance(data, dict):
-                text = str(data.get("detail") or data.get("title") or text)
-        text = " ".join(text.split())
-        return text[:300] or "no explanation given"
-
-
 class EstSession:
     """One HTTPS connection to the CA's EST server, kept alive across an enrollment's requests.
 
@@ -122,8 +78,10 @@ class EstSession:
 
     def __init__(self, endpoint: EstEndpoint, context: ssl.SSLContext, *, timeout: float, trust: str) -> None:
         self.endpoint, self.context, self.timeout, self.trust = endpoint, context, timeout, trust
-        self._conn: http.client.HTTPSConnection | None = None
-        self._used = False
+        self.connection = CaConnection(
+            lambda: http.client.HTTPSConnection(endpoint.host, endpoint.port, context=context, timeout=timeout),
+            url=endpoint.url, failure=self._network_failure,
+        )
 
     def __enter__(self) -> EstSession:
         return self
@@ -132,9 +90,7 @@ class EstSession:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn, self._used = None, False
+        self.connection.close()
 
     def get(self, operation: str) -> Answer:
         return self._request("GET", operation, None, {})
@@ -146,33 +102,8 @@ class EstSession:
         return self._request("POST", operation, csr_base64, headers)
 
     def _request(self, method: str, operation: str, body: bytes | None, headers: dict[str, str]) -> Answer:
-        for attempt in (1, 2):
-            reused = self._used
-            try:
-                if self._conn is None:
-                    self._conn = http.client.HTTPSConnection(
-                        self.endpoint.host, self.endpoint.port, context=self.context, timeout=self.timeout
-                    )
-                self._conn.request(method, self.endpoint.path(operation), body=body, headers=headers)
-                response = self._conn.getresponse()
-                data = response.read(MAX_ANSWER_BYTES + 1)
-                self._used = True
-                if len(data) > MAX_ANSWER_BYTES or response.will_close:
-                    self.close()
-                if len(data) > MAX_ANSWER_BYTES:
-                    raise CaFailure(f"CA at {self.endpoint.url} answered {operation} with more than "
-                                    f"{MAX_ANSWER_BYTES // 1024} KiB", code="ca_bad_response")
-                return Answer(status=response.status, reason=response.reason,
-                              headers={k.lower(): v for k, v in response.getheaders()}, body=data)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                self.close()
-                if reused and attempt == 1:
-                    continue  # the server had closed the kept-alive connection: open a new one
-                raise self._network_failure(exc) from None
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                raise self._network_failure(exc) from None
-        raise AssertionError("unreachable")
+        return self.connection.request(method, self.endpoint.path(operation), operation=operation, body=body,
+                                       headers=headers)
 
     # --- turning failures into messages ------------------------------------------------------
 

@@ -22,8 +22,8 @@ from urllib.parse import quote, urlsplit
 from cryptography import x509
 
 from .ca.scep_codec import PKI_MESSAGE, ScepDecodeError, decode_ca_certs, parse_caps
+from .ca_connection import Answer, CaConnection
 from .ca_network import CaFailure, network_failure
-from .est_transport import MAX_ANSWER_BYTES, Answer
 
 DEFAULT_PATH = "/cgi-bin/pkiclient.exe"
 #: GetCACaps answers that mean "this CA does not know the operation": it then offers nothing
@@ -66,8 +66,10 @@ class ScepSession:
 
     def __init__(self, endpoint: ScepEndpoint, *, timeout: float) -> None:
         self.endpoint, self.timeout = endpoint, timeout
-        self._conn: http.client.HTTPConnection | None = None
-        self._used = False
+        self.connection = CaConnection(
+            lambda: http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout),
+            url=endpoint.url, failure=self._network_failure,
+        )
 
     def __enter__(self) -> ScepSession:
         return self
@@ -76,9 +78,7 @@ class ScepSession:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn, self._used = None, False
+        self.connection.close()
 
     # --- the operations -----------------------------------------------------------------------
 
@@ -117,32 +117,7 @@ class ScepSession:
     def _request(self, method: str, operation: str, *, query: str = "", body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Answer:
         target = f"{self.endpoint.path}?operation={operation}{query}"
-        for attempt in (1, 2):
-            reused = self._used
-            try:
-                if self._conn is None:
-                    self._conn = http.client.HTTPConnection(self.endpoint.host, self.endpoint.port,
-                                                            timeout=self.timeout)
-                self._conn.request(method, target, body=body, headers=headers or {})
-                response = self._conn.getresponse()
-                data = response.read(MAX_ANSWER_BYTES + 1)
-                self._used = True
-                if len(data) > MAX_ANSWER_BYTES or response.will_close:
-                    self.close()
-                if len(data) > MAX_ANSWER_BYTES:
-                    raise CaFailure(f"CA at {self.endpoint.url} answered {operation} with more than "
-                                    f"{MAX_ANSWER_BYTES // 1024} KiB", code="ca_bad_response")
-                return Answer(status=response.status, reason=response.reason,
-                              headers={k.lower(): v for k, v in response.getheaders()}, body=data)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                self.close()
-                if reused and attempt == 1:
-                    continue  # the server had closed the kept-alive connection: open a new one
-                raise self._network_failure(exc) from None
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                raise self._network_failure(exc) from None
-        raise AssertionError("unreachable")
+        return self.connection.request(method, target, operation=operation, body=body, headers=headers)
 
     def _network_failure(self, exc: BaseException) -> CaFailure:
         endpoint = self.endpoint
