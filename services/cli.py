@@ -10,6 +10,8 @@ import time
 from importlib import import_module
 from pathlib import Path
 
+from shared.errors import ConfigurationError
+
 
 def _api_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", default=os.environ.get("CERTFLEET_API_URL", "http://127.0.0.1:8000"),
@@ -125,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigurationError as exc:  # settings or a database this version cannot use
+        print(f"error: {exc.code}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
