@@ -25,6 +25,8 @@ from services.device_sim.ca.pending import approve, list_requests
 from services.device_sim.ca.service import RunningCa
 from services.device_sim.ca.service import start_in_thread as start_ca
 from services.device_sim.config import SimConfig
+from services.device_sim.est_client import EstOptions
+from services.device_sim.scep_client import ScepOptions
 from services.device_sim.server import RunningSim
 from services.device_sim.server import start_in_thread as start_sim
 from shared.device_api import TrustpointState
@@ -219,6 +221,20 @@ def test_server_the_device_does_not_trust(ca, bare_sim):
     assert message.startswith(
         f"CA at {ca.est_url}/: TLS verification failed: unable to get local issuer certificate")
     assert "trust anchors, and it has none" in message and "fingerprint" in message
+
+
+def test_a_fingerprint_that_is_not_hex_is_refused_before_asking_the_ca(ca, bare_sim):
+    device = Device(bare_sim, "FTD-000003")
+    device.configure("pinned-typo", f"{ca.est_url}/", fingerprint="zz:" * 31 + "zz")
+    message = failed(device.enroll("pinned-typo"), "invalid_est_configuration")
+    assert message.startswith(f"fingerprint {'zz:' * 31 + 'zz'!r} is not a hex digest")
+
+
+def test_the_options_a_device_holds_keep_their_secrets_out_of_repr():
+    est = EstOptions(enrollment_url="https://ca.example.com/", username="enroller", password="Est-s3cret")
+    scep = ScepOptions(enrollment_url="http://ca.example.com/", challenge="otp-s3cret")
+    assert "Est-s3cret" not in repr(est) and "enroller" in repr(est)
+    assert "otp-s3cret" not in repr(scep) and "ca.example.com" in repr(scep)
 
 
 def test_wrong_fingerprint(ca, bare_sim):

@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 from shared.clock import utcnow
 
@@ -20,6 +22,43 @@ MAX_ANSWER_BYTES = 1024 * 1024
 DEFAULT_RETRY_AFTER = 10.0
 #: The device asks a holding CA again no sooner than this and no later than this.
 RETRY_AFTER_RANGE = (1.0, 3600.0)
+
+
+def configured_url(options: dict[str, Any], *, trustpoint: str, protocol: str, example: str) -> str:
+    """The trustpoint's enrollment URL as configured; CaFailure when there is none."""
+    url = options.get("enrollment_url")
+    if not isinstance(url, str) or not url.strip():
+        raise CaFailure(f"trustpoint {trustpoint} has no enrollment URL; set the {protocol} enrollment "
+                        f"object's enrollment URL, e.g. {example}", code="invalid_enrollment_url")
+    return url
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaUrl:
+    """An enrollment URL split for connecting; ``shown`` is how messages print it (no user:password@)."""
+
+    shown: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def split(cls, url: str, *, scheme: str, default_port: int, example_host: str, why: str) -> CaUrl:
+        """CaFailure with code invalid_enrollment_url unless ``url`` is a ``scheme`` URL with a host;
+        ``why`` says why the protocol needs that scheme."""
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port or default_port
+        except ValueError as exc:
+            raise CaFailure(f"enrollment URL {url!r} is not a valid URL: {exc}; IPv6 addresses go in "
+                            f"brackets, e.g. {scheme}://[2001:db8::5]/", code="invalid_enrollment_url") from None
+        if parts.scheme != scheme or not parts.hostname:
+            raise CaFailure(f"enrollment URL {url!r} is not an {scheme}:// URL with a host; {why}, "
+                            f"e.g. {scheme}://{example_host}/", code="invalid_enrollment_url")
+        host = parts.hostname
+        shown_host = f"[{host}]" if ":" in host else host
+        shown = f"{scheme}://{shown_host}{f':{parts.port}' if parts.port else ''}{parts.path or '/'}"
+        return cls(shown=shown, host=host, port=port, path=parts.path)
 
 
 @dataclass(frozen=True)

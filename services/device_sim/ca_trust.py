@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from shared.errors import ConfigurationError
 
+from .ca_network import CaFailure
 from .tasks import CurrentIdentity
 
 #: Digest lengths in hex digits -> the hash they come from.
@@ -60,6 +61,16 @@ def load_trust_anchors(paths: Sequence[str | Path]) -> str:
 
 def normalise_fingerprint(text: str) -> str:
     return text.replace(":", "").replace(" ", "").strip().lower()
+
+
+def configured_fingerprint(text: str, *, code: str) -> str:
+    """An enrollment object's CA fingerprint, normalised ("" for none); CaFailure with ``code``
+    unless it is a hex digest of one of the hashes a fingerprint may use."""
+    fp = normalise_fingerprint(text)
+    if fp and (len(fp) not in FINGERPRINT_HASHES or any(c not in "0123456789abcdef" for c in fp)):
+        raise CaFailure(f"fingerprint {text!r} is not a hex digest; give the SHA-256 fingerprint of the CA "
+                        "certificate (64 hex digits, colons allowed)", code=code)
+    return fp
 
 
 def fingerprint(cert: x509.Certificate, *, length: int = 64) -> str:

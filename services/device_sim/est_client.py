@@ -21,7 +21,7 @@ Private keys never leave the device: only the certificate request is sent.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -35,6 +35,7 @@ from shared.pki import DeviceIdentity, PrivateKey, signing_hash, subject_alt_nam
 
 from . import ca_trust, issued
 from .ca.est_codec import decode_certs_only, encode_csr
+from .ca_connection import configured_url
 from .est_transport import CaFailure, EstEndpoint, EstSession
 from .keypairs import generate_device_key
 from .tasks import CurrentIdentity, Enrolled, EnrollmentTask, HeldByCa, HeldRequest, Outcome, Refused, Slot
@@ -48,23 +49,14 @@ class EstOptions:
 
     enrollment_url: str
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a log line through a repr
     fingerprint: str = ""
     ignore_server_validation: bool = False
-
-    def __repr__(self) -> str:  # the password never reaches a log line through a repr
-        return (f"EstOptions(enrollment_url={self.enrollment_url!r}, username={self.username!r}, "
-                f"password={'***' if self.password else ''!r}, fingerprint={self.fingerprint!r}, "
-                f"ignore_server_validation={self.ignore_server_validation})")
 
     @classmethod
     def of(cls, params: EnrollmentParameters) -> EstOptions:
         options: dict[str, Any] = params.options
-        url = options.get("enrollment_url")
-        if not isinstance(url, str) or not url.strip():
-            raise CaFailure(f"trustpoint {params.name} has no enrollment URL; set the EST enrollment "
-                            "object's enrollment URL, e.g. https://ca.example.com/",
-                            code="invalid_enrollment_url")
+        url = configured_url(options, trustpoint=params.name, protocol="EST", example="https://ca.example.com/")
         text = {k: options.get(k, "") for k in ("username", "password", "fingerprint")}
         if not all(isinstance(v, str) for v in text.values()):
             raise CaFailure("the EST username, password and fingerprint must be text",
@@ -73,11 +65,7 @@ class EstOptions:
         if not isinstance(ignore, bool):
             raise CaFailure("ignore_server_validation must be true or false",
                             code="invalid_est_configuration")
-        fp = ca_trust.normalise_fingerprint(text["fingerprint"])
-        if fp and len(fp) not in ca_trust.FINGERPRINT_HASHES:
-            raise CaFailure(f"fingerprint {text['fingerprint']!r} is not a hex digest; give the SHA-256 "
-                            "fingerprint of the CA certificate (64 hex digits, colons allowed)",
-                            code="invalid_est_configuration")
+        fp = ca_trust.configured_fingerprint(text["fingerprint"], code="invalid_est_configuration")
         return cls(enrollment_url=url, username=text["username"], password=text["password"],
                    fingerprint=fp, ignore_server_validation=ignore)
 

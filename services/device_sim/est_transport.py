@@ -24,10 +24,9 @@ import http.client
 import ssl
 from base64 import b64encode
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from .ca.est_codec import PKCS10
-from .ca_connection import Answer, CaConnection
+from .ca_connection import Answer, CaConnection, CaUrl
 from .ca_network import CaFailure, network_failure
 
 __all__ = ["Answer", "CaFailure", "EstEndpoint", "EstSession"]
@@ -49,22 +48,11 @@ class EstEndpoint:
 
     @classmethod
     def parse(cls, url: str) -> EstEndpoint:
-        try:
-            parts = urlsplit(url.strip())
-            port = parts.port or 443
-        except ValueError as exc:
-            raise CaFailure(f"enrollment URL {url!r} is not a valid URL: {exc}; IPv6 addresses go in "
-                            "brackets, e.g. https://[2001:db8::5]:8443/",
-                            code="invalid_enrollment_url") from None
-        if parts.scheme != "https" or not parts.hostname:
-            raise CaFailure(f"enrollment URL {url!r} is not an https:// URL with a host; EST runs over "
-                            "HTTPS only", code="invalid_enrollment_url")
-        host = parts.hostname
-        shown_host = f"[{host}]" if ":" in host else host
-        shown = f"https://{shown_host}{f':{parts.port}' if parts.port else ''}{parts.path or '/'}"
-        path = parts.path.rstrip("/")
+        split = CaUrl.split(url, scheme="https", default_port=443, example_host="ca.example.com",
+                            why="EST runs over HTTPS only")
+        path = split.path.rstrip("/")
         base = path if WELL_KNOWN in path else path + WELL_KNOWN
-        return cls(url=shown, host=host, port=port, base_path=base)
+        return cls(url=split.shown, host=split.host, port=split.port, base_path=base)
 
     def path(self, operation: str) -> str:
         return f"{self.base_path}/{operation}"

@@ -43,6 +43,7 @@ from shared.weak_crypto import WEAK_HASHES, enforce, weak_certificate, weak_ciph
 from . import ca_trust, issued
 from .ca import scep_codec as scep
 from .ca.scep_codec import CertRep, ContentCipher, FailInfo, PkiStatus, Requester
+from .ca_connection import configured_url
 from .ca_network import CaFailure
 from .est_client import build_csr
 from .keypairs import generate_device_key
@@ -70,34 +71,20 @@ class ScepOptions:
     """The SCEP settings of a trustpoint's configuration (the enrollment object's fields)."""
 
     enrollment_url: str
-    challenge: str = ""
+    challenge: str = field(default="", repr=False)  # never in a log line through a repr
     fingerprint: str = ""
     retry_period_minutes: int = RETRY_PERIOD_MINUTES
     retry_count: int = RETRY_COUNT
 
-    def __repr__(self) -> str:  # the challenge never reaches a log line through a repr
-        return (f"ScepOptions(enrollment_url={self.enrollment_url!r}, "
-                f"challenge={'***' if self.challenge else ''!r}, fingerprint={self.fingerprint!r}, "
-                f"retry_period_minutes={self.retry_period_minutes}, "
-                f"retry_count={self.retry_count})")
-
     @classmethod
     def of(cls, params: EnrollmentParameters) -> ScepOptions:
         options: dict[str, Any] = params.options
-        url = options.get("enrollment_url")
-        if not isinstance(url, str) or not url.strip():
-            raise CaFailure(f"trustpoint {params.name} has no enrollment URL; set the SCEP enrollment "
-                            "object's enrollment URL, e.g. http://ca.example.com/",
-                            code="invalid_enrollment_url")
+        url = configured_url(options, trustpoint=params.name, protocol="SCEP", example="http://ca.example.com/")
         challenge, fp = options.get("challenge", ""), options.get("fingerprint", "")
         if not isinstance(challenge, str) or not isinstance(fp, str):
             raise CaFailure("the SCEP challenge password and fingerprint must be text",
                             code="invalid_scep_configuration")
-        fp = ca_trust.normalise_fingerprint(fp)
-        if fp and (len(fp) not in ca_trust.FINGERPRINT_HASHES or not _is_hex(fp)):
-            raise CaFailure(f"fingerprint {options['fingerprint']!r} is not a hex digest; give the SHA-256 "
-                            "fingerprint of the CA certificate (64 hex digits, colons allowed)",
-                            code="invalid_scep_configuration")
+        fp = ca_trust.configured_fingerprint(fp, code="invalid_scep_configuration")
         period = options.get("retry_period_minutes", RETRY_PERIOD_MINUTES)
         count = options.get("retry_count", RETRY_COUNT)
         if not _int_in(period, RETRY_PERIODS) or not _int_in(count, RETRY_COUNTS):
@@ -109,10 +96,6 @@ class ScepOptions:
 
 def _int_in(value: object, allowed: range) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value in allowed
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,12 +17,12 @@ from __future__ import annotations
 import http.client
 from base64 import b64encode
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from cryptography import x509
 
 from .ca.scep_codec import PKI_MESSAGE, ScepDecodeError, decode_ca_certs, parse_caps
-from .ca_connection import Answer, CaConnection
+from .ca_connection import Answer, CaConnection, CaUrl
 from .ca_network import CaFailure, network_failure
 
 DEFAULT_PATH = "/cgi-bin/pkiclient.exe"
@@ -43,22 +43,10 @@ class ScepEndpoint:
 
     @classmethod
     def parse(cls, url: str) -> ScepEndpoint:
-        try:
-            parts = urlsplit(url.strip())
-            port = parts.port or 80
-        except ValueError as exc:
-            raise CaFailure(f"enrollment URL {url!r} is not a valid URL: {exc}; IPv6 addresses go in "
-                            "brackets, e.g. http://[2001:db8::5]:8080/",
-                            code="invalid_enrollment_url") from None
-        if parts.scheme != "http" or not parts.hostname:
-            raise CaFailure(f"enrollment URL {url!r} is not an http:// URL with a host; SCEP runs over plain "
-                            "HTTP (its messages are signed and encrypted), e.g. http://ca.example.com/",
-                            code="invalid_enrollment_url")
-        host = parts.hostname
-        shown_host = f"[{host}]" if ":" in host else host
-        path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
-        shown = f"http://{shown_host}{f':{parts.port}' if parts.port else ''}{parts.path or '/'}"
-        return cls(url=shown, host=host, port=port, path=path)
+        split = CaUrl.split(url, scheme="http", default_port=80, example_host="ca.example.com",
+                            why="SCEP runs over plain HTTP (its messages are signed and encrypted)")
+        path = split.path if split.path not in ("", "/") else DEFAULT_PATH
+        return cls(url=split.shown, host=split.host, port=split.port, path=path)
 
 
 class ScepSession:
