@@ -118,6 +118,18 @@ def test_the_circuit_opens_after_failures_in_a_row_lets_one_probe_through_and_cl
     assert all(gate.acquire(CA, WIDE, lease_ms=60_000).granted for _ in range(20))
 
 
+def test_a_probe_that_learns_nothing_lets_the_next_probe_start_at_once(gate):
+    for _ in range(CIRCUIT_THRESHOLD):
+        circuit = down(gate)
+    time.sleep(circuit.retry_in_ms / 1000 + 0.02)
+    probe = gate.acquire(CA, WIDE, lease_ms=60_000)
+    assert probe.granted and not gate.acquire(CA, WIDE, lease_ms=60_000).granted
+    # The probing device failed on its own (say, its key was refused): nothing known about the CA.
+    gate.finish(CA, probe.token, outcome="unknown", cap_ms=60_000, jitter=0)
+    # Not a whole lease of waiting for everyone: another enrollment probes straight away.
+    assert gate.acquire(CA, WIDE, lease_ms=60_000).granted
+
+
 @pytest.mark.redis
 def test_two_worker_processes_share_one_ca_s_limits(redis_db7):
     first, second = RedisCaGate.from_url(REDIS_URL), RedisCaGate.from_url(REDIS_URL)

@@ -133,6 +133,7 @@ class _Endpoint:
     openings: int = 0  # times the circuit opened since the last success
     open_until: float = 0.0
     probing_until: float = 0.0
+    probe: str = ""  # the probing permit's token
     down_since: float = 0.0
 
 
@@ -167,7 +168,7 @@ class MemoryCaGate:
             e.holders[token] = now + lease_ms
             e.tat = tat + limits.interval_ms
             if probe:
-                e.probing_until = now + lease_ms
+                e.probing_until, e.probe = now + lease_ms, token
             return Decision(granted=True, token=token)
 
     def finish(self, endpoint: str, token: str, *, outcome: Outcome, cap_ms: float, jitter: float) -> Circuit:
@@ -175,6 +176,8 @@ class MemoryCaGate:
             now = self._clock_ms()
             e = self._endpoints.setdefault(endpoint, _Endpoint())
             e.holders.pop(token, None)
+            if token == e.probe:  # the probe ended, whatever it found: the next one may start
+                e.probing_until, e.probe = 0.0, ""
             if outcome == "unknown":
                 return Circuit(open=False)
             if outcome == "ok":

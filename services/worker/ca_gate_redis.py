@@ -5,7 +5,7 @@ timed by the Redis server's clock so workers on hosts with skewed clocks agree.
 Keys per endpoint (``<prefix>:<scheme://host:port>``):
 
 - ``…:state``   hash: ``tat`` (rate), ``failures``, ``openings``, ``open_until``,
-  ``probing_until``, ``down_since`` (circuit); expires a day after its last change;
+  ``probing_until``, ``probe`` (the probing permit), ``down_since`` (circuit); expires a day after its last change;
 - ``…:holders`` sorted set: permit token -> lease end (concurrency).
 
 A Redis flush forgets them all: permits and outages are then counted afresh, nothing else.
@@ -50,7 +50,7 @@ if redis.call('ZCARD', KEYS[2]) >= limit then return {3, '0', '0'} end
 redis.call('ZADD', KEYS[2], now + lease, token)
 redis.call('PEXPIRE', KEYS[2], math.ceil(lease))
 redis.call('HSET', KEYS[1], 'tat', tostring(tat + interval))
-if probe then redis.call('HSET', KEYS[1], 'probing_until', now + lease) end
+if probe then redis.call('HSET', KEYS[1], 'probing_until', now + lease, 'probe', token) end
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return {0, '0', '0'}
 """
@@ -59,6 +59,7 @@ return {0, '0', '0'}
 # ttl_ms. Returns {open (1/0), retry_in_ms, down_since}.
 _FINISH = _NOW + """
 redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then redis.call('HDEL', KEYS[1], 'probing_until', 'probe') end
 if ARGV[2] == 'unknown' then return {0, '0', '0'} end
 if ARGV[2] == 'ok' then
   redis.call('HDEL', KEYS[1], 'failures', 'openings', 'open_until', 'probing_until', 'down_since')
