@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+from dramatiq.brokers.stub import StubBroker
 
 from services.controller.publishing import publish_jobs
 from services.controller.queue_head import oldest_waiting
@@ -64,3 +65,23 @@ def test_the_head_of_a_redis_queue_says_when_it_was_published():
         broker.close()
         client.flushdb()
         client.close()
+
+
+def test_a_broker_failing_part_way_counts_exactly_what_went_out():
+    class RefusingTheThird(StubBroker):
+        """Dramatiq's in-process broker whose connection breaks at the third message."""
+
+        enqueued = 0
+
+        def enqueue(self, message, *, delay=None):
+            self.enqueued += 1
+            if self.enqueued == 3:
+                raise ConnectionError("broker went away")
+            return super().enqueue(message, delay=delay)
+
+    broker = RefusingTheThird()
+    ids = [uuid.uuid4() for _ in range(5)]
+    # Two went out before the failure: counted, so the reconciler gives back only the other three.
+    assert publish_jobs(broker, [("enroll", i, BULK_QUEUE) for i in ids], published_at=T0) == 2
+    assert [m.args[0] for m in drain(broker, BULK_QUEUE)] == [str(i) for i in ids[:2]]
+    broker.close()

@@ -58,13 +58,15 @@ def publish_jobs(
             chunk = [job_message(kind, job_id, queue=queue).copy(**stamp)
                      for kind, job_id, queue in jobs[start:start + CHUNK]]
             if isinstance(broker, RedisBroker):
-                _enqueue_on_redis(broker, chunk)
-            else:
-                for message in chunk:
-                    broker.enqueue(message)
-            sent += len(chunk)
-            for actor, count in _count_by_actor(chunk).items():
-                EVENTS_PUBLISHED.labels(actor=actor).inc(count)
+                _enqueue_on_redis(broker, chunk)  # the whole chunk or none of it
+                sent += len(chunk)
+                for actor, count in _count_by_actor(chunk).items():
+                    EVENTS_PUBLISHED.labels(actor=actor).inc(count)
+                continue
+            for message in chunk:  # one at a time: each counted, should a later one fail
+                broker.enqueue(message)
+                sent += 1
+                EVENTS_PUBLISHED.labels(actor=message.actor_name).inc()
     except Exception as exc:  # the broker's errors vary by backend; the stored jobs are what counts
         log.warning("jobs stored but not all published; the reconciler will re-publish the rest",
                     published=sent, unpublished=len(jobs) - sent, error=f"{type(exc).__name__}: {exc}")
