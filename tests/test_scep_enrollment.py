@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -251,6 +253,37 @@ def test_a_path_the_ca_does_not_serve_names_the_path(ca, sim):
     message = failed(device.enroll("badpath"), "ca_http_error")
     assert message.startswith(f"CA at {ca.scep_url}/certsrv/mscep/mscep.dll answered GetCACert with 404")
     assert "check the enrollment URL's path" in message
+
+
+class BusyCa(BaseHTTPRequestHandler):
+    """A CA front end that is overloaded: 503 with Retry-After to every request."""
+
+    def do_GET(self) -> None:
+        body = b"busy, come back later"
+        self.send_response(503)
+        self.send_header("Retry-After", "30")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_busy_ca_s_retry_after_is_passed_on_to_the_controller(sim):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BusyCa)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        device = Device(sim, "FTD-000006")
+        device.configure("busy", f"http://127.0.0.1:{server.server_address[1]}/")
+        state = device.enroll("busy")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = failed(state, "ca_http_error", retryable=True)
+    assert "answered GetCACaps with 503" in message and "busy, come back later" in message
+    # What the worker takes as the floor of its retry delay.
+    assert state.retry_after == 30
 
 
 @pytest.mark.parametrize("url", ["https://127.0.0.1/", "http://[::1/", "ftp://ca.example.com/"])

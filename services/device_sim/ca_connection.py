@@ -82,6 +82,12 @@ class Answer:
         low, high = RETRY_AFTER_RANGE
         return min(max(seconds, low), high)
 
+    def asked_to_wait(self) -> float | None:
+        """For a busy CA (503, 429) that says Retry-After, the seconds it asked for; else None."""
+        if self.status in (429, 503) and "retry-after" in self.headers:
+            return self.retry_after()
+        return None
+
     def detail(self) -> str:
         """The CA's own explanation: a problem+json ``detail``, or the start of a text body."""
         text = self.body[:2000].decode("utf-8", "replace")

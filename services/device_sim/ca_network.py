@@ -29,9 +29,11 @@ _CUT_OFF = {"UNEXPECTED_EOF_WHILE_READING", "EOF occurred in violation of protoc
 class CaFailure(CertfleetError):
     """Enrolling with the CA did not work, for a reason named in the message."""
 
-    def __init__(self, message: str, *, code: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, code: str, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
-        self.retryable = retryable
+        #: Seconds the CA asked the device to wait (a 503 or 429 with Retry-After), if it said.
+        self.retryable, self.retry_after = retryable, retry_after
 
 
 def network_failure(exc: BaseException, *, url: str, host: str, port: int, timeout: float, service: str,

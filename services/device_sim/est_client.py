@@ -80,7 +80,7 @@ def enroll_est(task: EnrollmentTask) -> Outcome:
     try:
         return enrollment.run()
     except CaFailure as exc:
-        return Refused(code=exc.code, message=exc.message, retryable=exc.retryable,
+        return Refused(code=exc.code, message=exc.message, retryable=exc.retryable, retry_after=exc.retry_after,
                        ca_certificates=enrollment.ca_slots)
     except WeakCryptoError as exc:
         return Refused(code=exc.code, message=exc.message, ca_certificates=enrollment.ca_slots)

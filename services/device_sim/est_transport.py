@@ -117,4 +117,5 @@ class EstSession:
                 code="ca_auth_failed",
             )
         return CaFailure(f"CA at {url} answered {operation} with {said}: {answer.detail()}",
-                         code="ca_http_error", retryable=status >= 500 or status == 429)
+                         code="ca_http_error", retryable=status >= 500 or status == 429,
+                         retry_after=answer.asked_to_wait())

@@ -46,6 +46,7 @@ class Trustpoint:
     error_code: str | None = None
     error_message: str | None = None
     retryable: bool = False
+    retry_after: float | None = None
     status_changed_at: datetime | None = None
     certificates: list[InstalledCert] = field(default_factory=list)
     #: The configuration the installed certificate was made for (None: nothing installed).

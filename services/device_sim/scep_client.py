@@ -119,7 +119,7 @@ def enroll_scep(task: EnrollmentTask) -> Outcome:
         with ScepSession(endpoint, timeout=task.ca.timeout_seconds) as session:
             return enrollment.run(session)
     except CaFailure as exc:
-        return Refused(code=exc.code, message=exc.message, retryable=exc.retryable,
+        return Refused(code=exc.code, message=exc.message, retryable=exc.retryable, retry_after=exc.retry_after,
                        ca_certificates=enrollment.ca_slots)
     except WeakCryptoError as exc:
         return Refused(code=exc.code, message=exc.message, ca_certificates=enrollment.ca_slots)

@@ -121,4 +121,4 @@ class ScepSession:
                     f"path it uses {DEFAULT_PATH})")
         return CaFailure(f"CA at {self.endpoint.url} answered {operation} with {said}: "
                          f"{answer.detail()}{hint}", code="ca_http_error",
-                         retryable=answer.status >= 500 or answer.status == 429)
+                         retryable=answer.status >= 500 or answer.status == 429, retry_after=answer.asked_to_wait())

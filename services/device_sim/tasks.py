@@ -113,6 +113,8 @@ class Refused:
     message: str
     #: Whether the same request may succeed later without anyone changing anything.
     retryable: bool = False
+    #: Seconds the CA asked to wait before trying again, if it said (passed on to the controller).
+    retry_after: float | None = None
     #: CA certificates obtained before the failure (EST cacerts worked, enrollment did not).
     ca_certificates: tuple[Slot, ...] = ()
 

@@ -211,7 +211,7 @@ def finish(trustpoint: Trustpoint, task: EnrollmentTask, outcome: Outcome, *, no
     else:
         transition(trustpoint, now=now, ca=Status.FAILED, identity=Status.FAILED,
                    error_code=outcome.code, error_message=outcome.message)
-    trustpoint.retryable = outcome.retryable
+    trustpoint.retryable, trustpoint.retry_after = outcome.retryable, outcome.retry_after
 
 
 def _installed(slot: Slot) -> InstalledCert:

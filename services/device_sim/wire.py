@@ -35,6 +35,7 @@ def trustpoint_state(trustpoint: Trustpoint) -> TrustpointState:
         error_code=trustpoint.error_code,
         error_message=trustpoint.error_message,
         retryable=trustpoint.retryable,
+        retry_after=trustpoint.retry_after if trustpoint.retryable else None,
         certificates=[
             InstalledCertificate(role=c.role, chain_position=c.chain_position, pem=c.pem)  # type: ignore[arg-type]
             for c in trustpoint.certificates
