@@ -216,7 +216,8 @@ def test_a_ca_at_its_rate_is_waited_for_in_the_thread_briefly_then_the_job_waits
 
 def test_other_enrollment_types_do_not_go_through_the_gate():
     gate = MemoryCaGate()
-    obj = SimpleNamespace(enrollment_type="self_signed", enrollment_url="", ca_concurrency_limit=1,
+    # A URL and limits that would stop the second enrollment, were the type not exempt.
+    obj = SimpleNamespace(enrollment_type="self_signed", enrollment_url=CA + "/", ca_concurrency_limit=1,
                           ca_rate_limit=0.001)
     for _ in range(5):
         enroll(gate, obj, Settings(), lambda: None)

@@ -53,22 +53,25 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_issues_nothing_twice(tmp_pa
 def test_the_reconciler_finishes_a_batch_whose_queue_was_flushed(tmp_path):
     with fault_world(tmp_path, devices=1500, sim_args=["--latency-ms", "5"]) as world:
         batch = start_batch(world)
-        wait_for(world, batch, done=200)
+        mid = wait_for(world, batch, done=200)
+        assert not mid["finished"], mid  # the flush lands in the middle of the batch
         world.redis.flushdb()  # this test's own database only: others share the server
         final = wait_for(world, batch, timeout=120)
         assert (final["succeeded"], final["failed"]) == (1500, 0), final
         check_nothing_lost(world, total=1500)
 
 
-def _refuse_connections(database: str, seconds: float) -> None:
-    """PostgreSQL refuses new connections to ``database`` and drops its open ones for ``seconds``."""
+def _refuse_connections(database: str, seconds: float, dropped: list[int]) -> None:
+    """PostgreSQL refuses new connections to ``database`` and drops its open ones for ``seconds``;
+    the connections it dropped are counted into ``dropped``."""
     with psycopg.connect(admin_url(), autocommit=True) as admin:
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(database)))
         try:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+                cut = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchall()
+                dropped.append(len(cut))
                 time.sleep(0.25)
         finally:
             allow = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(database))
@@ -78,12 +81,15 @@ def _refuse_connections(database: str, seconds: float) -> None:
 def test_postgresql_gone_for_ten_seconds_mid_batch_loses_nothing(tmp_path):
     with fault_world(tmp_path, devices=1500, sim_args=["--latency-ms", "5"]) as world:
         batch = start_batch(world)
-        wait_for(world, batch, done=200)
-        outage = threading.Thread(target=_refuse_connections, args=(world.database, 10.0))
+        mid = wait_for(world, batch, done=200)
+        assert not mid["finished"], mid
+        dropped: list[int] = []
+        outage = threading.Thread(target=_refuse_connections, args=(world.database, 10.0, dropped))
         started = time.monotonic()
         outage.start()
         outage.join()
         assert time.monotonic() - started >= 10
+        assert sum(dropped) > 0  # the workers' and the controller's open connections were cut
         final = wait_for(world, batch, timeout=150)
         assert (final["succeeded"], final["failed"]) == (1500, 0), final
         check_nothing_lost(world, total=1500)
