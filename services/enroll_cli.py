@@ -83,9 +83,10 @@ def _is_uuid(value: str) -> bool:
 def resolve_domain(client: CertfleetClient, value: str) -> str:
     if _is_uuid(value):
         return value
-    matches = [d for d in client.domains() if d["name"] == value]
+    domains = client.domains()
+    matches = [d for d in domains if d["name"] == value]
     if len(matches) != 1:
-        known = ", ".join(sorted(d["name"] for d in client.domains()))
+        known = ", ".join(sorted(d["name"] for d in domains))
         problem = "no domain" if not matches else f"{len(matches)} domains"
         raise CannotStart(f"{problem} named {value!r}; give the domain's id instead (domains: {known})")
     return matches[0]["id"]

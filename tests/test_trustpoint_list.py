@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import insert
 from sqlmodel import Session
 
+from services.controller.crud import trustpoints as crud
 from services.controller.crud.trustpoints import certificate_summaries, certificate_summaries_query, list_trustpoints
 from services.controller.scope import DomainScope
 from shared.models import GLOBAL_DOMAIN_ID, Certificate, Device, EnrollmentObject, Trustpoint
@@ -79,3 +80,25 @@ def test_certificate_lookup_uses_the_index_without_statistics(pg_engine):
 
     assert "Seq Scan on certificate" not in plan, plan
     assert "ix_certificate_trustpoint_id" in plan or "certificate_trustpoint_id_role_chain_position_key" in plan, plan
+
+
+def remove_trustpoints(session: Session, count: int) -> None:
+    ids = [tp.id for tp, _ in list_trustpoints(session, scope=ROOT, offset=0, limit=count)[0]]
+    session.execute(Certificate.__table__.delete().where(Certificate.trustpoint_id.in_(ids)))
+    session.execute(Trustpoint.__table__.delete().where(Trustpoint.id.in_(ids)))
+
+
+def test_a_large_total_is_remembered_for_a_moment_and_a_small_one_is_always_exact(sqlite_engine, monkeypatch):
+    with Session(sqlite_engine) as session:
+        fleet(session, 30)
+        monkeypatch.setattr(crud, "CACHE_TOTALS_FROM", 1_000)  # 30 is small: counted every time
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 30
+        remove_trustpoints(session, 2)
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28
+
+        monkeypatch.setattr(crud, "CACHE_TOTALS_FROM", 20)  # now 28 counts as large: remembered
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28
+        remove_trustpoints(session, 3)
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28  # within the second
+        monkeypatch.setattr(crud._TOTALS, "seconds", 0.0)  # the moment has passed
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 25

@@ -3,9 +3,11 @@
 A dashboard polls a 50,000-job bulk enrollment's progress, and the trustpoint list with its
 total, several times a second while workers keep both cores busy. Each answer counts tens
 of thousands of rows; counted again on every poll, the work grows with the fleet *and* with
-the length of the run. Remembered for a second, it is done at most once a second, however
-many pollers there are. Small results (a test's five jobs, a branch office's list) are
-never remembered: for them counting is cheap and exactness is expected.
+the length of the run. Remembered for a second, it is done about once a second however many
+pollers there are (pollers that find it stale at the same moment each count once). Callers
+key entries by the database's URL, so apps on different databases (tests) never share one.
+Small results (a test's five jobs, a branch office's list) are never remembered: for them
+counting is cheap and exactness is expected.
 """
 
 from __future__ import annotations

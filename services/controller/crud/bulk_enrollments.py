@@ -142,7 +142,7 @@ def _aggregate(
 def progress(session: Session, batch: Batch, *, now: datetime) -> BulkEnrollmentPublic:
     """The batch's counts, failures by error code, and an ETA — all from its jobs."""
     counts, failures, last_finished = _AGGREGATES.get(
-        (id(session.get_bind()), batch.id), lambda: _aggregate(session, batch.id),
+        (session.get_bind().url, batch.id), lambda: _aggregate(session, batch.id),
         keep=lambda _: batch.selected - batch.skipped >= CACHE_FROM_JOBS,
     )
     total = sum(counts.values())

@@ -63,7 +63,7 @@ def list_trustpoints(
     if identity_status is not None:
         conditions.append(Trustpoint.identity_status == Status(identity_status).value)
     # A total in the tens of thousands is remembered for a second: a polled list stays cheap.
-    key = (id(session.get_bind()), scope.domain_id, device_id, ca_status, identity_status)
+    key = (session.get_bind().url, scope.domain_id, device_id, ca_status, identity_status)
     count = select(func.count()).select_from(Trustpoint).where(*conditions)
     total = _TOTALS.get(key, lambda: session.exec(count).one(), keep=lambda n: n >= CACHE_TOTALS_FROM)
     rows = session.exec(
