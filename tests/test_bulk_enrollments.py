@@ -124,3 +124,27 @@ def test_read_only_cannot_start_one(api):
     response = api.call("POST", f"/domains/{GLOBAL}/bulk-enrollments", role="read_only",
                         json={"enrollment_object_id": obj["id"], "selection": {"all": True}})
     problem(response, 403, "forbidden")
+
+
+def test_a_domain_s_selection_reaches_its_subdomains_and_nothing_outside(api):
+    east = api.domain("East")
+    branch = api.domain("East-Branch", parent=east)
+    west = api.domain("West")
+    inside = [api.device("SUB001", domain=east, name="edge-east"),
+              api.device("SUB002", domain=branch, name="edge-branch")]
+    api.device("SUB003", domain=west, name="edge-west")  # a sibling's device
+    api.device("SUB004", name="edge-global")  # the parent's own device
+    obj = api.enrollment_object("east-vpn", domain=east)
+
+    for selection in ({"all": True}, {"name_pattern": "edge-*"}):
+        queued(api.broker, BULK_QUEUE)
+        with Session(api.engine) as session:  # start afresh: nobody has the trustpoint yet
+            session.execute(Trustpoint.__table__.delete())
+            session.execute(Job.__table__.delete())
+            session.commit()
+        batch = api.ok("POST", f"/domains/{east}/bulk-enrollments",
+                       {"enrollment_object_id": obj["id"], "selection": selection}, status=202)
+        assert batch["total"] == 2, selection
+        with Session(api.engine) as session:
+            device_ids = set(session.exec(select(Trustpoint.device_id)).all())
+        assert device_ids == {uuid.UUID(d["id"]) for d in inside}, selection
