@@ -141,6 +141,32 @@ def test_retry_requeues_with_its_due_time_and_can_be_claimed_again(engine):
     assert aware(load(engine, job_id).started_at) == NOW  # the first start is kept
 
 
+def test_waiting_for_the_ca_gives_the_attempt_back_and_fences_out_a_stale_holder(engine):
+    job_id = new_job(engine)
+    stale = claim(engine, job_id)  # attempt 1, then its worker hangs past the lease
+    taker = claim(engine, job_id, now=NOW + timedelta(seconds=LEASE + 1))
+    assert taker is not None and taker.attempts == 2
+    with session_scope(engine) as session:
+        assert jobstore.schedule_retry(
+            session, taker, now=NOW + timedelta(seconds=LEASE + 2), delay_ms=2000, lease_seconds=LEASE,
+            code="ca_busy", message="CA at https://ca:8443 at its rate limit 5/s, waiting for a turn", steps=[],
+            waiting_for_ca=True,
+        )
+        session.commit()
+    row = load(engine, job_id)
+    # The CA's wait is no fault of the job's: the attempt it took is given back and the wait counted.
+    assert (row.state, row.attempts, row.ca_waits, row.error_code) == ("queued", 1, 1, "ca_busy")
+    assert aware(row.next_attempt_at) == NOW + timedelta(seconds=LEASE + 4)
+
+    again = claim(engine, job_id, now=NOW + timedelta(seconds=LEASE + 4))
+    assert again is not None and (again.attempts, again.ca_waits) == (2, 1)
+    # The hung first holder comes back with an outcome: refused, the job is the new holder's.
+    with session_scope(engine) as session:
+        assert not jobstore.finish_job(session, stale, now=NOW + timedelta(seconds=LEASE + 5), steps=[])
+        session.rollback()
+    assert load(engine, job_id).state == "running"
+
+
 def test_released_job_can_be_claimed_again(engine):
     job_id = new_job(engine)
     first = claim(engine, job_id)

@@ -111,8 +111,7 @@ def park_delay_ms(ca_waits: int, wait: CaWait, settings: Settings, *, rng: rando
     never sooner than the gate said. Jobs told the same time (the circuit reopens at one
     instant) are spread over as long again, so they do not come back as one herd."""
     policy = RetryPolicy(base_ms=settings.retry_backoff_ms, max_ms=settings.ca_backoff_max_ms, jitter="equal")
-    spread = wait.retry_in * 1000 * (1 + rng.random())
-    return max(policy.delay_ms(ca_waits + 1, rng=rng), round(spread))
+    return policy.delay_ms(ca_waits + 1, rng=rng, retry_after=wait.retry_in * (1 + rng.random()))
 
 
 def _acquire(gate: CaGate, endpoint: str, limits: CaLimits, settings: Settings, *, sleep, clock) -> Decision:

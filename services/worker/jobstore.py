@@ -53,7 +53,7 @@ class ClaimedJob:
     domain_id: uuid.UUID
     trustpoint_name: str
     claimed_at: datetime
-    #: Times the job waited for its CA before (see :func:`park_job`).
+    #: Times the job waited for its CA before (see :func:`schedule_retry`).
     ca_waits: int = 0
     #: The steps as written by the claim; fenced writes append to these.
     steps: list[Step] = field(default_factory=list)
@@ -187,44 +187,24 @@ def schedule_retry(
     code: str,
     message: str,
     steps: list[Step],
+    waiting_for_ca: bool = False,
 ) -> bool:
     """Put the job back in the queue state until its retry is due (not committed).
 
     The lease is pushed past the retry time so the reconciler does not re-publish the job
     while its delayed message is still on its way.
+
+    ``waiting_for_ca``: the CA was at its limits or down, no fault of the job's, so the attempt
+    this claim took is given back and the wait counted in ``ca_waits``. Safe for fencing: the
+    attempt number goes back to what it was before this claim while the job is queued, and any
+    claim raises it again, so a stale holder of that number never finds the job running under it.
     """
     due = now + timedelta(milliseconds=delay_ms)
+    given_back = {"attempts": claimed.attempts - 1, "ca_waits": claimed.ca_waits + 1} if waiting_for_ca else {}
     return _fenced(
         session, claimed, state=JobState.QUEUED.value, next_attempt_at=due,
         lease_expires_at=due + timedelta(seconds=lease_seconds),
-        error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps],
-    )
-
-
-def park_job(
-    session: Session,
-    claimed: ClaimedJob,
-    *,
-    now: datetime,
-    delay_ms: int,
-    lease_seconds: float,
-    code: str,
-    message: str,
-    steps: list[Step],
-) -> bool:
-    """Put the job back to wait for its CA (not committed), giving back the attempt it claimed:
-    a CA at its limits or down is no fault of the job's.
-
-    Safe for fencing: the attempt number goes back to what it was before this claim while the
-    job is queued, and any claim raises it again, so a stale holder of that number never finds
-    the job running under it.
-    """
-    due = now + timedelta(milliseconds=delay_ms)
-    return _fenced(
-        session, claimed, state=JobState.QUEUED.value, attempts=claimed.attempts - 1,
-        ca_waits=claimed.ca_waits + 1, next_attempt_at=due,
-        lease_expires_at=due + timedelta(seconds=lease_seconds),
-        error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps],
+        error_code=code, error_message=message[:2048], steps=[*claimed.steps, *steps], **given_back,
     )
 
 

@@ -280,20 +280,8 @@ class _JobRun:
         delay = self.ctx.retry.delay_ms(attempt, rng=self.ctx.rng, retry_after=error.retry_after)
         self.steps.add("retry_scheduled", f"{error.code}: {error.message}; attempt {attempt} of "
                                           f"{self.claimed.max_attempts} failed, next in {delay / 1000:.2f} s")
-        with session_scope(self.ctx.engine) as session:
-            if not jobstore.schedule_retry(
-                session, self.claimed, now=self.ctx.clock(), delay_ms=delay,
-                lease_seconds=self.ctx.settings.job_lease_seconds, code=error.code, message=error.message,
-                steps=self.steps.drain(),
-            ):
-                session.rollback()
-                return self._lost()
-            session.commit()
-        # Published after the commit: the delayed message must find the job queued. Should the
-        # process die in between, the reconciler re-publishes the job when its lease ends.
-        if self.broker is not None:
-            publish_job(self.broker, self.kind, self.claimed.id, queue=self.queue, delay_ms=delay)
-        job_metrics.retry_scheduled(self.kind, error.code)
+        if not self._requeue(delay, error.code, error.message, waiting_for_ca=False):
+            return self._lost()
         log().info("job will be retried", job_id=str(self.claimed.id), kind=self.kind.value, attempt=attempt,
                  code=error.code, error=error.message, delay_ms=delay)
         return self._outcome("retry_scheduled", code=error.code, delay_ms=delay)
@@ -303,21 +291,29 @@ class _JobRun:
         the attempt given back (see :mod:`.ca_waiting`)."""
         delay = park_delay_ms(self.claimed.ca_waits, wait, self.ctx.settings, rng=self.ctx.rng)
         self.steps.add("waiting_for_ca", f"{wait.message}; next try in {delay / 1000:.1f} s")
-        with session_scope(self.ctx.engine) as session:
-            if not jobstore.park_job(
-                session, self.claimed, now=self.ctx.clock(), delay_ms=delay,
-                lease_seconds=self.ctx.settings.job_lease_seconds, code=wait.code, message=wait.message,
-                steps=self.steps.drain(),
-            ):
-                session.rollback()
-                return self._lost()
-            session.commit()
-        if self.broker is not None:
-            publish_job(self.broker, self.kind, self.claimed.id, queue=self.queue, delay_ms=delay)
-        job_metrics.retry_scheduled(self.kind, wait.code)
+        if not self._requeue(delay, wait.code, wait.message, waiting_for_ca=True):
+            return self._lost()
         log().info("job waits for its CA", job_id=str(self.claimed.id), kind=self.kind.value, code=wait.code,
                    error=wait.message, delay_ms=delay)
         return self._outcome("waiting_for_ca", code=wait.code, delay_ms=delay)
+
+    def _requeue(self, delay: int, code: str, message: str, *, waiting_for_ca: bool) -> bool:
+        """Back to queued and published again after ``delay`` ms; False when another holder has the job."""
+        with session_scope(self.ctx.engine) as session:
+            if not jobstore.schedule_retry(
+                session, self.claimed, now=self.ctx.clock(), delay_ms=delay,
+                lease_seconds=self.ctx.settings.job_lease_seconds, code=code, message=message,
+                steps=self.steps.drain(), waiting_for_ca=waiting_for_ca,
+            ):
+                session.rollback()
+                return False
+            session.commit()
+        # Published after the commit: the delayed message must find the job queued. Should the
+        # process die in between, the reconciler re-publishes the job when its lease ends.
+        if self.broker is not None:
+            publish_job(self.broker, self.kind, self.claimed.id, queue=self.queue, delay_ms=delay)
+        job_metrics.retry_scheduled(self.kind, code)
+        return True
 
     def _fail(self, code: str, message: str, *, mark_trustpoint: bool,
               report: DeviceReport | None = None) -> JobOutcome:
