@@ -4,7 +4,7 @@ progress derived from the jobs (counts, failures by code, ETA)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import pytest
@@ -12,7 +12,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from shared.events import BULK_QUEUE, JOBS_QUEUE
-from shared.models import Job, Trustpoint
+from shared.models import Batch, Job, Trustpoint
 from tests.test_api import GLOBAL, api, problem  # noqa: F401  (api is a fixture)
 
 pytestmark = pytest.mark.parametrize("db_engine", ["sqlite", "postgres"], indirect=True)
@@ -109,6 +109,16 @@ def test_progress_comes_from_the_jobs(api):
                                    "example_message": "device BULK001 unreachable after 5 attempts: "
                                                       "connection refused"}]
     assert status["eta_seconds"] is not None and status["eta_seconds"] >= 0
+    # Started 30 s ago with 3 of 4 jobs done: the last one should take about another 10 s.
+    with Session(api.engine) as session:
+        session.execute(update(Batch).where(Batch.id == uuid.UUID(batch["id"]))
+                        .values(created_at=now - timedelta(seconds=30)))
+        session.execute(update(Job).where(Job.id == ids[3]).values(state="running"))
+        session.commit()
+    status = api.ok("GET", f"/domains/{GLOBAL}/bulk-enrollments/{batch['id']}")
+    assert (status["queued"], status["running"], status["finished"]) == (0, 1, False)
+    assert 29 <= status["elapsed_seconds"] <= 35
+    assert 9.5 <= status["eta_seconds"] <= 12
     with Session(api.engine) as session:
         session.execute(update(Job).where(Job.id == ids[3]).values(state="succeeded", finished_at=now))
         session.commit()

@@ -115,7 +115,12 @@ def test_faulty_devices_every_job_ends_within_its_attempts_with_clear_failures(t
             jobs = conn.execute(sa.text(
                 "SELECT d.serial, j.attempts, j.max_attempts, j.state, j.error_code, j.error_message "
                 "FROM job j JOIN device d ON d.id = j.device_id")).all()
+            retried_for = conn.execute(sa.text("SELECT steps FROM job")).scalars().all()
         assert all(attempts <= max_attempts for _, attempts, max_attempts, *_ in jobs)
+        # Both kinds of transient trouble happened and were retried, not only the errors.
+        retry_codes = {s["detail"].split(":", 1)[0] for steps in retried_for for s in steps
+                       if s["step"] == "retry_scheduled"}
+        assert {"device_timeout", "device_error"} <= retry_codes, retry_codes
         failed = {serial: (code, message) for serial, _, _, state, code, message in jobs if state == "failed"}
         assert unreachable <= set(failed)
         for serial in unreachable:
