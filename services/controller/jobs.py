@@ -23,7 +23,6 @@ from shared.logging import get_logger
 from shared.models import Job, Trustpoint
 from shared.settings import Settings
 
-from .publishing import publish_jobs
 from .scope import DomainScope
 
 log = get_logger(__name__)
@@ -87,14 +86,6 @@ def publish(broker: dramatiq.Broker, job: Job) -> bool:
                     job_id=str(job.id), kind=job.kind, error=f"{type(exc).__name__}: {exc}")
         return False
     return True
-
-
-def publish_many(broker: dramatiq.Broker, kind: JobKind, job_ids: list[uuid.UUID], *, queue: str,
-                 published_at: datetime | None = None) -> int:
-    """Publish committed jobs in a few round trips (:mod:`.publishing`), stamped with the time
-    their leases count from; on a broker error the rest is left to the reconciler (their
-    leases run out and they are re-published). Returns how many went out."""
-    return publish_jobs(broker, [(kind, job_id, queue) for job_id in job_ids], published_at=published_at)
 
 
 def get_job(session: Session, *, scope: DomainScope, job_id: uuid.UUID) -> Job:

@@ -85,12 +85,20 @@ def _enqueue_on_redis(broker: RedisBroker, messages: Sequence[Message]) -> None:
         stamped.append(message)
     with broker.client.pipeline(transaction=True) as pipe:
         for queue, encoded in by_queue.items():
-            key = f"{broker.namespace}:{queue}"
-            pipe.hset(f"{key}.msgs", mapping=encoded)
-            pipe.rpush(key, *encoded)
+            waiting, messages_by_id = redis_queue_keys(broker, queue)
+            pipe.hset(messages_by_id, mapping=encoded)
+            pipe.rpush(waiting, *encoded)
         pipe.execute()
     for message in stamped:
         broker.emit_after("enqueue", message, None)
+
+
+def redis_queue_keys(broker: RedisBroker, queue: str) -> tuple[str, str]:
+    """Where dramatiq's Redis broker keeps a queue: the list of message ids, waiting in order,
+    and the hash of their encoded messages (dramatiq's own layout, which both the publishing
+    here and :mod:`.queue_head` rely on)."""
+    key = f"{broker.namespace}:{queue}"
+    return key, f"{key}.msgs"
 
 
 def _count_by_actor(messages: Sequence[Message]) -> dict[str, int]:

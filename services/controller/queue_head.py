@@ -23,6 +23,8 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
+from .publishing import redis_queue_keys
+
 
 def oldest_waiting(broker: dramatiq.Broker, queue_name: str) -> datetime | None:
     """When the message at the head of ``queue_name`` was published; None if empty or unknown."""
@@ -37,9 +39,9 @@ def oldest_waiting(broker: dramatiq.Broker, queue_name: str) -> datetime | None:
 
 def _head(broker: dramatiq.Broker, queue_name: str) -> bytes | None:
     if isinstance(broker, RedisBroker):
-        key = f"{broker.namespace}:{queue_name}"
-        message_id = broker.client.lindex(key, 0)
-        return None if message_id is None else broker.client.hget(f"{key}.msgs", message_id)
+        waiting, messages_by_id = redis_queue_keys(broker, queue_name)
+        message_id = broker.client.lindex(waiting, 0)
+        return None if message_id is None else broker.client.hget(messages_by_id, message_id)
     if isinstance(broker, StubBroker):
         waiting: stdlib_queue.Queue | None = broker.queues.get(queue_name)
         if waiting is None:

@@ -11,10 +11,10 @@ from shared.enums import JobKind
 from shared.events import BULK_QUEUE
 from shared.settings import Settings
 
-from .. import jobs
 from ..auth import Principal, authorize
 from ..crud import bulk_enrollments as crud
 from ..deps import Paging, get_broker, get_paging, get_scope, get_session, get_settings
+from ..publishing import publish_jobs
 from ..schemas.bulk_enrollments import BulkEnrollmentCreate, BulkEnrollmentPublic
 from ..schemas.common import Page
 from ..scope import DomainScope
@@ -41,7 +41,8 @@ def start_bulk_enrollment(
         settings=settings, now=now, requested_by=principal.describe(),
     )
     session.commit()
-    jobs.publish_many(broker, JobKind.ENROLL, job_ids, queue=BULK_QUEUE, published_at=now)
+    # Stamped with the time the leases count from; what the broker refuses, the reconciler re-publishes.
+    publish_jobs(broker, [(JobKind.ENROLL, job_id, BULK_QUEUE) for job_id in job_ids], published_at=now)
     response.headers["Location"] = f"/api/v1/domains/{scope.domain_id}/bulk-enrollments/{batch.id}"
     return crud.progress(session, batch, now=now)
 
