@@ -50,9 +50,7 @@ class ClaimedJob:
     max_attempts: int
     trustpoint_id: uuid.UUID | None
     device_id: uuid.UUID
-    domain_id: uuid.UUID
     trustpoint_name: str
-    claimed_at: datetime
     #: Times the job waited for its CA before (see :func:`schedule_retry`).
     ca_waits: int = 0
     #: The steps as written by the claim; fenced writes append to these.
@@ -134,8 +132,8 @@ def take_claim(
         return None
     return ClaimedJob(
         id=job.id, kind=JobKind(job.kind), attempts=attempts, max_attempts=job.max_attempts,
-        trustpoint_id=job.trustpoint_id, device_id=job.device_id, domain_id=job.domain_id,
-        trustpoint_name=job.trustpoint_name, claimed_at=now, steps=steps, ca_waits=job.ca_waits,
+        trustpoint_id=job.trustpoint_id, device_id=job.device_id, trustpoint_name=job.trustpoint_name,
+        steps=steps, ca_waits=job.ca_waits,
     )
 
 
