@@ -68,6 +68,12 @@ class CertfleetClient:
         """Devices matching exact filters: ``name=`` or ``serial=``."""
         return self._call("GET", f"/domains/{domain_id}/devices", params={**filters, "limit": 100})["items"]
 
+    def devices_named(self, ref: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> list[dict]:
+        """The devices a command-line reference names that is not an id: by name, else by serial
+        (none, one, or several for the caller to call ambiguous)."""
+        return (self.find_devices(domain_id=domain_id, name=ref)
+                or self.find_devices(domain_id=domain_id, serial=ref))
+
     def update_device(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **fields) -> dict:
         return self._call("PATCH", f"/domains/{domain_id}/devices/{device_id}", json=fields)
 

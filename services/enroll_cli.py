@@ -109,8 +109,7 @@ def resolve_devices(client: CertfleetClient, values: list[str], *, domain_id: st
         if _is_uuid(value):
             ids.append(value)
             continue
-        found = (client.find_devices(domain_id=domain_id, name=value)
-                 or client.find_devices(domain_id=domain_id, serial=value))
+        found = client.devices_named(value, domain_id=domain_id)
         if len(found) > 1:
             raise CannotStart(f"{len(found)} devices are named {value!r}; give their ids instead")
         if found:

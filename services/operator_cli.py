@@ -127,12 +127,11 @@ def resolve_device(client: CertfleetClient, ref: str, domain: str) -> dict:
         return client.device(str(uuid.UUID(ref)), domain_id=domain)
     except ValueError:
         pass
-    for field in ("name", "serial"):
-        found = client.find_devices(domain_id=domain, **{field: ref})
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise CliError("ambiguous_device", f"{len(found)} devices are named {ref!r}; give the device id")
+    found = client.devices_named(ref, domain_id=domain)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise CliError("ambiguous_device", f"{len(found)} devices are named {ref!r}; give the device id")
     raise CliError("not_found", f"no device with id, name or serial {ref!r} in domain {domain}")
 
 
