@@ -4,6 +4,7 @@ embedded one: API, worker threads and device simulator in this test's process)."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -23,12 +24,19 @@ QUICK = Settings(job_max_attempts=2, retry_backoff_ms=20, retry_backoff_max_ms=5
                  reconcile_interval_seconds=1)
 
 
-def certfleet_enroll(stack: EmbeddedStack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def certfleet_enroll(stack: EmbeddedStack, *args: str, terminal: bool = False) -> subprocess.CompletedProcess:
+    """The command as a subprocess; ``terminal``: rich draws as on an operator's terminal (a live
+    bar redrawn in place), and the output comes back with its escape sequences removed."""
+    env = {**CLEAN_ENV, "COLUMNS": "160"}
+    if terminal:
+        env |= {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    done = subprocess.run(
         [sys.executable, "-m", "services.cli", "enroll", "--api-url", stack.api_url, "--token",
          stack.admin_token, "--interval", "0.1", *args],
-        cwd=ROOT, env={**CLEAN_ENV, "COLUMNS": "160"}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
+    done.stdout = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stdout)
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +57,14 @@ def stack(tmp_path_factory):
 
 
 def test_every_device_shows_progress_and_a_summary_with_failures_by_code(stack):
-    done = certfleet_enroll(stack, "--object", "vpn-all", "--all")
+    done = certfleet_enroll(stack, "--object", "vpn-all", "--all", terminal=True)
     out = done.stdout
     assert done.returncode == 1, out + done.stderr  # some devices are unreachable
     assert "started bulk enrollment" in out and "on 40 devices" in out
     assert "enrolling" in out and "40/40" in out  # the bar, at its end
+    # ... and on its way there: redrawn live as devices finish, not only once at the end.
+    shown = {int(n) for n in re.findall(r"enrolling.*?(\d+)/40", out)}
+    assert len(shown) >= 3 and min(shown) < 40, sorted(shown)
     failed = len(stack.unreachable)
     assert f"{40 - failed} succeeded, {failed} failed of 40" in out
     assert "failures by error code" in out
