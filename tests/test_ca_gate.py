@@ -13,7 +13,7 @@ import redis
 
 from services.worker.ca_gate import CIRCUIT_THRESHOLD, CaLimits, MemoryCaGate, ca_endpoint
 from services.worker.ca_gate_redis import RedisCaGate
-from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
+from services.worker.ca_waiting import CaWait, limits_for, park_delay_ms, through_ca_gate
 from shared.errors import PermanentError, TransientError, ValidationError
 from shared.settings import Settings
 from tests.test_api import GLOBAL, api, problem  # noqa: F401  (api is a fixture)
@@ -252,3 +252,11 @@ def test_an_est_object_carries_its_own_ca_limits_and_others_refuse_them(api):
                                                    "key_type": "ecdsa", "key_size": 256, "ca_rate_limit": 5}),
                       422, "field_not_applicable")
     assert "ca_rate_limit applies to EST and SCEP" in refused["detail"]
+
+
+def test_without_its_own_limits_an_object_gets_the_settings_limits():
+    settings = Settings(ca_concurrency=7, ca_rate_per_second=12.5)
+    plain = SimpleNamespace(ca_concurrency_limit=None, ca_rate_limit=None)
+    own = SimpleNamespace(ca_concurrency_limit=2, ca_rate_limit=0.5)
+    assert (limits_for(plain, settings).concurrency, limits_for(plain, settings).rate_per_second) == (7, 12.5)
+    assert (limits_for(own, settings).concurrency, limits_for(own, settings).rate_per_second) == (2, 0.5)

@@ -135,17 +135,17 @@ async def certificate_upload(request: Request) -> UploadedCertificate:
     too_large = BodyTooLarge(f"the certificate import is larger than {MAX_CERTIFICATE_BODY} bytes; send the "
                              "identity certificate (and its CA certificates) only")
     kind = media_type(request)
-    body = await read_capped(request, MAX_CERTIFICATE_BODY, too_large)
+    if kind != "application/json" and kind not in CERTIFICATE_TYPES:
+        raise UnsupportedMediaType(
+            "send the identity certificate as application/x-pem-file (PEM), application/pkix-cert (DER) or "
+            f"application/json ({{\"certificate_pem\", \"ca_certificate_pem\"}}), not {kind or 'no Content-Type'}"
+        )
+    body = await read_capped(request, MAX_CERTIFICATE_BODY, too_large)  # only once the type is one we read
     if kind == "application/json":
         data = _json_model(IdentityCertificateImport, body)
         ca = data.ca_certificate_pem.encode() if data.ca_certificate_pem else None
         return UploadedCertificate(certificate=data.certificate_pem.encode(), ca_certificate=ca)
-    if kind in CERTIFICATE_TYPES:
-        if not body.strip():
-            raise ValidationError("the body is empty: send the identity certificate in PEM or DER",
-                                  code="invalid_certificate")
-        return UploadedCertificate(certificate=body)
-    raise UnsupportedMediaType(
-        "send the identity certificate as application/x-pem-file (PEM), application/pkix-cert (DER) or "
-        f"application/json ({{\"certificate_pem\", \"ca_certificate_pem\"}}), not {kind or 'no Content-Type'}"
-    )
+    if not body.strip():
+        raise ValidationError("the body is empty: send the identity certificate in PEM or DER",
+                              code="invalid_certificate")
+    return UploadedCertificate(certificate=body)
