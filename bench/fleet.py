@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from services.api_client import CertfleetClient  # noqa: E402
+from services.cli.api_client import CertfleetClient  # noqa: E402
 from shared.models import GLOBAL_DOMAIN_ID  # noqa: E402
-from tests.pg import fresh_database  # noqa: E402
-from tests.procs import Proc, Stack  # noqa: E402
+from tests.support.pg import fresh_database  # noqa: E402
+from tests.support.procs import Proc, Stack  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 EST_USER, EST_PASSWORD = "bench-enroller", "Bench-Est-Password-7"

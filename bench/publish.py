@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
-from services.api_client import CertfleetClient  # noqa: E402
+from services.cli.api_client import CertfleetClient  # noqa: E402
 from shared.events import BULK_QUEUE  # noqa: E402
-from tests.pg import fresh_database  # noqa: E402
-from tests.procs import Stack  # noqa: E402
+from tests.support.pg import fresh_database  # noqa: E402
+from tests.support.procs import Stack  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 

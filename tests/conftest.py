@@ -5,7 +5,8 @@
   (skips without a server, fails under ``CI=true``);
 - ``db_engine``: parametrise with ``indirect=True`` and "sqlite" or "postgres" to run a test
   on either (defaults to SQLite);
-- ``stub_broker``: Dramatiq's in-process broker, emptied afterwards.
+- ``stub_broker``: Dramatiq's in-process broker, emptied afterwards;
+- ``api``: the controller's API on ``db_engine`` and ``stub_broker``, with a token per role.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from sqlalchemy.engine import Engine
 from shared.broker import make_broker
 from shared.db import init_db, make_engine
 from shared.settings import Settings
-from tests.pg import fresh_database, postgres_or_skip
+from tests.support.api import Api, start_api
+from tests.support.pg import fresh_database, postgres_or_skip
 
 
 @pytest.fixture
@@ -56,3 +58,10 @@ def stub_broker() -> Iterator[dramatiq.Broker]:
     yield broker
     broker.flush_all()
     broker.close()
+
+
+@pytest.fixture
+def api(db_engine, stub_broker):
+    client, tokens = start_api(db_engine, stub_broker)
+    with client:
+        yield Api(client=client, engine=db_engine, broker=stub_broker, tokens=tokens)

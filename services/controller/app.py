@@ -12,19 +12,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from shared.broker import make_broker
-from shared.clock import utcnow
-from shared.db import init_db, make_engine
-from shared.device_client import DeviceClient, HttpDeviceClient
-from shared.metrics import FleetCollector, FleetSnapshot
-from shared.secrets import SecretBox
-from shared.settings import Settings
-
-from . import problems
-from .auth import TokenCache
-from .fleet_stats import read_fleet_stats
-from .reconciler import Reconciler
-from .routers import (
+from services.controller.api import problems
+from services.controller.api.auth import TokenCache
+from services.controller.api.routers import (
     audit,
     bulk_enrollments,
     certificates,
@@ -35,6 +25,15 @@ from .routers import (
     ops,
     trustpoints,
 )
+from services.controller.fleet_stats import read_fleet_stats
+from services.controller.queueing.reconciler import Reconciler
+from shared.broker import make_broker
+from shared.clock import utcnow
+from shared.db import init_db, make_engine
+from shared.device_client import DeviceClient, HttpDeviceClient
+from shared.metrics import FleetCollector, FleetSnapshot
+from shared.secrets import SecretBox
+from shared.settings import Settings
 
 API_PREFIX = "/api/v1"
 

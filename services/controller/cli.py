@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import create_app
+    from services.controller.app import create_app
 
     app = create_app(settings, start_reconciler=not args.no_reconciler)
     freeze_startup_objects()
@@ -48,10 +48,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run_reconciler(settings: Settings) -> int:
+    from services.controller.queueing.reconciler import Reconciler
     from shared.broker import make_broker
     from shared.db import init_db, make_engine
-
-    from .reconciler import Reconciler
 
     engine = make_engine(settings)
     init_db(engine)
@@ -77,9 +76,8 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
 
 def token_create(args: argparse.Namespace) -> int:
     """Create a token and print it: the only time it is shown."""
+    from services.controller.api.auth import create_token
     from shared.db import init_db, make_engine, session_scope
-
-    from .auth import create_token
 
     engine = make_engine(Settings.from_env())
     try:

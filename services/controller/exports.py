@@ -18,15 +18,14 @@ from datetime import datetime
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from services.controller.api.auth import Principal
+from services.controller.crud.trustpoints import get_trustpoint
+from services.controller.rules.scope import DomainScope
 from shared.device_client import DeviceClient, DeviceTransientError
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, ConflictError, ExchangeError, ValidationError
 from shared.logging import get_logger
 from shared.models import Certificate, Device, ExportAudit, Trustpoint
-
-from .auth import Principal
-from .crud.trustpoints import get_trustpoint
-from .scope import DomainScope
 
 log = get_logger(__name__)
 

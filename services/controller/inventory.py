@@ -16,13 +16,12 @@ import pydantic
 from sqlalchemy import insert, select
 from sqlmodel import Session
 
+from services.controller.rules.checks import check_fqdn, check_http_url, check_ip_address
+from services.controller.rules.scope import DomainScope
 from shared.device_api import DeviceInfo, Inventory
 from shared.errors import ExchangeError, ValidationError
 from shared.logging import get_logger
 from shared.models import Device
-
-from .checks import check_fqdn, check_http_url, check_ip_address
-from .scope import DomainScope
 
 log = get_logger(__name__)
 

@@ -28,6 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.device_sim import enrollers, manual, trustpoints, wire
+from services.device_sim import export as exports
+from services.device_sim import keyring as keyrings
+from services.device_sim.ca_client.trust import load_trust_anchors
+from services.device_sim.config import SimConfig
+from services.device_sim.faults import FaultPlan, Outcome
+from services.device_sim.fleet import Device, Fleet, Trustpoint
 from shared.clock import utcnow
 from shared.device_api import (
     EnrollRequest,
@@ -38,14 +45,6 @@ from shared.device_api import (
 )
 from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
 from shared.logging import get_logger
-
-from . import enrollers, manual, trustpoints, wire
-from . import export as exports
-from . import keyring as keyrings
-from .ca_trust import load_trust_anchors
-from .config import SimConfig
-from .faults import FaultPlan, Outcome
-from .fleet import Device, Fleet, Trustpoint
 
 log = get_logger(__name__)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from services.device_sim.config import SimConfig
+from services.device_sim.server import run
 from shared.errors import ConfigurationError
 from shared.logging import configure_logging
 from shared.settings import Settings
-
-from .config import SimConfig
-from .server import run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from shared.enrollment import EnrollmentParameters
-from shared.enums import CertificateRole, EnrollmentType, KeyType
-from shared.errors import WeakCryptoError
-from shared.pki import self_signed_certificate
-
-from .est_client import enroll_est
-from .keypairs import MIN_RSA_BITS, generate_device_key
-from .manual import enroll_manual
-from .pkcs12_install import enroll_pkcs12
-from .scep_client import enroll_scep
-from .tasks import (
+from services.device_sim.ca_client.est_client import enroll_est
+from services.device_sim.ca_client.scep_client import enroll_scep
+from services.device_sim.keypairs import MIN_RSA_BITS, generate_device_key
+from services.device_sim.manual import enroll_manual
+from services.device_sim.pkcs12_install import enroll_pkcs12
+from services.device_sim.tasks import (
     CaClientSettings,
     CurrentIdentity,
     Enrolled,
@@ -33,6 +28,10 @@ from .tasks import (
     Outcome,
     Refused,
 )
+from shared.enrollment import EnrollmentParameters
+from shared.enums import CertificateRole, EnrollmentType, KeyType
+from shared.errors import WeakCryptoError
+from shared.pki import self_signed_certificate
 
 __all__ = [
     "CaClientSettings", "CurrentIdentity", "ENROLLERS", "Enrolled", "Enroller", "EnrollmentTask", "HeldByCa",

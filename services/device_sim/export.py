@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import base64
 
+from services.device_sim.fleet import Device, Trustpoint
 from shared.device_api import ExportedFile, ExportRequest
 from shared.enums import CertificateRole
 from shared.errors import ConflictError, ValidationError
 from shared.pkcs12 import export_pkcs12
 from shared.pki import load_certificates
-
-from .fleet import Device, Trustpoint
 
 
 def export(device: Device, trustpoint: Trustpoint, request: ExportRequest) -> ExportedFile:

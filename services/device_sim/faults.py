@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from .config import SimConfig
-from .seeding import fraction
+from services.device_sim.config import SimConfig
+from services.device_sim.seeding import fraction
 
 
 class Outcome(StrEnum):

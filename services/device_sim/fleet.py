@@ -12,14 +12,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.device_sim.config import SimConfig
+from services.device_sim.seeding import fraction
+from services.device_sim.tasks import HeldRequest
 from shared.enrollment import EnrollmentParameters
 from shared.errors import NotFoundError
 from shared.pki import DeviceIdentity, PrivateKey
 from shared.states import Status
-
-from .config import SimConfig
-from .seeding import fraction
-from .tasks import HeldRequest
 
 #: Threat-defense models in the fleet, with how common each one is.
 MODELS: dict[str, int] = {"FTD-1010": 4, "FTD-2110": 3, "FTD-3105": 2, "FTDv": 3}

@@ -13,11 +13,10 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
+from services.device_sim.fleet import Device, Keyring
 from shared.enrollment import EnrollmentParameters, SubjectFields
 from shared.enums import EnrollmentType, KeyType
 from shared.pki import generate_private_key, self_signed_certificate, to_pem
-
-from .fleet import Device, Keyring
 
 NAME = "default"
 VALIDITY_DAYS = 365

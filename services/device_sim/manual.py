@@ -17,6 +17,10 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from services.device_sim.ca_client.est_client import build_csr
+from services.device_sim.fleet import Device, InstalledCert, Trustpoint
+from services.device_sim.keypairs import generate_device_key
+from services.device_sim.tasks import CsrPending, Enrolled, EnrollmentTask, HeldRequest, Outcome, Refused, Slot
 from shared.certificate_import import check_identity_import, parse_upload
 from shared.device_api import IdentityCertificateImport
 from shared.enums import CertificateRole, EnrollmentType
@@ -24,11 +28,6 @@ from shared.errors import ConflictError, ValidationError
 from shared.pki import load_certificates, to_pem
 from shared.states import Status, transition
 from shared.weak_crypto import enforce, weak_certificate
-
-from .est_client import build_csr
-from .fleet import Device, InstalledCert, Trustpoint
-from .keypairs import generate_device_key
-from .tasks import CsrPending, Enrolled, EnrollmentTask, HeldRequest, Outcome, Refused, Slot
 
 
 def enroll_manual(task: EnrollmentTask) -> Outcome:

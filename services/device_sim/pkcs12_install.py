@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 
+from services.device_sim.tasks import Enrolled, EnrollmentTask, Outcome, Refused, Slot
 from shared.enums import CertificateRole
 from shared.errors import ValidationError
 from shared.pkcs12 import check_size, inspect, open_pkcs12
 from shared.weak_crypto import enforce, weak_certificate, weak_cipher
-
-from .tasks import Enrolled, EnrollmentTask, Outcome, Refused, Slot
 
 
 def enroll_pkcs12(task: EnrollmentTask) -> Outcome:

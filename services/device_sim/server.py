@@ -11,13 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.http_thread import ServerThread
+from services.device_sim.app import DeviceSim, create_app
+from services.device_sim.config import SimConfig
+from services.device_sim.fleet import Fleet
+from services.stack.http_thread import ServerThread
 from shared.clock import utcnow
 from shared.heap import freeze_startup_objects
-
-from .app import DeviceSim, create_app
-from .config import SimConfig
-from .fleet import Fleet
 
 
 @dataclass

@@ -13,15 +13,9 @@ from typing import Any, Literal
 
 from cryptography import x509
 
-from shared.enrollment import EnrollmentParameters, SubjectFields, check_trustpoint_name
-from shared.enums import CertificateRole, EnrollmentType
-from shared.errors import NotFoundError, ValidationError
-from shared.pki import to_pem
-from shared.states import Status, transition
-
-from . import manual
-from .fleet import Device, InstalledCert, Trustpoint
-from .tasks import (
+from services.device_sim import manual
+from services.device_sim.fleet import Device, InstalledCert, Trustpoint
+from services.device_sim.tasks import (
     CaClientSettings,
     CsrPending,
     CurrentIdentity,
@@ -32,6 +26,11 @@ from .tasks import (
     Outcome,
     Slot,
 )
+from shared.enrollment import EnrollmentParameters, SubjectFields, check_trustpoint_name
+from shared.enums import CertificateRole, EnrollmentType
+from shared.errors import NotFoundError, ValidationError
+from shared.pki import to_pem
+from shared.states import Status, transition
 
 FIELDS = frozenset(f.name for f in fields(EnrollmentParameters))
 SUBJECT_FIELDS = frozenset(f.name for f in fields(SubjectFields))

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from services.device_sim import keyring as keyrings
+from services.device_sim.fleet import Device, Keyring, Trustpoint
+from services.device_sim.manual import csr_pem
 from shared.device_api import DeviceInfo, InstalledCertificate, KeyringState, TrustpointState
-
-from . import keyring as keyrings
-from .fleet import Device, Keyring, Trustpoint
-from .manual import csr_pem
 
 
 def management_url(base_url: str, serial: str) -> str:

@@ -17,12 +17,11 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
+from services.worker.context import WorkerContext
+from services.worker.log_context import LogContext
+from services.worker.runner import run_job
 from shared.enums import JobKind
 from shared.events import ACTOR_FOR_KIND, BULK_QUEUE, JOBS_QUEUE
-
-from .context import WorkerContext
-from .log_context import LogContext
-from .runner import run_job
 
 #: Dramatiq's own retries are for the unexpected (a dropped database connection): the job
 #: was released, so a redelivery can claim it. Expected failures are retried by the runner.

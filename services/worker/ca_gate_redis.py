@@ -17,7 +17,15 @@ import uuid
 
 import redis
 
-from .ca_gate import CIRCUIT_BASE_MS, CIRCUIT_THRESHOLD, STATE_TTL_MS, CaLimits, Circuit, Decision, Outcome
+from services.worker.ca_gate import (
+    CIRCUIT_BASE_MS,
+    CIRCUIT_THRESHOLD,
+    STATE_TTL_MS,
+    CaLimits,
+    Circuit,
+    Decision,
+    Outcome,
+)
 
 PREFIX = "certfleet:ca"
 

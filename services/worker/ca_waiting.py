@@ -26,13 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from services.worker.ca_gate import CaGate, CaLimits, Decision, Outcome, ca_endpoint
+from services.worker.retry_policy import RetryPolicy
 from shared.enums import EnrollmentType
 from shared.errors import CertfleetError, PermanentError, TransientError
 from shared.models import EnrollmentObject
 from shared.settings import Settings
-
-from .ca_gate import CaGate, CaLimits, Decision, Outcome, ca_endpoint
-from .retry_policy import RetryPolicy
 
 #: Enrollment types whose device talks to a CA during enrollment.
 CA_TYPES = frozenset({EnrollmentType.EST, EnrollmentType.SCEP})

@@ -22,10 +22,9 @@ from collections.abc import Mapping
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
+from services.worker.context import WorkerContext
 from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.settings import Settings
-
-from .context import WorkerContext
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

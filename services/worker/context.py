@@ -11,15 +11,14 @@ from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
+from services.worker.ca_gate import CaGate, MemoryCaGate
+from services.worker.ca_gate_redis import RedisCaGate
+from services.worker.retry_policy import RetryPolicy
 from shared.clock import utcnow
 from shared.db import make_engine
+from shared.device_client import DeviceClient, HttpDeviceClient
 from shared.secrets import SecretBox
 from shared.settings import Settings
-
-from .ca_gate import CaGate, MemoryCaGate
-from .ca_gate_redis import RedisCaGate
-from .device_client import DeviceClient, HttpDeviceClient
-from .retry_policy import RetryPolicy
 
 
 @dataclass(frozen=True, kw_only=True)

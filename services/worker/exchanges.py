@@ -1,6 +1,6 @@
 """The conversations with a device, one function per job kind. No database here.
 
-An exchange drives the device through :class:`~services.worker.device_client.DeviceClient`,
+An exchange drives the device through :class:`~shared.device_client.DeviceClient`,
 records each step, and returns what the device reports as a checked
 :class:`DeviceReport`. It raises :class:`~shared.errors.TransientError` when trying again
 later may help and :class:`~shared.errors.PermanentError` when a person must change
@@ -13,15 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from services.worker.steps import StepLog
 from shared.device_api import TrustpointState
+from shared.device_client import DeviceAddress, DeviceClient
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole, EnrollmentType
 from shared.errors import PermanentError, TransientError, ValidationError
 from shared.pki import CertificateInfo, describe, load_certificates
 from shared.states import Status
-
-from .device_client import DeviceAddress, DeviceClient
-from .steps import StepLog
 
 
 @dataclass(frozen=True, kw_only=True)

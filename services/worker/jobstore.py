@@ -22,12 +22,11 @@ from typing import Any
 from sqlalchemy import and_, or_, update
 from sqlmodel import Session
 
+from services.worker.steps import Step
 from shared.clock import aware
 from shared.enums import JobKind, JobState
 from shared.logging import get_logger
 from shared.models import Job
-
-from .steps import Step
 
 #: The job table itself: updating it directly skips the ORM's bulk-update machinery, which
 #: costs more CPU per job than the rest of the claim (no Job object is in the session anyway).

@@ -13,18 +13,16 @@ import os
 
 import dramatiq
 
+from services.worker.context import WorkerContext
 from shared.errors import ConfigurationError
 from shared.heap import freeze_startup_objects
 from shared.logging import configure_logging
 from shared.settings import get_settings
 
-from .context import WorkerContext
-
 
 def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
+    from services.worker.actors import declare_actors
     from shared.broker import make_broker
-
-    from .actors import declare_actors
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)

@@ -13,10 +13,9 @@ from datetime import datetime
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
+from services.worker.exchanges import DeviceReport, ReportedCertificate
 from shared.models import Certificate, Trustpoint
 from shared.states import Status, can_move, transition
-
-from .exchanges import DeviceReport, ReportedCertificate
 
 
 def lock_trustpoint(session: Session, trustpoint_id: uuid.UUID | None) -> Trustpoint | None:

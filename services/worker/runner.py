@@ -26,7 +26,15 @@ from typing import Literal
 import dramatiq
 from sqlmodel import Session, select
 
+from services.worker import exchanges, job_metrics, jobstore, persist
+from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
+from services.worker.context import WorkerContext
+from services.worker.exchanges import DeviceReport
+from services.worker.jobstore import ClaimedJob
+from services.worker.parameters import trustpoint_configuration
+from services.worker.steps import StepLog
 from shared.db import session_scope
+from shared.device_client import DeviceTransientError
 from shared.enums import CertificateRole, JobKind
 from shared.errors import (
     CertfleetError,
@@ -39,15 +47,6 @@ from shared.events import JOBS_QUEUE, publish_job
 from shared.logging import get_logger
 from shared.models import Device, EnrollmentObject, Trustpoint
 from shared.states import Status
-
-from . import exchanges, job_metrics, jobstore, persist
-from .ca_waiting import CaWait, park_delay_ms, through_ca_gate
-from .context import WorkerContext
-from .device_client import DeviceTransientError
-from .exchanges import DeviceReport
-from .jobstore import ClaimedJob
-from .parameters import trustpoint_configuration
-from .steps import StepLog
 
 
 def log():

@@ -13,16 +13,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, insert
 from sqlmodel import Session, select
 
+from services.controller.api.schemas.bulk_enrollments import BulkEnrollmentPublic, DeviceSelection, FailureGroup
+from services.controller.crud.enrollment_objects import get_object
+from services.controller.rules.scope import DomainScope
+from services.controller.short_cache import ShortCache
 from shared.enums import EnrollmentType, JobKind, JobState
 from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.models import Batch, Device, Job, Trustpoint
 from shared.settings import Settings
 from shared.states import Status
-
-from ..schemas.bulk_enrollments import BulkEnrollmentPublic, DeviceSelection, FailureGroup
-from ..scope import DomainScope
-from ..short_cache import ShortCache
-from .enrollment_objects import get_object
 
 #: Rows per INSERT statement: large enough to be fast, small enough for any driver.
 INSERT_CHUNK = 1000

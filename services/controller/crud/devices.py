@@ -8,13 +8,12 @@ from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from services.controller.api.schemas.devices import DeviceCreate, DeviceUpdate
+from services.controller.queueing.jobs import ensure_no_unfinished_job
+from services.controller.rules.checks import check_fqdn, check_http_url, check_ip_address
+from services.controller.rules.scope import DomainScope
 from shared.errors import ConflictError, NotFoundError
 from shared.models import Certificate, Device, Trustpoint
-
-from ..checks import check_fqdn, check_http_url, check_ip_address
-from ..jobs import ensure_no_unfinished_job
-from ..schemas.devices import DeviceCreate, DeviceUpdate
-from ..scope import DomainScope
 
 #: The seed's warning, shown until the operator confirms.
 WEAK_CRYPTO_WARNING = (

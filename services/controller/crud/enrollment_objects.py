@@ -10,14 +10,13 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate, EnrollmentObjectUpdate
+from services.controller.rules.enrollment_objects import object_columns, secret_of
+from services.controller.rules.scope import DomainScope
 from shared.enums import EnrollmentType
 from shared.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from shared.models import EnrollmentObject, Trustpoint
 from shared.secrets import SecretBox
-
-from ..enrollment_rules import object_columns, secret_of
-from ..schemas.enrollment_objects import EnrollmentObjectCreate, EnrollmentObjectUpdate
-from ..scope import DomainScope
 
 
 def get_object(session: Session, *, scope: DomainScope, object_id: uuid.UUID) -> EnrollmentObject:

@@ -11,6 +11,9 @@ from cryptography import x509
 from sqlalchemy import update
 from sqlmodel import Session
 
+from services.controller.crud.trustpoints import certificates_of, get_trustpoint
+from services.controller.queueing.jobs import ensure_no_unfinished_job, new_job
+from services.controller.rules.scope import DomainScope
 from shared.certificate_import import check_identity_import, parse_upload
 from shared.enums import CertificateRole, EnrollmentType, JobKind
 from shared.errors import ConflictError, NotFoundError
@@ -18,10 +21,6 @@ from shared.models import Device, Job, Trustpoint
 from shared.pki import load_certificates, to_pem
 from shared.settings import Settings
 from shared.states import Status
-
-from ..jobs import ensure_no_unfinished_job, new_job
-from ..scope import DomainScope
-from .trustpoints import certificates_of, get_trustpoint
 
 
 def csr_of(

@@ -12,17 +12,16 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from services.controller.crud.devices import get_device
+from services.controller.crud.enrollment_objects import get_object
+from services.controller.queueing.jobs import ensure_no_unfinished_job, new_job
+from services.controller.rules.scope import DomainScope
+from services.controller.short_cache import ShortCache
 from shared.enums import EnrollmentType, JobKind
 from shared.errors import ConflictError, NotFoundError
 from shared.models import Certificate, Device, Job, Trustpoint
 from shared.settings import Settings
 from shared.states import Status, transition
-
-from ..jobs import ensure_no_unfinished_job, new_job
-from ..scope import DomainScope
-from ..short_cache import ShortCache
-from .devices import get_device
-from .enrollment_objects import get_object
 
 #: List totals worth remembering for a moment (see :mod:`..short_cache`).
 _TOTALS = ShortCache(1.0)

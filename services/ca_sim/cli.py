@@ -1,0 +1,146 @@
+"""``certfleet ca``: the CA simulator.
+
+    certfleet ca serve --state-dir DIR [--host H]... [--est-port P] [--est-user U --est-password W] ...
+                       [--scep-port Q [--scep-challenge C] [--scep-ra]]
+    certfleet ca challenge --state-dir DIR [--ttl MINUTES]
+    certfleet ca requests --state-dir DIR [--all]
+    certfleet ca approve --state-dir DIR REQUEST_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from datetime import timedelta
+
+from services.ca_sim.challenges import DEFAULT_TTL, issue_challenge
+from services.ca_sim.pending import approve, list_requests
+from services.ca_sim.profiles import PROFILES
+from services.ca_sim.service import start_in_thread
+from shared.errors import CertfleetError, ConfigurationError
+from shared.heap import freeze_startup_objects
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+PASSWORD_ENV = "CERTFLEET_CA_EST_PASSWORD"
+CHALLENGE_ENV = "CERTFLEET_CA_SCEP_CHALLENGE"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="ca_command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the CA over EST (HTTPS) until interrupted")
+    serve.add_argument("--state-dir", required=True, help="where the CA keeps its keys and certificates")
+    serve.add_argument("--host", action="append",
+                       help="address to listen on (default 127.0.0.1); repeat it to serve several, e.g. "
+                       "--host 127.0.0.1 --host ::1, on one port")
+    serve.add_argument("--est-port", type=int, default=8443,
+                       help="EST port (default 8443; 0 picks a free one)")
+    serve.add_argument("--scep-port", type=int,
+                       help="serve SCEP over plain HTTP on this port (0 picks a free one; default: no SCEP)")
+    serve.add_argument("--http-port", type=int, help="CRL/OCSP port (not served yet)")
+    serve.add_argument("--est-user", help="HTTP basic-auth user for enrollment (default: no authentication)")
+    serve.add_argument("--est-password", default=os.environ.get(PASSWORD_ENV),
+                       help=f"HTTP basic-auth password (or env {PASSWORD_ENV}, kept out of the process list)")
+    serve.add_argument("--scep-challenge", default=os.environ.get(CHALLENGE_ENV),
+                       help=f"static SCEP challenge password (or env {CHALLENGE_ENV}); one-time passwords from "
+                       "`certfleet ca challenge` are accepted besides it")
+    serve.add_argument("--scep-ra", action="store_true",
+                       help="answer SCEP through an RA certificate issued by the CA (always so for an ECDSA CA)")
+    serve.add_argument("--key-type", choices=["rsa", "ecdsa"],
+                       help="key of a new CA: RSA-2048 (default) or P-256; an existing CA keeps its key")
+    serve.add_argument("--default-profile", default="default", choices=sorted(PROFILES),
+                       help="profile for /.well-known/est/ without a label (default: default)")
+    serve.add_argument("--retry-after", type=int, default=2,
+                       help="seconds a client waits before asking again about a pending request (default 2)")
+    serve.set_defaults(ca_func=_serve)
+
+    requests = sub.add_parser("requests", help="list enrollment requests waiting for approval")
+    requests.add_argument("--state-dir", required=True)
+    requests.add_argument("--all", action="store_true", help="list approved and issued requests too")
+    requests.set_defaults(ca_func=_requests)
+
+    approve_p = sub.add_parser("approve", help="approve a pending enrollment request")
+    approve_p.add_argument("--state-dir", required=True)
+    approve_p.add_argument("request_id", metavar="REQUEST_ID")
+    approve_p.set_defaults(ca_func=_approve)
+
+    challenge = sub.add_parser("challenge", help="print a one-time SCEP challenge password")
+    challenge.add_argument("--state-dir", required=True)
+    challenge.add_argument("--ttl", type=int, default=int(DEFAULT_TTL.total_seconds() // 60),
+                           help="minutes the password stays valid unused (default 60)")
+    challenge.set_defaults(ca_func=_challenge)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return args.ca_func(args)
+    except CertfleetError as exc:
+        print(f"ca: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigurationError) else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    if args.http_port is not None:
+        print("ca: --http-port ignored: CRL/OCSP are not served yet", file=sys.stderr)
+    for option, value in (("--scep-challenge", args.scep_challenge), ("--scep-ra", args.scep_ra or None)):
+        if value is not None and args.scep_port is None:
+            print(f"ca: {option} ignored without --scep-port", file=sys.stderr)
+    try:
+        running = start_in_thread(
+            args.state_dir, host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
+            est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
+            default_profile=args.default_profile, scep_port=args.scep_port, scep_challenge=args.scep_challenge,
+            scep_ra=args.scep_ra,
+        )
+    except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
+        raise ConfigurationError(str(exc)) from exc
+    except OSError as exc:
+        hosts = ", ".join(args.host or ["127.0.0.1"])
+        ports = f"{args.est_port}" + (f" or {args.scep_port}" if args.scep_port is not None else "")
+        print(f"ca: cannot listen on {hosts} port {ports}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    freeze_startup_objects()
+    print(running.ready_line(), flush=True)
+    try:
+        stop.wait()
+    finally:
+        running.stop()
+    return 0
+
+
+def _requests(args: argparse.Namespace) -> int:
+    items = list_requests(args.state_dir, status=None if args.all else "pending")
+    if not items:
+        print("no pending requests" if not args.all else "no requests")
+        return 0
+    print(f"{'ID':<14}{'PROFILE':<18}{'STATUS':<10}{'CREATED':<27}SUBJECT")
+    for r in items:
+        print(f"{r.id:<14}{r.profile:<18}{r.status:<10}{r.created_at.isoformat(timespec='seconds'):<27}{r.subject}")
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    request = approve(args.state_dir, args.request_id)
+    if request.status != "approved":
+        print(f"{request.id} is already {request.status}; nothing to do")
+        return 0
+    print(f"approved {request.id} ({request.subject}, profile {request.profile}); "
+          "the device gets its certificate when it asks again")
+    return 0
+
+
+def _challenge(args: argparse.Namespace) -> int:
+    if args.ttl < 1:
+        raise ConfigurationError("--ttl must be at least 1 minute")
+    # The password goes to stdout alone, so scripts can capture it: $(certfleet ca challenge ...).
+    print(issue_challenge(args.state_dir, ttl=timedelta(minutes=args.ttl)))
+    return 0

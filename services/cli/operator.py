@@ -1,0 +1,296 @@
+"""``certfleet trustpoint …`` and ``certfleet device weak-crypto``: the operator's everyday
+certificate actions against the controller's API, one device's trustpoint at a time.
+
+    certfleet trustpoint show DEVICE NAME          statuses, certificate details, CA chain
+    certfleet trustpoint csr DEVICE NAME [-o FILE] a manual trustpoint's CSR
+    certfleet trustpoint import DEVICE NAME --cert FILE [--ca-cert FILE] [--wait]
+    certfleet trustpoint export DEVICE NAME --format pkcs12|pem -o FILE [--passphrase-file F]
+    certfleet trustpoint re-enroll|refresh|delete DEVICE NAME [--wait]
+    certfleet device weak-crypto DEVICE --enable [--yes] | --disable
+
+DEVICE is a device id, name or serial. The API URL and token come from ``--api-url`` and
+``--token`` or ``CERTFLEET_API_URL`` and ``CERTFLEET_TOKEN``. An error prints the problem's
+code and message and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.api_client import ApiError, CertfleetClient
+from shared.models import GLOBAL_DOMAIN_ID
+
+PASSPHRASE_ENV = "CERTFLEET_EXPORT_PASSPHRASE"
+WEAK_CRYPTO_WARNING = ("Enabling weak-crypto lets {device} use weak ciphers in certificates (RSA below 2048 "
+                       "bits, DSA, SHA-1/MD5 signatures, DES/3DES/RC2 encryption), which reduces security.")
+
+
+class CliError(Exception):
+    """A problem the operator must fix, printed as ``error: <code>: <message>``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def add_commands(
+    sub: argparse._SubParsersAction, api_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Add ``trustpoint`` and ``device`` to the ``certfleet`` command."""
+    trustpoint = sub.add_parser("trustpoint", help="view and act on one device's trustpoint")
+    actions = trustpoint.add_subparsers(dest="trustpoint_command", required=True)
+
+    def action(name: str, help_text: str, run: Callable[[CertfleetClient, argparse.Namespace], int]
+               ) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("device", metavar="DEVICE", help="device id, name or serial")
+        parser.add_argument("name", metavar="NAME", help="trustpoint name")
+        _common(parser, api_args)
+        parser.set_defaults(func=_runner(run))
+        return parser
+
+    action("show", "statuses, certificate details and the CA chain", _show)
+    csr = action("csr", "the CSR of a manual trustpoint waiting for its identity certificate", _csr)
+    csr.add_argument("-o", "--output", metavar="FILE", help="write the CSR here instead of printing it")
+    imp = action("import", "import the identity certificate your CA issued for the CSR", _import)
+    imp.add_argument("--cert", required=True, metavar="FILE", help="identity certificate, PEM or DER")
+    imp.add_argument("--ca-cert", metavar="FILE",
+                     help="the issuing CA's certificate (PEM), if the trustpoint has none")
+    imp.add_argument("--wait", action="store_true", help="wait until the device has installed it")
+    exp = action("export", "export the certificate: pkcs12 (key and whole chain) or pem (identity only)",
+                 _export)
+    exp.add_argument("--format", required=True, choices=["pkcs12", "pem"])
+    exp.add_argument("--passphrase-file", metavar="FILE",
+                     help=f"PKCS12 passphrase, first line of FILE (else env {PASSPHRASE_ENV}, else a prompt)")
+    exp.add_argument("-o", "--output", required=True, metavar="FILE")
+    for name, help_text in (("re-enroll", "re-enroll: a new key pair and certificate"),
+                            ("refresh", "read the trustpoint's state back from the device"),
+                            ("delete", "remove the trustpoint from the device and the database")):
+        parser = action(name, help_text, _job_action(name))
+        parser.add_argument("--wait", action="store_true", help="wait until the job has finished")
+
+    device = sub.add_parser("device", help="one device's settings")
+    settings = device.add_subparsers(dest="device_command", required=True)
+    weak = settings.add_parser("weak-crypto",
+                               help="allow or forbid weak ciphers in the device's certificates")
+    weak.add_argument("device", metavar="DEVICE", help="device id, name or serial")
+    toggle = weak.add_mutually_exclusive_group(required=True)
+    toggle.add_argument("--enable", action="store_true")
+    toggle.add_argument("--disable", action="store_true")
+    weak.add_argument("--yes", action="store_true", help="enable without asking for confirmation")
+    _common(weak, api_args)
+    weak.set_defaults(func=_runner(_weak_crypto))
+
+
+def _common(parser: argparse.ArgumentParser, api_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    parser.add_argument("--domain", default=str(GLOBAL_DOMAIN_ID), help="domain id (default Global)")
+    api_args(parser)
+
+
+def _runner(run: Callable[[CertfleetClient, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def main(args: argparse.Namespace) -> int:
+        if not args.token:
+            return _fail(CliError("unauthorized", "no API token: set CERTFLEET_TOKEN or pass --token"))
+        try:
+            with CertfleetClient(args.api_url, args.token) as client:
+                return run(client, args)
+        except ApiError as exc:
+            return _fail(CliError(exc.code, exc.detail))
+        except CliError as exc:
+            return _fail(exc)
+        except httpx.HTTPError as exc:
+            return _fail(CliError("api_unreachable", f"cannot reach the API at {args.api_url}: {exc}"))
+        except TimeoutError as exc:
+            return _fail(CliError("timeout", str(exc)))
+
+    return main
+
+
+def _fail(error: CliError) -> int:
+    print(f"error: {error.code}: {error.message}", file=sys.stderr)
+    return 1
+
+
+def resolve_device(client: CertfleetClient, ref: str, domain: str) -> dict:
+    """The device a DEVICE argument names: an id, else a name, else a serial."""
+    try:
+        return client.device(str(uuid.UUID(ref)), domain_id=domain)
+    except ValueError:
+        pass
+    found = client.devices_named(ref, domain_id=domain)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise CliError("ambiguous_device", f"{len(found)} devices are named {ref!r}; give the device id")
+    raise CliError("not_found", f"no device with id, name or serial {ref!r} in domain {domain}")
+
+
+# --- trustpoint actions ----------------------------------------------------------------------------
+
+def _show(client: CertfleetClient, args: argparse.Namespace) -> int:
+    device = resolve_device(client, args.device, args.domain)
+    tp = client.trustpoint(device["id"], args.name, domain_id=args.domain)
+    console = _console()
+    summary = Table(title=f"trustpoint {tp['name']} on {tp['device_name']}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("enrollment type", tp["enrollment_type"])
+    summary.add_row("CA certificate", tp["ca_status"])
+    summary.add_row("identity certificate", tp["identity_status"])
+    if tp.get("error_code"):
+        summary.add_row("error", f"{tp['error_code']}: {tp['error_message']}")
+    if tp.get("csr_pem"):
+        summary.add_row("CSR", f"waiting: certfleet trustpoint csr {args.device} {tp['name']}")
+    console.print(summary)
+    if tp.get("identity_certificate"):
+        console.print(_certificate_table("identity certificate", tp["identity_certificate"]))
+    cas = tp.get("ca_certificates") or []
+    for position, cert in enumerate(cas):
+        label = ("root CA" if cert["subject"] == cert["issuer"]
+                 else "issuing CA" if position == 0 else "intermediate CA")
+        console.print(_certificate_table(f"CA certificate {position} ({label})", cert))
+    if cas:
+        identity = [tp["identity_certificate"]["subject"]] if tp.get("identity_certificate") else []
+        console.print("chain: " + " -> ".join(identity + [c["subject"] for c in cas]))
+    return 0
+
+
+def _certificate_table(title: str, cert: dict) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("subject", cert["subject"]), ("issuer", cert["issuer"]), ("serial", cert["serial_number"]),
+        ("valid", f"{cert['not_before']} to {cert['not_after']}"),
+        ("key", f"{cert['key_algorithm']}-{cert['key_size']}"), ("signature", cert["signature_algorithm"]),
+        ("key usage", ", ".join(cert.get("key_usage", []))),
+        ("extended key usage", ", ".join(cert.get("extended_key_usage", []))),
+        ("subjectAltNames", ", ".join(cert.get("subject_alt_names", []))),
+        ("CRL URLs", ", ".join(cert.get("crl_urls", []))),
+        ("OCSP URLs", ", ".join(cert.get("ocsp_urls", []))),
+        ("SHA-1", cert.get("fingerprint_sha1", "")), ("SHA-256", cert["fingerprint_sha256"]),
+    ]
+    for label, value in rows:
+        if value:
+            table.add_row(label, value)
+    return table
+
+
+def _console() -> Console:
+    # Piped output keeps long values (fingerprints, names) on one line.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _csr(client: CertfleetClient, args: argparse.Namespace) -> int:
+    device = resolve_device(client, args.device, args.domain)
+    pem = client.trustpoint_csr(device["id"], args.name, domain_id=args.domain)
+    if args.output:
+        Path(args.output).write_text(pem)
+        print(f"wrote the CSR of trustpoint {args.name} to {args.output}; get it signed by your CA, then run "
+              f"certfleet trustpoint import {args.device} {args.name} --cert FILE")
+    else:
+        sys.stdout.write(pem)
+    return 0
+
+
+def _import(client: CertfleetClient, args: argparse.Namespace) -> int:
+    device = resolve_device(client, args.device, args.domain)
+    certificate = _read(args.cert)
+    ca = _read(args.ca_cert) if args.ca_cert else None
+    answer = client.import_identity_certificate(device["id"], args.name, certificate, ca_certificate=ca,
+                                                domain_id=args.domain)
+    print(f"identity certificate accepted for trustpoint {args.name}; job {answer['job']['id']} installs it")
+    return _follow(client, args, answer["job"]) if args.wait else 0
+
+
+def _export(client: CertfleetClient, args: argparse.Namespace) -> int:
+    device = resolve_device(client, args.device, args.domain)
+    passphrase = _passphrase(args) if args.format == "pkcs12" else None
+    content = client.export_trustpoint(device["id"], args.name, args.format, passphrase=passphrase,
+                                       domain_id=args.domain)
+    out = Path(args.output)
+    out.write_bytes(content)
+    if args.format == "pkcs12":
+        out.chmod(0o600)  # it holds the private key
+    what = ("key, identity certificate and CA chain (PKCS12)" if args.format == "pkcs12"
+            else "identity certificate")
+    print(f"exported the {what} of trustpoint {args.name} to {out}")
+    return 0
+
+
+def _passphrase(args: argparse.Namespace) -> str:
+    if args.passphrase_file:
+        lines = Path(args.passphrase_file).read_text().splitlines()
+        passphrase = lines[0] if lines else ""
+    elif os.environ.get(PASSPHRASE_ENV):
+        passphrase = os.environ[PASSPHRASE_ENV]
+    elif sys.stdin.isatty():
+        passphrase = getpass.getpass("PKCS12 passphrase: ")
+        if getpass.getpass("again: ") != passphrase:
+            raise CliError("passphrase_mismatch", "the two passphrases differ")
+    else:
+        passphrase = ""
+    if not passphrase:
+        raise CliError("passphrase_required", f"a PKCS12 export needs a passphrase: --passphrase-file FILE, "
+                                              f"{PASSPHRASE_ENV}, or type it at the prompt")
+    return passphrase
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError("file_unreadable", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _job_action(action: str) -> Callable[[CertfleetClient, argparse.Namespace], int]:
+    def run(client: CertfleetClient, args: argparse.Namespace) -> int:
+        device = resolve_device(client, args.device, args.domain)
+        answer = client.trustpoint_action(device["id"], args.name, action, domain_id=args.domain)
+        print(f"{action} of trustpoint {args.name} on {device['name']} started: job {answer['job']['id']}")
+        return _follow(client, args, answer["job"]) if args.wait else 0
+
+    return run
+
+
+def _follow(client: CertfleetClient, args: argparse.Namespace, job: dict) -> int:
+    done = client.wait_for_job(job["id"], domain_id=args.domain, timeout=120)
+    if done["state"] == "failed":
+        raise CliError(done["error_code"] or "job_failed", done["error_message"] or "the job failed")
+    if done["kind"] != "delete":
+        tp = client.trustpoint(done["device_id"], done["trustpoint_name"], domain_id=args.domain)
+        print(f"job {done['id']} succeeded: CA certificate {tp['ca_status']}, identity certificate "
+              f"{tp['identity_status']}")
+    else:
+        print(f"job {done['id']} succeeded: trustpoint {done['trustpoint_name']} deleted")
+    return 0
+
+
+# --- device settings -------------------------------------------------------------------------------
+
+def _weak_crypto(client: CertfleetClient, args: argparse.Namespace) -> int:
+    device = resolve_device(client, args.device, args.domain)
+    if args.disable:
+        client.update_device(device["id"], domain_id=args.domain, weak_crypto=False)
+        print(f"weak-crypto disabled on {device['name']}")
+        return 0
+    if not args.yes:
+        print(WEAK_CRYPTO_WARNING.format(device=device["name"]))
+        if not sys.stdin.isatty():
+            raise CliError("confirmation_required", "confirm at a terminal, or pass --yes")
+        if input("Enable weak-crypto? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("weak-crypto left disabled")
+            return 1
+    client.update_device(device["id"], domain_id=args.domain, weak_crypto=True, confirm=True)
+    print(f"weak-crypto enabled on {device['name']}; re-enroll its trustpoints refused for weak crypto")
+    return 0

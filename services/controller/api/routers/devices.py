@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from services.controller.api.auth import authorize
+from services.controller.api.deps import Paging, get_paging, get_scope, get_session
+from services.controller.api.schemas.common import Page
+from services.controller.api.schemas.devices import (
+    DeviceCreate,
+    DevicePublic,
+    DeviceUpdate,
+    ImportResult,
+    InventoryImport,
+)
+from services.controller.crud import devices as crud
+from services.controller.inventory import import_inventory
+from services.controller.rules.scope import DomainScope
+from shared.clock import utcnow
+from shared.errors import ConflictError
+
+router = APIRouter(prefix="/domains/{domain_id}/devices", tags=["devices"], dependencies=[Depends(authorize)])
+
+
+def _public(device) -> DevicePublic:
+    return DevicePublic.model_validate(device, from_attributes=True)
+
+
+@router.get("", response_model=Page[DevicePublic])
+def list_devices(
+    serial: str | None = Query(None, max_length=64),
+    name: str | None = Query(None, max_length=128, description="exact device name"),
+    scope: DomainScope = Depends(get_scope),
+    session: Session = Depends(get_session),
+    paging: Paging = Depends(get_paging),
+):
+    rows, total = crud.list_devices(session, scope=scope, offset=paging.offset, limit=paging.limit,
+                                    serial=serial, name=name)
+    return Page[DevicePublic](items=[_public(d) for d in rows], total=total,
+                              offset=paging.offset, limit=paging.limit)
+
+
+@router.post("", response_model=DevicePublic, status_code=201)
+def create_device(body: DeviceCreate, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session)):
+    device = crud.create_device(session, scope=scope, data=body)
+    session.commit()
+    return _public(device)
+
+
+@router.post("/import", response_model=ImportResult)
+def import_devices(body: InventoryImport, scope: DomainScope = Depends(get_scope),
+                   session: Session = Depends(get_session)):
+    try:
+        imported, skipped = import_inventory(session, scope=scope, inventory_url=body.inventory_url,
+                                             now=utcnow())
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ConflictError(
+            "some of these devices were registered by another request during the import; nothing was "
+            "imported: run the import again", code="duplicate_serial",
+        ) from None
+    return ImportResult(imported=imported, skipped=skipped)
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+               session: Session = Depends(get_session)):
+    return _public(crud.get_device(session, scope=scope, device_id=device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(device_id: uuid.UUID, body: DeviceUpdate, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session)):
+    device = crud.update_device(session, scope=scope, device_id=device_id, data=body)
+    session.commit()
+    return _public(device)
+
+
+@router.delete("/{device_id}", status_code=204, response_class=Response)
+def delete_device(device_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session)):
+    crud.delete_device(session, scope=scope, device_id=device_id)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlmodel import Session
+
+from services.controller.api.auth import authorize
+from services.controller.api.deps import Paging, get_paging, get_scope, get_session
+from services.controller.api.schemas.common import Page
+from services.controller.api.schemas.enrollment_objects import (
+    EnrollmentObjectCreate,
+    EnrollmentObjectPublic,
+    EnrollmentObjectUpdate,
+    PassphraseUpdate,
+    Pkcs12Upload,
+)
+from services.controller.api.uploads import UploadedPkcs12, pkcs12_upload
+from services.controller.crud import enrollment_objects as crud
+from services.controller.rules.pkcs12_upload import check_file, trustpoint_name
+from services.controller.rules.scope import DomainScope
+from shared.clock import utcnow
+from shared.enums import EnrollmentType
+from shared.models import EnrollmentObject
+from shared.secrets import SecretBox
+
+router = APIRouter(prefix="/domains/{domain_id}/enrollment-objects", tags=["enrollment objects"],
+                   dependencies=[Depends(authorize)])
+
+
+def get_secret_box(request: Request) -> SecretBox:
+    return request.app.state.secret_box
+
+
+def public(obj: EnrollmentObject) -> EnrollmentObjectPublic:
+    data = {name: getattr(obj, name) for name in EnrollmentObjectPublic.model_fields
+            if name not in ("has_secret", "has_pkcs12_file")}
+    return EnrollmentObjectPublic(**data, has_secret=obj.secret_blob is not None,
+                                  has_pkcs12_file=obj.pkcs12_blob is not None)
+
+
+@router.get("", response_model=Page[EnrollmentObjectPublic])
+def list_objects(
+    enrollment_type: EnrollmentType | None = Query(None),
+    scope: DomainScope = Depends(get_scope),
+    session: Session = Depends(get_session),
+    paging: Paging = Depends(get_paging),
+):
+    rows, total = crud.list_objects(session, scope=scope, offset=paging.offset, limit=paging.limit,
+                                    enrollment_type=enrollment_type)
+    return Page[EnrollmentObjectPublic](items=[public(o) for o in rows], total=total,
+                                        offset=paging.offset, limit=paging.limit)
+
+
+@router.post("", response_model=EnrollmentObjectPublic, status_code=201)
+def create_object(body: EnrollmentObjectCreate, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
+    obj = crud.create_object(session, scope=scope, data=body, box=box)
+    session.commit()
+    return public(obj)
+
+
+@router.post(
+    "/pkcs12", response_model=EnrollmentObjectPublic, status_code=201,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["file", "passphrase"],
+            "properties": {"file": {"type": "string", "format": "binary"}, "passphrase": {"type": "string"},
+                           "name": {"type": "string"}, "description": {"type": "string"}},
+        }},
+        "application/json": {"schema": Pkcs12Upload.model_json_schema()},
+    }}},
+)
+def upload_pkcs12(upload: UploadedPkcs12 = Depends(pkcs12_upload), scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
+    """Upload a PKCS#12 file (at most 24 KiB) with its passphrase: a PKCS12 enrollment object named
+    as the file. File and passphrase are kept encrypted, so a failed enrollment is retried after
+    correcting the passphrase, without a new upload."""
+    check_file(upload.content)
+    name = trustpoint_name(upload.filename, upload.name)
+    obj = crud.create_pkcs12_object(
+        session, scope=scope, name=name, filename=upload.filename, content=upload.content,
+        passphrase=upload.passphrase.get_secret_value(), box=box, description=upload.description,
+    )
+    session.commit()
+    return public(obj)
+
+
+@router.put("/{object_id}/passphrase", response_model=EnrollmentObjectPublic)
+def set_passphrase(object_id: uuid.UUID, body: PassphraseUpdate, scope: DomainScope = Depends(get_scope),
+                   session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
+    """Correct a PKCS12 object's passphrase; then re-enroll its failed trustpoints."""
+    obj = crud.set_passphrase(session, scope=scope, object_id=object_id,
+                              passphrase=body.passphrase.get_secret_value(), box=box, now=utcnow())
+    session.commit()
+    return public(obj)
+
+
+@router.get("/{object_id}", response_model=EnrollmentObjectPublic)
+def get_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+               session: Session = Depends(get_session)):
+    return public(crud.get_object(session, scope=scope, object_id=object_id))
+
+
+@router.put("/{object_id}", response_model=EnrollmentObjectPublic)
+def replace_object(object_id: uuid.UUID, body: EnrollmentObjectUpdate,
+                   scope: DomainScope = Depends(get_scope), session: Session = Depends(get_session),
+                   box: SecretBox = Depends(get_secret_box)):
+    obj = crud.replace_object(session, scope=scope, object_id=object_id, data=body, box=box, now=utcnow())
+    session.commit()
+    return public(obj)
+
+
+@router.delete("/{object_id}", status_code=204, response_class=Response)
+def delete_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+                  session: Session = Depends(get_session)):
+    crud.delete_object(session, scope=scope, object_id=object_id)
+    session.commit()
+    return Response(status_code=204)

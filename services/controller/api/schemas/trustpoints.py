@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from services.controller.api.schemas.common import InputModel
+from services.controller.api.schemas.jobs import JobPublic
+from shared.states import Status
+
+
+class TrustpointAdd(InputModel):
+    """The seed's "Add": install this enrollment object on the device."""
+
+    enrollment_object_id: uuid.UUID
+
+
+class CertificateSummary(BaseModel):
+    """What a list shows of a certificate: the stored columns, no parsing."""
+
+    role: str
+    chain_position: int
+    subject: str
+    issuer: str
+    serial_number: str
+    not_before: datetime
+    not_after: datetime
+    key_algorithm: str
+    key_size: int
+    signature_algorithm: str
+    fingerprint_sha256: str
+
+
+class CertificatePublic(CertificateSummary):
+    """The magnifying glass: every field of :func:`shared.pki.describe`, and the PEM."""
+
+    fingerprint_sha1: str
+    key_usage: list[str]
+    extended_key_usage: list[str]
+    subject_alt_names: list[str]
+    crl_urls: list[str]
+    ocsp_urls: list[str]
+    is_ca: bool
+    pem: str
+
+
+class TrustpointSummary(BaseModel):
+    id: uuid.UUID
+    name: str
+    device_id: uuid.UUID
+    device_name: str
+    domain_id: uuid.UUID
+    enrollment_object_id: uuid.UUID
+    enrollment_type: str
+    ca_status: Status
+    identity_status: Status
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    status_changed_at: datetime | None
+    identity_certificate: CertificateSummary | None = None
+    #: Issuing CA first, then up the chain towards the root.
+    ca_certificates: list[CertificateSummary] = []
+
+
+class TrustpointPublic(TrustpointSummary):
+    identity_certificate: CertificatePublic | None = None
+    ca_certificates: list[CertificatePublic] = []
+    #: The device's certificate request, while an operator must get it signed (manual enrollment).
+    csr_pem: str | None = None
+
+
+class TrustpointAccepted(BaseModel):
+    """Answer to an action: the trustpoint as it is now and the job that carries the action out."""
+
+    trustpoint: TrustpointPublic
+    job: JobPublic
+
+
+class IdentityCertificateImport(InputModel):
+    """The JSON form of an identity certificate import (a raw PEM or DER body works too)."""
+
+    certificate_pem: str = Field(min_length=1, max_length=65536)
+    #: The CA certificate(s) that issued it, when the trustpoint has no CA certificate yet.
+    ca_certificate_pem: str | None = Field(default=None, max_length=65536)
+
+
+class ExportRequest(InputModel):
+    """The seed's Export Certificate: PKCS12 (complete chain, needs a passphrase) or PEM
+    (identity certificate only)."""
+
+    format: Literal["pkcs12", "pem"]
+    #: Protects the PKCS#12 file; never stored or logged.
+    passphrase: SecretStr | None = Field(default=None, max_length=1024)

@@ -1,0 +1,78 @@
+"""Turning trustpoint and certificate rows into their public shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography import x509
+
+from services.controller.api.schemas.trustpoints import (
+    CertificatePublic,
+    CertificateSummary,
+    TrustpointPublic,
+    TrustpointSummary,
+)
+from shared.logging import get_logger
+from shared.models import Certificate, Trustpoint
+from shared.pki import describe
+
+log = get_logger(__name__)
+
+_TRUSTPOINT_FIELDS = tuple(
+    name for name in TrustpointSummary.model_fields
+    if name not in ("device_name", "identity_certificate", "ca_certificates")
+)
+
+
+def _split(certificates: Iterable[Any]) -> tuple[Any | None, list[Any]]:
+    identity, cas = None, []
+    for cert in certificates:
+        if cert.role == "identity":
+            identity = identity or cert
+        else:
+            cas.append(cert)
+    cas.sort(key=lambda c: c.chain_position)
+    return identity, cas
+
+
+def _summary(row: Any) -> CertificateSummary:
+    return CertificateSummary.model_validate(row, from_attributes=True)
+
+
+def trustpoint_summary(
+    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Any]
+) -> TrustpointSummary:
+    identity, cas = _split(certificates)
+    return TrustpointSummary(
+        **{name: getattr(trustpoint, name) for name in _TRUSTPOINT_FIELDS},
+        device_name=device_name,
+        identity_certificate=_summary(identity) if identity else None,
+        ca_certificates=[_summary(c) for c in cas],
+    )
+
+
+def certificate_public(cert: Certificate) -> CertificatePublic:
+    summary = _summary(cert).model_dump()
+    try:
+        info = describe(x509.load_pem_x509_certificate(cert.pem.encode()))
+    except ValueError:  # stored by a worker, so not expected; show what the row has
+        log.warning("stored certificate does not parse", certificate_id=str(cert.id))
+        return CertificatePublic(**summary, fingerprint_sha1="", key_usage=[], extended_key_usage=[],
+                                 subject_alt_names=[], crl_urls=[], ocsp_urls=[], is_ca=cert.role == "ca",
+                                 pem=cert.pem)
+    parsed = {name: getattr(info, name) for name in CertificatePublic.model_fields if hasattr(info, name)}
+    return CertificatePublic(**{**summary, **parsed}, pem=cert.pem)
+
+
+def trustpoint_public(
+    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Certificate]
+) -> TrustpointPublic:
+    identity, cas = _split(certificates)
+    return TrustpointPublic(
+        **{name: getattr(trustpoint, name) for name in _TRUSTPOINT_FIELDS},
+        device_name=device_name,
+        identity_certificate=certificate_public(identity) if identity else None,
+        ca_certificates=[certificate_public(c) for c in cas],
+        csr_pem=trustpoint.csr_pem,
+    )

@@ -1,0 +1,98 @@
+"""Rules an enrollment object must satisfy, per enrollment type. Pure: input model in,
+normalised column values out, or :class:`shared.errors.ValidationError` with a stable code.
+
+Key, name, subject and validity are checked by building the
+:class:`shared.enrollment.EnrollmentParameters` the device will receive, so an object
+that is accepted here is one a device can be configured with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate
+from services.controller.rules.checks import check_fingerprint, check_http_url
+from shared.enrollment import EnrollmentParameters, SubjectFields
+from shared.enums import EnrollmentType
+from shared.errors import ValidationError
+from shared.pki import load_certificates
+
+_URL_TYPES = (EnrollmentType.EST, EnrollmentType.SCEP)
+_SECRET_FOR = {"password": EnrollmentType.EST, "challenge_password": EnrollmentType.SCEP}
+
+
+def _not_applicable(field: str, kind: EnrollmentType, applies_to: str) -> ValidationError:
+    return ValidationError(
+        f"{field} applies to {applies_to} enrollment only, not {kind.value}: leave it out",
+        code="field_not_applicable",
+    )
+
+
+def object_columns(data: EnrollmentObjectCreate) -> dict[str, Any]:
+    """The table columns for ``data`` (secrets excluded), validated and normalised."""
+    kind = EnrollmentType(data.enrollment_type)
+    subject = SubjectFields(
+        common_name=data.common_name, organization=data.organization,
+        organizational_unit=data.organizational_unit, locality=data.locality, state=data.state,
+        country=data.country, email=data.email,
+    )
+    EnrollmentParameters(
+        name=data.name, enrollment_type=kind, key_type=data.key_type, key_size=data.key_size,
+        subject=subject, validity_days=data.validity_days,
+    )
+    columns = data.model_dump(exclude={"password", "challenge_password"})
+    columns["enrollment_type"] = kind.value
+    columns["key_type"] = data.key_type.value
+
+    if kind in _URL_TYPES:
+        if not data.enrollment_url.strip():
+            raise ValidationError(
+                f"{kind.value.upper()} enrollment needs enrollment_url, the CA's URL, "
+                "e.g. https://ca.example.com/ or https://[2001:db8::5]:8443/",
+                code="enrollment_url_required",
+            )
+        columns["enrollment_url"] = check_http_url(data.enrollment_url, field="enrollment_url")
+        # EST exists only over TLS; SCEP runs over plain HTTP (its messages are signed and
+        # enveloped themselves), and the devices speak it that way only.
+        scheme = columns["enrollment_url"].split(":", 1)[0].lower()
+        if kind is EnrollmentType.EST and scheme != "https":
+            raise ValidationError("EST runs over HTTPS only: use an https:// enrollment_url",
+                                  code="est_url_not_https")
+        if kind is EnrollmentType.SCEP and scheme != "http":
+            raise ValidationError("SCEP runs over plain HTTP: use an http:// enrollment_url, e.g. "
+                                  "http://ca.example.com/cgi-bin/pkiclient.exe", code="scep_url_not_http")
+    else:
+        for field in ("enrollment_url", "username", "ca_concurrency_limit", "ca_rate_limit"):
+            if getattr(data, field):
+                raise _not_applicable(field, kind, "EST and SCEP")
+    if not 1 <= data.retry_period_minutes <= 60:
+        raise ValidationError("retry_period_minutes must be 1 to 60", code="invalid_retry_period")
+    if not 0 <= data.retry_count <= 100:
+        raise ValidationError("retry_count must be 0 to 100", code="invalid_retry_count")
+    columns["fingerprint"] = check_fingerprint(data.fingerprint)
+
+    for field, owner in _SECRET_FOR.items():
+        if getattr(data, field) and kind is not owner:
+            raise _not_applicable(field, kind, owner.value.upper())
+
+    if data.ca_certificate_pem.strip():
+        if kind is not EnrollmentType.MANUAL:
+            raise _not_applicable("ca_certificate_pem", kind, "manual")
+        load_certificates(data.ca_certificate_pem)
+    elif data.ca_only:
+        raise ValidationError("a CA-only manual enrollment needs ca_certificate_pem, the CA certificate",
+                              code="ca_certificate_required")
+    if data.ca_only and kind is not EnrollmentType.MANUAL:
+        raise _not_applicable("ca_only", kind, "manual")
+
+    if data.ocsp_url:
+        columns["ocsp_url"] = check_http_url(data.ocsp_url, field="ocsp_url")
+    columns["crl_urls"] = [check_http_url(url, field="crl_urls") for url in data.crl_urls]
+    return columns
+
+
+def secret_of(data: EnrollmentObjectCreate) -> str | None:
+    """The write-only secret this object type carries, as sent (None: not sent)."""
+    kind = EnrollmentType(data.enrollment_type)
+    secret = {EnrollmentType.EST: data.password, EnrollmentType.SCEP: data.challenge_password}.get(kind)
+    return secret.get_secret_value() if secret is not None else None

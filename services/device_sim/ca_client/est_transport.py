@@ -1,0 +1,121 @@
+"""EST over HTTPS from the device to a CA: where the enrollment URL leads, and the one place
+that turns EST's network and HTTP answers into a :class:`CaFailure` with a stable code, a
+message that names the cause, and whether trying again later may help (network causes are
+named by :mod:`.ca_network`, shared with the SCEP client):
+
+    name not resolved        ca_name_unresolved           (retryable for a temporary DNS failure)
+    no route to the host     ca_no_route                  retryable
+    connection refused       ca_connection_refused        retryable
+    no answer in time        ca_timeout                   retryable
+    connection dropped       ca_connection_lost           retryable
+    server not trusted       ca_tls_verification_failed
+    other TLS failure        ca_tls_failed
+    401                      ca_auth_failed
+    any other status         ca_http_error                (5xx and 429 retryable)
+    unreadable answer        ca_bad_response
+
+Plain ``http.client`` over ``ssl``: the socket errors arrive as they are, so each cause is
+told apart without digging through wrapped exceptions.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+from base64 import b64encode
+from dataclasses import dataclass
+
+from services.device_sim.ca_client.connection import Answer, CaConnection, CaUrl
+from services.device_sim.ca_client.network import CaFailure, network_failure
+from shared.protocols.est import PKCS10
+
+__all__ = ["Answer", "CaFailure", "EstEndpoint", "EstSession"]
+
+WELL_KNOWN = "/.well-known/est"
+
+
+@dataclass(frozen=True)
+class EstEndpoint:
+    """An enrollment URL, split into what a connection and a request need."""
+
+    #: As messages show it: scheme, host, port and path, any user:password@ left out.
+    url: str
+    host: str
+    port: int
+    #: The path the operation names follow: ``/.well-known/est``, ``/.well-known/est/<label>``,
+    #: or ``/<path>/.well-known/est`` (as strongSwan's ``pki`` reads ``https://host/<label>``).
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str) -> EstEndpoint:
+        split = CaUrl.split(url, scheme="https", default_port=443, example_host="ca.example.com",
+                            why="EST runs over HTTPS only")
+        path = split.path.rstrip("/")
+        base = path if WELL_KNOWN in path else path + WELL_KNOWN
+        return cls(url=split.shown, host=split.host, port=split.port, base_path=base)
+
+    def path(self, operation: str) -> str:
+        return f"{self.base_path}/{operation}"
+
+
+class EstSession:
+    """One HTTPS connection to the CA's EST server, kept alive across an enrollment's requests.
+
+    ``trust`` says what the server was checked against, for the message when that fails.
+    """
+
+    def __init__(self, endpoint: EstEndpoint, context: ssl.SSLContext, *, timeout: float, trust: str) -> None:
+        self.endpoint, self.context, self.timeout, self.trust = endpoint, context, timeout, trust
+        self.connection = CaConnection(
+            lambda: http.client.HTTPSConnection(endpoint.host, endpoint.port, context=context, timeout=timeout),
+            url=endpoint.url, failure=self._network_failure,
+        )
+
+    def __enter__(self) -> EstSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def get(self, operation: str) -> Answer:
+        return self._request("GET", operation, None, {})
+
+    def post_csr(self, operation: str, csr_base64: bytes, *, auth: tuple[str, str] | None) -> Answer:
+        headers = {"Content-Type": PKCS10, "Content-Transfer-Encoding": "base64"}
+        if auth is not None:
+            headers["Authorization"] = "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        return self._request("POST", operation, csr_base64, headers)
+
+    def _request(self, method: str, operation: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        return self.connection.request(method, self.endpoint.path(operation), operation=operation, body=body,
+                                       headers=headers)
+
+    # --- turning failures into messages ------------------------------------------------------
+
+    def _network_failure(self, exc: BaseException) -> CaFailure:
+        endpoint = self.endpoint
+        return network_failure(exc, url=endpoint.url, host=endpoint.host, port=endpoint.port,
+                               timeout=self.timeout, service="EST", trust=self.trust)
+
+    def http_failure(self, answer: Answer, operation: str, *, renewing: bool = False,
+                     sent_password: bool = False) -> CaFailure:
+        """A CA's answer other than 200 or 202, as a failure."""
+        url, status = self.endpoint.url, answer.status
+        said = f"{status} {answer.reason}".strip()
+        if status == 401:
+            if renewing:
+                hint = "the CA did not accept the device's current certificate; enroll the trustpoint anew"
+            elif sent_password:
+                hint = "check the username and password of the enrollment object"
+            else:
+                hint = "the CA wants a username and password: set them in the enrollment object"
+            return CaFailure(
+                f"CA at {url} refused {operation}: {said}; {hint} (the CA says: {answer.detail()})",
+                code="ca_auth_failed",
+            )
+        return CaFailure(f"CA at {url} answered {operation} with {said}: {answer.detail()}",
+                         code="ca_http_error", retryable=status >= 500 or status == 429,
+                         retry_after=answer.asked_to_wait())

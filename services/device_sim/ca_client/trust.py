@@ -1,0 +1,179 @@
+"""How a device decides to trust a CA's HTTPS server, and how it reads the CA chain it serves.
+
+The enrollment object chooses one of three ways:
+
+- **trust anchors** (the default): the server's TLS certificate must chain to one of the
+  device's trust anchors (``certfleet device-sim --trust-anchor FILE``) and name the URL's host;
+- **fingerprint**: the device fetches ``/cacerts`` without checking the server (nothing secret
+  is sent), keeps the CA certificate whose digest is the enrollment object's fingerprint, and
+  from then on verifies the server against that certificate alone, so the EST password only
+  goes to a server that CA vouches for. Like the management center's "CA fingerprint", it is
+  the digest of a CA certificate the server serves at ``/cacerts`` (the issuing CA or the
+  root), in hex, colons and case ignored: SHA-256, or MD5/SHA-1/SHA-384/SHA-512 by its length;
+- **ignore server certificate validation**: no check at all (a lab CA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from services.device_sim.ca_client.network import CaFailure
+from services.device_sim.tasks import CurrentIdentity
+from shared.errors import ConfigurationError
+
+#: Digest lengths in hex digits -> the hash they come from.
+FINGERPRINT_HASHES = {32: "md5", 40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}
+
+
+# --- trust anchors ------------------------------------------------------------------------------
+
+def load_trust_anchors(paths: Sequence[str | Path]) -> str:
+    """The certificates in the PEM files ``paths``, as one PEM text ("" for no files)."""
+    pems: list[str] = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"trust anchor {path}: cannot read it ({exc.strerror or exc})") from None
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ConfigurationError(
+                f"trust anchor {path} holds no PEM certificate; give a file such as the CA "
+                "simulator's DIR/tls-ca.pem"
+            ) from None
+        pems += [c.public_bytes(serialization.Encoding.PEM).decode() for c in certs]
+    return "".join(pems)
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+def normalise_fingerprint(text: str) -> str:
+    return text.replace(":", "").replace(" ", "").strip().lower()
+
+
+def configured_fingerprint(text: str, *, code: str) -> str:
+    """An enrollment object's CA fingerprint, normalised ("" for none); CaFailure with ``code``
+    unless it is a hex digest of one of the hashes a fingerprint may use."""
+    fp = normalise_fingerprint(text)
+    if fp and (len(fp) not in FINGERPRINT_HASHES or any(c not in "0123456789abcdef" for c in fp)):
+        raise CaFailure(f"fingerprint {text!r} is not a hex digest; give the SHA-256 fingerprint of the CA "
+                        "certificate (64 hex digits, colons allowed)", code=code)
+    return fp
+
+
+def fingerprint(cert: x509.Certificate, *, length: int = 64) -> str:
+    """The certificate's digest in hex with the hash a fingerprint of ``length`` digits uses."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return hashlib.new(FINGERPRINT_HASHES.get(length, "sha256"), der).hexdigest()
+
+
+def pinned_certificate(chain: Sequence[x509.Certificate], wanted: str) -> x509.Certificate | None:
+    """The certificate of ``chain`` whose fingerprint is ``wanted``, if any."""
+    wanted = normalise_fingerprint(wanted)
+    return next((c for c in chain if fingerprint(c, length=len(wanted)) == wanted), None)
+
+
+# --- the CA chain -------------------------------------------------------------------------------
+
+def order_ca_chain(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The issuing CA first, then each issuer up to the root.
+
+    A certs-only PKCS#7 is a SET: its order says nothing. The issuing CA is the certificate
+    that issued none of the others; certificates outside its chain are left out. ValueError
+    when there is no single such chain or a link does not verify.
+    """
+    if not certs:
+        raise ValueError("it serves no CA certificate")
+    issuers = {c.issuer for c in certs if c.issuer != c.subject}
+    lowest = [c for c in certs if c.subject not in issuers]
+    if len(lowest) != 1:
+        names = ", ".join(c.subject.rfc4514_string() for c in lowest) or "none"
+        raise ValueError(f"its CA certificates do not form one chain (lowest: {names})")
+    by_subject = {c.subject: c for c in certs}
+    chain = [lowest[0]]
+    while len(chain) < len(certs) and chain[-1].issuer != chain[-1].subject:
+        issuer = by_subject.get(chain[-1].issuer)
+        if issuer is None:
+            break  # the server does not serve the root: the chain ends at the highest CA it has
+        try:
+            chain[-1].verify_directly_issued_by(issuer)
+        except (InvalidSignature, ValueError, TypeError):
+            raise ValueError(
+                f"{chain[-1].subject.rfc4514_string()} is not signed by {issuer.subject.rfc4514_string()}"
+            ) from None
+        chain.append(issuer)
+    return chain
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+# --- TLS contexts -------------------------------------------------------------------------------
+
+def client_context(*, verify: bool, anchors_pem: str = "", identity: CurrentIdentity | None = None
+                   ) -> ssl.SSLContext:
+    """A TLS client context: verifying the server against ``anchors_pem`` (none: nothing is
+    trusted) or not at all; presenting ``identity`` as client certificate when given."""
+    if identity is None:
+        return _shared_context(verify, anchors_pem)
+    ctx = _new_context(verify, anchors_pem)
+    _load_identity(ctx, identity)
+    return ctx
+
+
+@lru_cache(maxsize=32)
+def _shared_context(verify: bool, anchors_pem: str) -> ssl.SSLContext:
+    # Contexts are thread-safe once built; building one per enrollment would waste the CPU.
+    return _new_context(verify, anchors_pem)
+
+
+def _new_context(verify: bool, anchors_pem: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if anchors_pem:
+        ctx.load_verify_locations(cadata=anchors_pem)
+    # A pinned issuing CA is a trust anchor by itself: no need to reach a self-signed root.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
+def _load_identity(ctx: ssl.SSLContext, identity: CurrentIdentity) -> None:
+    """Load the client certificate and key. Python's ssl reads them only from a file, so they
+    go into an anonymous in-memory file (Linux), or else a private temporary file removed at once."""
+    pem = identity.certificate.public_bytes(serialization.Encoding.PEM) + identity.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("device-identity", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, pem)
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="device-identity-") as folder:  # mode 0700
+        path = Path(folder) / "identity.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        ctx.load_cert_chain(str(path))

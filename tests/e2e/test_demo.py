@@ -1,0 +1,92 @@
+"""What a newcomer runs: ``certfleet demo`` and ``certfleet up`` on the embedded default
+(SQLite, in-process broker), as separate processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.support.procs import ROOT, Proc, free_port, wait_http
+
+EMBEDDED_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CERTFLEET_")}
+
+
+def test_demo_enrolls_its_fleet_and_prints_a_summary():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "40"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "imported 40 devices" in done.stdout
+    summary = next(line for line in done.stdout.splitlines() if "self-signed" in line)
+    cells = [c.strip() for c in summary.strip("│ \n").split("│")]
+    assert cells[:5] == ["40", "self-signed", "40", "0", "0"], summary
+
+
+def test_demo_enrolls_over_est_with_the_ca_simulator():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "20", "--enrollment", "est"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CA simulator up: EST https://127.0.0.1:" in done.stdout
+    assert "imported 20 devices" in done.stdout
+    summary = next(line for line in done.stdout.splitlines() if "│ " in line and " est " in line)
+    cells = [c.strip() for c in summary.strip("│ \n").split("│")]
+    assert cells[:5] == ["20", "est", "20", "0", "0"], summary
+
+
+def demo_rows(stdout: str) -> dict[str, list[str]]:
+    """The summary table's rows by method: [devices, method, available, failed, unfinished, …]."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ \n").split("│")]
+        if line.startswith("│") and len(cells) >= 5:
+            rows[cells[1]] = cells
+    return rows
+
+
+def test_demo_enrolls_over_scep_with_the_ca_simulator():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "20", "--enrollment", "scep"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CA simulator up: SCEP http://127.0.0.1:" in done.stdout
+    assert demo_rows(done.stdout)["scep"][:5] == ["20", "scep", "20", "0", "0"], done.stdout
+
+
+def test_demo_enrolls_a_mixed_fleet_a_third_per_method():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--devices", "30", "--enrollment", "mixed"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CA simulator up: EST https://127.0.0.1:" in done.stdout and ", SCEP http://127.0.0.1:" in done.stdout
+    rows = demo_rows(done.stdout)
+    for method in ("self-signed", "est", "scep"):
+        assert rows[method][:5] == ["10", method, "10", "0", "0"], done.stdout
+    assert rows["all"][:5] == ["30", "all", "30", "0", "0"], done.stdout
+
+
+def test_up_serves_the_api_and_writes_an_admin_token(tmp_path):
+    port = free_port()
+    up = Proc("up", ["up", "--devices", "5", "--port", str(port), "--state-dir", str(tmp_path / "state")],
+              EMBEDDED_ENV, tmp_path)
+    try:
+        up.wait_for_line(r"admin token: \S+")
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        token = (tmp_path / "state" / "admin-token").read_text().strip()
+        assert token in up.output()
+        headers = {"Authorization": f"Bearer {token}"}
+        domains = httpx.get(f"http://127.0.0.1:{port}/api/v1/domains", headers=headers).json()
+        assert [d["name"] for d in domains["items"]] == ["Global"]
+        devices = httpx.get(f"http://127.0.0.1:{port}/api/v1/domains/{domains['items'][0]['id']}/devices",
+                            headers=headers).json()
+        assert devices["total"] == 5
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/domains").status_code == 401
+    finally:
+        up.stop()

@@ -1,0 +1,104 @@
+"""The certificates a trustpoint list shows: each trustpoint's own, identity first and the CA
+chain in order, on SQLite and PostgreSQL; and on PostgreSQL an index lookup per trustpoint
+even before the planner has statistics (as right after a bulk enrollment, or with autovacuum
+off), so a dashboard polling the list does not slow down with every certificate issued."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert
+from sqlmodel import Session
+
+from services.controller.crud import trustpoints as crud
+from services.controller.crud.trustpoints import certificate_summaries, certificate_summaries_query, list_trustpoints
+from services.controller.rules.scope import DomainScope
+from shared.models import GLOBAL_DOMAIN_ID, Certificate, Device, EnrollmentObject, Trustpoint
+
+ROOT = DomainScope(domain_id=GLOBAL_DOMAIN_ID, subtree=frozenset([GLOBAL_DOMAIN_ID]), ancestors=(GLOBAL_DOMAIN_ID,))
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+#: (role, chain position) of each trustpoint's certificates, stored out of order on purpose.
+SLOTS = [("ca", 1), ("identity", 0), ("ca", 0)]
+
+
+def fleet(session: Session, count: int) -> list[uuid.UUID]:
+    """``count`` devices, each with a trustpoint holding an identity certificate and a two-CA chain."""
+    obj = EnrollmentObject(domain_id=GLOBAL_DOMAIN_ID, name="vpn", enrollment_type="self_signed",
+                           key_type="ecdsa", key_size=256)
+    session.add(obj)
+    session.flush()
+    devices = [dict(id=uuid.uuid4(), domain_id=GLOBAL_DOMAIN_ID, name=f"ftd-{i:05d}", model="FTD 3110",
+                    serial=f"SN{i:05d}", ip_address="192.0.2.1", fqdn=f"ftd-{i:05d}.example",
+                    management_url="http://192.0.2.1", created_at=NOW, updated_at=NOW) for i in range(count)]
+    trustpoints = [dict(id=uuid.uuid4(), device_id=d["id"], domain_id=GLOBAL_DOMAIN_ID, enrollment_object_id=obj.id,
+                        name="vpn", enrollment_type="self_signed", created_at=NOW, updated_at=NOW)
+                   for d in devices]
+    certificates = [
+        dict(id=uuid.uuid4(), trustpoint_id=tp["id"], role=role, chain_position=position, pem="-",
+             subject=f"CN={role}-{position} of {tp['id']}", issuer="CN=issuer", serial_number="01",
+             not_before=NOW, not_after=NOW + timedelta(days=365), key_algorithm="EC", key_size=256,
+             signature_algorithm="ecdsa-with-SHA256", fingerprint_sha256=uuid.uuid4().hex * 2, created_at=NOW)
+        for tp in trustpoints for role, position in SLOTS
+    ]
+    session.execute(insert(Device), devices)
+    session.execute(insert(Trustpoint), trustpoints)
+    session.execute(insert(Certificate), certificates)
+    session.commit()
+    return [tp["id"] for tp in trustpoints]
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_each_trustpoint_lists_its_own_certificates_in_chain_order(db_engine):
+    with Session(db_engine) as session:
+        ids = fleet(session, 30)
+        rows, total = list_trustpoints(session, scope=ROOT, offset=0, limit=10)
+        page = [tp.id for tp, _ in rows]
+        found = certificate_summaries(session, page)
+
+    assert total == 30 and len(page) == 10 and set(page) <= set(ids)
+    assert set(found) == set(page)
+    for trustpoint_id in page:
+        certificates = found[trustpoint_id]
+        assert [(c.role, c.chain_position) for c in certificates] == [("ca", 0), ("ca", 1), ("identity", 0)]
+        assert all(c.subject.endswith(f"of {trustpoint_id}") for c in certificates)
+    assert certificate_summaries(session, []) == {}
+
+
+@pytest.mark.postgres
+def test_certificate_lookup_uses_the_index_without_statistics(pg_engine):
+    with Session(pg_engine) as session:
+        ids = fleet(session, 3000)
+        # Straight after the inserts: no ANALYZE has run, so the planner has no statistics.
+        query = certificate_summaries_query("postgresql", sorted(ids)[:100])
+        compiled = query.compile(dialect=pg_engine.dialect)
+        raw = session.connection().connection.dbapi_connection.cursor()
+        raw.execute("EXPLAIN " + compiled.string, compiled.params)
+        plan = "\n".join(row[0] for row in raw.fetchall())
+
+    assert "Seq Scan on certificate" not in plan, plan
+    assert "ix_certificate_trustpoint_id" in plan or "certificate_trustpoint_id_role_chain_position_key" in plan, plan
+
+
+def remove_trustpoints(session: Session, count: int) -> None:
+    ids = [tp.id for tp, _ in list_trustpoints(session, scope=ROOT, offset=0, limit=count)[0]]
+    session.execute(Certificate.__table__.delete().where(Certificate.trustpoint_id.in_(ids)))
+    session.execute(Trustpoint.__table__.delete().where(Trustpoint.id.in_(ids)))
+
+
+def test_a_large_total_is_remembered_for_a_moment_and_a_small_one_is_always_exact(sqlite_engine, monkeypatch):
+    with Session(sqlite_engine) as session:
+        fleet(session, 30)
+        monkeypatch.setattr(crud, "CACHE_TOTALS_FROM", 1_000)  # 30 is small: counted every time
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 30
+        remove_trustpoints(session, 2)
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28
+
+        monkeypatch.setattr(crud, "CACHE_TOTALS_FROM", 20)  # now 28 counts as large: remembered
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28
+        remove_trustpoints(session, 3)
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28  # within the second
+        monkeypatch.setattr(crud._TOTALS, "seconds", 0.0)  # the moment has passed
+        assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 25

@@ -1,0 +1,393 @@
+"""The deploy/ files parse, and agree with the code: metric names and labels the alerts and
+the dashboard query exist, settings are real CERTFLEET_* variables, container commands are
+accepted by the certfleet CLI, and the pieces refer to each other by the right names.
+Docker is not available here, so nothing is started."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import Counter, Gauge, Histogram
+
+import shared.metrics as metrics
+from shared.enums import JobState
+from shared.settings import PREFIX, Settings
+from shared.states import Status
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+
+
+def load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def k8s_objects() -> list[dict]:
+    objects = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return objects
+
+
+def k8s(kind: str, name: str) -> dict:
+    [obj] = [o for o in k8s_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+COMPOSE = load_yaml(DEPLOY / "compose.yaml")
+SERVICES = COMPOSE["services"]
+ALERTS = load_yaml(DEPLOY / "prometheus" / "alerts.yml")
+RULES = [rule for group in ALERTS["groups"] for rule in group["rules"]]
+PROMETHEUS = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+DASHBOARD = json.loads((DEPLOY / "grafana" / "dashboards" / "certfleet-fleet.json").read_text())
+PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
+DASHBOARD_EXPRS = [t["expr"] for p in PANELS for t in p["targets"]]
+
+
+# --- what the code exposes ---------------------------------------------------------------------
+
+def certfleet_series() -> dict[str, set[str]]:
+    """Every series name certfleet exposes, with its label names."""
+    series: dict[str, set[str]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            series[value._name + "_total"] = set(value._labelnames)
+        elif isinstance(value, Histogram):
+            series[value._name + "_bucket"] = set(value._labelnames) | {"le"}
+            series[value._name + "_sum"] = series[value._name + "_count"] = set(value._labelnames)
+        elif isinstance(value, Gauge):
+            series[value._name] = set(value._labelnames)
+    # The fleet gauges, as the controller renders them from a database snapshot.
+    expiring = {days: 1 for days in metrics.EXPIRY_WINDOWS_DAYS}
+    snapshot = metrics.FleetSnapshot({("available", "available"): 3}, expiring, 1, 1.9e9)
+    for family in metrics.FleetCollector(lambda: snapshot).collect():
+        series[family.name] = {label for sample in family.samples for label in sample.labels}
+    return series
+
+
+def dramatiq_series() -> dict[str, set[str]]:
+    """Dramatiq's Prometheus middleware metrics, read from its source (importing it would
+    create its multiprocess directory)."""
+    import dramatiq
+
+    source = (Path(dramatiq.__file__).parent / "middleware" / "prometheus.py").read_text()
+    series: dict[str, set[str]] = {}
+    for name in set(re.findall(r'"(dramatiq_[a-z_]+)"', source)):
+        for suffix in ("", "_bucket", "_sum", "_count"):
+            series[name + suffix] = {"queue_name", "actor_name", "le"}
+    return series
+
+
+KNOWN = certfleet_series() | dramatiq_series() | {"up": set()}
+ALWAYS_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+
+PROMQL_FUNCTIONS = {
+    "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile", "absent",
+    "clamp_min", "clamp_max", "topk", "bottomk", "time", "vector", "scalar", "delta", "deriv",
+}
+PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
+                "group_right", "inf", "nan"}
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """(metric, {label: value}) for every selector with label matchers."""
+    found = []
+    for metric, body in re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}", expr):
+        matchers = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*"([^"]*)"', body))
+        found.append((metric, matchers))
+    return found
+
+
+def metric_names(expr: str) -> set[str]:
+    text = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range selectors, $__rate_interval
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", text):
+        word, call = match.group(1), match.group(2)
+        if call:
+            assert word in PROMQL_FUNCTIONS, f"unknown PromQL function {word!r} in {expr!r}"
+        elif word not in PROMQL_WORDS:
+            names.add(word)
+    return names
+
+
+def check_expression(expr: str) -> None:
+    names = metric_names(expr)
+    assert names, f"no metric in {expr!r}"
+    unknown = names - KNOWN.keys()
+    assert not unknown, f"{expr!r} uses metrics nobody exposes: {sorted(unknown)}"
+    for metric, matchers in selectors(expr):
+        labels = KNOWN[metric] | ALWAYS_LABELS
+        assert set(matchers) <= labels, f"{metric} has no label {sorted(set(matchers) - labels)} ({expr!r})"
+        if "within_days" in matchers and "$" not in matchers["within_days"]:
+            assert int(matchers["within_days"]) in metrics.EXPIRY_WINDOWS_DAYS, expr
+        for label in ("ca_status", "identity_status"):
+            if label in matchers:
+                assert matchers[label] in {s.value for s in Status}, expr
+        if "outcome" in matchers:
+            assert matchers["outcome"] in {s.value for s in JobState} | {"pending"}, expr
+
+
+def test_the_promql_checker_catches_mistakes():
+    with pytest.raises(AssertionError, match="nobody exposes"):
+        check_expression("certfleet_enrollments > 0")  # a counter without its _total suffix
+    with pytest.raises(AssertionError, match="has no label"):
+        check_expression('certfleet_trustpoints{status="failed"} > 0')
+    with pytest.raises(AssertionError):
+        check_expression('certfleet_certificates_expiring{within_days="45"} > 0')
+    check_expression('sum by (le) (rate(dramatiq_message_duration_milliseconds_bucket[$__rate_interval]))')
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+def test_alert_rules_are_well_formed():
+    names = [rule["alert"] for rule in RULES]
+    assert len(names) == len(set(names)), "alert names must be unique"
+    for rule in RULES:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smhd]", rule["for"]), rule["alert"]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r["alert"])
+def test_alert_expressions_use_real_metrics(rule):
+    check_expression(rule["expr"])
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        'certfleet_certificates_expiring{within_days="30"}',
+        'certfleet_certificates_expiring{within_days="7"}',
+        "certfleet_certificates_expired",
+        'certfleet_trustpoints{identity_status="failed"}',
+        'certfleet_enrollments_total{outcome="failed"}',
+        "certfleet_reconciler_republished_total",
+        'up{job="certfleet-worker"}',
+    ],
+)
+def test_every_promised_alert_exists(needle):
+    assert any(needle in rule["expr"] for rule in RULES), f"no alert on {needle}"
+
+
+def test_scrape_jobs_match_the_alerts_and_the_compose_services():
+    jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
+    for rule in RULES:
+        for _, matchers in selectors(rule["expr"]):
+            if "job" in matchers:
+                assert matchers["job"] in jobs, rule["alert"]
+    [controller_target] = jobs["certfleet-controller"]["static_configs"][0]["targets"]
+    assert controller_target == "controller:8000"
+    assert "controller" in SERVICES and "--port" in SERVICES["controller"]["command"]
+    assert SERVICES["controller"]["command"][SERVICES["controller"]["command"].index("--port") + 1] == "8000"
+    [worker_sd] = jobs["certfleet-worker"]["dns_sd_configs"]
+    assert worker_sd["names"] == ["worker"] and worker_sd["port"] == 9191
+    assert SERVICES["worker"]["environment"]["CERTFLEET_WORKER_METRICS_PORT"] == "9191"
+    assert SERVICES["worker"]["environment"]["CERTFLEET_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert PROMETHEUS["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in SERVICES["prometheus"]["volumes"]
+
+
+# --- Grafana ------------------------------------------------------------------------------------
+
+def test_dashboard_queries_use_real_metrics():
+    assert DASHBOARD["title"] == "certfleet fleet"
+    for expr in DASHBOARD_EXPRS:
+        check_expression(expr)
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        "certfleet_trustpoints",
+        "certfleet_enrollments_total",
+        "histogram_quantile(0.5, sum by (le, method) (rate(certfleet_enrollment_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, method) (rate(certfleet_enrollment_duration_seconds_bucket",
+        "certfleet_certificates_expiring",
+        "certfleet_job_retries_total",
+        "dramatiq_messages_total",
+    ],
+)
+def test_dashboard_has_the_promised_panels(needle):
+    assert any(needle in expr for expr in DASHBOARD_EXPRS), needle
+
+
+def test_dashboard_layout_and_datasource():
+    datasources = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    [datasource] = datasources["datasources"]
+    assert datasource["url"] == "http://prometheus:9090" and "prometheus" in SERVICES
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in PANELS:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert all(t["datasource"]["uid"] == datasource["uid"] for t in panel["targets"])
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+    # The "within N days" variable offers exactly the windows the controller exports.
+    [days] = DASHBOARD["templating"]["list"]
+    assert [int(o["value"]) for o in days["options"]] == list(metrics.EXPIRY_WINDOWS_DAYS)
+
+
+def test_dashboard_provider_reads_where_compose_mounts_the_dashboards():
+    providers = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "certfleet.yml")
+    [provider] = providers["providers"]
+    mounts = dict(v.split(":")[:2] for v in SERVICES["grafana"]["volumes"])  # source:target[:mode]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+# --- compose ------------------------------------------------------------------------------------
+
+def test_compose_has_every_service():
+    expected = {"redis", "postgres", "controller", "worker", "device-sim", "prometheus", "grafana"}
+    assert expected <= set(SERVICES)
+
+
+def test_postgres_keeps_its_data_in_a_named_volume():
+    [volume] = [v for v in SERVICES["postgres"]["volumes"] if v.endswith(":/var/lib/postgresql/data")]
+    name = volume.split(":")[0]
+    assert not name.startswith((".", "/")), "a named volume, not a bind mount"
+    assert name in COMPOSE["volumes"]
+
+
+def test_workers_can_be_scaled():
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # both would clash between replicas
+    assert worker["deploy"]["replicas"] >= 1
+
+
+def test_the_image_is_built_from_deploy_dockerfile():
+    for name in ("controller", "worker", "device-sim"):
+        build = SERVICES[name]["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "pip install ." in dockerfile
+    assert 'ENTRYPOINT ["certfleet"]' in dockerfile
+    for source in re.findall(r"^COPY (\S+)", dockerfile, re.M):
+        assert (ROOT / source).exists(), source
+
+
+def environment_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    return env if isinstance(env, dict) else dict(item.split("=", 1) for item in env)
+
+
+def test_certfleet_variables_are_real_settings():
+    known = {PREFIX + f.name.upper() for f in fields(Settings)}
+    seen = set()
+    for name, service in SERVICES.items():
+        for variable in environment_of(service):
+            if variable.startswith(PREFIX):
+                assert variable in known, f"{name}: {variable} is not a certfleet setting"
+                seen.add(variable)
+    for obj in k8s_objects():
+        data = obj.get("data") or obj.get("stringData") or {}
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        env = [e["name"] for c in pod.get("containers", []) for e in c.get("env", [])]
+        for variable in [*data, *env]:
+            assert variable in known, f"{obj['kind']} {obj['metadata']['name']}: {variable} is not a setting"
+    assert {"CERTFLEET_DATABASE_URL", "CERTFLEET_BROKER_URL", "CERTFLEET_SECRET_KEY"} <= seen
+
+
+def test_compose_commits_no_real_secret():
+    env = environment_of(SERVICES["controller"])
+    # The secret key must come from the operator's environment; compose refuses to start without it.
+    assert re.fullmatch(r"\$\{CERTFLEET_SECRET_KEY:\?[^}]+\}", env["CERTFLEET_SECRET_KEY"])
+    assert "${POSTGRES_PASSWORD:-certfleet-dev-password}" in env["CERTFLEET_DATABASE_URL"]
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------
+
+def test_kustomization_lists_every_manifest():
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_secret_key_is_a_secret_and_config_holds_no_secret():
+    secret = k8s("Secret", "certfleet-secrets")
+    assert "CERTFLEET_SECRET_KEY" in secret["stringData"]
+    config = k8s("ConfigMap", "certfleet-config")["data"]
+    assert not [k for k in config if re.search(r"SECRET|PASSWORD|DATABASE_URL", k)]
+    for name in ("certfleet-controller", "certfleet-worker"):
+        [container] = k8s("Deployment", name)["spec"]["template"]["spec"]["containers"]
+        refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
+        assert refs == {"certfleet-config", "certfleet-secrets"}, name
+
+
+def test_worker_deployment_is_autoscaler_friendly():
+    worker = k8s("Deployment", "certfleet-worker")
+    assert "replicas" not in worker["spec"], "the HPA owns the replica count"
+    [container] = worker["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    hpa = k8s("HorizontalPodAutoscaler", "certfleet-worker")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "certfleet-worker"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_services_select_their_pods():
+    for service in [o for o in k8s_objects() if o["kind"] == "Service"]:
+        selector = service["spec"]["selector"]
+        matching = [d for d in k8s_objects() if d["kind"] == "Deployment"
+                    and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert matching, f"Service {service['metadata']['name']} selects no pod"
+        [container] = matching[0]["spec"]["template"]["spec"]["containers"]
+        port_names = {p["name"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_builds():
+    done = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(done.stdout))
+    assert kinds.count("Deployment") == 3 and "HorizontalPodAutoscaler" in kinds
+
+
+# --- the commands containers run ----------------------------------------------------------------
+
+def container_commands() -> list[tuple[str, list[str]]]:
+    commands = []
+    for name, service in SERVICES.items():
+        command = service.get("command")
+        if not command or service.get("image", "").split(":")[0] != "certfleet":
+            continue
+        if service.get("entrypoint") == ["sh", "-c"]:
+            for fragment in re.findall(r"certfleet ([^|&\"]+)", command[0]):
+                commands.append((f"compose {name}", shlex.split(fragment)))
+        else:
+            commands.append((f"compose {name}", command))
+    for obj in k8s_objects():
+        if obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                commands.append((f"kubernetes {obj['metadata']['name']}", container["args"]))
+    return commands
+
+
+def test_container_commands_are_accepted_by_the_certfleet_cli():
+    from services.cli.main import build_parser
+
+    parser = build_parser()
+    commands = container_commands()
+    assert len(commands) >= 7
+    for where, args in commands:
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{where}: certfleet refuses {' '.join(args)!r}")

@@ -1,0 +1,197 @@
+"""The device client turns every way a device can answer (or not) into the error a job
+needs: transient for timeouts, refused or reset connections and 5xx, permanent with the
+device's own code for 4xx. Real HTTP on loopback: a small scripted server plays the device
+so each failure happens on demand."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from shared.device_client import DeviceTransientError, HttpDeviceClient
+from shared.enrollment import EnrollmentParameters
+from shared.errors import PermanentError, TransientError
+
+WEAK_CRYPTO_MESSAGE = "weak crypto: RSA-1024; enable weak-crypto on the device to accept it"
+TRUSTPOINT = {"name": "vpn", "enrollment_type": "self_signed", "ca_status": "in_progress",
+              "identity_status": "in_progress"}
+
+
+class ScriptedDevice(BaseHTTPRequestHandler):
+    """Answers by the last path segment's scenario, set per test in ``server.scenario``."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.server.requests.append((self.command, self.path, self.rfile.read(length) if length else b""))
+        scenario = self.server.scenario
+        if scenario == "slow":
+            time.sleep(1.0)
+        if scenario == "hang_up":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        status, body, headers = {
+            "ok": (200, TRUSTPOINT, {}),
+            "slow": (200, TRUSTPOINT, {}),
+            "busy": (503, {"code": "busy", "message": "device manager restarting"}, {"Retry-After": "2"}),
+            "manager_cannot_reach": (503, {"code": "device_unreachable", "message": "no route to device"},
+                                     {}),
+            "weak": (422, {"code": "weak_crypto", "message": WEAK_CRYPTO_MESSAGE}, {}),
+            "no_trustpoint": (404, {"code": "trustpoint_not_found", "message": "no trustpoint vpn"}, {}),
+            "no_device": (404, {"code": "device_not_found", "message": "no device FTD-9"}, {}),
+            "garbage": (200, "<html>proxy login</html>", {}),
+            "deleted": (204, None, {}),
+        }[scenario]
+        text = body if isinstance(body, str) or body is None else json.dumps(body)
+        payload = (text or "").encode()
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_DELETE = _answer
+
+
+@dataclass
+class Device:
+    serial: str
+    management_url: str
+
+
+@pytest.fixture
+def device_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedDevice)
+    server.block_on_close = False  # a "slow" answer still sleeping must not hold up the teardown
+    server.scenario, server.requests = "ok", []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def device(device_server):
+    return Device("FTD-000042", f"http://127.0.0.1:{device_server.server_address[1]}/api/devices/FTD-000042")
+
+
+@pytest.fixture
+def client():
+    client = HttpDeviceClient(timeout_seconds=0.3)
+    yield client
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_configure_puts_the_trustpoint_configuration_to_the_device_path(client, device, device_server):
+    params = EnrollmentParameters(name="vpn", enrollment_type="self_signed", key_type="ecdsa", key_size=256)
+    state = client.configure_trustpoint(device, params)
+    assert state.name == "vpn" and state.ca_status == "in_progress"
+    method, path, body = device_server.requests[-1]
+    assert (method, path) == ("PUT", "/api/devices/FTD-000042/trustpoints/vpn")
+    assert json.loads(body)["key_type"] == "ecdsa"
+    client.enroll(device, "vpn", "re_enroll")
+    assert device_server.requests[-1][:2] == ("POST", "/api/devices/FTD-000042/trustpoints/vpn/enroll")
+    assert json.loads(device_server.requests[-1][2]) == {"mode": "re_enroll"}
+
+
+def test_refused_connection_is_transient_and_names_device_and_url(client):
+    url = f"http://127.0.0.1:{free_port()}/api/devices/FTD-000042"
+    with pytest.raises(DeviceTransientError) as caught:
+        client.get_trustpoint(Device("FTD-000042", url), "vpn")
+    err = caught.value
+    assert err.code == "device_unreachable"
+    assert str(err) == f"device FTD-000042 unreachable: connection refused ({url})"
+    assert err.after_attempts(5) == (
+        f"device FTD-000042 unreachable after 5 attempts: connection refused ({url})"
+    )
+
+
+def test_no_answer_in_time_is_a_device_timeout(client, device, device_server):
+    device_server.scenario = "slow"
+    started = time.monotonic()
+    with pytest.raises(DeviceTransientError) as caught:
+        client.get_trustpoint(device, "vpn")
+    assert time.monotonic() - started < 0.9
+    assert caught.value.code == "device_timeout"
+    assert "no answer within 0.3 s" in str(caught.value) and device.management_url in str(caught.value)
+
+
+def test_connection_dropped_without_answer_is_transient(client, device, device_server):
+    device_server.scenario = "hang_up"
+    with pytest.raises(DeviceTransientError) as caught:
+        client.get_trustpoint(device, "vpn")
+    assert caught.value.code == "device_unreachable"
+
+
+def test_5xx_is_transient_with_the_device_message_and_retry_after(client, device, device_server):
+    device_server.scenario = "busy"
+    with pytest.raises(TransientError) as caught:
+        client.enroll(device, "vpn")
+    assert caught.value.code == "device_error"
+    assert caught.value.retry_after == 2.0
+    assert "device FTD-000042 answered 503" in str(caught.value)
+    assert "device manager restarting" in str(caught.value)
+
+
+def test_device_manager_saying_the_device_is_unreachable_keeps_that_code(client, device, device_server):
+    device_server.scenario = "manager_cannot_reach"
+    with pytest.raises(DeviceTransientError) as caught:
+        client.get_trustpoint(device, "vpn")
+    assert caught.value.code == "device_unreachable"
+    assert str(caught.value) == f"device FTD-000042 unreachable: no route to device ({device.management_url})"
+
+
+def test_4xx_is_permanent_with_the_device_code_and_message(client, device, device_server):
+    device_server.scenario = "weak"
+    params = EnrollmentParameters(name="vpn", enrollment_type="self_signed", key_type="rsa", key_size=1024)
+    with pytest.raises(PermanentError) as caught:
+        client.configure_trustpoint(device, params)
+    assert caught.value.code == "weak_crypto"
+    assert str(caught.value).startswith("device FTD-000042: weak crypto: RSA-1024")
+
+
+def test_missing_trustpoint_is_none_and_deleting_it_again_is_fine(client, device, device_server):
+    device_server.scenario = "no_trustpoint"
+    assert client.get_trustpoint(device, "vpn") is None
+    client.delete_trustpoint(device, "vpn")
+    device_server.scenario = "deleted"
+    client.delete_trustpoint(device, "vpn")
+
+
+def test_unknown_device_is_not_mistaken_for_a_missing_trustpoint(client, device, device_server):
+    device_server.scenario = "no_device"
+    with pytest.raises(PermanentError) as caught:
+        client.get_trustpoint(device, "vpn")
+    assert caught.value.code == "device_not_found"
+
+
+def test_answer_outside_the_contract_is_a_clear_permanent_error(client, device, device_server):
+    device_server.scenario = "garbage"
+    with pytest.raises(PermanentError) as caught:
+        client.get_trustpoint(device, "vpn")
+    assert caught.value.code == "device_bad_response"
+    assert "does not follow the device-management API" in str(caught.value)
+
+
+def test_unusable_management_url_is_permanent(client):
+    with pytest.raises(PermanentError) as caught:
+        client.get_keyring(Device("FTD-1", "ftp://device.example/api"))
+    assert caught.value.code == "invalid_management_url"
