@@ -1,6 +1,11 @@
 """The CMS (RFC 5652) pieces SCEP is made of: SignedData with signed attributes, EnvelopedData
 with RSA key transport, and degenerate certs-only SignedData. Pure: asn1crypto holds the
-structures (it reads BER, indefinite lengths included), cryptography signs and encrypts.
+structures, cryptography signs and encrypts.
+
+Peers may send BER: every message is first re-encoded as DER (:mod:`.ber`) with the grammar
+below, so a string sent in chunks (constructed, definite or indefinite length) reads as the
+same string sent in one piece, wherever it is: eContent, encryptedContent, the signed
+attributes, the certificates.
 
 cryptography's own PKCS#7 builders cannot carry SCEP's signed attributes, hence asn1crypto.
 Any defect in a message raises :class:`CmsError`; ``unsupported`` tells an algorithm we do
@@ -24,6 +29,9 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from shared.protocols import ber
+from shared.protocols.ber import ANY, INTEGER, OCTETS, OID, SEQUENCE, SET, Each, Seq, context
 
 #: Digests a SCEP message may be signed with, by asn1crypto's names. MD5 and SHA-1 only for legacy peers.
 DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
@@ -75,6 +83,40 @@ class SignedMessage:
     digest: str
 
 
+# --- reading BER ---------------------------------------------------------------------------
+
+# Where CMS has implicitly tagged OCTET STRINGs (the rest :mod:`.ber` reads by universal tags).
+#: SignerIdentifier / RecipientIdentifier: issuerAndSerialNumber, or [0] subjectKeyIdentifier.
+_IDENTIFIER = {SEQUENCE: ANY, context(0): OCTETS}
+_SIGNER_INFO = Seq({INTEGER: ANY}, _IDENTIFIER, {SEQUENCE: ANY}, {context(0): ANY}, {SEQUENCE: ANY},
+                   {ber.OCTET_STRING: ANY}, {context(1): ANY})
+_SIGNED_DATA = Seq({INTEGER: ANY}, {SET: ANY}, {SEQUENCE: ANY}, {context(0): ANY}, {context(1): ANY},
+                   {SET: Each({SEQUENCE: _SIGNER_INFO})})
+_KEY_TRANS = Seq({INTEGER: ANY}, _IDENTIFIER, {SEQUENCE: ANY}, {ber.OCTET_STRING: ANY})
+#: EncryptedContentInfo: contentType, contentEncryptionAlgorithm, [0] IMPLICIT encryptedContent.
+_ENCRYPTED_CONTENT = Seq({OID: ANY}, {SEQUENCE: ANY}, {context(0): OCTETS})
+_ENVELOPED_DATA = Seq({INTEGER: ANY}, {context(0): ANY}, {SET: Each({SEQUENCE: _KEY_TRANS})},
+                      {SEQUENCE: _ENCRYPTED_CONTENT}, {context(1): ANY})
+
+
+def _content_info(content: ber.Seq) -> ber.Seq:
+    return Seq({OID: ANY}, {context(0): Each({None: content})})
+
+
+_SIGNED = _content_info(_SIGNED_DATA)
+_ENVELOPED = _content_info(_ENVELOPED_DATA)
+
+
+def load_signed_data(data: bytes) -> cms.ContentInfo:
+    """A ContentInfo expected to hold SignedData, read from BER or DER (ValueError if unreadable)."""
+    return cms.ContentInfo.load(ber.to_der(data, _SIGNED), strict=True)
+
+
+def load_enveloped_data(data: bytes) -> cms.ContentInfo:
+    """A ContentInfo expected to hold EnvelopedData, read from BER or DER (ValueError if unreadable)."""
+    return cms.ContentInfo.load(ber.to_der(data, _ENVELOPED), strict=True)
+
+
 # --- small conversions --------------------------------------------------------------------
 
 def asn1_certificate(cert: x509.Certificate) -> asn1_x509.Certificate:
@@ -110,13 +152,10 @@ def _load_certificates(signed_data: cms.SignedData) -> list[x509.Certificate]:
     certs = []
     for choice in signed_data["certificates"] or []:
         if choice.name == "certificate":
-            # A BER sender's certificate is read in its DER re-encoding.
-            for encoded in (choice.chosen.dump(), choice.chosen.dump(force=True)):
-                try:
-                    certs.append(x509.load_der_x509_certificate(encoded))
-                    break
-                except ValueError:
-                    continue  # an unreadable extra certificate is not the signer we look for
+            try:
+                certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            except ValueError:
+                continue  # an unreadable extra certificate is not the signer we look for
     return certs
 
 
@@ -183,7 +222,7 @@ def read_signed(der: bytes, *, trusted: Sequence[x509.Certificate] = ()) -> Sign
     taken from the message's own certificates (a SCEP requester signs with a certificate it
     brings); with it, only those certificates may have signed."""
     try:
-        info = cms.ContentInfo.load(der, strict=True)
+        info = load_signed_data(der)
         if info["content_type"].native != "signed_data":
             raise CmsError(f"the message is {info['content_type'].native}, not signed-data")
         signed_data = info["content"]
@@ -233,8 +272,8 @@ def _verify_signer_info(signer_info: cms.SignerInfo, signer: x509.Certificate, d
         raise CmsError("the messageDigest attribute does not match the signed content")
     sig_padding, sig_hash = _signature_scheme(signer_info["signature_algorithm"], digest)
     signature = signer_info["signature"].native
-    # The signature covers the attributes as a DER SET OF: the received bytes re-tagged, or,
-    # for a BER sender, their DER re-encoding.
+    # The signature covers the attributes as a DER SET OF: the received bytes (read as DER)
+    # re-tagged, or, from a sender that did not sort them, the same in DER order.
     received = signed_attrs.dump()
     candidates = [b"\x31" + received[1:], cms.CMSAttributes(list(signed_attrs)).dump(force=True)]
     for encoded in dict.fromkeys(candidates):
@@ -280,7 +319,7 @@ def certs_only(certs: Sequence[x509.Certificate] = (),
 
 def read_certs_only(der: bytes) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
     try:
-        info = cms.ContentInfo.load(der, strict=True)
+        info = load_signed_data(der)
         if info["content_type"].native != "signed_data":
             raise CmsError("the certificates are not in a signed-data structure")
         signed_data = info["content"]
@@ -337,7 +376,7 @@ def envelope(content: bytes, *, recipient: x509.Certificate, cipher: ContentCiph
 def open_envelope(der: bytes, *, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> tuple[bytes, ContentCipher]:
     """The content of an EnvelopedData addressed to ``cert``, and the cipher it was sealed with."""
     try:
-        info = cms.ContentInfo.load(der, strict=True)
+        info = load_enveloped_data(der)
         if info["content_type"].native != "enveloped_data":
             raise CmsError(f"the signed content is {info['content_type'].native}, not enveloped-data")
         enveloped = info["content"]

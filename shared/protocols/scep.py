@@ -260,7 +260,7 @@ def _peek(der: bytes) -> _Known:
     that even a message failing its checks can get a CertRep. Never raises."""
     known = _Known()
     try:
-        signer_info = cms.ContentInfo.load(der)["content"]["signer_infos"][0]
+        signer_info = scep_cms.load_signed_data(der)["content"]["signer_infos"][0]
         digest = signer_info["digest_algorithm"]["algorithm"].native
         known.digest = digest if digest in DIGESTS else None
         for attribute in signer_info["signed_attrs"]:

@@ -28,7 +28,7 @@ from services.ca_sim.service import start_in_thread
 from shared.protocols import scep
 from shared.protocols.scep import ContentCipher, FailInfo, PkiStatus
 from tests.support.ca_peers import lint, openssl_verify, pki, run, spki
-from tests.support.scep_peers import csr_for, now, rsa_key, to_ber
+from tests.support.scep_peers import ber_pkcs_req, csr_for, now, rsa_key, to_ber
 
 ROOT = Path(__file__).resolve().parents[3]
 CHALLENGE = "Scep-Static-Challenge-9"
@@ -250,6 +250,22 @@ def test_post_with_any_content_type_and_get_with_a_url_encoded_message(ca, http,
         certs |= set(rep.certs)
     assert len(certs) == 1, "one transaction, one certificate"
     (cert,) = certs
+    assert spki(cert.public_key()) == spki(keys[1].public_key()) and cert.subject == csr.subject
+
+
+@pytest.mark.parametrize(("indefinite", "chunk"), [(True, 7), (False, 7), (True, 1), (False, 100)])
+def test_a_pkcs_req_in_ber_with_strings_in_chunks_is_enrolled(ca, http, keys, indefinite, chunk):
+    """As Bouncy Castle or a streaming OpenSSL send it: encryptedContent, eContent and the signed
+    attributes' strings in constructed chunks, with definite or indefinite lengths."""
+    device = Device(ca.ca.issuing, http, keys[1])
+    csr = csr_for(keys[1], f"fw-ber-{int(indefinite)}-{chunk}.example.net", challenge=CHALLENGE)
+    transaction_id, nonce = f"ber-{int(indefinite)}-{chunk}-0123456789", scep.new_nonce()
+    message = ber_pkcs_req(device.requester, csr, transaction_id=transaction_id, sender_nonce=nonce, chunk=chunk,
+                           indefinite=indefinite)
+    rep = scep.parse_cert_rep(device.post(message).content, device.requester, transaction_id=transaction_id,
+                              sender_nonce=nonce)
+    assert rep.status is PkiStatus.SUCCESS, rep.fail_info_text
+    (cert,) = rep.certs
     assert spki(cert.public_key()) == spki(keys[1].public_key()) and cert.subject == csr.subject
 
 

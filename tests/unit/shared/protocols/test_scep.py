@@ -1,6 +1,7 @@
 """The pure SCEP codec, both directions: a device builds a request, the CA parses it and
 answers a CertRep, the device reads the answer. OpenSSL checks our CMS; broken, BER and
-fuzzed messages end in one ScepDecodeError, never in another exception."""
+fuzzed messages end in one ScepDecodeError, never in another exception. BER (strings in
+constructed chunks, definite or indefinite lengths) reads as the DER it stands for."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import random
 import subprocess
 
 import pytest
-from asn1crypto import cms
+from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.ca_sim.authority import load_authority
 from services.ca_sim.profiles import DEFAULT
+from shared.protocols import cms as scep_cms
 from shared.protocols import scep
 from shared.protocols.scep import ContentCipher, FailInfo, MessageType, PkiStatus, ScepDecodeError
 from tests.support.ca_peers import spki
-from tests.support.scep_peers import csr_for, now, rsa_key, to_ber
+from tests.support.scep_peers import ALL_LEVELS, ber_cert_rep, ber_pkcs_req, csr_for, now, rsa_key, to_ber
 
 CHALLENGE = "Codec-Challenge-1"
 
@@ -165,6 +167,55 @@ def test_ber_input_is_accepted(ca, device_key):
     assert ber != der and ber[:2] == b"\x30\x80"
     request = scep.parse_pki_message(ber, ca.issuing_key, ca.issuing)
     assert request.csr == csr and request.sender_nonce == nonce
+
+
+@pytest.mark.parametrize("indefinite", [True, False], ids=["indefinite", "definite"])
+def test_a_pkcs_req_from_a_ber_encoder_is_read_like_its_der(ca, device_key, indefinite):
+    """encryptedContent, eContent and the signed attributes' strings in constructed chunks."""
+    req = requester(ca, device_key)
+    csr = csr_for(device_key, "fw.example.net", challenge=CHALLENGE)
+    nonce = scep.new_nonce()
+    for chunk in (1, 7, 100):
+        message = ber_pkcs_req(req, csr, transaction_id="BER-0123456789abcdef", sender_nonce=nonce, chunk=chunk,
+                               indefinite=indefinite)
+        request = scep.parse_pki_message(message, ca.issuing_key, ca.issuing)
+        assert (request.message_type, request.transaction_id, request.sender_nonce) == (
+            MessageType.PKCS_REQ, "BER-0123456789abcdef", nonce)
+        assert request.csr == csr and request.challenge_password == CHALLENGE and request.signer_cert == req.cert
+
+
+def test_a_der_message_carrying_a_ber_envelope_is_read(ca, device_key):
+    """The usual shape from Java peers: the SignedData in DER, its envelope with a constructed
+    encryptedContent of definite length (what asn1crypto alone refuses)."""
+    req = requester(ca, device_key)
+    csr = csr_for(device_key, "fw.example.net", challenge=CHALLENGE)
+    sealed = to_ber(scep_cms.envelope(csr.public_bytes(serialization.Encoding.DER), recipient=ca.issuing,
+                                      cipher=ContentCipher.AES128), chunk=64, depth=ALL_LEVELS, indefinite=False)
+    attributes = [(scep.MESSAGE_TYPE, core.PrintableString("19")), (scep.TRANSACTION_ID, core.PrintableString("42")),
+                  (scep.SENDER_NONCE, core.OctetString(b"n" * 16))]
+    der = scep_cms.sign(sealed, key=device_key, cert=req.cert, digest="sha256", attributes=attributes, now=now())
+    assert scep.parse_pki_message(der, ca.issuing_key, ca.issuing).csr == csr
+
+
+@pytest.mark.parametrize("indefinite", [True, False], ids=["indefinite", "definite"])
+def test_a_cert_rep_from_a_ber_encoder_is_read_like_its_der(ca, responder, device_key, indefinite):
+    der, req, nonce, csr = pkcs_req(ca, device_key)
+    request = scep.parse_pki_message(der, ca.issuing_key, ca.issuing)
+    cert = ca.issue(csr, DEFAULT)
+    success = scep.build_cert_rep(responder, transaction_id=request.transaction_id, recipient_nonce=nonce,
+                                  status=PkiStatus.SUCCESS, now=now(), certs=[cert], recipient=req.cert,
+                                  cipher=req.cipher)
+    failure = scep.build_cert_rep(responder, transaction_id=request.transaction_id, recipient_nonce=nonce,
+                                  status=PkiStatus.FAILURE, fail_info=FailInfo.BAD_TIME,
+                                  fail_info_text="set the device's clock", now=now())
+    again = dict(signer=ca.issuing, key=ca.issuing_key, cert=ca.issuing, chunk=3, indefinite=indefinite)
+    rep = scep.parse_cert_rep(ber_cert_rep(success, **again), req, transaction_id=request.transaction_id,
+                              sender_nonce=nonce)
+    assert rep.status is PkiStatus.SUCCESS and rep.certs == (cert,) and rep.recipient_nonce == nonce
+    rep = scep.parse_cert_rep(ber_cert_rep(failure, **again), req, transaction_id=request.transaction_id,
+                              sender_nonce=nonce)
+    assert (rep.status, rep.fail_info, rep.fail_info_text) == (PkiStatus.FAILURE, FailInfo.BAD_TIME,
+                                                               "set the device's clock")
 
 
 @pytest.mark.parametrize("transaction_id", ["1234567890123456789", "5DDD96D399E4C00F54FEE007786D78679959B1C3",
