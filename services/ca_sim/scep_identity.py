@@ -6,8 +6,9 @@ cannot do it), an RA certificate issued by the issuing CA does it, kept beside t
 
     DIR/ca/scep-ra.pem, scep-ra.key    the RA (RSA-2048; key PEM mode 0600)
 
-GetCACert then answers the RA, the issuing CA and the root as a degenerate PKCS#7
-(application/x-x509-ca-ra-cert); without an RA, the issuing CA's certificate alone.
+GetCACert answers a degenerate certificates-only SignedData (application/x-x509-ca-ra-cert,
+RFC 8894 4.2.1.2): the issuing CA, which is an intermediate, and the root above it, so that a
+client can build the chain; and the RA when there is one.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ RA_RENEW_BEFORE = timedelta(days=30)
 @dataclass(frozen=True)
 class ScepIdentity:
     responder: Responder
-    #: What GetCACert answers, RA first.
-    ca_certs: tuple[x509.Certificate, ...]
+    #: The issuing CA, then each issuer up to the root.
+    chain: tuple[x509.Certificate, ...]
+    #: The RA that speaks for the CA, if any.
+    ra: x509.Certificate | None = None
 
     @property
-    def has_ra(self) -> bool:
-        return len(self.ca_certs) > 1
+    def ca_certs(self) -> tuple[x509.Certificate, ...]:
+        """What GetCACert answers, RA first."""
+        return (self.ra, *self.chain) if self.ra is not None else self.chain
 
 
 def _ra_files(ca: CertificateAuthority) -> tuple[Path, Path]:
@@ -109,10 +113,10 @@ def load_identity(ca: CertificateAuthority, *, ra: bool = False, now: datetime |
         if identity is None:
             if use_ra:
                 cert, key = _load_or_create_ra(ca, now or utcnow())
-                identity = ScepIdentity(Responder(key=key, cert=cert), (cert, ca.issuing, ca.root))
+                identity = ScepIdentity(Responder(key=key, cert=cert), (ca.issuing, ca.root), ra=cert)
             else:
                 assert isinstance(ca.issuing_key, rsa.RSAPrivateKey)
-                identity = ScepIdentity(Responder(key=ca.issuing_key, cert=ca.issuing), (ca.issuing,))
+                identity = ScepIdentity(Responder(key=ca.issuing_key, cert=ca.issuing), (ca.issuing, ca.root))
             _loaded[(ca.paths.state_dir, use_ra)] = identity
     return identity
 

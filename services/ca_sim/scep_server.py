@@ -5,8 +5,8 @@ Paths, for the default profile and for ``<label>`` (see :mod:`.scep_dialects`)::
 
     /cgi-bin/pkiclient.exe   /scep   /<label>/cgi-bin/pkiclient.exe   /<label>/scep   /scep/<label>
         ?operation=GetCACaps       capabilities, text/plain, one per line
-        ?operation=GetCACert       the CA certificate (application/x-x509-ca-cert), or RA + CA + root
-                                   (degenerate PKCS#7, application/x-x509-ca-ra-cert) with an RA
+        ?operation=GetCACert       the issuing CA and the root, and the RA when there is one: a
+                                   certificates-only CMS SignedData, application/x-x509-ca-ra-cert
         ?operation=GetNextCACert   404: the simulator has no CA rollover scheduled
         ?operation=PKIOperation    POST: the DER message as body, whatever the Content-Type (none,
                                    application/octet-stream, application/x-pki-message);

@@ -528,21 +528,41 @@ def preferred_algorithms(caps: Iterable[str]) -> tuple[ContentCipher, str]:
 
 
 def encode_ca_certs(certs: Sequence[x509.Certificate]) -> tuple[bytes, str]:
-    """GetCACert's body and content type: one certificate as DER, several (an RA and its CAs)
-    as a degenerate PKCS#7."""
+    """GetCACert's body and content type (RFC 8894 4.2.1): a CA alone, with no intermediate and
+    no RA, as one DER certificate; else a certificates-only CMS SignedData holding the issuing
+    CA, its chain and the RA certificates."""
     if len(certs) == 1:
         return certs[0].public_bytes(serialization.Encoding.DER), CA_CERT
     return scep_cms.certs_only(certs), CA_RA_CERT
 
 
+def _one_certificate(body: bytes) -> list[x509.Certificate]:
+    return [x509.load_der_x509_certificate(body)]
+
+
+def _certs_only(body: bytes) -> list[x509.Certificate]:
+    return scep_cms.read_certs_only(body)[0]
+
+
 def decode_ca_certs(body: bytes, content_type: str | None) -> list[x509.Certificate]:
-    """The certificates of a GetCACert answer (DER certificate or degenerate PKCS#7)."""
+    """The certificates of a GetCACert answer: one DER certificate (application/x-x509-ca-cert)
+    or a certificates-only CMS SignedData in DER or BER (application/x-x509-ca-ra-cert). The
+    content type says which to try first; a CA that labels its answer wrongly or not at all is
+    still understood when the body is one of the two."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
-    try:
-        if media == CA_CERT:
-            return [x509.load_der_x509_certificate(body)]
-        return scep_cms.read_certs_only(body)[0]
-    except (CmsError, ValueError) as exc:
-        what = media or "no content type"
-        raise ScepDecodeError(f"the GetCACert answer ({what}) cannot be read: {scep_cms.brief(exc)}",
-                              fail_info=FailInfo.BAD_REQUEST) from None
+    readers = (_one_certificate, _certs_only) if media == CA_CERT else (_certs_only, _one_certificate)
+    what = media or "no content type"
+    problem: Exception | None = None
+    for read in readers:
+        try:
+            certs = read(body)
+        except (CmsError, ValueError) as exc:
+            problem = problem or exc
+            continue
+        if not certs:
+            raise ScepDecodeError(f"the GetCACert answer ({what}) holds no certificate",
+                                  fail_info=FailInfo.BAD_REQUEST)
+        return certs
+    assert problem is not None
+    raise ScepDecodeError(f"the GetCACert answer ({what}) cannot be read: {scep_cms.brief(problem)}",
+                          fail_info=FailInfo.BAD_REQUEST)

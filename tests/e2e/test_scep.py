@@ -126,15 +126,15 @@ def wait_for_jobs(client: CertfleetClient, job_ids: list[str], timeout: float = 
 
 def check_enrolled(w: ScepWorld, devices: list[dict], name: str, tmp_path: Path
                    ) -> dict[str, x509.Certificate]:
-    """Every trustpoint is available with the CA certificate (SCEP's GetCACert serves the issuing
-    CA) and a certificate the CA issued for the requested key and subject; returns the identity
-    certificates by device id."""
+    """Every trustpoint is available with the CA's chain (SCEP's GetCACert serves the issuing CA
+    and the root) and a certificate the CA issued for the requested key and subject; returns the
+    identity certificates by device id."""
     issued = {}
     for device in devices:
         tp = w.client.trustpoint(device["id"], name)
         assert (tp["ca_status"], tp["identity_status"]) == ("available", "available"), tp["error_message"]
         assert [c["fingerprint_sha256"] for c in tp["ca_certificates"]] == [
-            w.issuing.fingerprint(hashes.SHA256()).hex()]
+            w.issuing.fingerprint(hashes.SHA256()).hex(), w.root.fingerprint(hashes.SHA256()).hex()]
         cert = x509.load_pem_x509_certificate(tp["identity_certificate"]["pem"].encode())
         cert.verify_directly_issued_by(w.issuing)
         key = cert.public_key()
@@ -233,7 +233,7 @@ def test_a_held_request_over_ipv6_is_pending_until_approved_then_a_refresh_shows
     assert wait_for_jobs(client, [job["id"]])[0]["state"] == "succeeded"
     tp = client.trustpoint(device["id"], "vpn-approval")
     assert (tp["ca_status"], tp["identity_status"]) == ("available", "pending")
-    assert len(tp["ca_certificates"]) == 1 and tp["identity_certificate"] is None
+    assert len(tp["ca_certificates"]) == 2 and tp["identity_certificate"] is None
 
     listed = run_cli(["ca", "requests", "--state-dir", str(w.ca_dir)], w.stack.env)
     (request_id,) = [line.split()[0] for line in listed.splitlines() if device["fqdn"] in line]

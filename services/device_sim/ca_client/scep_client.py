@@ -5,9 +5,12 @@ One enrollment:
 1. GetCACaps: what the CA speaks. The device uses the strongest content cipher and digest
    the CA offers; a CA offering only DES/3DES or SHA-1/MD5 is refused (``weak_crypto``)
    unless weak-crypto is enabled on the device;
-2. GetCACert: the CA certificate (or an RA and the CA chain), checked against the enrollment
-   object's fingerprint when it has one, and installed: the CA status becomes available even
-   when the identity certificate then fails;
+2. GetCACert: the CA certificate, or the CA's chain and its RA certificates (a
+   certificates-only SignedData); the chain, checked against the enrollment object's
+   fingerprint when it has one (issuing CA or root), is installed: the CA status becomes
+   available even when the identity certificate then fails. Requests are encrypted to the RA
+   (its encryption certificate) or else the issuing CA; answers must be signed by the RA or a
+   CA of the chain;
 3. a new key pair made on the device, and a request for the trustpoint's subject and names:
    PKCSReq with the challenge password, signed by a self-signed certificate of the device's
    RSA key, or of a transient RSA key when the trustpoint's key is not RSA (the CA encrypts
@@ -130,13 +133,10 @@ class _CaIdentity:
     """What GetCACert told: the CA chain (issuing CA first) and who speaks SCEP for it."""
 
     chain: list[x509.Certificate]
-    #: The certificate requests are encrypted to: the issuing CA, or its RA.
+    #: The certificate requests are encrypted to: the RA's encryption certificate, or the issuing CA.
     recipient: x509.Certificate
-
-    @property
-    def signers(self) -> list[x509.Certificate]:
-        """Who may sign the CA's answers."""
-        return [self.recipient, *(c for c in self.chain if c != self.recipient)]
+    #: Who may sign the CA's answers: the RA's signing certificates, then the CAs.
+    signers: list[x509.Certificate]
 
 
 class _ScepEnrollment:
@@ -195,9 +195,13 @@ class _ScepEnrollment:
     # --- the CA certificate ---------------------------------------------------------------------
 
     def _ca_identity(self, certs: list[x509.Certificate]) -> _CaIdentity:
+        """The CA chain and the RA certificates among what GetCACert served, in whatever order
+        (a certificates-only SignedData is a SET). Trust comes from this answer alone: the
+        fingerprint pins one CA of the chain, each link of the chain must verify, and an RA
+        counts only when a CA of the chain issued it."""
         url = self.endpoint.url
         cas = [c for c in certs if _is_ca(c)]
-        others = [c for c in certs if not _is_ca(c)]
+        ras = [c for c in certs if not _is_ca(c)]
         try:
             chain = ca_trust.order_ca_chain(cas)
         except ValueError as exc:
@@ -213,11 +217,20 @@ class _ScepEnrollment:
                 "check that the enrollment URL leads to the right CA",
                 code="ca_fingerprint_mismatch",
             )
-        for cert in chain:
+        for ra in ras:
+            if not any(ca_trust.issued_by(ra, ca) for ca in chain):
+                raise CaFailure(
+                    f"CA at {url} answered GetCACert with an RA certificate ({ra.subject.rfc4514_string()}) that "
+                    "none of its CA certificates issued; check the RA configuration of the CA",
+                    code="ca_bad_response",
+                )
+        for cert in (*chain, *ras):
             enforce(weak_certificate(cert), weak_crypto_enabled=self.task.weak_crypto)
-        # An RA (a certificate that is no CA) speaks for the CA when there is one.
-        speakers = sorted(others, key=lambda c: not _key_encipherment(c)) or [chain[0]]
-        recipient = speakers[0]
+        # An RA may have one certificate for both jobs or one for each (told apart by key usage);
+        # without an RA that may encrypt, the issuing CA does.
+        encrypting = sorted((c for c in ras if _allows(c, "key_encipherment")),
+                            key=lambda c: not isinstance(c.public_key(), rsa.RSAPublicKey))
+        recipient = encrypting[0] if encrypting else chain[0]
         if not isinstance(recipient.public_key(), rsa.RSAPublicKey):
             raise CaFailure(
                 f"CA at {url} speaks SCEP with a certificate that has no RSA key "
@@ -225,7 +238,8 @@ class _ScepEnrollment:
                 "needs an RSA certificate or an RSA registration authority (RA)",
                 code="ca_unsupported",
             )
-        return _CaIdentity(chain=chain, recipient=recipient)
+        signers = [c for c in ras if _allows(c, "digital_signature")] + chain
+        return _CaIdentity(chain=chain, recipient=recipient, signers=signers)
 
     # --- algorithms -----------------------------------------------------------------------------
 
@@ -323,9 +337,10 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return cert.issuer == cert.subject  # an old self-signed root without extensions
 
 
-def _key_encipherment(cert: x509.Certificate) -> bool:
+def _allows(cert: x509.Certificate, usage: str) -> bool:
+    """Whether the certificate's key usage allows ``usage`` (no KeyUsage extension: any)."""
     try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+        return getattr(cert.extensions.get_extension_for_class(x509.KeyUsage).value, usage)
     except x509.ExtensionNotFound:
         return True
 

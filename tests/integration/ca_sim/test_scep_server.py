@@ -1,7 +1,8 @@
 """The CA simulator's SCEP server against real clients: strongSwan's ``pki --scepca/--scep``
-(enroll with the challenge password, renew with the certificate, poll a pending request until
-an operator approves it, an RA in front of an ECDSA CA), and the project's own codec over httpx
-for what pki cannot send (GET, legacy DES/SHA-1, replays, fuzz). openssl and pkilint check
+(the CA chain from GetCACert, enroll with the challenge password, renew with the certificate,
+poll a pending request until an operator approves it, an RA in front of an ECDSA or RSA CA),
+and the project's own codec over httpx for what pki cannot send (GET, BER, legacy DES/SHA-1,
+replays, fuzz). openssl and pkilint check
 what comes back. One CA per module, served on free ports."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from asn1crypto import cms as asn1_cms
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -47,14 +49,38 @@ def http(ca):
         yield client
 
 
+def scepca(url: str, out: Path, *, ra: bool = False) -> tuple[dict[Path, x509.Certificate], bytes]:
+    """``pki --scepca``: the certificates it wrote (ca.pem, ca-1.pem, ... in the answer's order;
+    ra.pem) and what it said."""
+    done = run([pki(), "--scepca", "--url", url, "--caout", str(out / "ca.pem"), "--outform", "pem",
+                *(["--raout", str(out / "ra.pem")] if ra else [])])
+    written = {f: x509.load_pem_x509_certificate(f.read_bytes()) for f in sorted(out.glob("*.pem"))}
+    return written, done.stderr
+
+
 @pytest.fixture(scope="module")
 def ca_file(ca, tmp_path_factory) -> Path:
-    """The CA certificate as ``pki --scepca`` fetched it (the issuing CA, a sub CA: ca-1.pem)."""
-    out = tmp_path_factory.mktemp("scepca")
-    done = run([pki(), "--scepca", "--url", f"{ca.scep_url}/scep", "--caout", str(out / "ca.pem"),
-                "--outform", "pem"])
-    assert b'Sub CA cert "C=US, O=certfleet CA simulator, CN=certfleet Issuing CA"' in done.stderr
-    return out / "ca-1.pem"
+    """The issuing CA (a sub CA) as ``pki --scepca`` fetched it, trusted through the root that
+    came in the same answer."""
+    written, said = scepca(f"{ca.scep_url}/scep", tmp_path_factory.mktemp("scepca"))
+    assert sorted(written.values(), key=lambda c: c != ca.ca.issuing) == [ca.ca.issuing, ca.ca.root]
+    assert b'Sub CA cert "C=US, O=certfleet CA simulator, CN=certfleet Issuing CA"' in said
+    assert b"Sub CA cert is trusted" in said and b'Root CA cert "C=US, O=certfleet CA simulator' in said
+    return next(f for f, cert in written.items() if cert == ca.ca.issuing)
+
+
+def certs_only_answer(response: httpx.Response) -> set[x509.Certificate]:
+    """A GetCACert answer checked as RFC 8894 4.2.1.2 has it: a degenerate SignedData (no
+    content, no signer) with the certificates; openssl reads the same set."""
+    assert response.status_code == 200 and response.headers["Content-Type"] == scep.CA_RA_CERT
+    info = asn1_cms.ContentInfo.load(response.content, strict=True)
+    assert info["content_type"].native == "signed_data"
+    assert len(info["content"]["signer_infos"]) == 0 and info["content"]["encap_content_info"]["content"].native \
+        is None
+    certs = {x509.load_der_x509_certificate(c.chosen.dump()) for c in info["content"]["certificates"]}
+    printed = run(["openssl", "pkcs7", "-inform", "DER", "-print_certs"], input=response.content).stdout
+    assert set(x509.load_pem_x509_certificates(printed)) == certs
+    return certs
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +117,11 @@ def assert_issued_for(cert_file: Path, key_file: Path, dn: str, state_dir: Path)
 
 # --- strongSwan's pki -------------------------------------------------------------------------
 
-def test_pki_scepca_gets_the_ca_certificate_alone(ca, ca_file, http):
-    assert x509.load_pem_x509_certificate(ca_file.read_bytes()) == ca.ca.issuing
-    for query in ("operation=GetCACert", "operation=GetCACert&message=certfleet"):
-        response = http.get(f"/cgi-bin/pkiclient.exe?{query}")
-        assert response.headers["Content-Type"] == scep.CA_CERT
-        assert x509.load_der_x509_certificate(response.content) == ca.ca.issuing
+def test_get_ca_cert_answers_the_issuing_ca_and_its_root_in_a_certs_only_signed_data(ca, ca_file, http):
+    """The issuing CA is an intermediate: a client needs the root too to build the chain."""
+    for path in ("/cgi-bin/pkiclient.exe?operation=GetCACert", "/scep?operation=GetCACert&message=certfleet",
+                 "/legacy-des/scep?operation=GetCACert"):
+        assert certs_only_answer(http.get(path)) == {ca.ca.issuing, ca.ca.root}
 
 
 def test_pki_enrolls_with_the_challenge_then_renews_with_its_certificate(ca, ca_file, tmp_path):
@@ -188,17 +213,27 @@ def _wait_for_pending(ca, subject: str, timeout: float = 15):
     raise AssertionError(f"no pending request for {subject}")
 
 
-def test_an_ecdsa_ca_speaks_scep_through_an_ra(tmp_path):
-    state = tmp_path / "ecdsa-ca"
-    with start_in_thread(state, key_type="ecdsa", scep_port=0, scep_challenge=CHALLENGE) as running:
+@pytest.mark.parametrize(("key_type", "scep_ra"), [("ecdsa", False), ("rsa", True)])
+def test_an_ra_speaks_scep_for_an_ecdsa_ca_or_when_asked_to(tmp_path, key_type, scep_ra):
+    """An ECDSA CA cannot do SCEP's RSA key transport, so an RA does; an RSA CA uses one with
+    --scep-ra. GetCACert adds the RA to the chain; pki encrypts to it and trusts its answers."""
+    state = tmp_path / "ca"
+    with start_in_thread(state, key_type=key_type, scep_port=0, scep_challenge=CHALLENGE,
+                         scep_ra=scep_ra) as running:
         url = f"{running.scep_url}/scep"
-        assert httpx.get(f"{url}?operation=GetCACert").headers["Content-Type"] == scep.CA_RA_CERT
-        done = run([pki(), "--scepca", "--url", url, "--caout", str(tmp_path / "ca.pem"), "--raout",
-                    str(tmp_path / "ra.pem"), "--outform", "pem"])
-        assert b"RA cert is trusted" in done.stderr and b"Sub CA cert is trusted" in done.stderr
+        ra = x509.load_pem_x509_certificate((state / "ca" / "scep-ra.pem").read_bytes())
+        assert certs_only_answer(httpx.get(f"{url}?operation=GetCACert")) == {ra, running.ca.issuing,
+                                                                            running.ca.root}
+        out = tmp_path / "scepca"
+        out.mkdir()
+        written, said = scepca(url, out, ra=True)
+        assert b"RA cert is trusted" in said and b"Sub CA cert is trusted" in said
+        assert written[out / "ra.pem"] == ra
+        assert {c for f, c in written.items() if f.name != "ra.pem"} == {running.ca.issuing, running.ca.root}
+        cacerts = [arg for f in written if f.name != "ra.pem" for arg in ("--cacert", str(f))]
         key = pki_rsa_key(tmp_path / "k.pem")
-        pki_scep(url, key, "CN=fw-ra.example.net", "--password", CHALLENGE, "--cacert", str(tmp_path / "ca.pem"),
-                 "--cacert", str(tmp_path / "ca-1.pem"), enc=tmp_path / "ra.pem", out=tmp_path / "c.pem")
+        pki_scep(url, key, "CN=fw-ra.example.net", "--password", CHALLENGE, *cacerts, enc=out / "ra.pem",
+                 out=tmp_path / "c.pem")
         assert_issued_for(tmp_path / "c.pem", key, "CN=fw-ra.example.net", state)
 
 

@@ -2,24 +2,31 @@
 simulator's management API on loopback, with the CA serving SCEP (plain HTTP) on 127.0.0.1
 and ::1.
 
-Enrollment installs the CA certificate, then an identity certificate for the device's own key;
+Enrollment installs the CA chain, then an identity certificate for the device's own key;
 re-enrollment renews with a new key over RenewalReq; a wrong fingerprint or challenge is refused
 with a message saying what to fix; a request the CA holds stays pending until an operator
-approves it; a CA that speaks only 3DES and SHA-1 is refused until weak-crypto is enabled."""
+approves it; a CA that speaks only 3DES and SHA-1 is refused until weak-crypto is enabled.
+
+A front end on loopback between the device and the simulator answers as other CAs do: GetCACert
+as one DER certificate, or with RA certificates (one for encryption, one for signing); CertReps
+in BER, signed again by whichever certificate the test names."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from asn1crypto import cms as asn1_cms
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
@@ -32,9 +39,12 @@ from services.device_sim.config import SimConfig
 from services.device_sim.server import RunningSim
 from services.device_sim.server import start_in_thread as start_sim
 from shared.device_api import TrustpointState
+from shared.protocols import cms as scep_cms
+from shared.protocols import scep
 from shared.protocols.scep import transaction_id_for
 from tests.support.ca_peers import openssl_verify, spki, write_pem
 from tests.support.procs import free_port
+from tests.support.scep_peers import ALL_LEVELS, ber_cert_rep, now, rsa_key, to_ber
 
 CHALLENGE = "Scep-Challenge-Never-Shown-7"
 SUBJECT = {"common_name": "vpn.example.com", "organization": "Example Corp", "country": "US"}
@@ -136,8 +146,9 @@ def test_enrollment_installs_the_ca_certificate_and_a_certificate_for_the_device
 
     assert (state.ca_status, state.identity_status, state.error_code) == ("available", "available", None)
     certs = certificates(state)
-    assert set(certs) == {("identity", 0), ("ca", 0)}
-    assert certs["ca", 0] == ca.ca.issuing  # GetCACert serves the issuing CA alone
+    assert set(certs) == {("identity", 0), ("ca", 0), ("ca", 1)}
+    # GetCACert serves the issuing CA and its root (a certs-only SignedData); the chain is installed in order.
+    assert (certs["ca", 0], certs["ca", 1]) == (ca.ca.issuing, ca.ca.root)
     identity = certs["identity", 0]
     openssl_verify(write_pem(tmp_path / "identity.pem", identity), root=ca.ca.paths.root_pem,
                    untrusted=write_pem(tmp_path / "issuing.pem", certs["ca", 0]))
@@ -197,6 +208,181 @@ def test_where_an_enrollment_url_leads(url, shown, host, port, path):
     assert ScepEndpoint.parse(url) == ScepEndpoint(url=shown, host=host, port=port, path=path)
 
 
+# --- CAs that answer as other implementations do ---------------------------------------------------
+
+class ScepFront:
+    """A CA front end on loopback that passes the device's requests on to the CA simulator and
+    answers as another implementation would: GetCACert with ``ca_answer`` (body, content type),
+    and each CertRep (signed by ``upstream_signer``) re-encoded in BER and signed again with
+    ``reply_signer`` (key, certificate). It notes whom each request was encrypted to."""
+
+    def __init__(self, upstream: str, *, upstream_signer: x509.Certificate,
+                 ca_answer: tuple[bytes, str] | None = None, reply_signer: tuple | None = None,
+                 indefinite: bool = True) -> None:
+        self.upstream, self.upstream_signer = upstream, upstream_signer
+        self.ca_answer, self.reply_signer, self.indefinite = ca_answer, reply_signer, indefinite
+        #: Serial numbers of the certificates the device encrypted its requests to.
+        self.recipients: list[int] = []
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                front.answer(self, b"")
+
+            def do_POST(self) -> None:
+                front.answer(self, self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/scep"
+
+    def answer(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        if "operation=GetCACert" in handler.path and self.ca_answer is not None:
+            return self._send(handler, 200, *self.ca_answer)
+        if body:
+            envelope = scep_cms.read_signed(body).content
+            rid = asn1_cms.ContentInfo.load(envelope)["content"]["recipient_infos"][0].chosen["rid"]
+            self.recipients.append(rid.chosen["serial_number"].native)
+        with httpx.Client(timeout=10) as client:
+            upstream = client.request(handler.command, f"{self.upstream}{handler.path}", content=body or None,
+                                      headers={"Content-Type": scep.PKI_MESSAGE} if body else {})
+        content = upstream.content
+        if "operation=PKIOperation" in handler.path and upstream.status_code == 200 and self.reply_signer:
+            key, cert = self.reply_signer
+            content = ber_cert_rep(content, signer=self.upstream_signer, key=key, cert=cert, chunk=16,
+                                   indefinite=self.indefinite)
+        return self._send(handler, upstream.status_code, content, upstream.headers.get("Content-Type", ""))
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def __enter__(self) -> ScepFront:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ra_certificate(ca: RunningCa, key: rsa.RSAPrivateKey, *, encipherment: bool, issuer=None,
+                   issuer_key=None) -> x509.Certificate:
+    """An RA certificate issued by the simulator's issuing CA (or ``issuer``): for signing only,
+    or for encryption only."""
+    issuer, issuer_key = issuer or ca.ca.issuing, issuer_key or ca.ca.issuing_key
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                    f"RA {'encryption' if encipherment else 'signing'}")]))
+        .issuer_name(issuer.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now() - timedelta(minutes=5)).not_valid_after(now() + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=not encipherment, content_commitment=False, key_encipherment=encipherment,
+            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False,
+            decipher_only=False), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+@pytest.fixture(scope="module")
+def ra_key() -> rsa.RSAPrivateKey:
+    return rsa_key()
+
+
+@pytest.mark.parametrize("indefinite", [True, False], ids=["indefinite", "definite"])
+def test_a_ca_answering_in_ber_enrolls_the_device(ca, sim, indefinite):
+    """GetCACert and the CertRep in BER: the envelope's encryptedContent, eContent and the
+    signed attributes' strings in constructed chunks, definite or indefinite lengths."""
+    chain = to_ber(scep_cms.certs_only([ca.ca.issuing, ca.ca.root]), chunk=16, depth=ALL_LEVELS,
+                   indefinite=indefinite)
+    signer = (ca.ca.issuing_key, ca.ca.issuing)
+    with ScepFront(ca.scep_url, upstream_signer=ca.ca.issuing, ca_answer=(chain, scep.CA_RA_CERT),
+                   reply_signer=signer, indefinite=indefinite) as front:
+        device = Device(sim, "FTD-000012")
+        name = f"ber-{'indefinite' if indefinite else 'definite'}"
+        device.configure(name, front.url)
+        state = device.enroll(name)
+    assert (state.ca_status, state.identity_status) == ("available", "available"), state.error_message
+    certs = certificates(state)
+    assert (certs["ca", 0], certs["ca", 1]) == (ca.ca.issuing, ca.ca.root)
+    assert spki(certs["identity", 0].public_key()) == spki(device.key_of(name).public_key())
+    assert front.recipients == [ca.ca.issuing.serial_number]
+
+
+def test_a_ca_serving_its_certificate_alone_as_der(ca, sim):
+    """RFC 8894's other GetCACert form: one DER certificate, application/x-x509-ca-cert."""
+    single = (ca.ca.issuing.public_bytes(serialization.Encoding.DER), scep.CA_CERT)
+    with ScepFront(ca.scep_url, upstream_signer=ca.ca.issuing, ca_answer=single) as front:
+        device = Device(sim, "FTD-000012")
+        device.configure("der-ca", front.url, fingerprint=fingerprint(ca.ca.issuing))
+        state = device.enroll("der-ca")
+    assert (state.ca_status, state.identity_status) == ("available", "available"), state.error_message
+    assert certificates(state)["ca", 0] == ca.ca.issuing and ("ca", 1) not in certificates(state)
+    assert front.recipients == [ca.ca.issuing.serial_number]
+
+
+@pytest.mark.parametrize("scep_ra", [False, True], ids=["ca-encrypts", "ra-encrypts"])
+def test_an_ra_with_a_signing_certificate_of_its_own(ca, sim, tmp_path, ra_key, scep_ra):
+    """GetCACert serves an RA certificate for signing only (and, with the simulator's RA, one
+    that may encrypt): the device encrypts to the RA's encryption certificate or else the
+    issuing CA, and trusts answers signed by the RA's signing certificate."""
+    own = start_ca(tmp_path / "ra-ca", scep_port=0, scep_challenge=CHALLENGE, scep_ra=True) if scep_ra \
+        else contextlib.nullcontext(ca)
+    with own as running:
+        served = scep.decode_ca_certs(*_get_ca_cert(running.scep_url))
+        upstream_ra = next((c for c in served if c not in (running.ca.issuing, running.ca.root)), None)
+        assert (upstream_ra is not None) == scep_ra
+        signing = ra_certificate(running, ra_key, encipherment=False)
+        answer = scep_cms.certs_only([signing, *served]), scep.CA_RA_CERT
+        with ScepFront(running.scep_url, upstream_signer=upstream_ra or running.ca.issuing, ca_answer=answer,
+                       reply_signer=(ra_key, signing)) as front:
+            device = Device(sim, "FTD-000013")
+            name = f"ra-{scep_ra}"
+            device.configure(name, front.url, fingerprint=fingerprint(running.ca.root))
+            state = device.enroll(name)
+        assert (state.ca_status, state.identity_status) == ("available", "available"), state.error_message
+        certs = certificates(state)
+        assert set(certs) == {("identity", 0), ("ca", 0), ("ca", 1)}, "RA certificates are not installed"
+        assert (certs["ca", 0], certs["ca", 1]) == (running.ca.issuing, running.ca.root)
+        assert front.recipients == [(upstream_ra or running.ca.issuing).serial_number]
+
+
+def _get_ca_cert(url: str) -> tuple[bytes, str]:
+    response = httpx.get(f"{url}/scep?operation=GetCACert")
+    return response.content, response.headers["Content-Type"]
+
+
+def test_trust_comes_from_get_ca_cert_alone(ca, sim, ra_key):
+    """An answer signed by a certificate GetCACert did not serve is refused, and so is an RA
+    certificate that no CA of the chain issued."""
+    stranger = scep.self_signed_signer(ra_key, x509.Name.from_rfc4514_string("CN=not the CA"), now=now())
+    with ScepFront(ca.scep_url, upstream_signer=ca.ca.issuing, reply_signer=(ra_key, stranger)) as front:
+        device = Device(sim, "FTD-000014")
+        device.configure("stranger", front.url)
+        message = failed(device.enroll("stranger"), "ca_bad_response")
+    assert message.startswith(f"CA at {front.url} sent an unusable SCEP answer")
+    assert "not signed by the expected certificate" in message
+
+    other_ca = ra_certificate(ca, ra_key, encipherment=True, issuer=stranger, issuer_key=ra_key)
+    answer = scep_cms.certs_only([other_ca, ca.ca.issuing, ca.ca.root]), scep.CA_RA_CERT
+    with ScepFront(ca.scep_url, upstream_signer=ca.ca.issuing, ca_answer=answer) as front:
+        device.configure("foreign-ra", front.url)
+        state = device.enroll("foreign-ra")
+    message = failed(state, "ca_bad_response")
+    assert "with an RA certificate (CN=RA encryption) that none of its CA certificates issued" in message
+    assert state.ca_status == "failed" and front.recipients == []
+
+
 # --- the CA certificate's fingerprint ----------------------------------------------------------------
 
 def test_the_fingerprint_of_the_ca_certificate_is_checked(ca, sim):
@@ -204,13 +390,17 @@ def test_the_fingerprint_of_the_ca_certificate_is_checked(ca, sim):
     colons = ":".join(fingerprint(ca.ca.issuing)[i:i + 2] for i in range(0, 64, 2)).upper()
     device.configure("pinned", f"{ca.scep_url}/", fingerprint=colons)
     assert device.enroll("pinned").identity_status == "available"
+    # The root pins the chain as well: GetCACert serves it with the issuing CA.
+    device.configure("pinned-root", f"{ca.scep_url}/", fingerprint=fingerprint(ca.ca.root))
+    assert device.enroll("pinned-root").identity_status == "available"
 
     device.configure("pinned-wrong", f"{ca.scep_url}/", fingerprint="AB:" * 31 + "AB")
     state = device.enroll("pinned-wrong")
     message = failed(state, "ca_fingerprint_mismatch")
     assert message.startswith(f"CA at {ca.scep_url}/: the CA certificate it serves does not match the "
                               f"enrollment object's fingerprint {'ab' * 32} (it serves ")
-    assert fingerprint(ca.ca.issuing) in message and "correct the enrollment object's fingerprint" in message
+    assert fingerprint(ca.ca.issuing) in message and fingerprint(ca.ca.root) in message
+    assert "correct the enrollment object's fingerprint" in message
     # An untrusted CA certificate is not installed.
     assert state.ca_status == "failed" and state.certificates == []
 
@@ -224,7 +414,7 @@ def test_a_wrong_challenge_password_is_refused_with_the_ca_certificate_installed
     message = failed(state, "ca_rejected")
     assert message.startswith(f"CA at {ca.scep_url}/ refused the PKCSReq: badRequest")
     assert "check the enrollment object's challenge password" in message and "guess" not in message
-    assert state.ca_status == "available" and set(certificates(state)) == {("ca", 0)}
+    assert state.ca_status == "available" and set(certificates(state)) == {("ca", 0), ("ca", 1)}
 
     device.configure("nopass", f"{ca.scep_url}/", challenge="")
     message = failed(device.enroll("nopass"), "ca_rejected")
@@ -347,7 +537,7 @@ def test_a_held_request_stays_pending_until_approved_then_the_device_installs_it
 
     state = device.enroll("held")
     assert (state.ca_status, state.identity_status) == ("available", "pending")
-    assert set(certificates(state)) == {("ca", 0)}
+    assert set(certificates(state)) == {("ca", 0), ("ca", 1)}
     # A repeated enrollment (a redelivered job) polls the same request, it files no second one.
     assert device.enroll("held").identity_status == "pending"
     (request,) = held_requests(ca, "held.example.com")

@@ -302,8 +302,33 @@ def test_ca_certificates_one_or_several(ca):
     body, content_type = scep.encode_ca_certs([ca.issuing, ca.root])
     # A SET OF in DER: the order is the encoding's, not ours (clients tell RA and CA by their flags).
     assert content_type == scep.CA_RA_CERT and set(scep.decode_ca_certs(body, content_type)) == {ca.issuing, ca.root}
-    with pytest.raises(ScepDecodeError):
-        scep.decode_ca_certs(b"nonsense", scep.CA_RA_CERT)
+    for indefinite in (True, False):
+        ber = to_ber(body, chunk=5, depth=ALL_LEVELS, indefinite=indefinite)
+        assert set(scep.decode_ca_certs(ber, f"{scep.CA_RA_CERT}; charset=binary")) == {ca.issuing, ca.root}
+
+
+def test_ca_certificates_labelled_wrongly_or_not_at_all_are_read_by_their_form(ca):
+    single = ca.issuing.public_bytes(serialization.Encoding.DER)
+    several = scep.encode_ca_certs([ca.issuing, ca.root])[0]
+    for content_type in (None, "application/octet-stream", scep.CA_CERT, scep.CA_RA_CERT):
+        assert scep.decode_ca_certs(single, content_type) == [ca.issuing]
+        assert set(scep.decode_ca_certs(several, content_type)) == {ca.issuing, ca.root}
+
+
+@pytest.mark.parametrize(("body", "content_type", "problem"), [
+    (b"nonsense", scep.CA_RA_CERT, r"\(application/x-x509-ca-ra-cert\) cannot be read: the certificates cannot be"),
+    (b"nonsense", scep.CA_CERT, r"\(application/x-x509-ca-cert\) cannot be read"),
+    (b"", None, r"\(no content type\) cannot be read"),
+])
+def test_unreadable_ca_certificates_are_refused(body, content_type, problem):
+    with pytest.raises(ScepDecodeError, match=problem) as err:
+        scep.decode_ca_certs(body, content_type)
+    assert err.value.code == "bad_request"
+
+
+def test_a_certs_only_answer_without_certificates_is_refused():
+    with pytest.raises(ScepDecodeError, match="holds no certificate"):
+        scep.decode_ca_certs(scep_cms.certs_only([]), scep.CA_RA_CERT)
 
 
 def test_requester_and_responder_need_rsa_keys(ca):
