@@ -65,3 +65,13 @@ def api(db_engine, stub_broker):
     client, tokens = start_api(db_engine, stub_broker)
     with client:
         yield Api(client=client, engine=db_engine, broker=stub_broker, tokens=tokens)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test module that uses a Redis database of its own names it in ``REDIS_URL`` and may flush
+    it. Under pytest-xdist, modules naming the same database form one group, run by one worker
+    one after another, so no test flushes a database another test is using."""
+    for item in items:
+        url = getattr(item.module, "REDIS_URL", None)
+        if url:
+            item.add_marker(pytest.mark.xdist_group(f"redis-db-{url.rsplit('/', 1)[1]}"))

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.support.batch_checks import FAIRNESS_REDIS_URL as REDIS_URL
 from tests.support.batch_checks import World, check_nothing_lost, fault_world, wait_for
 from tests.support.procs import Proc, free_port
 
@@ -80,9 +81,9 @@ def sim_requests(world: World, kind: str) -> int:
 
 
 def test_an_objects_ca_limits_hold_across_worker_processes(tmp_path, ca):
-    devices, concurrency, rate = 120, 3, 30.0
+    devices, concurrency, rate = 90, 3, 30.0
     sim_args = ["--latency-ms", "20", "--trust-anchor", str(ca.dir / "tls-ca.pem")]
-    with fault_world(tmp_path, devices=devices, sim_args=sim_args) as world:
+    with fault_world(tmp_path, devices=devices, sim_args=sim_args, redis_url=REDIS_URL) as world:
         batch = est_batch(world, ca, ca_concurrency_limit=concurrency, ca_rate_limit=rate)
         final = wait_for(world, batch, timeout=120)
         assert (final["succeeded"], final["failed"]) == (devices, 0), final
@@ -102,10 +103,10 @@ def test_an_objects_ca_limits_hold_across_worker_processes(tmp_path, ca):
 
 
 def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path, ca):
-    devices = 400
+    devices = 200
     sim_args = ["--latency-ms", "5", "--trust-anchor", str(ca.dir / "tls-ca.pem")]
     env = {"CERTFLEET_CA_BACKOFF_MAX_MS": "4000", "CERTFLEET_RETRY_BACKOFF_MS": "200"}
-    with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env) as world:
+    with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env, redis_url=REDIS_URL) as world:
         batch = est_batch(world, ca)
         wait_for(world, batch, done=80)
         ca.stop()

@@ -20,8 +20,10 @@ from services.cli.api_client import ApiError, CertfleetClient
 from tests.support.pg import fresh_database, postgres_or_skip
 from tests.support.procs import Stack
 
-#: The fault tests' own Redis database: they flush it (FLUSHDB, never FLUSHALL).
+#: The fault tests' own Redis database: they flush it (FLUSHDB, never FLUSHALL). The CA fairness
+#: tests have theirs, so the two files can run at the same time.
 REDIS_URL = "redis://127.0.0.1:6379/15"
+FAIRNESS_REDIS_URL = "redis://127.0.0.1:6379/14"
 #: Prompt recovery: a job whose holder died is taken over 10 s later, the reconciler runs every second.
 QUICK_RECOVERY = {"CERTFLEET_JOB_LEASE_SECONDS": "10", "CERTFLEET_RECONCILE_INTERVAL_SECONDS": "1"}
 
@@ -40,13 +42,14 @@ class World:
 
 @contextmanager
 def fault_world(tmp_path: Path, *, devices: int, sim_args: list[str] | None = None,
-                env: dict[str, str] | None = None, workers: int = 2) -> Iterator[World]:
+                env: dict[str, str] | None = None, workers: int = 2,
+                redis_url: str = REDIS_URL) -> Iterator[World]:
     postgres_or_skip()
-    queue = redis.Redis.from_url(REDIS_URL)
+    queue = redis.Redis.from_url(redis_url)
     queue.flushdb()
     try:
         with fresh_database() as database_url:
-            stack = Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=tmp_path, devices=devices,
+            stack = Stack(database_url=database_url, broker_url=redis_url, log_dir=tmp_path, devices=devices,
                           workers=workers, sim_args=sim_args, extra_env={**QUICK_RECOVERY, **(env or {})})
             engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"),
                                       pool_pre_ping=True)
