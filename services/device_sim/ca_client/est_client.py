@@ -26,7 +26,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import AttributeOID
 
 from services.device_sim.ca_client import issued
 from services.device_sim.ca_client import trust as ca_trust
@@ -46,7 +45,8 @@ from services.device_sim.tasks import (
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, WeakCryptoError
-from shared.pki import DeviceIdentity, PrivateKey, signing_hash, subject_alt_names, subject_name
+from shared.pki import PrivateKey
+from shared.protocols.csr import build_csr
 from shared.protocols.est import decode_certs_only, encode_csr
 
 ENROLL, REENROLL = "simpleenroll", "simplereenroll"
@@ -93,19 +93,6 @@ def enroll_est(task: EnrollmentTask) -> Outcome:
                        ca_certificates=enrollment.ca_slots)
     except WeakCryptoError as exc:
         return Refused(code=exc.code, message=exc.message, ca_certificates=enrollment.ca_slots)
-
-
-def build_csr(key: PrivateKey, params: EnrollmentParameters, device: DeviceIdentity, *,
-              challenge_password: str = "") -> x509.CertificateSigningRequest:
-    """The request for the trustpoint's subject and names, as the self-signed certificate has them;
-    with a ``challenge_password`` attribute when given (SCEP's PKCSReq carries it)."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(subject_name(params, device))
-    sans = subject_alt_names(params, device)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if challenge_password:
-        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode())
-    return builder.sign(key, signing_hash(key))
 
 
 class _EstEnrollment:
