@@ -33,9 +33,13 @@ def _title(status: int) -> str:
         return "Error"
 
 
+#: EST refusals that are not a plain bad request (400), by their code.
+EST_STATUS = {"unsupported_media_type": 415, "body_too_large": 413}
+
+
 def status_of(exc: CertfleetError) -> int:
     if isinstance(exc, EstError):
-        return exc.status
+        return EST_STATUS.get(exc.code, 400)
     if isinstance(exc, ValidationError):
         return 400  # RFC 7030 answers a bad request with 400, not 422
     if isinstance(exc, AuthError | NotFoundError | ConflictError):
