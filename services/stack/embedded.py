@@ -19,13 +19,13 @@ from services.controller.api.auth import create_token
 from services.controller.app import create_app
 from services.device_sim.config import SimConfig
 from services.device_sim.server import start_in_thread
-from services.stack.http_thread import ServerThread
 from services.worker.actors import declare_actors
 from services.worker.cli import start_embedded_worker
 from services.worker.context import WorkerContext
 from shared.broker import make_broker
 from shared.db import init_db, make_engine, session_scope
 from shared.enums import Role
+from shared.http_thread import ServerThread
 from shared.settings import Settings
 
 

@@ -737,7 +737,7 @@ def test_concurrent_actions_on_one_trustpoint_start_one_job(db_engine, stub_brok
     """Eight operators press re-enroll at once, over real HTTP: one job starts, seven are told why not."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from services.stack.http_thread import ServerThread
+    from shared.http_thread import ServerThread
 
     client, tokens = start_api(db_engine, stub_broker)
     with client:
