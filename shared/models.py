@@ -295,7 +295,3 @@ class ApiToken(SQLModel, table=True):
     role: str = Field(max_length=16)
     name: str = Field(default="", max_length=128)
     created_at: datetime = _ts()
-
-
-def job_is_finished(job: Job) -> bool:
-    return JobState(job.state).finished

@@ -45,10 +45,6 @@ class ScepIdentity:
     #: What GetCACert answers, RA first.
     ca_certs: tuple[x509.Certificate, ...]
 
-    @property
-    def has_ra(self) -> bool:
-        return len(self.ca_certs) > 1
-
 
 def _ra_files(ca: CertificateAuthority) -> tuple[Path, Path]:
     return ca.paths.ca_dir / "scep-ra.pem", ca.paths.ca_dir / "scep-ra.key"

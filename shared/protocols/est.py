@@ -25,7 +25,6 @@ from shared.errors import CertfleetError
 MAX_BODY_BYTES = 64 * 1024
 
 PKCS10 = "application/pkcs10"
-PKCS7_MIME = "application/pkcs7-mime"
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 CSRATTRS = "application/csrattrs"
 
