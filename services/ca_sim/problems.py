@@ -1,5 +1,6 @@
 """The one place that turns errors into HTTP answers (RFC 9457 problem+json) for the CA
-simulator's endpoints. A client's mistake is a 4xx with a stable code; only our own bugs are 500."""
+simulator's endpoints, and that decides each error's HTTP status (the EST codec's errors carry
+a code only). A client's mistake is a 4xx with a stable code; only our own bugs are 500."""
 
 from __future__ import annotations
 

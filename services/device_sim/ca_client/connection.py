@@ -18,7 +18,8 @@ from shared.protocols.retry_after import parse_retry_after
 
 #: Longest answer the device reads from a CA; a certificate chain is a few KiB.
 MAX_ANSWER_BYTES = 1024 * 1024
-#: How long to wait when a CA holds a request without saying for how long (RFC 7030 requires it to).
+#: How long to wait when a CA holds a request without a Retry-After the device can read (RFC 7030
+#: requires the CA to send one).
 DEFAULT_RETRY_AFTER = 10.0
 #: The device asks a holding CA again no sooner than this and no later than this.
 RETRY_AFTER_RANGE = (1.0, 3600.0)

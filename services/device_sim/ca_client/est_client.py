@@ -3,17 +3,18 @@
 One enrollment:
 
 1. ``cacerts``: the CA chain, ordered issuing CA first (the CA certificate becomes available);
-   the server is trusted as :mod:`.ca_trust` says (trust anchors, fingerprint, or no check);
+   the server is trusted as :mod:`.trust` says (trust anchors, fingerprint, or no check);
 2. a new key pair made on the device and a request for the trustpoint's subject and names;
 3. ``simpleenroll`` with HTTP basic auth (the enrollment object's username and password), or
    for a re-enrollment ``simplereenroll`` authenticated by the current certificate as TLS
    client certificate (when the CA issued it and the subject stays the same);
 4. while the CA answers 202 the device asks again as its Retry-After says, for a few seconds
-   (:attr:`CaClientSettings.wait_seconds`); then it reports the identity certificate pending
-   and keeps the request: the simulator keeps polling in the background, and enrolling again
-   asks about the same request instead of filing a new one;
-5. checks on what the CA issued: the device's own public key, signed by the issuing CA, fit
-   for IPsec (not the Microsoft template's "IKE intermediate" usage), no weak signature.
+   (:attr:`services.device_sim.tasks.CaClientSettings.wait_seconds`); then it reports the
+   identity certificate pending and keeps the request: the simulator keeps polling in the
+   background, and enrolling again asks about the same request instead of filing a new one;
+5. checks on what the CA issued (:mod:`.issued`): the device's own public key, signed by the
+   issuing CA, fit for IPsec (not the Microsoft template's "IKE intermediate" usage), no weak
+   signature.
 
 Private keys never leave the device: only the certificate request is sent.
 """
