@@ -2,7 +2,8 @@
 simulator in one process, and on request the CA simulator (EST), whose TLS root the
 simulated devices then trust. What ``certfleet demo`` and ``certfleet up`` run.
 
-This module is the composition root: the one place allowed to import every service.
+This module is a composition root: like the ``certfleet`` command (:mod:`services.cli`), it may
+import every service; the services themselves import only their own package and :mod:`shared`.
 With ``CERTFLEET_BROKER_URL`` and ``CERTFLEET_DATABASE_URL`` set it uses Redis and
 PostgreSQL; by default SQLite in the state directory and the in-process broker.
 """
