@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine
 
 from shared import models
 from shared.errors import ConfigurationError
@@ -83,6 +83,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
 
-
-def global_domain(session: Session) -> models.Domain:
-    return session.exec(select(models.Domain).where(models.Domain.id == models.GLOBAL_DOMAIN_ID)).one()

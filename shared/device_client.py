@@ -6,13 +6,16 @@ HTTP. This module is the one place that turns HTTP answers into errors, so an ad
 real devices can replace it without touching the actors or the API:
 
 - no answer (timeout), refused or reset connections, 5xx and 429 -> :class:`DeviceTransientError`
-  (codes ``device_timeout``, ``device_unreachable``, ``device_error``);
+  (codes ``device_timeout``, ``device_unreachable``, ``device_error``), carrying the wait a
+  Retry-After asks for (:mod:`shared.protocols.retry_after`);
 - 4xx -> :class:`~shared.errors.PermanentError` carrying the device's own code and message;
 - an answer that does not parse -> ``PermanentError`` with code ``device_bad_response``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -20,6 +23,7 @@ import httpx
 from pydantic import BaseModel
 from pydantic import ValidationError as WireError
 
+from shared.clock import utcnow
 from shared.device_api import (
     EnrollRequest,
     ErrorBody,
@@ -31,6 +35,7 @@ from shared.device_api import (
 )
 from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
+from shared.protocols.retry_after import parse_retry_after
 from shared.settings import Settings
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -96,7 +101,10 @@ class DeviceTransientError(TransientError):
 
 
 class HttpDeviceClient:
-    """One pooled, thread-safe ``httpx.Client`` for every device a worker process talks to."""
+    """One pooled, thread-safe ``httpx.Client`` for every device a worker process talks to.
+
+    ``clock`` says when an answer arrived: a Retry-After given as a date counts from then.
+    """
 
     def __init__(
         self,
@@ -104,8 +112,9 @@ class HttpDeviceClient:
         timeout_seconds: float,
         max_connections: int = 64,
         transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.timeout_seconds = timeout_seconds
+        self.timeout_seconds, self.clock = timeout_seconds, clock
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_seconds),
             # Every worker thread may hold one request in flight; keep them all alive between jobs.
@@ -202,7 +211,8 @@ class HttpDeviceClient:
                 code=code, serial=device.serial, url=base,
                 what=TRANSIENT_CODES.get(code) or f"answered {status} {response.reason_phrase}".rstrip(),
                 reason=error.message if error else "no explanation given",
-                retry_after=_retry_after(response),
+                # Seconds or an HTTP date; None when unreadable: the worker's backoff decides.
+                retry_after=parse_retry_after(response.headers.get("retry-after"), now=self.clock()),
             )
         if status >= 400:
             error = _error_body(response)
@@ -243,11 +253,3 @@ def _error_body(response: httpx.Response) -> ErrorBody | None:
         return ErrorBody.model_validate_json(response.content)
     except WireError:
         return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date, or nothing: the backoff decides

@@ -53,7 +53,7 @@ class CertificateRole(StrEnum):
 
 
 class Role(StrEnum):
-    """API roles. Admin and Network Admin may manage certificates, as in the seed."""
+    """API roles. Admin and Network Admin may manage certificates; Read Only may only read."""
 
     ADMIN = "admin"
     NETWORK_ADMIN = "network_admin"

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from shared.clock import utcnow
-from shared.enums import JobState
+from shared.enums import EnrollmentType, JobState, KeyType
 from shared.states import Status
 
 GLOBAL_DOMAIN_ID = uuid.UUID("e276abec-e0f2-11e3-8169-6d9ed49b625f")
@@ -84,23 +84,20 @@ class Device(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class EnrollmentObject(SQLModel, table=True):
-    """A certificate enrollment object: how a trustpoint of its name gets its certificates.
+class EnrollmentObjectFields(SQLModel):
+    """What an operator sets on a certificate enrollment object, for every enrollment type
+    (fields a type does not use stay at their defaults).
 
-    One table for every enrollment type; the fields a type does not use stay empty.
-    Secrets (EST password, SCEP challenge, PKCS#12 file and passphrase) are stored
-    encrypted in ``secret_blob`` and ``pkcs12_blob`` (see :mod:`shared.secrets`).
+    The one definition of these fields, their types and limits: the table below and the API's
+    request and answer models all inherit it, so a value the API accepts always fits its column.
+    Enrollment and key types are stored as their text values.
     """
 
-    __tablename__ = "enrollment_object"
-
-    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
-    name: str = Field(max_length=64)
+    name: str = Field(min_length=1, max_length=64)
     description: str = Field(default="", max_length=1024)
-    enrollment_type: str = Field(max_length=16)
+    enrollment_type: EnrollmentType = Field(sa_type=AutoString(length=16))
     # Key
-    key_type: str = Field(default="rsa", max_length=8)
+    key_type: KeyType = Field(default=KeyType.RSA, sa_type=AutoString(length=8))
     key_size: int = 2048
     # Certificate parameters
     common_name: str = Field(default="", max_length=64)
@@ -117,20 +114,37 @@ class EnrollmentObject(SQLModel, table=True):
     # EST / SCEP
     enrollment_url: str = Field(default="", max_length=512)
     username: str = Field(default="", max_length=128)
-    fingerprint: str = Field(default="", max_length=128)
+    #: The CA certificate's digest in hex. Room for SHA-512 written with colons (191 characters);
+    #: stored without colons.
+    fingerprint: str = Field(default="", max_length=200)
     ignore_server_validation: bool = False
     retry_period_minutes: int = 1
     retry_count: int = 10
-    #: This CA's own limits (EST / SCEP), shared by every object naming the same CA endpoint;
-    #: None: the settings' CERTFLEET_CA_CONCURRENCY and CERTFLEET_CA_RATE_PER_SECOND.
-    ca_concurrency_limit: int | None = None
-    ca_rate_limit: float | None = None
+    #: The CA endpoint's limits across every worker: enrollments at once, and started per second;
+    #: shared by every object naming the same CA endpoint. None: the settings'
+    #: CERTFLEET_CA_CONCURRENCY and CERTFLEET_CA_RATE_PER_SECOND.
+    ca_concurrency_limit: int | None = Field(default=None, ge=1, le=10_000)
+    ca_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
     # Manual
-    ca_certificate_pem: str = Field(default="")
+    ca_certificate_pem: str = Field(default="", max_length=65536)
     ca_only: bool = False
     # Revocation checking (OCSP / CRL URLs; IPv6 literals in brackets)
     ocsp_url: str = Field(default="", max_length=512)
-    crl_urls: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    crl_urls: list[str] = Field(default_factory=list, max_length=16, sa_type=JSON, nullable=False)
+
+
+class EnrollmentObject(EnrollmentObjectFields, table=True):
+    """A certificate enrollment object: how a trustpoint of its name gets its certificates.
+
+    One table for every enrollment type; the fields a type does not use stay empty.
+    Secrets (EST password, SCEP challenge, PKCS#12 file and passphrase) are stored
+    encrypted in ``secret_blob`` and ``pkcs12_blob`` (see :mod:`shared.secrets`).
+    """
+
+    __tablename__ = "enrollment_object"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
     # Encrypted secrets: never returned by the API, never put on a queue.
     secret_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     pkcs12_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
@@ -281,7 +295,3 @@ class ApiToken(SQLModel, table=True):
     role: str = Field(max_length=16)
     name: str = Field(default="", max_length=128)
     created_at: datetime = _ts()
-
-
-def job_is_finished(job: Job) -> bool:
-    return JobState(job.state).finished

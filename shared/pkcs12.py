@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from shared.chains import issuing_chain
 from shared.errors import ValidationError
 
-#: The largest PKCS#12 file accepted, as in the seed ("should not be larger than 24K").
+#: The largest PKCS#12 file accepted, 24 KiB: a key and a chain of a few certificates fit many
+#: times over.
 MAX_PKCS12_BYTES = 24 * 1024
 #: PBKDF2 iterations of an export: slow enough for guessing, fast enough for an operator.
 EXPORT_KDF_ROUNDS = 50_000

@@ -1,23 +1,23 @@
 """The CA simulator: a root and an issuing CA kept in a state directory, certificate profiles
-imitating the CA servers the seed names, and EST (RFC 7030) and SCEP (RFC 8894) servers that
-real clients such as strongSwan's ``pki`` enroll against.
+imitating the CA servers threat-defense devices enroll with (a Microsoft 2012 CA, an ASA's
+local CA, an IOS router's CA server), and EST (RFC 7030) and SCEP (RFC 8894) servers that real
+clients such as strongSwan's ``pki`` enroll against. The message codecs it shares with the
+device's clients are in :mod:`shared.protocols`.
 
-    profiles.py     issuing policies per EST label, and check_ipsec_eku
+    profiles.py     issuing policies per EST label
     issuance.py     pure certificate building
     authority.py    the CA in its state directory (keys loaded once per process)
     pending.py      requests waiting for manual approval, and approve()
-    est_codec.py    pure EST message codec (shared with the device's EST client)
     est_server.py   the EST endpoints (aiohttp, TLS client certificates)
-    scep_cms.py     pure CMS pieces SCEP is made of (asn1crypto + cryptography)
-    scep_codec.py   pure SCEP message codec (shared with the device's SCEP client)
     scep_dialects.py  what each SCEP profile advertises and accepts (legacy-des: DES/SHA-1)
     scep_identity.py  who speaks SCEP for the CA: the issuing CA or an RA
     scep_transactions.py  SCEP transactions and sender nonces (SQLite)
     challenges.py   one-time SCEP challenge passwords (SQLite)
+    sqlite_store.py the SQLite files those keep their state in
     scep_service.py the answer to each SCEP message
     scep_server.py  the SCEP endpoints (aiohttp, plain HTTP)
     admin.py        admin endpoints (approve) on loopback, token-protected
-    problems.py     errors to problem+json answers
+    problems.py     errors to problem+json answers, and each error's HTTP status
     service.py      start_in_thread(): run it in this process
     cli.py          certfleet ca serve | requests | approve | challenge
 """

@@ -257,7 +257,7 @@ async def _read_request(request: web.Request) -> bytes:
     headers = request.headers
     check_request_headers(headers.get("Content-Type"), headers.get("Content-Transfer-Encoding"))
     too_large = EstError(f"the request body exceeds {MAX_BODY_BYTES // 1024} KiB; a certificate request "
-                         "is a few KiB", status=413, code="body_too_large")
+                         "is a few KiB", code="body_too_large")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large
     body = bytearray()

@@ -1,5 +1,6 @@
 """The one place that turns errors into HTTP answers (RFC 9457 problem+json) for the CA
-simulator's endpoints. A client's mistake is a 4xx with a stable code; only our own bugs are 500."""
+simulator's endpoints, and that decides each error's HTTP status (the EST codec's errors carry
+a code only). A client's mistake is a 4xx with a stable code; only our own bugs are 500."""
 
 from __future__ import annotations
 
@@ -33,9 +34,13 @@ def _title(status: int) -> str:
         return "Error"
 
 
+#: EST refusals that are not a plain bad request (400), by their code.
+EST_STATUS = {"unsupported_media_type": 415, "body_too_large": 413}
+
+
 def status_of(exc: CertfleetError) -> int:
     if isinstance(exc, EstError):
-        return exc.status
+        return EST_STATUS.get(exc.code, 400)
     if isinstance(exc, ValidationError):
         return 400  # RFC 7030 answers a bad request with 400, not 422
     if isinstance(exc, AuthError | NotFoundError | ConflictError):

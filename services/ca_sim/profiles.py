@@ -1,9 +1,10 @@
 """Certificate profiles: how each imitated CA server fills in what it issues.
 
 A profile is what an EST label (``/.well-known/est/<label>/``) selects. The table imitates
-the CA servers the seed names (a Microsoft 2012 CA, the local CA of an ASA, the CA server of
-an IOS router), including their quirks: the Microsoft IPsec template's EKU that threat-defense
-devices refuse, and manual approval. (No SHA-1 profile: cryptography refuses to sign with SHA-1.)
+the CA servers threat-defense devices meet in the field (a Microsoft 2012 CA, the local CA of an
+ASA, the CA server of an IOS router), including their quirks: the Microsoft IPsec template's
+EKU that threat-defense devices refuse, the duplicated template that fixes it, and manual
+approval. (No SHA-1 profile: cryptography refuses to sign with SHA-1.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
@@ -19,7 +19,7 @@ from shared.errors import NotFoundError
 
 #: "IP security IKE intermediate": what the Microsoft 2012 IPsec (Offline request) template issues.
 IPSEC_IKE_INTERMEDIATE = ObjectIdentifier("1.3.6.1.5.5.8.2.2")
-#: "IP security end system": what a threat-defense device expects for IPsec.
+#: "IP security end system": what a duplicated template set up for threat-defense devices issues.
 IPSEC_END_SYSTEM = ObjectIdentifier("1.3.6.1.5.5.7.3.5")
 
 #: RFC 7030 labels are one path segment; keep them to characters that need no escaping.
@@ -90,8 +90,8 @@ PROFILES: dict[str, CertificateProfile] = {
         ),
         CertificateProfile(
             label="ms2012-endsystem",
-            description="Microsoft 2012 CA, duplicated IPsec template with 'IP security end system' "
-            "(the seed's remedy)",
+            description="Microsoft 2012 CA, IPsec template duplicated to issue 'IP security end system' "
+            "instead, which threat-defense devices accept",
             validity_days=730,
             extended_key_usage=(IPSEC_END_SYSTEM,),
         ),
@@ -127,27 +127,3 @@ def get_profile(label: str | None) -> CertificateProfile:
             code="unknown_profile",
         ) from None
 
-
-IPSEC_REMEDY = (
-    "To fix it on the Microsoft CA: 1. Duplicate the IPsec (Offline Request) template. 2. In Extensions > "
-    "Application policies, select 'IP security end system' instead of 'IP security IKE intermediate'. "
-    "3. Set the permissions and the template name. 4. Add the new template and change the registry "
-    "settings to reflect the new template name. Then re-enroll the device."
-)
-
-
-def check_ipsec_eku(cert: x509.Certificate) -> str | None:
-    """None when the certificate is fit for IPsec on a threat-defense device, else the problem
-    and the seed's remedy. Only the Microsoft IPsec template's EKU is refused; a certificate
-    without an EKU extension, or one that also lists 'IP security end system', is accepted."""
-    try:
-        ekus = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return None
-    if IPSEC_IKE_INTERMEDIATE in ekus and IPSEC_END_SYSTEM not in ekus:
-        return (
-            f"certificate {cert.subject.rfc4514_string()} has the extended key usage 'IP security IKE "
-            f"intermediate' ({IPSEC_IKE_INTERMEDIATE.dotted_string}) instead of 'IP security end system' "
-            f"({IPSEC_END_SYSTEM.dotted_string}); the device does not accept it. " + IPSEC_REMEDY
-        )
-    return None

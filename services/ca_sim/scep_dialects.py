@@ -37,10 +37,6 @@ class ScepDialect:
     #: How certificates are issued under this label (validity, EKU, manual approval).
     profile: CertificateProfile
 
-    @property
-    def legacy(self) -> bool:
-        return self.label == LEGACY_LABEL
-
 
 def _modern(profile: CertificateProfile) -> ScepDialect:
     return ScepDialect(

@@ -1,5 +1,5 @@
-"""The seed's Export Certificate: PEM (the identity certificate only, from the database) or
-PKCS12 (key, identity certificate and whole chain). The key never leaves the device except
+"""Export Certificate: PEM (the identity certificate only, from the database) or PKCS12 (key,
+identity certificate and whole chain). The key never leaves the device except
 inside the passphrase-encrypted PKCS#12 the device makes, so that export asks the device,
 synchronously, through the same device client the workers use.
 

@@ -360,7 +360,8 @@ async def _certfleet_error(_request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return _error(404, "not_found", f"no such endpoint: {request.url.path} (see shared/device_api.py)")
+        return _error(404, "not_found", f"no such endpoint: {request.url.path}; a device's API is under "
+                      "/api/devices/<serial>/ (trustpoints, keyring/default, weak-crypto)")
     if exc.status_code == 405:
         return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
     return _error(exc.status_code, "http_error", str(exc.detail))

@@ -3,7 +3,8 @@
 An enroller is a plain function from an :class:`EnrollmentTask` to an outcome: the key
 pair and certificates to install, a request the CA holds, or a refusal with a stable code
 (:mod:`.tasks`). It touches no device state (the caller installs the outcome), so it may run
-in a worker thread. Self-signed, EST, SCEP (:mod:`.scep_client`), manual (:mod:`.manual`)
+in a worker thread. Self-signed, EST (:mod:`.ca_client.est_client`), SCEP
+(:mod:`.ca_client.scep_client`), manual (:mod:`.manual`)
 and PKCS12 (:mod:`.pkcs12_install`) enrollment are implemented; another type plugs in by
 adding its function to :data:`ENROLLERS` (and to :data:`NETWORK_TYPES` when it talks to a CA).
 """

@@ -17,7 +17,6 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from services.device_sim.ca_client.est_client import build_csr
 from services.device_sim.fleet import Device, InstalledCert, Trustpoint
 from services.device_sim.keypairs import generate_device_key
 from services.device_sim.tasks import CsrPending, Enrolled, EnrollmentTask, HeldRequest, Outcome, Refused, Slot
@@ -26,6 +25,7 @@ from shared.device_api import IdentityCertificateImport
 from shared.enums import CertificateRole, EnrollmentType
 from shared.errors import ConflictError, ValidationError
 from shared.pki import load_certificates, to_pem
+from shared.protocols.csr import build_csr
 from shared.states import Status, transition
 from shared.weak_crypto import enforce, weak_certificate
 

@@ -14,9 +14,9 @@ from datetime import datetime
 from services.device_sim.app import DeviceSim, create_app
 from services.device_sim.config import SimConfig
 from services.device_sim.fleet import Fleet
-from services.stack.http_thread import ServerThread
 from shared.clock import utcnow
 from shared.heap import freeze_startup_objects
+from shared.http_thread import ServerThread
 
 
 @dataclass

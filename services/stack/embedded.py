@@ -2,7 +2,8 @@
 simulator in one process, and on request the CA simulator (EST), whose TLS root the
 simulated devices then trust. What ``certfleet demo`` and ``certfleet up`` run.
 
-This module is the composition root: the one place allowed to import every service.
+This module is a composition root: like the ``certfleet`` command (:mod:`services.cli`), it may
+import every service; the services themselves import only their own package and :mod:`shared`.
 With ``CERTFLEET_BROKER_URL`` and ``CERTFLEET_DATABASE_URL`` set it uses Redis and
 PostgreSQL; by default SQLite in the state directory and the in-process broker.
 """
@@ -19,13 +20,13 @@ from services.controller.api.auth import create_token
 from services.controller.app import create_app
 from services.device_sim.config import SimConfig
 from services.device_sim.server import start_in_thread
-from services.stack.http_thread import ServerThread
 from services.worker.actors import declare_actors
 from services.worker.cli import start_embedded_worker
 from services.worker.context import WorkerContext
 from shared.broker import make_broker
 from shared.db import init_db, make_engine, session_scope
 from shared.enums import Role
+from shared.http_thread import ServerThread
 from shared.settings import Settings
 
 

@@ -50,7 +50,9 @@ def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, 
         dramatiq_prom_host=settings.worker_metrics_host,
         dramatiq_prom_port=str(settings.worker_metrics_port),
     )
-    # Read by dramatiq when it is imported; a larger prefetch keeps threads busy (see design.md).
+    # Read by dramatiq when it is imported: the messages a worker process holds ahead of its
+    # threads (dramatiq's default is twice the threads), so a thread that finishes a job finds the
+    # next one waiting instead of waiting on a Redis round trip.
     env.setdefault("dramatiq_queue_prefetch", str(settings.queue_prefetch))
     return env
 

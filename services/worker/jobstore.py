@@ -6,10 +6,9 @@ on (id, attempts, state running): a worker whose lease expired and whose job was
 again by another finds its write refused, and rolls back whatever it meant to commit
 with it.
 
-``claim_job`` commits (others must see the claim at once); ``take_claim`` leaves the commit,
-which must follow at once, to a caller that reads more in the same transaction. The other
-writes do not commit: the caller commits them together with the trustpoint changes they
-belong to.
+``take_claim`` leaves the commit, which must follow at once (others must see the claim), to
+the caller, so it can read what the job is about in the same transaction. The other writes do
+not commit either: the caller commits them together with the trustpoint changes they belong to.
 """
 
 from __future__ import annotations
@@ -58,16 +57,6 @@ class ClaimedJob:
     @property
     def out_of_attempts(self) -> bool:
         return self.attempts >= self.max_attempts
-
-
-def claim_job(
-    session: Session, job_id: uuid.UUID, *, now: datetime, lease_seconds: float, holder: str = ""
-) -> ClaimedJob | None:
-    """:func:`take_claim`, committed."""
-    claimed = take_claim(session, job_id, now=now, lease_seconds=lease_seconds, holder=holder)
-    if claimed is not None:
-        session.commit()
-    return claimed
 
 
 def take_claim(

@@ -25,7 +25,6 @@ from shared.errors import CertfleetError
 MAX_BODY_BYTES = 64 * 1024
 
 PKCS10 = "application/pkcs10"
-PKCS7_MIME = "application/pkcs7-mime"
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 CSRATTRS = "application/csrattrs"
 
@@ -34,11 +33,11 @@ _WHITESPACE = re.compile(rb"\s+")
 
 
 class EstError(CertfleetError):
-    """An EST request the server refuses: an HTTP status, a stable code and what to do."""
+    """An EST message that cannot be used: a stable code and, in the message, what to do. How
+    a server answers it (which HTTP status) is the server's business, decided from the code."""
 
-    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request") -> None:
+    def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message, code=code)
-        self.status = status
 
 
 # --- base64 -------------------------------------------------------------------------------
@@ -74,12 +73,12 @@ def check_request_headers(content_type: str | None, transfer_encoding: str | Non
     if media_type(content_type) != PKCS10:
         raise EstError(
             f"Content-Type {content_type or '(none)'!r} is not supported; send the request as {PKCS10}",
-            status=415, code="unsupported_media_type",
+            code="unsupported_media_type",
         )
     if transfer_encoding and transfer_encoding.strip().lower() != "base64":
         raise EstError(
             f"Content-Transfer-Encoding {transfer_encoding!r} is not supported; send base64",
-            status=415, code="unsupported_media_type",
+            code="unsupported_media_type",
         )
 
 

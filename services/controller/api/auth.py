@@ -1,7 +1,7 @@
 """Bearer-token authentication and role checks.
 
 Tokens are random strings shown once; the database keeps only their SHA-256. Admin and
-Network Admin may change things (as in the seed); Read Only may only read.
+Network Admin may change things; Read Only may only read.
 """
 
 from __future__ import annotations

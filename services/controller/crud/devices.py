@@ -15,7 +15,7 @@ from services.controller.rules.scope import DomainScope
 from shared.errors import ConflictError, NotFoundError
 from shared.models import Certificate, Device, Trustpoint
 
-#: The seed's warning, shown until the operator confirms.
+#: Shown until the operator confirms: weak-crypto is a security trade-off made on purpose.
 WEAK_CRYPTO_WARNING = (
     "Enabling weak-crypto lets this device use weak ciphers in certificates, which reduces "
     "security. Confirm to enable it: send {\"weak_crypto\": true, \"confirm\": true}."
@@ -88,7 +88,7 @@ def update_device(
         if not scope.sees(data.domain_id):
             raise NotFoundError(f"domain {data.domain_id} not found in this domain's subtree")
         device.domain_id = data.domain_id
-        # The seed: certificates move with the device.
+        # A device's trustpoints and certificates move to the new domain with it.
         session.execute(
             update(Trustpoint).where(Trustpoint.device_id == device.id).values(domain_id=data.domain_id)
         )

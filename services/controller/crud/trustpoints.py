@@ -1,4 +1,4 @@
-"""Trustpoints: installing an enrollment object on a device (the seed's "Add"), and the
+"""Trustpoints: installing an enrollment object on a device ("Add"), and the
 re-enroll, refresh and delete actions. Each writes its intent and a job in one transaction;
 the router publishes the job after the commit."""
 

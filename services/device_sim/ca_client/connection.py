@@ -8,16 +8,18 @@ import http.client
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from services.device_sim.ca_client.network import CaFailure
 from shared.clock import utcnow
+from shared.protocols.retry_after import parse_retry_after
 
 #: Longest answer the device reads from a CA; a certificate chain is a few KiB.
 MAX_ANSWER_BYTES = 1024 * 1024
-#: How long to wait when a CA holds a request without saying for how long (RFC 7030 requires it to).
+#: How long to wait when a CA holds a request without a Retry-After the device can read (RFC 7030
+#: requires the CA to send one).
 DEFAULT_RETRY_AFTER = 10.0
 #: The device asks a holding CA again no sooner than this and no later than this.
 RETRY_AFTER_RANGE = (1.0, 3600.0)
@@ -60,32 +62,32 @@ class CaUrl:
         return cls(shown=shown, host=host, port=port, path=parts.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Answer:
     status: int
     reason: str
+    #: Header names lower-case.
     headers: dict[str, str]
     body: bytes
+    #: When the answer arrived: a Retry-After date counts from then.
+    received_at: datetime
+
+    def _asked(self) -> float | None:
+        low, high = RETRY_AFTER_RANGE
+        seconds = parse_retry_after(self.headers.get("retry-after"), now=self.received_at, cap=high)
+        return None if seconds is None else max(seconds, low)
 
     def retry_after(self) -> float:
-        """Seconds the CA asks the device to wait (Retry-After: seconds or an HTTP date)."""
-        raw = self.headers.get("retry-after", "").strip()
-        seconds = DEFAULT_RETRY_AFTER
-        if raw.isdigit():
-            seconds = float(raw)
-        elif raw:
-            try:
-                seconds = (parsedate_to_datetime(raw) - utcnow()).total_seconds()
-            except (TypeError, ValueError):
-                pass
-        low, high = RETRY_AFTER_RANGE
-        return min(max(seconds, low), high)
+        """Seconds before asking a CA that holds the request again: its Retry-After (seconds or
+        an HTTP date) within :data:`RETRY_AFTER_RANGE`, or :data:`DEFAULT_RETRY_AFTER` when it
+        gives none the device can read."""
+        asked = self._asked()
+        return DEFAULT_RETRY_AFTER if asked is None else asked
 
     def asked_to_wait(self) -> float | None:
-        """For a busy CA (503, 429) that says Retry-After, the seconds it asked for; else None."""
-        if self.status in (429, 503) and "retry-after" in self.headers:
-            return self.retry_after()
-        return None
+        """For a busy CA (503, 429) whose Retry-After the device can read, the seconds it asked
+        for (within :data:`RETRY_AFTER_RANGE`); else None, and the controller's backoff decides."""
+        return self._asked() if self.status in (429, 503) else None
 
     def detail(self) -> str:
         """The CA's own explanation: a problem+json ``detail``, or the start of a text body."""
@@ -103,11 +105,12 @@ class Answer:
 
 class CaConnection:
     """The connection; ``open_connection`` makes a new one, ``failure`` names a network error
-    (the protocol knows what the device was checking it against)."""
+    (the protocol knows what the device was checking it against), ``clock`` stamps each answer
+    with the time it arrived."""
 
     def __init__(self, open_connection: Callable[[], http.client.HTTPConnection], *, url: str,
-                 failure: Callable[[BaseException], CaFailure]) -> None:
-        self.open_connection, self.url, self.failure = open_connection, url, failure
+                 failure: Callable[[BaseException], CaFailure], clock: Callable[[], datetime] = utcnow) -> None:
+        self.open_connection, self.url, self.failure, self.clock = open_connection, url, failure, clock
         self._conn: http.client.HTTPConnection | None = None
         self._used = False
 
@@ -133,7 +136,8 @@ class CaConnection:
                     raise CaFailure(f"CA at {self.url} answered {operation} with more than "
                                     f"{MAX_ANSWER_BYTES // 1024} KiB", code="ca_bad_response")
                 return Answer(status=response.status, reason=response.reason,
-                              headers={k.lower(): v for k, v in response.getheaders()}, body=data)
+                              headers={k.lower(): v for k, v in response.getheaders()}, body=data,
+                              received_at=self.clock())
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 self.close()
                 if reused and attempt == 1:

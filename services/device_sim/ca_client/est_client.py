@@ -3,17 +3,18 @@
 One enrollment:
 
 1. ``cacerts``: the CA chain, ordered issuing CA first (the CA certificate becomes available);
-   the server is trusted as :mod:`.ca_trust` says (trust anchors, fingerprint, or no check);
+   the server is trusted as :mod:`.trust` says (trust anchors, fingerprint, or no check);
 2. a new key pair made on the device and a request for the trustpoint's subject and names;
 3. ``simpleenroll`` with HTTP basic auth (the enrollment object's username and password), or
    for a re-enrollment ``simplereenroll`` authenticated by the current certificate as TLS
    client certificate (when the CA issued it and the subject stays the same);
 4. while the CA answers 202 the device asks again as its Retry-After says, for a few seconds
-   (:attr:`CaClientSettings.wait_seconds`); then it reports the identity certificate pending
-   and keeps the request: the simulator keeps polling in the background, and enrolling again
-   asks about the same request instead of filing a new one;
-5. checks on what the CA issued: the device's own public key, signed by the issuing CA, fit
-   for IPsec (not the Microsoft template's "IKE intermediate" usage), no weak signature.
+   (:attr:`services.device_sim.tasks.CaClientSettings.wait_seconds`); then it reports the
+   identity certificate pending and keeps the request: the simulator keeps polling in the
+   background, and enrolling again asks about the same request instead of filing a new one;
+5. checks on what the CA issued (:mod:`.issued`): the device's own public key, signed by the
+   issuing CA, fit for IPsec (not the Microsoft template's "IKE intermediate" usage), no weak
+   signature.
 
 Private keys never leave the device: only the certificate request is sent.
 """
@@ -26,7 +27,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import AttributeOID
 
 from services.device_sim.ca_client import issued
 from services.device_sim.ca_client import trust as ca_trust
@@ -46,7 +46,8 @@ from services.device_sim.tasks import (
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, WeakCryptoError
-from shared.pki import DeviceIdentity, PrivateKey, signing_hash, subject_alt_names, subject_name
+from shared.pki import PrivateKey
+from shared.protocols.csr import build_csr
 from shared.protocols.est import decode_certs_only, encode_csr
 
 ENROLL, REENROLL = "simpleenroll", "simplereenroll"
@@ -93,19 +94,6 @@ def enroll_est(task: EnrollmentTask) -> Outcome:
                        ca_certificates=enrollment.ca_slots)
     except WeakCryptoError as exc:
         return Refused(code=exc.code, message=exc.message, ca_certificates=enrollment.ca_slots)
-
-
-def build_csr(key: PrivateKey, params: EnrollmentParameters, device: DeviceIdentity, *,
-              challenge_password: str = "") -> x509.CertificateSigningRequest:
-    """The request for the trustpoint's subject and names, as the self-signed certificate has them;
-    with a ``challenge_password`` attribute when given (SCEP's PKCSReq carries it)."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(subject_name(params, device))
-    sans = subject_alt_names(params, device)
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if challenge_password:
-        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge_password.encode())
-    return builder.sign(key, signing_hash(key))
 
 
 class _EstEnrollment:

@@ -1,18 +1,7 @@
-"""EST over HTTPS from the device to a CA: where the enrollment URL leads, and the one place
-that turns EST's network and HTTP answers into a :class:`CaFailure` with a stable code, a
-message that names the cause, and whether trying again later may help (network causes are
-named by :mod:`.ca_network`, shared with the SCEP client):
-
-    name not resolved        ca_name_unresolved           (retryable for a temporary DNS failure)
-    no route to the host     ca_no_route                  retryable
-    connection refused       ca_connection_refused        retryable
-    no answer in time        ca_timeout                   retryable
-    connection dropped       ca_connection_lost           retryable
-    server not trusted       ca_tls_verification_failed
-    other TLS failure        ca_tls_failed
-    401                      ca_auth_failed
-    any other status         ca_http_error                (5xx and 429 retryable)
-    unreadable answer        ca_bad_response
+"""EST over HTTPS from the device to a CA: where the enrollment URL leads, one kept-alive
+connection per enrollment, and the CA's unexpected answers as a :class:`CaFailure` with the
+stable code :mod:`shared.protocols.ca_failures` gives it (network causes are told apart by
+:mod:`.network`, shared with the SCEP client) and a hint that fits EST.
 
 Plain ``http.client`` over ``ssl``: the socket errors arrive as they are, so each cause is
 told apart without digging through wrapped exceptions.
@@ -27,6 +16,7 @@ from dataclasses import dataclass
 
 from services.device_sim.ca_client.connection import Answer, CaConnection, CaUrl
 from services.device_sim.ca_client.network import CaFailure, network_failure
+from shared.protocols.ca_failures import status_problem
 from shared.protocols.est import PKCS10
 
 __all__ = ["Answer", "CaFailure", "EstEndpoint", "EstSession"]
@@ -103,19 +93,14 @@ class EstSession:
     def http_failure(self, answer: Answer, operation: str, *, renewing: bool = False,
                      sent_password: bool = False) -> CaFailure:
         """A CA's answer other than 200 or 202, as a failure."""
-        url, status = self.endpoint.url, answer.status
-        said = f"{status} {answer.reason}".strip()
-        if status == 401:
+        hint = ""
+        if answer.status == 401:
             if renewing:
                 hint = "the CA did not accept the device's current certificate; enroll the trustpoint anew"
             elif sent_password:
                 hint = "check the username and password of the enrollment object"
             else:
                 hint = "the CA wants a username and password: set them in the enrollment object"
-            return CaFailure(
-                f"CA at {url} refused {operation}: {said}; {hint} (the CA says: {answer.detail()})",
-                code="ca_auth_failed",
-            )
-        return CaFailure(f"CA at {url} answered {operation} with {said}: {answer.detail()}",
-                         code="ca_http_error", retryable=status >= 500 or status == 429,
-                         retry_after=answer.asked_to_wait())
+        problem = status_problem(answer.status, url=self.endpoint.url, operation=operation, reason=answer.reason,
+                                 detail=answer.detail(), hint=hint)
+        return CaFailure.of(problem, retry_after=answer.asked_to_wait())

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from services.ca_sim.profiles import check_ipsec_eku
 from services.device_sim.ca_client import trust as ca_trust
+from services.device_sim.ca_client.ipsec_eku import check_ipsec_eku
 from services.device_sim.ca_client.network import CaFailure
 from services.device_sim.tasks import CurrentIdentity, EnrollmentTask
 from shared.pki import PrivateKey, subject_alt_names, subject_name

@@ -1,15 +1,7 @@
-"""Why a device could not reach its CA: the one place that turns a socket or TLS error into a
-:class:`CaFailure` with a stable code, a message naming the cause, and whether trying again
-later may help. Both device clients use it: EST over HTTPS and SCEP over plain HTTP.
-
-    name not resolved        ca_name_unresolved           (retryable for a temporary DNS failure)
-    no route to the host     ca_no_route                  retryable
-    connection refused       ca_connection_refused        retryable
-    no answer in time        ca_timeout                   retryable
-    connection dropped       ca_connection_lost           retryable (mid-handshake too)
-    server not trusted       ca_tls_verification_failed
-    other TLS failure        ca_tls_failed
-    not HTTP/1.1             ca_bad_response
+"""Why a device could not reach its CA: tells a socket or TLS error apart by its cause and
+reports it as :mod:`shared.protocols.ca_failures` words it (stable code, message, whether
+trying again later may help). Both device clients use it: EST over HTTPS and SCEP over plain
+HTTP. :class:`CaFailure` is how every failure of an enrollment with a CA travels.
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ import socket
 import ssl
 
 from shared.errors import CertfleetError
+from shared.protocols.ca_failures import CaProblem, Cause, network_problem
 
 _NO_ROUTE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
 #: OpenSSL's reasons for a peer that went away in the middle of a handshake or record.
@@ -35,44 +28,40 @@ class CaFailure(CertfleetError):
         #: Seconds the CA asked the device to wait (a 503 or 429 with Retry-After), if it said.
         self.retryable, self.retry_after = retryable, retry_after
 
+    @classmethod
+    def of(cls, problem: CaProblem, *, retry_after: float | None = None) -> CaFailure:
+        return cls(problem.message, code=problem.code, retryable=problem.retryable, retry_after=retry_after)
+
+
+def cause_of(exc: BaseException) -> tuple[Cause, str]:
+    """The cause of ``exc``, and what the operating system or TLS library said about it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Cause.UNTRUSTED, str(exc.verify_message or exc.reason)
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) or getattr(exc, "reason", None) in _CUT_OFF:
+        # The connection ended mid-handshake: the CA stopping or restarting, not a TLS mismatch.
+        return Cause.CUT_OFF_IN_HANDSHAKE, str(getattr(exc, "reason", None) or exc)
+    if isinstance(exc, ssl.SSLError):
+        return Cause.TLS_FAILED, str(exc.reason or exc)
+    if isinstance(exc, socket.gaierror):
+        temporary = exc.errno == socket.EAI_AGAIN
+        return (Cause.NAME_UNRESOLVED_FOR_NOW if temporary else Cause.NAME_UNRESOLVED), str(exc.strerror)
+    if isinstance(exc, ConnectionRefusedError):
+        return Cause.REFUSED, str(exc.strerror or exc)
+    if isinstance(exc, TimeoutError):
+        return Cause.TIMEOUT, str(exc)
+    if isinstance(exc, OSError) and exc.errno in _NO_ROUTE:
+        return Cause.NO_ROUTE, str(exc.strerror)
+    if isinstance(exc, ConnectionError | http.client.RemoteDisconnected):
+        return Cause.DROPPED, str(exc)
+    if isinstance(exc, http.client.HTTPException):
+        return Cause.NOT_HTTP, type(exc).__name__
+    return Cause.UNREACHABLE, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
 
 def network_failure(exc: BaseException, *, url: str, host: str, port: int, timeout: float, service: str,
                     trust: str = "") -> CaFailure:
     """``exc`` from talking to the CA at ``url`` as a failure; ``service`` names the protocol
     ("EST", "SCEP") and ``trust`` what the server's TLS certificate was checked against."""
-    unreachable = f"CA at {url} unreachable"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return CaFailure(
-            f"CA at {url}: TLS verification failed: {exc.verify_message or exc.reason} "
-            f"(server checked against {trust or 'the device trust anchors'})",
-            code="ca_tls_verification_failed",
-        )
-    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) or getattr(exc, "reason", None) in _CUT_OFF:
-        # The connection ended mid-handshake: the CA stopping or restarting, not a TLS mismatch.
-        return CaFailure(f"CA at {url} closed the connection during the TLS handshake ({exc.reason or exc})",
-                         code="ca_connection_lost", retryable=True)
-    if isinstance(exc, ssl.SSLError):
-        return CaFailure(f"CA at {url}: TLS handshake failed: {exc.reason or exc}", code="ca_tls_failed")
-    if isinstance(exc, socket.gaierror):
-        temporary = exc.errno == socket.EAI_AGAIN
-        return CaFailure(
-            f"{unreachable}: name {host} not resolved ({exc.strerror}); check the enrollment URL's host "
-            "name and the device's DNS servers",
-            code="ca_name_unresolved", retryable=temporary,
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return CaFailure(f"{unreachable}: connection refused; is its {service} service listening on port "
-                         f"{port}?", code="ca_connection_refused", retryable=True)
-    if isinstance(exc, TimeoutError):
-        return CaFailure(f"{unreachable}: no answer within {timeout:g} s", code="ca_timeout", retryable=True)
-    if isinstance(exc, OSError) and exc.errno in _NO_ROUTE:
-        return CaFailure(f"{unreachable}: no route to host {host} ({exc.strerror}); check the device's "
-                         "routes to the CA", code="ca_no_route", retryable=True)
-    if isinstance(exc, ConnectionError | http.client.RemoteDisconnected):
-        return CaFailure(f"CA at {url} dropped the connection: {exc}", code="ca_connection_lost",
-                         retryable=True)
-    if isinstance(exc, http.client.HTTPException):
-        return CaFailure(f"CA at {url} sent an answer that is not HTTP/1.1: {type(exc).__name__}",
-                         code="ca_bad_response")
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return CaFailure(f"{unreachable}: {reason}", code="ca_unreachable", retryable=True)
+    cause, reason = cause_of(exc)
+    return CaFailure.of(network_problem(cause, url=url, host=host, port=port, service=service, timeout=timeout,
+                                        reason=reason, trust=trust))

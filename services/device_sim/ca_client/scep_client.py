@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from services.device_sim.ca_client import issued
 from services.device_sim.ca_client import trust as ca_trust
 from services.device_sim.ca_client.connection import configured_url
-from services.device_sim.ca_client.est_client import build_csr
 from services.device_sim.ca_client.network import CaFailure
 from services.device_sim.ca_client.scep_transport import ScepEndpoint, ScepSession
 from services.device_sim.keypairs import generate_device_key
@@ -50,6 +49,7 @@ from shared.enums import CertificateRole
 from shared.errors import WeakCryptoError
 from shared.pki import generate_private_key, subject_name
 from shared.protocols import scep
+from shared.protocols.csr import build_csr
 from shared.protocols.scep import CertRep, ContentCipher, FailInfo, PkiStatus, Requester
 from shared.weak_crypto import WEAK_HASHES, enforce, weak_certificate, weak_cipher
 

@@ -1,6 +1,6 @@
 """SCEP over plain HTTP from the device to a CA (RFC 8894 section 4): where the enrollment URL
 leads, the three operations the device uses, and the one place that turns SCEP's HTTP answers
-into a :class:`CaFailure` (network causes are named by :mod:`.ca_network`):
+into a :class:`CaFailure` (network causes are named by :mod:`.network`):
 
     GetCACaps      GET  <path>?operation=GetCACaps
     GetCACert      GET  <path>?operation=GetCACert

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from services.ca_sim.pending import list_requests
-from services.ca_sim.profiles import IPSEC_IKE_INTERMEDIATE, check_ipsec_eku
+from services.ca_sim.profiles import IPSEC_IKE_INTERMEDIATE
 from services.ca_sim.service import start_in_thread
+from services.device_sim.ca_client.ipsec_eku import check_ipsec_eku
 from shared.protocols import est as est_codec
 from tests.support.ca_peers import lint, openssl_verify, p256_csr, pki, run, spki, write_pem
 

@@ -20,9 +20,9 @@ from services.ca_sim.profiles import (
     IPSEC_IKE_INTERMEDIATE,
     PROFILES,
     CertificateProfile,
-    check_ipsec_eku,
     get_profile,
 )
+from services.device_sim.ca_client.ipsec_eku import check_ipsec_eku
 from shared.errors import ConfigurationError, NotFoundError, ValidationError
 from tests.support.ca_peers import lint, openssl_verify, p256_csr, spki, write_pem
 
@@ -82,7 +82,7 @@ def test_profile_sets_validity_eku_and_hash(ca):
         ext(ios, x509.ExtendedKeyUsage)
 
 
-def test_ms2012_ipsec_certificate_is_flagged_with_the_seeds_remedy(ca):
+def test_the_device_refuses_the_ms2012_ipsec_certificate_with_the_remedy(ca):
     _, csr = p256_csr("fw1.example.net")
     problem = check_ipsec_eku(issue(ca, csr, PROFILES["ms2012-ipsec"]))
     assert problem is not None

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from shared import models
-from shared.db import global_domain, init_db, make_engine, session_scope
+from shared.db import init_db, make_engine, session_scope
 from shared.settings import Settings
 from tests.support.pg import database_exists, fresh_database, postgres_or_skip
 
@@ -81,7 +81,7 @@ def test_init_db_creates_the_global_domain_once(engine):
         roots = session.exec(select(models.Domain).where(models.Domain.parent_id.is_(None))).all()
         globals_ = [d for d in roots if d.name == models.GLOBAL_DOMAIN_NAME]
         assert [d.id for d in globals_] == [models.GLOBAL_DOMAIN_ID]
-        assert global_domain(session).name == "Global"
+        assert session.get(models.Domain, models.GLOBAL_DOMAIN_ID).name == "Global"
 
 
 def test_domain_tree(engine):

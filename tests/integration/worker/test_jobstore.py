@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import Session
 
 from services.worker import jobstore
+from services.worker.runner import load_subject
 from shared.clock import aware
 from shared.db import init_db, make_engine, session_scope
 from shared.models import GLOBAL_DOMAIN_ID, Job
@@ -52,8 +53,13 @@ def load(engine, job_id) -> Job:
 
 
 def claim(engine, job_id, now=NOW):
+    """As the runner claims: take the claim, read the job's subject in the same transaction, commit."""
     with session_scope(engine) as session:
-        return jobstore.claim_job(session, job_id, now=now, lease_seconds=LEASE, holder="test")
+        claimed = jobstore.take_claim(session, job_id, now=now, lease_seconds=LEASE, holder="test")
+        if claimed is not None:
+            load_subject(session, claimed)
+            session.commit()
+        return claimed
 
 
 def test_claim_takes_a_queued_job_and_records_the_attempt(engine):

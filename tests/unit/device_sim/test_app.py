@@ -237,6 +237,15 @@ def test_unknown_device_is_404_with_a_code(client: httpx.Client) -> None:
         assert body["code"] == "device_not_found" and "FTD-000001" in body["message"]
 
 
+def test_an_unknown_endpoint_says_where_the_api_is(client: httpx.Client) -> None:
+    response = client.get("/api/trustpoints")
+    assert response.status_code == 404
+    body = response.json()
+    assert body["code"] == "not_found"
+    assert body["message"] == ("no such endpoint: /api/trustpoints; a device's API is under /api/devices/<serial>/ "
+                               "(trustpoints, keyring/default, weak-crypto)")
+
+
 @pytest.mark.parametrize(
     ("change", "code"),
     [

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -43,6 +44,9 @@ class ScriptedDevice(BaseHTTPRequestHandler):
             "ok": (200, TRUSTPOINT, {}),
             "slow": (200, TRUSTPOINT, {}),
             "busy": (503, {"code": "busy", "message": "device manager restarting"}, {"Retry-After": "2"}),
+            "busy_until": (503, {"code": "busy", "message": "device manager restarting"},
+                           {"Retry-After": "Tue, 01 Jan 2030 12:00:40 GMT"}),
+            "busy_garbled": (429, {"code": "busy", "message": "too many requests"}, {"Retry-After": "later"}),
             "manager_cannot_reach": (503, {"code": "device_unreachable", "message": "no route to device"},
                                      {}),
             "weak": (422, {"code": "weak_crypto", "message": WEAK_CRYPTO_MESSAGE}, {}),
@@ -149,6 +153,22 @@ def test_5xx_is_transient_with_the_device_message_and_retry_after(client, device
     assert caught.value.retry_after == 2.0
     assert "device FTD-000042 answered 503" in str(caught.value)
     assert "device manager restarting" in str(caught.value)
+
+
+def test_a_retry_after_date_counts_from_when_the_answer_arrived_and_garble_is_ignored(device, device_server):
+    arrived = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    client = HttpDeviceClient(timeout_seconds=2, clock=lambda: arrived)
+    try:
+        device_server.scenario = "busy_until"
+        with pytest.raises(DeviceTransientError) as until:
+            client.enroll(device, "vpn")
+        device_server.scenario = "busy_garbled"
+        with pytest.raises(DeviceTransientError) as garbled:
+            client.enroll(device, "vpn")
+    finally:
+        client.close()
+    assert until.value.retry_after == 40.0
+    assert garbled.value.code == "device_error" and garbled.value.retry_after is None
 
 
 def test_device_manager_saying_the_device_is_unreachable_keeps_that_code(client, device, device_server):

@@ -1,53 +1,15 @@
+"""The enrollment-object API's request and answer bodies. The fields an operator sets, with
+their limits, are :class:`shared.models.EnrollmentObjectFields`, which the table shares."""
+
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from services.controller.api.schemas.common import InputModel
-from shared.enums import EnrollmentType, KeyType
-
-
-class EnrollmentObjectFields(BaseModel):
-    """What an operator sets on a certificate enrollment object, for every enrollment type
-    (fields a type does not use stay at their defaults)."""
-
-    name: str = Field(min_length=1, max_length=64)
-    description: str = Field(default="", max_length=1024)
-    enrollment_type: EnrollmentType
-    # Key
-    key_type: KeyType = KeyType.RSA
-    key_size: int = 2048
-    # Certificate parameters
-    common_name: str = Field(default="", max_length=64)
-    organization: str = Field(default="", max_length=64)
-    organizational_unit: str = Field(default="", max_length=64)
-    locality: str = Field(default="", max_length=128)
-    state: str = Field(default="", max_length=128)
-    country: str = Field(default="", max_length=2)
-    email: str = Field(default="", max_length=128)
-    include_fqdn: bool = False
-    include_device_ip: bool = False
-    include_serial_number: bool = False
-    validity_days: int = 365
-    # EST / SCEP
-    enrollment_url: str = Field(default="", max_length=512)
-    username: str = Field(default="", max_length=128)
-    fingerprint: str = Field(default="", max_length=200)
-    ignore_server_validation: bool = False
-    retry_period_minutes: int = 1
-    retry_count: int = 10
-    #: The CA endpoint's limits across every worker: enrollments at once, and started per
-    #: second. Null: the settings' CERTFLEET_CA_CONCURRENCY and CERTFLEET_CA_RATE_PER_SECOND.
-    ca_concurrency_limit: int | None = Field(default=None, ge=1, le=10_000)
-    ca_rate_limit: float | None = Field(default=None, gt=0, le=100_000)
-    # Manual
-    ca_certificate_pem: str = Field(default="", max_length=65536)
-    ca_only: bool = False
-    # Revocation checking
-    ocsp_url: str = Field(default="", max_length=512)
-    crl_urls: list[str] = Field(default_factory=list, max_length=16)
+from shared.models import EnrollmentObjectFields
 
 
 class EnrollmentObjectCreate(EnrollmentObjectFields, InputModel):

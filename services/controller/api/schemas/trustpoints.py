@@ -12,7 +12,7 @@ from shared.states import Status
 
 
 class TrustpointAdd(InputModel):
-    """The seed's "Add": install this enrollment object on the device."""
+    """Add a trustpoint: install this enrollment object on the device."""
 
     enrollment_object_id: uuid.UUID
 
@@ -89,8 +89,8 @@ class IdentityCertificateImport(InputModel):
 
 
 class ExportRequest(InputModel):
-    """The seed's Export Certificate: PKCS12 (complete chain, needs a passphrase) or PEM
-    (identity certificate only)."""
+    """Export Certificate: PKCS12 (complete chain, needs a passphrase) or PEM (identity
+    certificate only)."""
 
     format: Literal["pkcs12", "pem"]
     #: Protects the PKCS#12 file; never stored or logged.

@@ -275,6 +275,25 @@ def test_every_enrollment_type_round_trips_and_secrets_never_come_back(api):
     assert SecretBox(SECRET_KEY).open(blob) == b"est-Pa55word!"
 
 
+@pytest.mark.parametrize(
+    "db_engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_the_longest_field_values_the_api_accepts_fit_the_table(api):
+    """The API and the table share one definition of each field: what passes the one is stored."""
+    longest = {
+        "enrollment_type": "est", "enrollment_url": "https://ca.example.com/" + "e" * 489,
+        "fingerprint": "AB:" * 63 + "AB",  # SHA-512 with colons: 191 characters
+        "description": "d" * 1024, "username": "u" * 128, "common_name": "c" * 64, "organization": "o" * 64,
+        "organizational_unit": "t" * 64, "locality": "l" * 128, "state": "s" * 128,
+        "ocsp_url": "http://ocsp.example.com/" + "o" * 488,
+    }
+    created = api.enrollment_object("o" * 64, key_type="rsa", key_size=2048, **longest)
+    stored = api.ok("GET", f"/domains/{GLOBAL}/enrollment-objects/{created['id']}")
+    assert stored["fingerprint"] == "ab" * 64
+    assert {k: stored[k] for k in longest if k != "fingerprint"} == {k: v for k, v in longest.items()
+                                                                      if k != "fingerprint"}
+
+
 def test_put_replaces_fields_and_keeps_or_clears_the_secret(api):
     created = api.enrollment_object("est-obj", **ENROLLMENT_OBJECTS["est"])
     path = f"/domains/{GLOBAL}/enrollment-objects/{created['id']}"
@@ -320,6 +339,8 @@ def test_put_replaces_fields_and_keeps_or_clears_the_secret(api):
         ({"enrollment_type": "manual", "ca_certificate_pem": "garbage"}, "invalid_certificate"),
         ({"ocsp_url": "http://[2001:db8::7/ocsp"}, "invalid_url"),
         ({"surprise": 1}, "validation_error"),
+        ({"enrollment_type": "est", "enrollment_url": "https://ca/", "fingerprint": "ab:" * 67 + "ab"},
+         "validation_error"),  # longer than SHA-512 written with colons
         ({"key_size": "big"}, "validation_error"),
         ({"enrollment_type": "carrier_pigeon"}, "validation_error"),
     ],
@@ -716,7 +737,7 @@ def test_concurrent_actions_on_one_trustpoint_start_one_job(db_engine, stub_brok
     """Eight operators press re-enroll at once, over real HTTP: one job starts, seven are told why not."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from services.stack.http_thread import ServerThread
+    from shared.http_thread import ServerThread
 
     client, tokens = start_api(db_engine, stub_broker)
     with client:

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from services.controller.app import create_app
 from services.controller.queueing.reconciler import Reconciler, reconcile_once
-from services.worker.jobstore import claim_job
+from services.worker.jobstore import take_claim
 from shared.broker import make_broker
 from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.metrics import RECONCILER_REPUBLISHED
@@ -136,7 +136,8 @@ def test_a_job_whose_worker_died_is_published_again_and_can_be_taken_over(db_eng
 
     # The worker that receives the message takes the job over.
     with Session(db_engine) as session:
-        claimed = claim_job(session, job_id, now=now + timedelta(seconds=2), lease_seconds=LEASE)
+        claimed = take_claim(session, job_id, now=now + timedelta(seconds=2), lease_seconds=LEASE)
+        session.commit()
     assert claimed is not None and claimed.attempts == 2
     assert reconcile(db_engine, stub_broker, now + timedelta(seconds=LEASE)) == 0
 

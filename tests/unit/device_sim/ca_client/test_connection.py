@@ -1,7 +1,7 @@
 """A device's kept-alive connection to its CA, against real HTTP servers on loopback: a CA that
 quietly closed the kept-alive connection is asked again on a new one, an answer too large to
-be a certificate chain is refused, and a CA that hangs up on a fresh connection is a lost
-connection, not asked twice."""
+be a certificate chain is refused, a CA that hangs up on a fresh connection is a lost
+connection, not asked twice, and a CA's Retry-After counts from when its answer arrived."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from services.device_sim.ca_client.connection import MAX_ANSWER_BYTES, CaConnection
+from services.device_sim.ca_client.connection import (
+    DEFAULT_RETRY_AFTER,
+    MAX_ANSWER_BYTES,
+    RETRY_AFTER_RANGE,
+    CaConnection,
+)
 from services.device_sim.ca_client.network import CaFailure, network_failure
 
 
@@ -48,10 +54,23 @@ class Oversized(QuietlyClosing):
         self.wfile.write(b"x" * (MAX_ANSWER_BYTES + 10))
 
 
+class Holding(QuietlyClosing):
+    """Answers with ``status`` and the Retry-After ``header`` (none when None)."""
+
+    status, header = 202, None
+
+    def do_GET(self) -> None:
+        self.send_response(type(self).status)
+        if type(self).header is not None:
+            self.send_header("Retry-After", type(self).header)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 @contextmanager
 def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield server.server_address[1]
@@ -60,13 +79,14 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
         server.server_close()
 
 
-def connection(port: int) -> CaConnection:
+def connection(port: int, **kw) -> CaConnection:
     url = f"http://127.0.0.1:{port}/"
 
     def failure(exc: BaseException) -> CaFailure:
         return network_failure(exc, url=url, host="127.0.0.1", port=port, timeout=5, service="SCEP")
 
-    return CaConnection(lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=5), url=url, failure=failure)
+    return CaConnection(lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=5), url=url, failure=failure,
+                        **kw)
 
 
 def test_a_kept_alive_connection_the_ca_closed_is_opened_again():
@@ -115,3 +135,30 @@ def test_a_ca_hanging_up_on_a_new_connection_is_a_lost_connection_asked_once():
     listener.close()
     assert lost.value.code == "ca_connection_lost" and lost.value.retryable
     assert len(accepted) == 1
+
+
+ARRIVED = datetime(2030, 1, 2, 12, 0, tzinfo=UTC)
+LOW, HIGH = RETRY_AFTER_RANGE
+
+
+@pytest.mark.parametrize(("status", "header", "wait", "asked"), [
+    (202, "30", 30, None),
+    (202, "Wed, 02 Jan 2030 12:02:00 GMT", 120, None),
+    (202, "Wed, 02 Jan 2030 11:00:00 GMT", LOW, None),  # already past: the device still waits a little
+    (202, "86400", HIGH, None),
+    (202, None, DEFAULT_RETRY_AFTER, None),
+    (202, "soon", DEFAULT_RETRY_AFTER, None),
+    (503, "Wed, 02 Jan 2030 12:00:45 GMT", 45, 45),
+    (429, "5", 5, 5),
+    (503, "soon", DEFAULT_RETRY_AFTER, None),
+    (503, None, DEFAULT_RETRY_AFTER, None),
+])
+def test_a_ca_s_retry_after_counts_from_when_its_answer_arrived(status, header, wait, asked):
+    Holding.status, Holding.header = status, header
+    with http_server(Holding) as port:
+        ca = connection(port, clock=lambda: ARRIVED)
+        answer = ca.request("GET", "/", operation="simpleenroll")
+        ca.close()
+    assert answer.received_at == ARRIVED
+    assert answer.retry_after() == wait
+    assert answer.asked_to_wait() == asked
