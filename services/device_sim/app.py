@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Literal
@@ -67,11 +67,14 @@ class DeviceFault(CertfleetError):
 class DeviceSim:
     """The fleet, its fault plan and request statistics, with one handler per endpoint."""
 
-    def __init__(self, config: SimConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, config: SimConfig, *, clock: Callable[[], datetime] = utcnow,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.config = config
         self.fleet = Fleet.build(config)
         self.faults = FaultPlan.from_config(config)
         self.clock = clock
+        #: How the simulator waits on its event loop: latency, hung requests, a CA's Retry-After.
+        self.sleep = sleep
         #: The server's own http://host:port; management URLs are built from it.
         self.base_url = ""
         self.requests: Counter[str] = Counter()
@@ -86,8 +89,9 @@ class DeviceSim:
             wait_seconds=config.ca_wait_seconds, timeout_seconds=config.ca_timeout_seconds,
             scep_minute_seconds=config.scep_minute_seconds,
         )
-        #: Background polls of requests CAs hold (see _keep_polling).
+        #: Background polls of requests CAs hold (see _keep_polling), and the trustpoints they follow.
         self._polls: set[asyncio.Task[None]] = set()
+        self._following: Counter[tuple[str, str]] = Counter()
         #: One running enrollment per (serial, trustpoint); a repeated request waits for it.
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._released = asyncio.Event()
@@ -106,6 +110,11 @@ class DeviceSim:
             self._keygen.shutdown(wait=False, cancel_futures=True)
             self._network.shutdown(wait=False, cancel_futures=True)
 
+    def following(self, serial: str, trustpoint: str) -> bool:
+        """Whether the device still asks in the background about a request a CA holds for the
+        trustpoint (readable from any thread)."""
+        return self._following[(serial, trustpoint)] > 0
+
     def release_hung_requests(self) -> None:
         """Answer the requests held by the timeout fault now (thread-safe): a stopping server
         should not wait out their hang."""
@@ -121,7 +130,7 @@ class DeviceSim:
         device = self.fleet.get(serial)
         fate = self.faults.decide(serial, device.next_request_number())
         if fate.latency_seconds:
-            await asyncio.sleep(fate.latency_seconds)
+            await self.sleep(fate.latency_seconds)
         if fate.outcome is Outcome.OK:
             return device
         self.fault_counts[fate.outcome.value] += 1
@@ -130,9 +139,18 @@ class DeviceSim:
         if fate.outcome is Outcome.ERROR:
             raise DeviceFault(500, "device_error", f"device {serial} failed to process the request")
         hang = self.faults.hang_seconds
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._released.wait(), hang)
+        await self._hang(hang)
         raise DeviceFault(504, "device_timeout", f"device {serial} did not answer within {hang:g} s")
+
+    async def _hang(self, seconds: float) -> None:
+        """Hold the request for ``seconds``, or until the server stops (release_hung_requests)."""
+        released = asyncio.ensure_future(self._released.wait())
+        over = asyncio.ensure_future(self.sleep(seconds))
+        try:
+            await asyncio.wait({released, over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            over.cancel()
 
     # --- fleet-wide endpoints (no device faults) ---------------------------------------------
 
@@ -293,9 +311,18 @@ class DeviceSim:
     # --- requests a CA holds -----------------------------------------------------------------
 
     def _follow_up(self, device: Device, trustpoint: Trustpoint) -> None:
+        key = (device.serial, trustpoint.name)
         poll = asyncio.get_running_loop().create_task(self._keep_polling(device, trustpoint))
         self._polls.add(poll)
-        poll.add_done_callback(self._polls.discard)
+        self._following[key] += 1
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._polls.discard(task)
+            self._following[key] -= 1
+            if not self._following[key]:
+                del self._following[key]
+
+        poll.add_done_callback(done)
 
     async def _keep_polling(self, device: Device, trustpoint: Trustpoint) -> None:
         """The CA holds the trustpoint's request: ask again as its Retry-After says, until it
@@ -304,7 +331,7 @@ class DeviceSim:
         refresh shows whatever the device has by then."""
         key = (device.serial, trustpoint.name)
         while (held := trustpoint.held) is not None:
-            await asyncio.sleep(held.retry_after)
+            await self.sleep(held.retry_after)
             if device.trustpoints.get(trustpoint.name) is not trustpoint or trustpoint.held is not held:
                 return  # deleted, or a newer enrollment took over (and follows up itself)
             if trustpoint.params != held.params:

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -53,9 +54,11 @@ class RunningSim:
         self.stop()
 
 
-def start_in_thread(config: SimConfig, *, clock: Callable[[], datetime] = utcnow) -> RunningSim:
-    """Build the fleet, bind config.port (0: a free one) and return once connections are accepted."""
-    sim = DeviceSim(config, clock=clock)
+def start_in_thread(config: SimConfig, *, clock: Callable[[], datetime] = utcnow,
+                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> RunningSim:
+    """Build the fleet, bind config.port (0: a free one) and return once connections are accepted.
+    ``clock`` and ``sleep`` (on the server's event loop) time the simulator."""
+    sim = DeviceSim(config, clock=clock, sleep=sleep)
     server = ServerThread(create_app(sim), host=config.host, port=config.port)
     sim.base_url = (config.public_url or server.url).rstrip("/")
     server.start()

@@ -1,6 +1,7 @@
 """The CA gate in Redis, shared by every worker process: the rules of
 :class:`services.worker.ca_gate.MemoryCaGate`, each step one Lua script so it is atomic,
-timed by the Redis server's clock so workers on hosts with skewed clocks agree.
+timed by the Redis server's clock so workers on hosts with skewed clocks agree (a ``clock_ms``
+given to :class:`RedisCaGate` times it instead, for tests that move time themselves).
 
 Keys per endpoint (``<prefix>:<scheme://host:port>``):
 
@@ -14,6 +15,7 @@ A Redis flush forgets them all: permits and outages are then counted afresh, not
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import redis
 
@@ -29,14 +31,22 @@ from services.worker.ca_gate import (
 
 PREFIX = "certfleet:ca"
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+def _now(arg: int) -> str:
+    """Lua setting ``now`` (epoch ms) from ARGV[arg], or from the server's clock when that is empty."""
+    return f"""
+local now = tonumber(ARGV[{arg}])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 """
 
+
 # KEYS: state, holders. ARGV: concurrency, interval_ms, tolerance_ms, lease_ms, token, threshold,
-# base_ms, ttl_ms. Returns {code, retry_in_ms, down_since}: 0 granted, 1 rate, 2 circuit, 3 concurrency.
-_ACQUIRE = _NOW + """
+# base_ms, ttl_ms, now_ms ("": the server's clock). Returns {code, retry_in_ms, down_since}: 0 granted,
+# 1 rate, 2 circuit, 3 concurrency.
+_ACQUIRE = _now(9) + """
 local limit, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease, token, threshold, base = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local s = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probing_until', 'down_since', 'tat')
@@ -64,8 +74,8 @@ return {0, '0', '0'}
 """
 
 # KEYS: state, holders. ARGV: token, outcome (ok/down/unknown), threshold, base_ms, cap_ms, jitter,
-# ttl_ms. Returns {open (1/0), retry_in_ms, down_since}.
-_FINISH = _NOW + """
+# ttl_ms, now_ms ("": the server's clock). Returns {open (1/0), retry_in_ms, down_since}.
+_FINISH = _now(8) + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then redis.call('HDEL', KEYS[1], 'probing_until', 'probe') end
 if ARGV[2] == 'unknown' then return {0, '0', '0'} end
@@ -97,17 +107,22 @@ _REASONS = {1: "rate", 2: "circuit", 3: "concurrency"}
 
 
 class RedisCaGate:
-    def __init__(self, client: redis.Redis, *, prefix: str = PREFIX) -> None:
-        self.client, self.prefix = client, prefix
+    def __init__(self, client: redis.Redis, *, prefix: str = PREFIX,
+                 clock_ms: Callable[[], float] | None = None) -> None:
+        self.client, self.prefix, self._clock_ms = client, prefix, clock_ms
         self._acquire = client.register_script(_ACQUIRE)
         self._finish = client.register_script(_FINISH)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisCaGate:
-        return cls(redis.Redis.from_url(url))
+    def from_url(cls, url: str, *, prefix: str = PREFIX, clock_ms: Callable[[], float] | None = None
+                 ) -> RedisCaGate:
+        return cls(redis.Redis.from_url(url), prefix=prefix, clock_ms=clock_ms)
 
     def close(self) -> None:
         self.client.close()
+
+    def _now(self) -> str:
+        return repr(self._clock_ms()) if self._clock_ms is not None else ""
 
     def _keys(self, endpoint: str) -> list[str]:
         return [f"{self.prefix}:{endpoint}:state", f"{self.prefix}:{endpoint}:holders"]
@@ -116,7 +131,7 @@ class RedisCaGate:
         token = uuid.uuid4().hex
         code, retry_in, down_since = self._acquire(keys=self._keys(endpoint), args=[
             limits.concurrency, repr(limits.interval_ms), repr(limits.tolerance_ms), repr(lease_ms), token,
-            CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, STATE_TTL_MS,
+            CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, STATE_TTL_MS, self._now(),
         ])
         if int(code) == 0:
             return Decision(granted=True, token=token)
@@ -126,6 +141,6 @@ class RedisCaGate:
     def finish(self, endpoint: str, token: str, *, outcome: Outcome, cap_ms: float, jitter: float) -> Circuit:
         is_open, retry_in, down_since = self._finish(keys=self._keys(endpoint), args=[
             token, outcome, CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, repr(cap_ms), repr(jitter),
-            STATE_TTL_MS,
+            STATE_TTL_MS, self._now(),
         ])
         return Circuit(open=bool(int(is_open)), retry_in_ms=float(retry_in), down_since_ms=float(down_since))

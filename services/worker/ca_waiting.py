@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from services.worker.ca_gate import CaGate, CaLimits, Decision, Outcome, ca_endpoint
 from services.worker.retry_policy import RetryPolicy
+from shared.clock import utcnow
 from shared.enums import EnrollmentType
 from shared.errors import CertfleetError, PermanentError, TransientError
 from shared.models import EnrollmentObject
@@ -70,15 +71,19 @@ def permit_lease_ms(settings: Settings) -> float:
 @contextmanager
 def through_ca_gate(
     gate: CaGate, obj: EnrollmentObject, settings: Settings, *, rng: random.Random,
-    sleep=time.sleep, clock=time.monotonic,
+    sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], datetime] = utcnow,
 ) -> Iterator[None]:
-    """Run the enclosed enrollment through the CA gate of ``obj``'s endpoint (see the module)."""
+    """Run the enclosed enrollment through the CA gate of ``obj``'s endpoint (see the module).
+
+    ``sleep`` and ``clock`` (seconds) time the wait for a permit in this thread; ``wall_clock``
+    says how long the CA has been down, against the gate's epoch-millisecond times."""
     if EnrollmentType(obj.enrollment_type) not in CA_TYPES or not obj.enrollment_url:
         yield
         return
     endpoint = ca_endpoint(obj.enrollment_url)
     limits = limits_for(obj, settings)
-    decision = _acquire(gate, endpoint, limits, settings, sleep=sleep, clock=clock)
+    decision = _acquire(gate, endpoint, limits, settings, sleep=sleep, clock=clock, wall_clock=wall_clock)
 
     def finish(outcome: Outcome):
         return gate.finish(endpoint, decision.token, outcome=outcome, cap_ms=settings.ca_backoff_max_ms,
@@ -93,7 +98,7 @@ def through_ca_gate(
         circuit = finish("down")
         if not circuit.open:
             raise  # only this device's trouble so far: an ordinary retry
-        _give_up_if_too_long(endpoint, circuit.down_since_ms, settings, error.message)
+        _give_up_if_too_long(endpoint, circuit.down_since_ms, settings, error.message, now=wall_clock())
         retry_in = max(circuit.retry_in_ms / 1000, error.retry_after or 0.0)
         raise CaWait(f"{error.message}; CA at {endpoint} unavailable, waiting for it",
                      code=error.code, retry_in=retry_in) from None
@@ -113,7 +118,8 @@ def park_delay_ms(ca_waits: int, wait: CaWait, settings: Settings, *, rng: rando
     return policy.delay_ms(ca_waits + 1, rng=rng, retry_after=wait.retry_in * (1 + rng.random()))
 
 
-def _acquire(gate: CaGate, endpoint: str, limits: CaLimits, settings: Settings, *, sleep, clock) -> Decision:
+def _acquire(gate: CaGate, endpoint: str, limits: CaLimits, settings: Settings, *, sleep, clock,
+             wall_clock) -> Decision:
     deadline = clock() + PATIENCE_S
     lease_ms = permit_lease_ms(settings)
     while True:
@@ -121,7 +127,7 @@ def _acquire(gate: CaGate, endpoint: str, limits: CaLimits, settings: Settings, 
         if decision.granted:
             return decision
         if decision.reason == "circuit":
-            _give_up_if_too_long(endpoint, decision.down_since_ms, settings, "")
+            _give_up_if_too_long(endpoint, decision.down_since_ms, settings, "", now=wall_clock())
             since = _when(decision.down_since_ms)
             raise CaWait(f"CA at {endpoint} unavailable since {since}, waiting for it",
                          code="ca_unavailable", retry_in=decision.retry_in_ms / 1000)
@@ -134,10 +140,11 @@ def _acquire(gate: CaGate, endpoint: str, limits: CaLimits, settings: Settings, 
         sleep(wait)
 
 
-def _give_up_if_too_long(endpoint: str, down_since_ms: float, settings: Settings, last_error: str) -> None:
+def _give_up_if_too_long(endpoint: str, down_since_ms: float, settings: Settings, last_error: str, *,
+                         now: datetime) -> None:
     if not down_since_ms:
         return
-    down_for = time.time() - down_since_ms / 1000
+    down_for = now.timestamp() - down_since_ms / 1000
     if down_for > settings.ca_outage_give_up_seconds:
         reason = f" (last: {last_error})" if last_error else ""
         raise PermanentError(

@@ -195,7 +195,7 @@ class _JobRun:
         trustpoint, device, obj = self._require()
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
-        with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng):
+        with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock):
             report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 

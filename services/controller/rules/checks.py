@@ -45,11 +45,16 @@ def check_http_url(value: str, *, field: str) -> str:
         except ValueError:
             raise ValidationError(f"{problem}: {host!r} in brackets is not an IPv6 address",
                                   code="invalid_url") from None
-    elif not host or not (_is_ipv4(host) or _HOSTNAME.match(host)):
+    elif not host or not (_is_ipv4(host) or _is_hostname(host)):
         raise ValidationError(f"{problem}: {host!r} is not a host name or IP address", code="invalid_url")
     if any(ch.isspace() for ch in value):
         raise ValidationError(f"{problem}: it contains white space", code="invalid_url")
     return value
+
+
+def _is_hostname(value: str) -> bool:
+    """A DNS name; its last label is never all digits, so 300.1.1.1 is a bad address, not a name."""
+    return bool(_HOSTNAME.match(value)) and not value.rstrip(".").rsplit(".", 1)[-1].isdigit()
 
 
 def _is_ipv4(host: str) -> bool:
@@ -73,7 +78,7 @@ def check_ip_address(value: str) -> str:
 
 def check_fqdn(value: str) -> str:
     value = value.strip()
-    if value and not _HOSTNAME.match(value):
+    if value and not _is_hostname(value):
         raise ValidationError(f"fqdn {value!r} is not a host name such as fw1.example.com",
                               code="invalid_fqdn")
     return value

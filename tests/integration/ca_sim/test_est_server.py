@@ -26,6 +26,7 @@ from services.ca_sim.service import start_in_thread
 from services.device_sim.ca_client.ipsec_eku import check_ipsec_eku
 from shared.protocols import est as est_codec
 from tests.support.ca_peers import lint, openssl_verify, p256_csr, pki, run, spki, write_pem
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 USER, PASSWORD = "est-admin", "Never-Logged-42"
@@ -160,7 +161,9 @@ def test_pki_polls_a_pending_request_until_the_operator_approves_it(manual_ca, c
     )
     try:
         request = _wait_for_pending(ca, "CN=fw-manual.example.net,O=certfleet,C=US")
-        time.sleep(1.5)
+        # pki asks about the request again after its interval, hears "pending" again, and keeps waiting.
+        wait_until(lambda: (tmp_path / "pki.log").read_bytes().count(b"going to sleep for 1 seconds") >= 2,
+                   what="pki asking about the pending request a second time")
         assert client.poll() is None, "pki gave up while the request was pending"
         approved = subprocess.run(
             [sys.executable, "-m", "services.ca_sim", "approve", "--state-dir", str(ca.state_dir),

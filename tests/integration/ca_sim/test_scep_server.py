@@ -31,6 +31,7 @@ from shared.protocols import scep
 from shared.protocols.scep import ContentCipher, FailInfo, PkiStatus
 from tests.support.ca_peers import lint, openssl_verify, pki, run, spki
 from tests.support.scep_peers import ber_pkcs_req, csr_for, now, rsa_key, to_ber
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 CHALLENGE = "Scep-Static-Challenge-9"
@@ -187,7 +188,9 @@ def test_pki_polls_a_pending_request_until_the_operator_approves_it(ca, ca_file,
         )
         try:
             request = _wait_for_pending(ca, "CN=fw-manual.example.net,O=certfleet,C=US")
-            time.sleep(1.5)
+            # pki asks about the request again after its interval, hears "pending" again, and keeps waiting.
+            wait_until(lambda: (tmp_path / "pki.log").read_bytes().count(b"going to sleep for 1 seconds") >= 2,
+                       what="pki asking about the pending request a second time")
             assert client.poll() is None, "pki gave up while the request was pending"
             approved = subprocess.run(
                 [sys.executable, "-m", "services.ca_sim", "approve", "--state-dir", str(ca.state_dir),

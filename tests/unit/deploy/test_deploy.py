@@ -341,7 +341,9 @@ def test_worker_deployment_is_autoscaler_friendly():
 
 
 def test_services_select_their_pods():
-    for service in [o for o in k8s_objects() if o["kind"] == "Service"]:
+    services = [o for o in k8s_objects() if o["kind"] == "Service"]
+    assert {s["metadata"]["name"] for s in services} >= {"certfleet-controller", "certfleet-device-sim"}
+    for service in services:
         selector = service["spec"]["selector"]
         matching = [d for d in k8s_objects() if d["kind"] == "Deployment"
                     and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]

@@ -1,56 +1,31 @@
-"""The CA gate: concurrency, rate and outages of one CA endpoint, in process and in Redis (where
-every worker process shares them), and how an enrollment waits for its CA without failing."""
+"""The CA gate in process: concurrency, rate and outages of one CA endpoint, and how an enrollment
+waits for its CA without failing. Time is a ManualClock: every wait is checked to the
+millisecond, and nothing sleeps. (The gate in Redis passes the same rules:
+tests/integration/worker/test_ca_gate_redis.py.)"""
 
 from __future__ import annotations
 
-import os
 import random
-import time
 from types import SimpleNamespace
 
 import pytest
-import redis
 
 from services.worker.ca_gate import CIRCUIT_THRESHOLD, CaLimits, MemoryCaGate, ca_endpoint
-from services.worker.ca_gate_redis import RedisCaGate
 from services.worker.ca_waiting import CaWait, limits_for, park_delay_ms, through_ca_gate
 from shared.errors import PermanentError, TransientError, ValidationError
 from shared.settings import Settings
-from tests.support.api import GLOBAL, problem
-
-REDIS_URL = "redis://127.0.0.1:6379/7"
-CA = "https://127.0.0.1:8443"
-WIDE = CaLimits(concurrency=1000, rate_per_second=100_000)
+from tests.support.ca_gate_rules import CA, RULES
+from tests.support.clock import ManualClock
 
 
 @pytest.fixture
-def redis_db7():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and Redis is unreachable: {exc}")
-        pytest.skip(f"Redis is unreachable: {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def gate(request):
-    if request.param == "memory":
-        yield MemoryCaGate()
-        return
-    request.getfixturevalue("redis_db7")
-    gate = RedisCaGate.from_url(REDIS_URL)
-    yield gate
-    gate.close()
-
-
-def down(gate, token: str = "", *, jitter: float = 0.0):
-    return gate.finish(CA, token, outcome="down", cap_ms=60_000, jitter=jitter)
+@pytest.fixture
+def gate(clock) -> MemoryCaGate:
+    return MemoryCaGate(clock_ms=clock.ms)
 
 
 def test_endpoints_are_scheme_host_and_port():
@@ -61,89 +36,9 @@ def test_endpoints_are_scheme_host_and_port():
         ca_endpoint("ftp://ca.example.com/")
 
 
-def test_concurrency_is_capped_and_a_finished_permit_frees_a_slot(gate):
-    limits = CaLimits(concurrency=3, rate_per_second=100_000)
-    held = [gate.acquire(CA, limits, lease_ms=60_000) for _ in range(3)]
-    assert all(d.granted for d in held)
-    refused = gate.acquire(CA, limits, lease_ms=60_000)
-    assert (refused.granted, refused.reason) == (False, "concurrency")
-    gate.finish(CA, held[0].token, outcome="ok", cap_ms=60_000, jitter=0)
-    assert gate.acquire(CA, limits, lease_ms=60_000).granted
-    # Another CA endpoint has its own slots.
-    assert gate.acquire("https://other-ca:443", limits, lease_ms=60_000).granted
-
-
-def test_a_permit_of_a_killed_worker_frees_itself_when_its_lease_ends(gate):
-    limits = CaLimits(concurrency=1, rate_per_second=100_000)
-    assert gate.acquire(CA, limits, lease_ms=100).granted  # never finished: its worker died
-    assert not gate.acquire(CA, limits, lease_ms=100).granted
-    time.sleep(0.15)
-    assert gate.acquire(CA, limits, lease_ms=100).granted
-
-
-def test_the_rate_allows_a_tenth_of_a_second_of_burst_then_says_when_to_come_back(gate):
-    limits = CaLimits(concurrency=1000, rate_per_second=100)
-    granted = [gate.acquire(CA, limits, lease_ms=60_000) for _ in range(10)]
-    assert all(d.granted for d in granted)
-    refused = gate.acquire(CA, limits, lease_ms=60_000)
-    assert (refused.granted, refused.reason) == (False, "rate")
-    assert 0 < refused.retry_in_ms <= 10
-    time.sleep(refused.retry_in_ms / 1000 + 0.002)
-    assert gate.acquire(CA, limits, lease_ms=60_000).granted
-    assert not gate.acquire(CA, limits, lease_ms=60_000).granted  # one start per 10 ms from now on
-
-
-def test_the_circuit_opens_after_failures_in_a_row_lets_one_probe_through_and_closes_on_success(gate):
-    for _ in range(CIRCUIT_THRESHOLD - 1):
-        assert not down(gate).open  # one device's trouble so far
-    gate.finish(CA, "", outcome="ok", cap_ms=60_000, jitter=0)  # someone else got through: count afresh
-    for _ in range(CIRCUIT_THRESHOLD - 1):
-        assert not down(gate).open
-    circuit = down(gate)
-    assert circuit.open and 400 < circuit.retry_in_ms <= 500  # equal jitter of the first second
-    assert abs(circuit.down_since_ms / 1000 - time.time()) < 5
-    refused = gate.acquire(CA, WIDE, lease_ms=60_000)
-    assert (refused.granted, refused.reason) == (False, "circuit")
-    time.sleep(circuit.retry_in_ms / 1000 + 0.02)
-    probe = gate.acquire(CA, WIDE, lease_ms=60_000)
-    assert probe.granted
-    others = gate.acquire(CA, WIDE, lease_ms=60_000)
-    assert (others.granted, others.reason) == (False, "circuit") and others.retry_in_ms <= 1000
-    reopened = down(gate, probe.token)  # the probe failed: open again, for longer
-    assert reopened.open and 900 < reopened.retry_in_ms <= 1000
-    time.sleep(reopened.retry_in_ms / 1000 + 0.02)
-    probe = gate.acquire(CA, WIDE, lease_ms=60_000)
-    assert probe.granted
-    gate.finish(CA, probe.token, outcome="ok", cap_ms=60_000, jitter=0)  # the CA is back
-    assert all(gate.acquire(CA, WIDE, lease_ms=60_000).granted for _ in range(20))
-
-
-def test_a_probe_that_learns_nothing_lets_the_next_probe_start_at_once(gate):
-    for _ in range(CIRCUIT_THRESHOLD):
-        circuit = down(gate)
-    time.sleep(circuit.retry_in_ms / 1000 + 0.02)
-    probe = gate.acquire(CA, WIDE, lease_ms=60_000)
-    assert probe.granted and not gate.acquire(CA, WIDE, lease_ms=60_000).granted
-    # The probing device failed on its own (say, its key was refused): nothing known about the CA.
-    gate.finish(CA, probe.token, outcome="unknown", cap_ms=60_000, jitter=0)
-    # Not a whole lease of waiting for everyone: another enrollment probes straight away.
-    assert gate.acquire(CA, WIDE, lease_ms=60_000).granted
-
-
-@pytest.mark.redis
-def test_two_worker_processes_share_one_ca_s_limits(redis_db7):
-    first, second = RedisCaGate.from_url(REDIS_URL), RedisCaGate.from_url(REDIS_URL)
-    try:
-        limits = CaLimits(concurrency=4, rate_per_second=100_000)
-        answers = [g.acquire(CA, limits, lease_ms=60_000) for g in (first, second) * 3]
-        assert [d.granted for d in answers] == [True] * 4 + [False] * 2
-        for _ in range(CIRCUIT_THRESHOLD):
-            circuit = second.finish(CA, "", outcome="down", cap_ms=60_000, jitter=0.5)
-        assert circuit.open
-        assert first.acquire(CA, limits, lease_ms=60_000).reason == "circuit"
-    finally:
-        first.close()
-        second.close()
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
+def test_the_gate_in_process_follows_the_rules(gate, clock, rule):
+    rule(gate, clock)
 
 
 # --- waiting for the CA: what a job does ------------------------------------------------------------
@@ -159,68 +54,129 @@ def refused_by_ca():
                          "connection refused", code="ca_connection_refused")
 
 
-def enroll(gate, obj, settings, body, **kw):
-    with through_ca_gate(gate, obj, settings, rng=random.Random(1), **kw):
+def enroll(gate, obj, settings, body, clock: ManualClock, **kw):
+    with through_ca_gate(gate, obj, settings, rng=random.Random(1), sleep=clock.sleep, clock=clock.monotonic,
+                         wall_clock=clock, **kw):
         body()
 
 
-def test_a_ca_outage_turns_into_waiting_once_the_circuit_opens_and_nobody_calls_the_ca_meanwhile():
-    gate, settings = MemoryCaGate(), Settings()
+def test_a_ca_outage_turns_into_waiting_once_the_circuit_opens_and_nobody_calls_the_ca_meanwhile(gate, clock):
+    settings = Settings()
     for _ in range(CIRCUIT_THRESHOLD - 1):  # ordinary retries: it may be these devices' trouble
         with pytest.raises(TransientError) as caught:
-            enroll(gate, est_object(), settings, refused_by_ca)
+            enroll(gate, est_object(), settings, refused_by_ca, clock)
         assert not isinstance(caught.value, CaWait)
     with pytest.raises(CaWait) as waiting:
-        enroll(gate, est_object(), settings, refused_by_ca)
+        enroll(gate, est_object(), settings, refused_by_ca, clock)
     assert waiting.value.code == "ca_connection_refused" and waiting.value.retry_in > 0
     assert "CA at https://127.0.0.1:8443 unavailable" in waiting.value.message
     calls = []
     with pytest.raises(CaWait) as waiting:
-        enroll(gate, est_object(), settings, lambda: calls.append(1))
+        enroll(gate, est_object(), settings, lambda: calls.append(1), clock)
     assert calls == [] and waiting.value.code == "ca_unavailable"
-    assert "unavailable since" in waiting.value.message
+    assert waiting.value.message == ("CA at https://127.0.0.1:8443 unavailable since 2030-01-01 12:00:00 UTC, "
+                                     "waiting for it")
 
 
-def test_an_outage_longer_than_the_give_up_time_fails_the_job_saying_since_when():
-    gate, settings = MemoryCaGate(), Settings(ca_outage_give_up_seconds=0.05)
+@pytest.mark.parametrize(("down_for_ms", "gives_up"), [(3_600_000, False), (3_600_001, True)])
+def test_an_outage_longer_than_the_give_up_time_fails_the_job_saying_since_when(gate, clock, down_for_ms,
+                                                                               gives_up):
+    settings = Settings(ca_outage_give_up_seconds=3600)
     for _ in range(CIRCUIT_THRESHOLD - 1):
         with pytest.raises(TransientError):
-            enroll(gate, est_object(), settings, refused_by_ca)
-    time.sleep(0.1)
+            enroll(gate, est_object(), settings, refused_by_ca, clock)
+    clock.advance(ms=down_for_ms)
+    with pytest.raises(PermanentError if gives_up else CaWait) as caught:
+        enroll(gate, est_object(), settings, refused_by_ca, clock)
+    if not gives_up:
+        assert caught.value.code == "ca_connection_refused"
+        return
+    assert caught.value.code == "ca_unavailable"
+    assert caught.value.message.startswith(
+        "CA at https://127.0.0.1:8443 unavailable since 2030-01-01 12:00:00 UTC, 60 min (last: device FTD-000001")
+    assert caught.value.message.endswith(
+        "gave up waiting after 60 min (CERTFLEET_CA_OUTAGE_GIVE_UP_SECONDS): start the enrollment again once "
+        "the CA is back")
+
+
+def test_a_job_finding_the_circuit_open_past_the_give_up_time_fails_without_calling_the_ca(gate, clock):
+    settings = Settings(ca_outage_give_up_seconds=60)
+    for failure in range(CIRCUIT_THRESHOLD - 1):
+        with pytest.raises(TransientError):
+            enroll(gate, est_object(), settings, refused_by_ca, clock)
+        if failure == 0:
+            clock.advance(60)  # the CA has been failing for a minute when the others fail
+    with pytest.raises(CaWait):
+        enroll(gate, est_object(), settings, refused_by_ca, clock)  # the circuit opens: just not too long yet
+    clock.advance(ms=1)
+    calls = []
     with pytest.raises(PermanentError) as gave_up:
-        enroll(gate, est_object(), settings, refused_by_ca)
-    assert gave_up.value.code == "ca_unavailable"
-    assert "unavailable since" in gave_up.value.message
-    assert "CERTFLEET_CA_OUTAGE_GIVE_UP_SECONDS" in gave_up.value.message
+        enroll(gate, est_object(), settings, lambda: calls.append(1), clock)
+    assert calls == [] and gave_up.value.code == "ca_unavailable"
+    assert "unavailable since 2030-01-01 12:00:00 UTC, 1 min; gave up waiting after 1 min" in gave_up.value.message
 
 
-def test_a_ca_at_its_rate_is_waited_for_in_the_thread_briefly_then_the_job_waits_queued():
-    gate, settings = MemoryCaGate(), Settings()
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        time.sleep(seconds)
-
+def test_a_ca_at_its_rate_is_waited_for_in_the_thread_briefly_then_the_job_waits_queued(gate, clock):
+    settings = Settings()
     fast = est_object(rate=20)  # the object's own limit wins over the settings'
     for _ in range(3):  # 20/s: a tenth of a second's burst (two), then one every 50 ms
-        enroll(gate, fast, settings, lambda: None, sleep=sleep)
-    assert len(slept) == 1 and 0.02 < slept[0] <= 0.05
+        enroll(gate, fast, settings, lambda: None, clock)
+    assert clock.slept == [0.05]
     slow = SimpleNamespace(**{**vars(fast), "enrollment_url": "https://slow-ca:443/", "ca_rate_limit": 0.5})
-    enroll(gate, slow, settings, lambda: None)
+    enroll(gate, slow, settings, lambda: None, clock)
     with pytest.raises(CaWait) as waiting:  # the next turn is 2 s away: longer than a thread waits
-        enroll(gate, slow, settings, lambda: None, sleep=sleep)
-    assert waiting.value.code == "ca_busy" and "rate limit 0.5/s" in waiting.value.message
-    assert 1.9 < waiting.value.retry_in <= 2.0 and len(slept) == 1
+        enroll(gate, slow, settings, lambda: None, clock)
+    assert waiting.value.code == "ca_busy" and waiting.value.retry_in == 2.0
+    assert waiting.value.message == "CA at https://slow-ca:443 at its rate limit 0.5/s, waiting for a turn"
+    assert clock.slept == [0.05]
 
 
-def test_other_enrollment_types_do_not_go_through_the_gate():
-    gate = MemoryCaGate()
+def test_a_ca_at_its_concurrency_is_polled_for_a_second_then_the_job_waits_queued(gate, clock):
+    settings = Settings()
+    obj = est_object(concurrency=1)
+    with through_ca_gate(gate, obj, settings, rng=random.Random(1), sleep=clock.sleep, clock=clock.monotonic,
+                         wall_clock=clock):
+        with pytest.raises(CaWait) as waiting:
+            enroll(gate, obj, settings, lambda: None, clock)
+    assert waiting.value.code == "ca_busy" and waiting.value.retry_in == 0.05
+    assert waiting.value.message == "CA at https://127.0.0.1:8443 at its concurrency limit 1, waiting for a turn"
+    assert set(clock.slept) == {0.05} and 19 <= len(clock.slept) <= 20  # polled until its second was up
+    # The slot is free again: the next enrollment goes at once.
+    clock.slept.clear()
+    enroll(gate, obj, settings, lambda: None, clock)
+    assert clock.slept == []
+
+
+def test_a_slot_freed_while_a_job_polls_is_taken(gate, clock):
+    obj = est_object(concurrency=1)
+    held = gate.acquire(CA, CaLimits(concurrency=1, rate_per_second=100), lease_ms=60_000)
+    assert held.granted and ca_endpoint(obj.enrollment_url) == CA
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.slept) == 3:  # the other enrollment finishes meanwhile
+            gate.finish(CA, held.token, outcome="ok", cap_ms=60_000, jitter=0)
+
+    ran = []
+    with through_ca_gate(gate, obj, Settings(), rng=random.Random(1), sleep=sleep, clock=clock.monotonic,
+                         wall_clock=clock):
+        ran.append("enrolled")
+    assert ran == ["enrolled"] and clock.slept == [0.05, 0.05, 0.05]
+
+
+def test_other_enrollment_types_do_not_go_through_the_gate(gate, clock):
     # A URL and limits that would stop the second enrollment, were the type not exempt.
-    obj = SimpleNamespace(enrollment_type="self_signed", enrollment_url=CA + "/", ca_concurrency_limit=1,
-                          ca_rate_limit=0.001)
-    for _ in range(5):
-        enroll(gate, obj, Settings(), lambda: None)
+    limits = {"enrollment_url": CA + "/", "ca_concurrency_limit": 1, "ca_rate_limit": 0.001}
+    calls = []
+    for kind in ("self_signed", "manual", "pkcs12"):
+        obj = SimpleNamespace(enrollment_type=kind, **limits)
+        for _ in range(3):
+            enroll(gate, obj, Settings(), lambda: calls.append(1), clock)
+    assert len(calls) == 9 and clock.slept == []
+    # Nothing was counted against the CA: an EST enrollment with those limits still goes at once.
+    est = SimpleNamespace(enrollment_type="est", **limits)
+    enroll(gate, est, Settings(), lambda: calls.append(1), clock)
+    assert len(calls) == 10
 
 
 def test_waiting_jobs_come_back_later_each_time_spread_out_and_capped():
@@ -233,25 +189,6 @@ def test_waiting_jobs_come_back_later_each_time_spread_out_and_capped():
     outage = CaWait("down", code="ca_unavailable", retry_in=8.0)
     herd = [park_delay_ms(0, outage, settings, rng=rng) for _ in range(200)]
     assert min(herd) >= 8000 and max(herd) <= 16_000 and max(herd) - min(herd) > 4000
-
-
-# --- an enrollment object's own CA limits, through the API ---------------------------------------
-
-
-def test_an_est_object_carries_its_own_ca_limits_and_others_refuse_them(api):
-    path = f"/domains/{GLOBAL}/enrollment-objects"
-    est = dict(name="vpn-est", enrollment_type="est", enrollment_url="https://ca.example.com/",
-               key_type="ecdsa", key_size=256)
-    created = api.ok("POST", path, {**est, "ca_concurrency_limit": 8, "ca_rate_limit": 2.5}, status=201)
-    assert (created["ca_concurrency_limit"], created["ca_rate_limit"]) == (8, 2.5)
-    default = api.ok("POST", path, {**est, "name": "vpn-est-2"}, status=201)
-    assert (default["ca_concurrency_limit"], default["ca_rate_limit"]) == (None, None)
-    for bad in ({"ca_rate_limit": 0}, {"ca_concurrency_limit": 0}, {"ca_rate_limit": -1}):
-        problem(api.call("POST", path, json={**est, "name": "bad", **bad}), 422, "validation_error")
-    refused = problem(api.call("POST", path, json={"name": "self", "enrollment_type": "self_signed",
-                                                   "key_type": "ecdsa", "key_size": 256, "ca_rate_limit": 5}),
-                      422, "field_not_applicable")
-    assert "ca_rate_limit applies to EST and SCEP" in refused["detail"]
 
 
 def test_without_its_own_limits_an_object_gets_the_settings_limits():

@@ -352,6 +352,23 @@ def test_enrollment_object_validation(api, fields, code):
         assert answer["errors"] and {"loc", "msg"} == set(answer["errors"][0])
 
 
+def test_an_est_object_carries_its_own_ca_limits_and_others_refuse_them(api):
+    path = f"/domains/{GLOBAL}/enrollment-objects"
+    est = dict(name="vpn-est", enrollment_type="est", enrollment_url="https://ca.example.com/",
+               key_type="ecdsa", key_size=256)
+    created = api.ok("POST", path, {**est, "ca_concurrency_limit": 8, "ca_rate_limit": 2.5}, status=201)
+    assert (created["ca_concurrency_limit"], created["ca_rate_limit"]) == (8, 2.5)
+    assert api.ok("GET", f"{path}/{created['id']}")["ca_rate_limit"] == 2.5
+    default = api.ok("POST", path, {**est, "name": "vpn-est-2"}, status=201)
+    assert (default["ca_concurrency_limit"], default["ca_rate_limit"]) == (None, None)
+    for bad in ({"ca_rate_limit": 0}, {"ca_concurrency_limit": 0}, {"ca_rate_limit": -1}):
+        problem(api.call("POST", path, json={**est, "name": "bad", **bad}), 422, "validation_error")
+    refused = problem(api.call("POST", path, json={"name": "self", "enrollment_type": "self_signed",
+                                                   "key_type": "ecdsa", "key_size": 256, "ca_rate_limit": 5}),
+                      422, "field_not_applicable")
+    assert "ca_rate_limit applies to EST and SCEP" in refused["detail"]
+
+
 def test_malformed_json_and_wrong_types_are_client_errors(api):
     path = f"{V1}/domains/{GLOBAL}/enrollment-objects"
     headers = {"Authorization": f"Bearer {api.tokens['admin']}", "Content-Type": "application/json"}

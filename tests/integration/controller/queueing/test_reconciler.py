@@ -13,67 +13,19 @@ import dramatiq
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
 from sqlmodel import Session
 
 from services.controller.app import create_app
-from services.controller.queueing.reconciler import Reconciler, reconcile_once
+from services.controller.queueing.reconciler import Reconciler
 from services.worker.jobstore import take_claim
 from shared.broker import make_broker
 from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.metrics import RECONCILER_REPUBLISHED
-from shared.models import GLOBAL_DOMAIN_ID, Job
+from shared.models import Job
 from shared.settings import Settings
+from tests.support.jobs import LEASE, T0, add_jobs, drain, reconcile
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
-LEASE = 60
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def add_jobs(
-    engine,
-    count: int,
-    *,
-    state: str = "queued",
-    lease_expires_at: datetime | None = T0,
-    kind: str = "enroll",
-    **fields,
-) -> list[uuid.UUID]:
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            "kind": kind,
-            "trustpoint_id": uuid.uuid4(),
-            "device_id": uuid.uuid4(),
-            "domain_id": GLOBAL_DOMAIN_ID,
-            "trustpoint_name": "vpn",
-            "state": state,
-            "attempts": 0,
-            "max_attempts": 5,
-            "lease_expires_at": lease_expires_at,
-            "steps": [],
-            "created_at": T0,
-            **fields,
-        }
-        for _ in range(count)
-    ]
-    with Session(engine) as session:
-        session.execute(insert(Job), rows)
-        session.commit()
-    return [row["id"] for row in rows]
-
-
-def drain(broker, queue_name: str = JOBS_QUEUE) -> list[dramatiq.Message]:
-    queue = broker.queues.get(queue_name)
-    messages = []
-    while queue is not None and not queue.empty():
-        messages.append(dramatiq.Message.decode(queue.get_nowait()))
-    return messages
-
-
-def reconcile(engine, broker, now: datetime, **kw) -> int:
-    with Session(engine) as session:
-        return reconcile_once(session, broker, now=now, lease_seconds=LEASE, **kw)
 
 
 def load(engine, job_id: uuid.UUID) -> Job:

@@ -15,7 +15,7 @@ from services.controller.queueing.queue_head import oldest_waiting
 from shared.broker import make_broker
 from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.settings import Settings
-from tests.integration.controller.queueing.test_reconciler import LEASE, T0, add_jobs, drain, reconcile
+from tests.support.jobs import LEASE, T0, add_jobs, drain, reconcile
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
 

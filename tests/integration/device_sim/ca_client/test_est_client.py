@@ -32,6 +32,7 @@ from services.device_sim.server import start_in_thread as start_sim
 from shared.device_api import TrustpointState
 from tests.support.ca_peers import openssl_verify, spki, write_pem
 from tests.support.procs import free_port
+from tests.support.waiting import wait_until
 
 USER, PASSWORD = "ftd-enroller", "Est-Secret-Never-Shown-9"
 SUBJECT = {"common_name": "vpn.example.com", "organization": "Example Corp", "country": "US"}
@@ -325,8 +326,11 @@ def test_deleting_a_pending_trustpoint_stops_the_device_asking(ca, sim):
     device = Device(sim, "FTD-000009")
     device.configure("dropped", f"{ca.est_url}/.well-known/est/ms2012-manual/")
     assert device.enroll("dropped").identity_status == "pending"
+    assert sim.sim.following("FTD-000009", "dropped")
     assert device.http.delete("/trustpoints/dropped").status_code == 204
-    time.sleep(1.5)  # a background ask would now install into a deleted trustpoint: it must not
+    # At the CA's next Retry-After the device finds the trustpoint gone and stops asking, without
+    # installing anything into it.
+    wait_until(lambda: not sim.sim.following("FTD-000009", "dropped"), what="the device to stop asking")
     assert device.http.get("/trustpoints/dropped").json()["code"] == "trustpoint_not_found"
 
 

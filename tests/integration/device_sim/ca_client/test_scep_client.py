@@ -45,6 +45,7 @@ from shared.protocols.scep import transaction_id_for
 from tests.support.ca_peers import openssl_verify, spki, write_pem
 from tests.support.procs import free_port
 from tests.support.scep_peers import ALL_LEVELS, ber_cert_rep, now, rsa_key, to_ber
+from tests.support.waiting import wait_until
 
 CHALLENGE = "Scep-Challenge-Never-Shown-7"
 SUBJECT = {"common_name": "vpn.example.com", "organization": "Example Corp", "country": "US"}
@@ -560,7 +561,7 @@ def test_once_the_retry_count_is_spent_the_device_asks_again_only_when_told(ca, 
     assert device.enroll("patient").identity_status == "pending"  # polled twice within the 1 s wait
     (request,) = held_requests(ca, "patient.example.com")
     approve(ca.state_dir, request.id)
-    time.sleep(4 * MINUTE)
+    wait_until(lambda: not sim.sim.following("FTD-000010", "patient"), what="the device to stop asking")
     assert device.get("patient").identity_status == "pending", "no retries left: the device stopped asking"
 
     state = device.enroll("patient")  # the operator enrolls again: the same request is polled

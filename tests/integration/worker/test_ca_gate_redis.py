@@ -1,0 +1,91 @@
+"""The CA gate in a real Redis (db 7), where every worker process shares it: the same rules as
+the gate in process, timed by a ManualClock handed to the Lua scripts; two gates on separate
+connections (two worker processes) counting one CA's permits and outage together; and without
+a clock, the Redis server's own time. Each test keeps its keys under a prefix of its own and
+removes them afterwards."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from services.worker.ca_gate import CIRCUIT_THRESHOLD, CaLimits
+from services.worker.ca_gate_redis import RedisCaGate
+from tests.support.ca_gate_rules import CA, RULES, open_circuit
+from tests.support.clock import ManualClock
+
+pytestmark = pytest.mark.redis
+
+REDIS_URL = "redis://127.0.0.1:6379/7"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and Redis is unreachable: {exc}")
+        pytest.skip(f"Redis is unreachable: {exc}")
+    name = f"certfleet-test:ca:{uuid.uuid4().hex}"
+    yield name
+    keys = list(client.scan_iter(match=f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def gates(prefix, clock) -> Iterator[list[RedisCaGate]]:
+    """Two gates on their own connections, as two worker processes have."""
+    made = [RedisCaGate.from_url(REDIS_URL, prefix=prefix, clock_ms=clock.ms) for _ in range(2)]
+    yield made
+    for gate in made:
+        gate.close()
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
+def test_the_gate_in_redis_follows_the_rules(gates, clock, rule):
+    rule(gates[0], clock)
+
+
+def test_two_worker_processes_share_one_ca_s_limits_and_its_outage(gates, clock):
+    first, second = gates
+    limits = CaLimits(concurrency=4, rate_per_second=100_000)
+    answers = [g.acquire(CA, limits, lease_ms=60_000) for g in (first, second) * 3]
+    assert [d.granted for d in answers] == [True] * 4 + [False] * 2
+    assert {d.reason for d in answers[4:]} == {"concurrency"}
+    second.finish(CA, answers[0].token, outcome="ok", cap_ms=60_000, jitter=0)  # a permit the first one took
+    assert first.acquire(CA, limits, lease_ms=60_000).granted
+
+    circuit = open_circuit(second, jitter=0.5)
+    assert (circuit.open, circuit.retry_in_ms, circuit.down_since_ms) == (True, 750, clock.ms())
+    seen_by_first = first.acquire(CA, limits, lease_ms=60_000)
+    assert (seen_by_first.reason, seen_by_first.retry_in_ms, seen_by_first.down_since_ms) == (
+        "circuit", 750, clock.ms())
+
+
+def test_without_a_clock_the_redis_servers_time_counts(prefix):
+    client = redis.Redis.from_url(REDIS_URL)
+    gate = RedisCaGate(client, prefix=prefix)
+    try:
+        seconds, micros = client.time()
+        before_ms = seconds * 1000 + micros // 1000
+        for _ in range(CIRCUIT_THRESHOLD):
+            circuit = gate.finish(CA, "", outcome="down", cap_ms=60_000, jitter=0)
+        seconds, micros = client.time()
+        after_ms = seconds * 1000 + micros // 1000
+    finally:
+        gate.close()
+    assert circuit.open and circuit.retry_in_ms == 500
+    assert before_ms <= circuit.down_since_ms <= after_ms
