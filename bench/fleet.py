@@ -7,6 +7,10 @@ line per run, and a scaling line comparing the first and last runs.
 ``--enrollment est`` also starts ``certfleet ca serve`` (an RSA-2048 CA) as its own process:
 every device enrolls with it over EST (HTTPS, basic auth), through the workers' per-CA gate.
 
+Progress goes to stderr, results (JSON) to stdout. SIGTERM or SIGINT (Ctrl-C) stops the run:
+every process the benchmark started is stopped and its throwaway database dropped; it then
+exits 128 + the signal's number.
+
     make bench                                                          # EST at 5,000, 10,000, 50,000
     .venv/bin/python bench/fleet.py --enrollment est --devices 10000
     .venv/bin/python bench/fleet.py --devices 2000 --devices 20000      # self-signed scaling check
@@ -20,6 +24,7 @@ import json
 import os
 import pty
 import re
+import signal
 import statistics
 import struct
 import subprocess
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from bench.stopping import stoppable  # noqa: E402
 from services.cli.api_client import CertfleetClient  # noqa: E402
 from shared.models import GLOBAL_DOMAIN_ID  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
@@ -83,12 +89,13 @@ def cpu_seconds(pid: int) -> float:
     return round(ticks / 100, 1)
 
 
-def start_ca(logs: Path) -> tuple[Proc, str]:
-    """``certfleet ca serve`` with a new RSA-2048 CA; its EST URL."""
+def start_ca(logs: Path, cleanup: ExitStack) -> tuple[Proc, str]:
+    """``certfleet ca serve`` with a new RSA-2048 CA, stopped by ``cleanup``; its EST URL."""
     env = {**os.environ, "CERTFLEET_CA_EST_PASSWORD": EST_PASSWORD, "CERTFLEET_LOG_LEVEL": "WARNING"}
     serve = ["ca", "serve", "--state-dir", str(logs / "ca"), "--est-port", "0", "--est-user", EST_USER,
              "--key-type", "rsa"]
     ca = Proc("ca", serve, env, logs)
+    cleanup.callback(ca.stop)
     url = ca.wait_for_line(r"ca ready: est=(\S+)").group(1)
     return ca, url
 
@@ -99,6 +106,15 @@ def enrollment_object(client: CertfleetClient, enrollment: str, ca_url: str | No
         return client.create_enrollment_object(name="bench-est", enrollment_type="est", enrollment_url=ca_url,
                                                username=EST_USER, password=EST_PASSWORD, **common)
     return client.create_enrollment_object(name="bench", enrollment_type="self_signed", **common)
+
+
+def stop_together(procs: list[Proc]) -> None:
+    """Signal every process at once, then wait for each: their grace periods overlap instead of
+    adding up (a worker's in-flight jobs end fast once the simulator has gone)."""
+    for proc in procs:
+        proc.kill()
+    for proc in procs:
+        proc.stop()
 
 
 class EnrollCommand:
@@ -151,8 +167,21 @@ class EnrollCommand:
         """The command's exit status and how many times it redrew its progress bar."""
         code = self.popen.wait(timeout)
         self.reader.join(5)
-        os.close(self.master)
         return code, self.text().count("enrolling")
+
+    def stop(self) -> None:
+        """Whatever happened: the command ended (stopped if it still runs), its terminal closed."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self.reader.join(5)
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
 
 
 def percentile_ms(seconds: list[float], fraction: float) -> float | None:
@@ -176,19 +205,24 @@ def run(devices: int, *, latency_ms: int, workers: int, threads: int,
         sim_args = ["--latency-ms", str(latency_ms)]
         ca, ca_url = None, None
         if enrollment == "est":
-            ca, ca_url = start_ca(Path(logs))
-            cleanup.callback(ca.stop)
+            ca, ca_url = start_ca(Path(logs), cleanup)
             sim_args += ["--trust-anchor", str(Path(logs) / "ca" / "tls-ca.pem")]
         stack = Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=Path(logs), devices=devices,
                       workers=workers, threads=threads, sim_args=sim_args)
-        with stack, CertfleetClient(stack.api_url, stack.token, timeout=120) as client:
+        # Registered before it starts: the processes of a stack stopped half-way up are stopped too.
+        cleanup.callback(stop_together, stack.procs)
+        stack.start()
+        progress(f"stack up: {len(stack.procs) + (ca is not None)} processes, API {stack.api_url}")
+        with CertfleetClient(stack.api_url, stack.token, timeout=120) as client:
             client.import_devices(stack.sim_url)
             obj = enrollment_object(client, enrollment, ca_url)
             load = os.getloadavg()[0]
             busy_before = machine_busy_seconds()
             started = time.monotonic()
             command = EnrollCommand(stack, obj["name"])
+            cleanup.callback(command.stop)
             batch = client.bulk_enrollment(command.batch_id())
+            progress(f"enrolling {batch['total']} devices: bulk enrollment {batch['id']}")
             # From the command's start (its own start-up included) to the batch it started, every job published.
             published = time.monotonic() - started
             list_latencies = []
@@ -213,6 +247,7 @@ def run(devices: int, *, latency_ms: int, workers: int, threads: int,
             rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
             cpu = {p.name: cpu_seconds(p.popen.pid) for p in procs}
             failed = batch["failed"]
+        cleanup.close()  # every process stopped: the workers have written their last job
         engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.connect() as conn:
             rows = conn.execute(sa.text(
@@ -244,6 +279,10 @@ def run(devices: int, *, latency_ms: int, workers: int, threads: int,
         "load_average_1m_at_start": round(load, 2),
         "load_average_1m_at_end": round(load_after, 2),
     }
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -281,8 +320,8 @@ def main() -> int:
 
 
 def targets(results: list[dict], scaling: dict | None) -> dict:
-    """The issue's targets for this 2-core machine, each with the figure it is judged on and
-    whether it was met (a target whose run is missing is left out)."""
+    """The performance targets for this 2-core machine (README, Performance), each with the
+    figure it is judged on and whether it was met (a target whose run is missing is left out)."""
     checks = {}
     for run in results:
         if run["devices"] == 10_000:
@@ -300,4 +339,4 @@ def targets(results: list[dict], scaling: dict | None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main))

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
+from bench.stopping import stoppable  # noqa: E402
 from services.cli.api_client import CertfleetClient  # noqa: E402
 from shared.events import BULK_QUEUE  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
@@ -39,19 +40,23 @@ def run(devices: int) -> dict:
         # No workers: the messages stay queued, so the count below is what was published.
         stack = Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=Path(logs), devices=devices,
                       workers=0)
-        with stack, CertfleetClient(stack.api_url, stack.token, timeout=120) as client:
-            client.import_devices(stack.sim_url)
-            obj = client.create_enrollment_object(name="publish-bench", enrollment_type="self_signed",
-                                                  key_type="ecdsa", key_size=256)
-            started = time.perf_counter()
-            batch = client.start_bulk_enrollment(obj["id"], selection={"all": True})
-            answered = time.perf_counter() - started
-            # Publishing may finish after the answer (it must not lose anything): wait for all of it.
-            key = f"dramatiq:{BULK_QUEUE}"
-            while queue.llen(key) < batch["total"] and time.perf_counter() - started < 60:
-                time.sleep(0.01)
-            all_published = time.perf_counter() - started
-            published = queue.llen(key)
+        try:  # stopped in any case, also when interrupted half-way up
+            stack.start()
+            with CertfleetClient(stack.api_url, stack.token, timeout=120) as client:
+                client.import_devices(stack.sim_url)
+                obj = client.create_enrollment_object(name="publish-bench", enrollment_type="self_signed",
+                                                      key_type="ecdsa", key_size=256)
+                started = time.perf_counter()
+                batch = client.start_bulk_enrollment(obj["id"], selection={"all": True})
+                answered = time.perf_counter() - started
+                # Publishing may finish after the answer (it must not lose anything): wait for all of it.
+                key = f"dramatiq:{BULK_QUEUE}"
+                while queue.llen(key) < batch["total"] and time.perf_counter() - started < 60:
+                    time.sleep(0.01)
+                all_published = time.perf_counter() - started
+                published = queue.llen(key)
+        finally:
+            stack.stop()
     queue.flushdb()
     return {
         "benchmark": "bulk_enrollment_publish",
@@ -61,7 +66,7 @@ def run(devices: int) -> dict:
         "request_seconds": round(answered, 3),
         "all_published_seconds": round(all_published, 3),
         "jobs_per_second": round(batch["total"] / all_published),
-        # The target, for 10,000 jobs: published in under 2 s.
+        # The target, for 10,000 jobs: published in under 2 s.
         "target_met": all_published < 2 * batch["total"] / 10_000,
     }
 
@@ -77,4 +82,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stoppable(main))

@@ -1,5 +1,6 @@
-"""A small client for the controller's REST API, used by the CLI, the demo and the
-end-to-end tests. Problem responses become :class:`ApiError` with their stable code."""
+"""A small client for the controller's REST API, used by the ``certfleet`` commands, the
+benchmarks and the end-to-end tests. Problem responses become :class:`ApiError` with their
+stable code; a controller that cannot be reached raises httpx's TransportError."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class CertfleetClient:
 
     # --- domains and devices --------------------------------------------------------------
     def domains(self) -> list[dict]:
-        return self._call("GET", "/domains")["items"]
+        return list(self._pages("/domains"))
 
     def import_devices(self, inventory_url: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call(
@@ -67,12 +68,6 @@ class CertfleetClient:
     def find_devices(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters: str) -> list[dict]:
         """Devices matching exact filters: ``name=`` or ``serial=``."""
         return self._call("GET", f"/domains/{domain_id}/devices", params={**filters, "limit": 100})["items"]
-
-    def devices_named(self, ref: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> list[dict]:
-        """The devices a command-line reference names that is not an id: by name, else by serial
-        (none, one, or several for the caller to call ambiguous)."""
-        return (self.find_devices(domain_id=domain_id, name=ref)
-                or self.find_devices(domain_id=domain_id, serial=ref))
 
     def update_device(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **fields) -> dict:
         return self._call("PATCH", f"/domains/{domain_id}/devices/{device_id}", json=fields)
@@ -183,12 +178,6 @@ class CertfleetClient:
 
     def trustpoints(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
         return list(self._pages(f"/domains/{domain_id}/trustpoints", **filters))
-
-    def trustpoints_page(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **params) -> dict:
-        return self._call("GET", f"/domains/{domain_id}/trustpoints", params=params)
-
-    def count_trustpoints(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> int:
-        return self._call("GET", f"/domains/{domain_id}/trustpoints", params={**filters, "limit": 1})["total"]
 
     def job(self, job_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("GET", f"/domains/{domain_id}/jobs/{job_id}")

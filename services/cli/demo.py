@@ -1,101 +1,59 @@
 """``certfleet demo``: enroll a simulated fleet end to end and show it happen.
 
-Starts the embedded stack, imports the simulator's fleet through the API, installs one
-enrollment object on every device (the seed's "Add"), follows progress with a bar, and
-prints a summary. Exit status 1 when any device failed.
+Starts the embedded stack, imports the simulator's fleet through the API and enrolls it as
+an operator would: one bulk enrollment of an enrollment object on every device, followed
+with a progress bar until every device has finished, then a summary table. Exit status 1
+when any device failed (services.cli.errors).
 
 ``--enrollment est`` and ``--enrollment scep`` also start the CA simulator in the stack:
 every device then enrolls with the CA itself, over EST (trusting the CA's TLS root, with the
 enrollment object's username and password) or over SCEP (with its challenge password); the
 credentials are made up for this run. ``--enrollment mixed`` spreads the three methods over
-the fleet, a third each, and the summary shows a row per method.
+the fleet, a third each: one bulk enrollment per method, each selecting its third of the
+devices by id, all followed on one bar; the summary shows a row per method.
 """
 
 from __future__ import annotations
 
+import argparse
 import secrets
-import time
-from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.cli.api_client import CertfleetClient
-from services.stack.embedded import EmbeddedStack
-from shared.logging import configure_logging
-from shared.settings import Settings
+from services.cli.arguments import positive_int
+from services.cli.errors import CliError, Interrupted
+from services.cli.progress import combined, failures_table, follow
+from shared.models import GLOBAL_DOMAIN_ID
 
-
-def enroll_fleet(client: CertfleetClient, *, objects: Sequence[dict], concurrency: int = 8) -> list[dict]:
-    """Install an enrollment object on every device of the Global domain, taking ``objects`` in
-    turn (one object: all devices get it); return the jobs."""
-    devices = client.devices()
-    plan = [(device, objects[i % len(objects)]) for i, device in enumerate(devices)]
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        answers = list(pool.map(lambda pair: client.add_trustpoint(pair[0]["id"], pair[1]["id"]), plan))
-    return [a["job"] for a in answers]
-
-
-def follow(client: CertfleetClient, total: int, *, console: Console, timeout: float) -> Counter:
-    """Show a progress bar until every trustpoint has left in_progress; return status counts."""
-    columns = (
-        TextColumn("[bold]enrolling"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("[green]{task.fields[ok]} available [red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-    )
-    deadline = time.monotonic() + timeout
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("enroll", total=total, ok=0, failed=0)
-        while True:
-            ok = client.count_trustpoints(identity_status="available")
-            failed = client.count_trustpoints(identity_status="failed")
-            progress.update(task, completed=ok + failed, ok=ok, failed=failed)
-            if ok + failed >= total or time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
-    return Counter(available=ok, failed=failed, unfinished=total - ok - failed)
-
-
-def summary_table(*, rows: Sequence[tuple[str, int, Counter]], elapsed: float) -> Table:
-    """One row per method (devices, counts); several methods get a total row too."""
-    table = Table(title="certfleet demo")
-    for column in ("devices", "method", "available", "failed", "unfinished", "elapsed", "per s"):
-        table.add_column(column, justify="right", no_wrap=True)
-    if len(rows) > 1:
-        rows = [*rows, ("all", sum(n for _, n, _ in rows), sum((c for _, _, c in rows), Counter()))]
-    for method, devices, counts in rows:
-        table.add_row(
-            str(devices), method, str(counts["available"]), str(counts["failed"]), str(counts["unfinished"]),
-            f"{elapsed:.1f} s", f"{counts['available'] / elapsed:.0f}" if elapsed else "-",
-        )
-    return table
-
-
-def counts_by_method(client: CertfleetClient, names: dict[str, str]) -> list[tuple[str, int, Counter]]:
-    """(method, devices, status counts) per enrollment object; ``names`` maps its trustpoint name
-    (the object's name) to the method."""
-    counts = {name: Counter() for name in names}
-    for trustpoint in client.trustpoints():
-        if trustpoint["name"] in counts:
-            counts[trustpoint["name"]][trustpoint["identity_status"]] += 1
-    rows = []
-    for name, method in names.items():
-        c = counts[name]
-        total = sum(c.values())
-        rows.append((method, total, Counter(available=c["available"], failed=c["failed"],
-                                            unfinished=total - c["available"] - c["failed"])))
-    return rows
-
+if TYPE_CHECKING:
+    from services.stack.embedded import EmbeddedStack
 
 #: The enrollment methods the demo offers, as the command line names them.
 ENROLLMENTS = ("self-signed", "est", "scep", "mixed")
 #: What ``mixed`` spreads over the fleet, a third each.
 MIXED = ("self-signed", "est", "scep")
 EST_USER = "demo-enroller"
+GLOBAL = str(GLOBAL_DOMAIN_ID)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=positive_int, default=500, help="fleet size (default 500)")
+    parser.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "eddsa"])
+    parser.add_argument("--key-size", type=int, default=256)
+    parser.add_argument("--threads", type=positive_int, default=8, help="worker threads")
+    parser.add_argument("--enrollment", default="self-signed", choices=ENROLLMENTS,
+                        help="how the devices enroll: self-signed (default), est or scep with the CA simulator, "
+                        "or mixed (a third each)")
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_demo(devices=args.devices, key_type=args.key_type, key_size=args.key_size,
+                    threads=args.threads, enrollment=args.enrollment)
 
 
 @dataclass(frozen=True)
@@ -112,6 +70,31 @@ class DemoSecrets:
         if "scep" in methods:
             options.update(scep_port=0, scep_challenge=self.scep_challenge)
         return options or None
+
+
+def split_fleet(device_ids: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
+    """The devices each method enrolls: every device once, dealt out in turn (a share each, at
+    most one apart); a method left without devices is left out."""
+    shares = {method: list(device_ids[i::len(methods)]) for i, method in enumerate(methods)}
+    return {method: ids for method, ids in shares.items() if ids}
+
+
+def summary_table(rows: Sequence[tuple[str, dict]]) -> Table:
+    """One row per method from its bulk enrollment; several methods get a total row too."""
+    table = Table(title="certfleet demo")
+    for column in ("devices", "method", "succeeded", "failed", "unfinished", "elapsed", "per s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    if len(rows) > 1:
+        batches = [batch for _, batch in rows]
+        rows = [*rows, ("all", combined(batches) | {"elapsed_seconds": max(b["elapsed_seconds"] for b in batches)})]
+    for method, batch in rows:
+        done = batch["succeeded"] + batch["failed"]
+        elapsed = batch["elapsed_seconds"]
+        table.add_row(
+            str(batch["total"]), method, str(batch["succeeded"]), str(batch["failed"]), str(batch["total"] - done),
+            f"{elapsed:.1f} s", f"{batch['succeeded'] / elapsed:.0f}" if elapsed else "-",
+        )
+    return table
 
 
 def _enrollment_object(client: CertfleetClient, stack: EmbeddedStack, method: str, *, demo: DemoSecrets,
@@ -133,10 +116,30 @@ def _enrollment_object(client: CertfleetClient, stack: EmbeddedStack, method: st
     return client.create_enrollment_object(name="demo-self-signed", enrollment_type="self_signed", **common)
 
 
+def start_enrollments(client: CertfleetClient, objects: dict[str, dict], *, console: Console) -> dict[str, dict]:
+    """One bulk enrollment per method: all devices for a single method, else each method's share."""
+    if len(objects) == 1:
+        selections = {method: {"all": True} for method in objects}
+    else:
+        shares = split_fleet([d["id"] for d in client.devices(domain_id=GLOBAL)], list(objects))
+        selections = {method: {"device_ids": ids} for method, ids in shares.items()}
+    batches = {}
+    for method, selection in selections.items():
+        batch = client.start_bulk_enrollment(objects[method]["id"], selection=selection, domain_id=GLOBAL)
+        console.print(f"started bulk enrollment {batch['id']}: {objects[method]['name']} on {batch['total']} devices")
+        batches[method] = batch
+    return batches
+
+
 def run_demo(*, devices: int, key_type: str = "ecdsa", key_size: int = 256, threads: int = 8,
-             enrollment: str = "self-signed", timeout: float = 600.0, console: Console | None = None) -> int:
+             enrollment: str = "self-signed", console: Console | None = None, interval: float = 0.25) -> int:
     if enrollment not in ENROLLMENTS:
         raise ValueError(f"enrollment must be one of {', '.join(ENROLLMENTS)}, not {enrollment!r}")
+    # The whole stack is imported only when the demo runs: other commands start faster without it.
+    from services.stack.embedded import EmbeddedStack
+    from shared.logging import configure_logging
+    from shared.settings import Settings
+
     methods = MIXED if enrollment == "mixed" else (enrollment,)
     console = console or Console()
     settings = Settings.from_env()
@@ -159,24 +162,26 @@ def run_demo(*, devices: int, key_type: str = "ecdsa", key_size: int = 256, thre
         with CertfleetClient(stack.api_url, stack.admin_token) as client:
             imported = client.import_devices(stack.sim.url)
             console.print(f"imported {imported['imported']} devices from the simulator")
-            objects = [_enrollment_object(client, stack, method, demo=demo, key_type=key_type,
-                                          key_size=key_size) for method in methods]
-            started = time.monotonic()
-            # Add the trustpoints in the background: the bar shows enrollment as it happens.
-            with ThreadPoolExecutor(max_workers=1) as background:
-                adding = background.submit(enroll_fleet, client, objects=objects)
-                counts = follow(client, devices, console=console, timeout=timeout)
-                adding.result()
-            elapsed = time.monotonic() - started
-            if len(methods) == 1:
-                rows = [(enrollment, devices, counts)]
-            else:
-                rows = counts_by_method(client, {o["name"]: m for o, m in zip(objects, methods, strict=True)})
-            console.print(summary_table(rows=rows, elapsed=elapsed))
-            if counts["failed"]:
-                failures = Counter(
-                    (t["error_code"], t["error_message"]) for t in client.trustpoints(identity_status="failed")
-                )
-                for (code, message), n in failures.most_common(5):
-                    console.print(f"[red]{n} × {code}: {message}")
-    return 0 if counts["available"] == devices else 1
+            objects = {method: _enrollment_object(client, stack, method, demo=demo, key_type=key_type,
+                                                  key_size=key_size) for method in methods}
+            batches = start_enrollments(client, objects, console=console)
+            try:
+                finished = follow(client, list(batches.values()), domain_id=GLOBAL, console=console,
+                                  interval=interval)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted", "demo stopped; its embedded stack stops with it") from None
+            show_summary(batches, finished, console=console)
+    return 0
+
+
+def show_summary(batches: dict[str, dict], finished: Sequence[dict], *, console: Console) -> None:
+    """The summary table, the failures by error code if any; CliError when a device failed."""
+    console.print(summary_table(list(zip(batches, finished, strict=True))))
+    failed = sum(batch["failed"] for batch in finished)
+    if failed:
+        table = failures_table(finished)
+        if table is not None:
+            console.print(table)
+        total = sum(batch["total"] for batch in finished)
+        raise CliError("devices_failed", f"{failed} of {total} devices failed to enroll "
+                                         "(failures by error code above)")

@@ -8,33 +8,24 @@ Installs the enrollment object on the selected devices of the domain and its sub
 shows a progress bar (succeeded, failed, queued, running, and the controller's ETA) until
 every job has ended, then a summary with the failures grouped by error code.
 
-Exit status: 0 when every device enrolled, 1 when any failed, 2 when the request was refused
-(unknown object, device or domain, empty selection, no token…) or the controller cannot be
-reached, 130 when interrupted: the enrollment goes on without the command.
+Exit status (services.cli.errors): 0 when every device enrolled; 1 when any failed, or the
+request was refused (unknown object, device or domain, empty selection…), or the controller
+cannot be reached; 2 for a bad command line (no or several selections, no token); 130 when
+interrupted: the enrollment goes on without the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-import uuid
 
-import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from services.cli.api_client import ApiError, CertfleetClient
+from services.cli.api_client import CertfleetClient
+from services.cli.connection import add_api_arguments, connect
+from services.cli.errors import CliError, Interrupted, UsageError
+from services.cli.lookup import resolve_devices, resolve_domain
+from services.cli.progress import failures_table, follow
 from shared.models import GLOBAL_DOMAIN_ID
-
-EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 1, 2, 130
-#: How long the progress bar waits out a controller that stopped answering before giving up.
-UNREACHABLE_PATIENCE_S = 60.0
-
-
-class CannotStart(Exception):
-    """The command cannot start: the message says what to change."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,24 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name of the certificate enrollment object to install")
     which = parser.add_argument_group("device selection (one of --all, --device, or the filters)")
     which.add_argument("--all", action="store_true", help="every device of the domain and its subdomains")
-    which.add_argument("--device", nargs="+", action="extend", default=[], metavar="ID_OR_NAME",
+    which.add_argument("--device", nargs="+", action="extend", default=[], metavar="DEVICE",
                        help="devices by id, name or serial (repeatable)")
     which.add_argument("--name-pattern", metavar="P", help="device names matching P ('*' and '?' wildcards)")
     which.add_argument("--model", metavar="M", help="devices of model M (combines with --name-pattern)")
-    parser.add_argument("--domain", default=str(GLOBAL_DOMAIN_ID), metavar="ID_OR_NAME",
+    parser.add_argument("--domain", default=str(GLOBAL_DOMAIN_ID), metavar="DOMAIN",
                         help="domain by id or name (default Global)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between progress polls")
     parser.add_argument("--no-wait", action="store_true", help="start the enrollment and exit")
+    add_api_arguments(parser)
 
 
-def selection_of(args: argparse.Namespace, device_ids: list[str]) -> dict:
-    """The API's device selection for the command line's choice; CannotStart unless exactly one."""
+def check_selection(args: argparse.Namespace) -> None:
+    """UsageError unless the command line chooses the devices exactly one way."""
     chosen = [name for name, given in (("--all", args.all), ("--device", bool(args.device)),
                                        ("--name-pattern/--model", bool(args.name_pattern or args.model)))
               if given]
     if len(chosen) != 1:
-        raise CannotStart("choose the devices with exactly one of --all, --device ID_OR_NAME…, or "
-                      f"--name-pattern P and/or --model M (given: {', '.join(chosen) or 'none'})")
+        raise UsageError("bad_selection", "choose the devices with exactly one of --all, --device DEVICE…, or "
+                                          f"--name-pattern P and/or --model M (given: {', '.join(chosen) or 'none'})")
+
+
+def selection_of(args: argparse.Namespace, device_ids: list[str]) -> dict:
+    """The API's device selection for the command line's choice (checked by check_selection)."""
     if args.all:
         return {"all": True}
     if args.device:
@@ -72,152 +68,53 @@ def selection_of(args: argparse.Namespace, device_ids: list[str]) -> dict:
     return selection
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-def resolve_domain(client: CertfleetClient, value: str) -> str:
-    if _is_uuid(value):
-        return value
-    domains = client.domains()
-    matches = [d for d in domains if d["name"] == value]
-    if len(matches) != 1:
-        known = ", ".join(sorted(d["name"] for d in domains))
-        problem = "no domain" if not matches else f"{len(matches)} domains"
-        raise CannotStart(f"{problem} named {value!r}; give the domain's id instead (domains: {known})")
-    return matches[0]["id"]
-
-
 def resolve_object(client: CertfleetClient, name: str, *, domain_id: str) -> dict:
     objects = client.enrollment_objects(domain_id=domain_id)
     for obj in objects:
         if obj["name"] == name:
             return obj
     known = ", ".join(sorted(o["name"] for o in objects)) or "none"
-    raise CannotStart(f"no enrollment object named {name!r} in this domain or its ancestors "
-                  f"(available: {known}); create it first or check --domain")
+    raise CliError("unknown_enrollment_object",
+                   f"no enrollment object named {name!r} in this domain or its ancestors (available: {known}); "
+                   "create it first or check --domain")
 
 
-def resolve_devices(client: CertfleetClient, values: list[str], *, domain_id: str) -> list[str]:
-    """Device ids for ids, names or serials; CannotStart naming every one not found."""
-    ids, unknown = [], []
-    for value in dict.fromkeys(values):  # in order, once each
-        if _is_uuid(value):
-            ids.append(value)
-            continue
-        found = client.devices_named(value, domain_id=domain_id)
-        if len(found) > 1:
-            raise CannotStart(f"{len(found)} devices are named {value!r}; give their ids instead")
-        if found:
-            ids.append(found[0]["id"])
-        else:
-            unknown.append(value)
-    if unknown:
-        raise CannotStart(f"no device with the name or serial {', '.join(map(repr, unknown))} in this domain "
-                      "or its subdomains")
-    return ids
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA -"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"ETA {minutes}:{secs:02d}"
-
-
-def follow(client: CertfleetClient, batch: dict, *, domain_id: str, console: Console,
-           interval: float) -> dict:
-    """Show the batch's progress until it has finished; return its last state."""
-    columns = (
-        TextColumn("[bold]enrolling"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("[green]{task.fields[succeeded]} succeeded [red]{task.fields[failed]} failed "
-                   "[default]{task.fields[queued]} queued {task.fields[running]} running"),
-        TextColumn("{task.fields[eta]}"), TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("enroll", total=batch["total"], **_fields(batch))
-        answered = time.monotonic()
-        while True:
-            progress.update(task, completed=batch["succeeded"] + batch["failed"], **_fields(batch))
-            if batch["finished"]:
-                return batch
-            time.sleep(interval)
-            try:
-                batch, answered = client.bulk_enrollment(batch["id"], domain_id=domain_id), time.monotonic()
-            except (httpx.TransportError, ApiError) as exc:
-                # A controller restarting (or its database away for a moment) is waited out: the
-                # enrollment goes on in the workers meanwhile.
-                gave_up = time.monotonic() - answered > UNREACHABLE_PATIENCE_S
-                if gave_up or (isinstance(exc, ApiError) and exc.status < 500):
-                    raise
-
-
-def _fields(batch: dict) -> dict:
-    return {name: batch[name] for name in ("succeeded", "failed", "queued", "running")} | {
-        "eta": _eta(batch["eta_seconds"])}
-
-
-def summary(batch: dict, *, object_name: str) -> list[str | Table]:
-    """What the operator reads at the end: the counts, then the failures by code."""
+def summary(batch: dict, *, object_name: str) -> list[str]:
+    """What the operator reads at the end: the counts (the failures table follows)."""
     rate = batch["total"] / batch["elapsed_seconds"] if batch["elapsed_seconds"] else 0.0
-    lines: list[str | Table] = [
+    return [
         f"bulk enrollment {batch['id']}: {object_name} on {batch['selected']} selected devices, "
         f"{batch['skipped']} skipped (they already had it)",
         f"{batch['succeeded']} succeeded, {batch['failed']} failed of {batch['total']} "
         f"in {batch['elapsed_seconds']:.1f} s ({rate:.0f} per s)",
     ]
-    if batch["failures"]:
-        table = Table(title="failures by error code")
-        for column in ("error code", "devices", "for example"):
-            table.add_column(column, overflow="fold")
-        for group in batch["failures"]:
-            table.add_row(group["error_code"], str(group["count"]), group["example_message"])
-        lines.append(table)
-    return lines
 
 
 def main(args: argparse.Namespace) -> int:
+    check_selection(args)
     console = Console()
-    if not args.token:
-        print("error: no API token: pass --token or set CERTFLEET_TOKEN "
-              "(certfleet token create --role admin)", file=sys.stderr)
-        return EXIT_REFUSED
-    with CertfleetClient(args.api_url, args.token) as client:
-        try:
-            return _run(client, args, console)
-        except httpx.TransportError as exc:
-            print(f"error: the controller at {args.api_url} cannot be reached: {exc or type(exc).__name__}",
-                  file=sys.stderr)
-            return EXIT_REFUSED
-
-
-def _run(client: CertfleetClient, args: argparse.Namespace, console: Console) -> int:
-    try:
+    with connect(args) as client:
         domain_id = resolve_domain(client, args.domain)
         obj = resolve_object(client, args.object, domain_id=domain_id)
-        device_ids = resolve_devices(client, args.device, domain_id=domain_id) if args.device else []
-        selection = selection_of(args, device_ids)
-        batch = client.start_bulk_enrollment(obj["id"], selection=selection, domain_id=domain_id)
-    except CannotStart as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except ApiError as exc:
-        print(f"error: the controller refused: {exc.code}: {exc.detail}", file=sys.stderr)
-        return EXIT_REFUSED
-    console.print(f"started bulk enrollment {batch['id']}: {obj['name']} on {batch['total']} devices "
-                  f"({batch['skipped']} skipped: they already had it)")
-    if args.no_wait:
-        return 0
-    try:
-        batch = follow(client, batch, domain_id=domain_id, console=console, interval=args.interval)
-    except KeyboardInterrupt:
-        console.print(f"stopped following; bulk enrollment {batch['id']} goes on "
-                      f"(GET /api/v1/domains/{domain_id}/bulk-enrollments/{batch['id']})")
-        return EXIT_INTERRUPTED
+        devices = resolve_devices(client, args.device, domain_id=domain_id) if args.device else []
+        batch = client.start_bulk_enrollment(obj["id"], selection=selection_of(args, [d["id"] for d in devices]),
+                                             domain_id=domain_id)
+        console.print(f"started bulk enrollment {batch['id']}: {obj['name']} on {batch['total']} devices "
+                      f"({batch['skipped']} skipped: they already had it)")
+        if args.no_wait:
+            return 0
+        try:
+            [batch] = follow(client, [batch], domain_id=domain_id, console=console, interval=args.interval)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted", f"stopped following; bulk enrollment {batch['id']} goes on "
+                                             f"(GET /api/v1/domains/{domain_id}/bulk-enrollments/{batch['id']})"
+                              ) from None
     for line in summary(batch, object_name=obj["name"]):
         console.print(line)
-    return EXIT_FAILED if batch["failed"] else 0
+    table = failures_table([batch])
+    if table is not None:
+        console.print(table)
+    if batch["failed"]:
+        raise CliError("devices_failed", f"{batch['failed']} of {batch['total']} devices failed to enroll "
+                                         "(failures by error code above)")
+    return 0

@@ -8,9 +8,10 @@ certificate actions against the controller's API, one device's trustpoint at a t
     certfleet trustpoint re-enroll|refresh|delete DEVICE NAME [--wait]
     certfleet device weak-crypto DEVICE --enable [--yes] | --disable
 
-DEVICE is a device id, name or serial. The API URL and token come from ``--api-url`` and
-``--token`` or ``CERTFLEET_API_URL`` and ``CERTFLEET_TOKEN``. An error prints the problem's
-code and message and exits 1.
+DEVICE is a device id, name or serial; --domain a domain id or name (default Global). The API
+URL and token come from ``--api-url`` and ``--token`` or ``CERTFLEET_API_URL`` and
+``CERTFLEET_TOKEN``. Errors follow services.cli.errors: ``error: <code>: <message>``, exit 1
+when the operation was refused or failed, 2 when the command line must change.
 """
 
 from __future__ import annotations
@@ -19,44 +20,36 @@ import argparse
 import getpass
 import os
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.api_client import ApiError, CertfleetClient
+from services.cli.api_client import CertfleetClient
+from services.cli.connection import add_api_arguments, connect
+from services.cli.errors import CliError, UsageError
+from services.cli.lookup import resolve_device, resolve_domain
 from shared.models import GLOBAL_DOMAIN_ID
 
 PASSPHRASE_ENV = "CERTFLEET_EXPORT_PASSPHRASE"
 WEAK_CRYPTO_WARNING = ("Enabling weak-crypto lets {device} use weak ciphers in certificates (RSA below 2048 "
                        "bits, DSA, SHA-1/MD5 signatures, DES/3DES/RC2 encryption), which reduces security.")
 
-
-class CliError(Exception):
-    """A problem the operator must fix, printed as ``error: <code>: <message>``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+Action = Callable[[CertfleetClient, argparse.Namespace, dict], int]
 
 
-def add_commands(
-    sub: argparse._SubParsersAction, api_args: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``trustpoint`` and ``device`` to the ``certfleet`` command."""
     trustpoint = sub.add_parser("trustpoint", help="view and act on one device's trustpoint")
     actions = trustpoint.add_subparsers(dest="trustpoint_command", required=True)
 
-    def action(name: str, help_text: str, run: Callable[[CertfleetClient, argparse.Namespace], int]
-               ) -> argparse.ArgumentParser:
+    def action(name: str, help_text: str, run: Action) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("device", metavar="DEVICE", help="device id, name or serial")
         parser.add_argument("name", metavar="NAME", help="trustpoint name")
-        _common(parser, api_args)
-        parser.set_defaults(func=_runner(run))
+        _common(parser)
+        parser.set_defaults(func=_on_device(run))
         return parser
 
     action("show", "statuses, certificate details and the CA chain", _show)
@@ -88,57 +81,30 @@ def add_commands(
     toggle.add_argument("--enable", action="store_true")
     toggle.add_argument("--disable", action="store_true")
     weak.add_argument("--yes", action="store_true", help="enable without asking for confirmation")
-    _common(weak, api_args)
-    weak.set_defaults(func=_runner(_weak_crypto))
+    _common(weak)
+    weak.set_defaults(func=_on_device(_weak_crypto))
 
 
-def _common(parser: argparse.ArgumentParser, api_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    parser.add_argument("--domain", default=str(GLOBAL_DOMAIN_ID), help="domain id (default Global)")
-    api_args(parser)
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", default=str(GLOBAL_DOMAIN_ID), metavar="DOMAIN",
+                        help="domain by id or name (default Global)")
+    add_api_arguments(parser)
 
 
-def _runner(run: Callable[[CertfleetClient, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _on_device(run: Action) -> Callable[[argparse.Namespace], int]:
+    """The command: connect, find the DEVICE in the domain, act on it."""
+
     def main(args: argparse.Namespace) -> int:
-        if not args.token:
-            return _fail(CliError("unauthorized", "no API token: set CERTFLEET_TOKEN or pass --token"))
-        try:
-            with CertfleetClient(args.api_url, args.token) as client:
-                return run(client, args)
-        except ApiError as exc:
-            return _fail(CliError(exc.code, exc.detail))
-        except CliError as exc:
-            return _fail(exc)
-        except httpx.HTTPError as exc:
-            return _fail(CliError("api_unreachable", f"cannot reach the API at {args.api_url}: {exc}"))
-        except TimeoutError as exc:
-            return _fail(CliError("timeout", str(exc)))
+        with connect(args) as client:
+            args.domain = resolve_domain(client, args.domain)
+            return run(client, args, resolve_device(client, args.device, domain_id=args.domain))
 
     return main
 
 
-def _fail(error: CliError) -> int:
-    print(f"error: {error.code}: {error.message}", file=sys.stderr)
-    return 1
-
-
-def resolve_device(client: CertfleetClient, ref: str, domain: str) -> dict:
-    """The device a DEVICE argument names: an id, else a name, else a serial."""
-    try:
-        return client.device(str(uuid.UUID(ref)), domain_id=domain)
-    except ValueError:
-        pass
-    found = client.devices_named(ref, domain_id=domain)
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        raise CliError("ambiguous_device", f"{len(found)} devices are named {ref!r}; give the device id")
-    raise CliError("not_found", f"no device with id, name or serial {ref!r} in domain {domain}")
-
-
 # --- trustpoint actions ----------------------------------------------------------------------------
 
-def _show(client: CertfleetClient, args: argparse.Namespace) -> int:
-    device = resolve_device(client, args.device, args.domain)
+def _show(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
     tp = client.trustpoint(device["id"], args.name, domain_id=args.domain)
     console = _console()
     summary = Table(title=f"trustpoint {tp['name']} on {tp['device_name']}", show_header=False)
@@ -191,8 +157,7 @@ def _console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _csr(client: CertfleetClient, args: argparse.Namespace) -> int:
-    device = resolve_device(client, args.device, args.domain)
+def _csr(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
     pem = client.trustpoint_csr(device["id"], args.name, domain_id=args.domain)
     if args.output:
         Path(args.output).write_text(pem)
@@ -203,8 +168,7 @@ def _csr(client: CertfleetClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _import(client: CertfleetClient, args: argparse.Namespace) -> int:
-    device = resolve_device(client, args.device, args.domain)
+def _import(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
     certificate = _read(args.cert)
     ca = _read(args.ca_cert) if args.ca_cert else None
     answer = client.import_identity_certificate(device["id"], args.name, certificate, ca_certificate=ca,
@@ -213,8 +177,7 @@ def _import(client: CertfleetClient, args: argparse.Namespace) -> int:
     return _follow(client, args, answer["job"]) if args.wait else 0
 
 
-def _export(client: CertfleetClient, args: argparse.Namespace) -> int:
-    device = resolve_device(client, args.device, args.domain)
+def _export(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
     passphrase = _passphrase(args) if args.format == "pkcs12" else None
     content = client.export_trustpoint(device["id"], args.name, args.format, passphrase=passphrase,
                                        domain_id=args.domain)
@@ -230,19 +193,19 @@ def _export(client: CertfleetClient, args: argparse.Namespace) -> int:
 
 def _passphrase(args: argparse.Namespace) -> str:
     if args.passphrase_file:
-        lines = Path(args.passphrase_file).read_text().splitlines()
+        lines = _read(args.passphrase_file).decode(errors="replace").splitlines()
         passphrase = lines[0] if lines else ""
     elif os.environ.get(PASSPHRASE_ENV):
         passphrase = os.environ[PASSPHRASE_ENV]
     elif sys.stdin.isatty():
         passphrase = getpass.getpass("PKCS12 passphrase: ")
         if getpass.getpass("again: ") != passphrase:
-            raise CliError("passphrase_mismatch", "the two passphrases differ")
+            raise UsageError("passphrase_mismatch", "the two passphrases differ")
     else:
         passphrase = ""
     if not passphrase:
-        raise CliError("passphrase_required", f"a PKCS12 export needs a passphrase: --passphrase-file FILE, "
-                                              f"{PASSPHRASE_ENV}, or type it at the prompt")
+        raise UsageError("passphrase_required", f"a PKCS12 export needs a passphrase: --passphrase-file FILE, "
+                                                f"{PASSPHRASE_ENV}, or type it at the prompt")
     return passphrase
 
 
@@ -250,12 +213,11 @@ def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise CliError("file_unreadable", f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError("file_unreadable", f"cannot read {path}: {exc.strerror}") from None
 
 
-def _job_action(action: str) -> Callable[[CertfleetClient, argparse.Namespace], int]:
-    def run(client: CertfleetClient, args: argparse.Namespace) -> int:
-        device = resolve_device(client, args.device, args.domain)
+def _job_action(action: str) -> Action:
+    def run(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
         answer = client.trustpoint_action(device["id"], args.name, action, domain_id=args.domain)
         print(f"{action} of trustpoint {args.name} on {device['name']} started: job {answer['job']['id']}")
         return _follow(client, args, answer["job"]) if args.wait else 0
@@ -278,8 +240,7 @@ def _follow(client: CertfleetClient, args: argparse.Namespace, job: dict) -> int
 
 # --- device settings -------------------------------------------------------------------------------
 
-def _weak_crypto(client: CertfleetClient, args: argparse.Namespace) -> int:
-    device = resolve_device(client, args.device, args.domain)
+def _weak_crypto(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
     if args.disable:
         client.update_device(device["id"], domain_id=args.domain, weak_crypto=False)
         print(f"weak-crypto disabled on {device['name']}")
@@ -287,10 +248,9 @@ def _weak_crypto(client: CertfleetClient, args: argparse.Namespace) -> int:
     if not args.yes:
         print(WEAK_CRYPTO_WARNING.format(device=device["name"]))
         if not sys.stdin.isatty():
-            raise CliError("confirmation_required", "confirm at a terminal, or pass --yes")
+            raise UsageError("confirmation_required", "confirm at a terminal, or pass --yes")
         if input("Enable weak-crypto? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("weak-crypto left disabled")
-            return 1
+            raise CliError("not_confirmed", f"weak-crypto left disabled on {device['name']}")
     client.update_device(device["id"], domain_id=args.domain, weak_crypto=True, confirm=True)
     print(f"weak-crypto enabled on {device['name']}; re-enroll its trustpoints refused for weak crypto")
     return 0

@@ -11,7 +11,7 @@ PostgreSQL; by default SQLite in the state directory and the in-process broker.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from services.ca_sim.service import RunningCa
@@ -52,7 +52,7 @@ class EmbeddedStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.database_url == Settings().database_url:
             # The embedded default keeps its SQLite file in the state directory.
-            self.settings = _replace(self.settings, database_url=f"sqlite:///{self.state_dir / 'certfleet.db'}")
+            self.settings = replace(self.settings, database_url=f"sqlite:///{self.state_dir / 'certfleet.db'}")
         self.engine = make_engine(self.settings)
         init_db(self.engine)
         self.broker = make_broker(self.settings)
@@ -98,8 +98,3 @@ class EmbeddedStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _replace(settings: Settings, **changes) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)

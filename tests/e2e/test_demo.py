@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,16 @@ from tests.support.procs import ROOT, Proc, free_port, wait_http
 EMBEDDED_ENV = {k: v for k, v in os.environ.items() if not k.startswith("CERTFLEET_")}
 
 
+def demo_rows(stdout: str) -> dict[str, list[str]]:
+    """The summary table's rows by method: [devices, method, succeeded, failed, unfinished, …]."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│ \n").split("│")]
+        if line.startswith("│") and len(cells) >= 5:
+            rows[cells[1]] = cells
+    return rows
+
+
 def test_demo_enrolls_its_fleet_and_prints_a_summary():
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "demo", "--devices", "40"],
@@ -21,9 +32,9 @@ def test_demo_enrolls_its_fleet_and_prints_a_summary():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "imported 40 devices" in done.stdout
-    summary = next(line for line in done.stdout.splitlines() if "self-signed" in line)
-    cells = [c.strip() for c in summary.strip("│ \n").split("│")]
-    assert cells[:5] == ["40", "self-signed", "40", "0", "0"], summary
+    # Enrolled as an operator would: one bulk enrollment of every device.
+    assert re.search(r"started bulk enrollment \S+: demo-self-signed on 40 devices", done.stdout), done.stdout
+    assert demo_rows(done.stdout)["self-signed"][:5] == ["40", "self-signed", "40", "0", "0"], done.stdout
 
 
 def test_demo_enrolls_over_est_with_the_ca_simulator():
@@ -34,19 +45,7 @@ def test_demo_enrolls_over_est_with_the_ca_simulator():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CA simulator up: EST https://127.0.0.1:" in done.stdout
     assert "imported 20 devices" in done.stdout
-    summary = next(line for line in done.stdout.splitlines() if "│ " in line and " est " in line)
-    cells = [c.strip() for c in summary.strip("│ \n").split("│")]
-    assert cells[:5] == ["20", "est", "20", "0", "0"], summary
-
-
-def demo_rows(stdout: str) -> dict[str, list[str]]:
-    """The summary table's rows by method: [devices, method, available, failed, unfinished, …]."""
-    rows = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip("│ \n").split("│")]
-        if line.startswith("│") and len(cells) >= 5:
-            rows[cells[1]] = cells
-    return rows
+    assert demo_rows(done.stdout)["est"][:5] == ["20", "est", "20", "0", "0"], done.stdout
 
 
 def test_demo_enrolls_over_scep_with_the_ca_simulator():
@@ -68,6 +67,8 @@ def test_demo_enrolls_a_mixed_fleet_a_third_per_method():
     assert "CA simulator up: EST https://127.0.0.1:" in done.stdout and ", SCEP http://127.0.0.1:" in done.stdout
     rows = demo_rows(done.stdout)
     for method in ("self-signed", "est", "scep"):
+        # One bulk enrollment per method, each on its own third of the fleet.
+        assert re.search(rf"started bulk enrollment \S+: demo-{method} on 10 devices", done.stdout), done.stdout
         assert rows[method][:5] == ["10", method, "10", "0", "0"], done.stdout
     assert rows["all"][:5] == ["30", "all", "30", "0", "0"], done.stdout
 

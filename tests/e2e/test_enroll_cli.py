@@ -59,13 +59,15 @@ def stack(tmp_path_factory):
 def test_every_device_shows_progress_and_a_summary_with_failures_by_code(stack):
     done = certfleet_enroll(stack, "--object", "vpn-all", "--all", terminal=True)
     out = done.stdout
+    failed = len(stack.unreachable)
     assert done.returncode == 1, out + done.stderr  # some devices are unreachable
+    assert done.stderr == (f"error: devices_failed: {failed} of 40 devices failed to enroll "
+                           "(failures by error code above)\n")
     assert "started bulk enrollment" in out and "on 40 devices" in out
     assert "enrolling" in out and "40/40" in out  # the bar, at its end
     # ... and on its way there: redrawn live as devices finish, not only once at the end.
     shown = {int(n) for n in re.findall(r"enrolling.*?(\d+)/40", out)}
     assert len(shown) >= 3 and min(shown) < 40, sorted(shown)
-    failed = len(stack.unreachable)
     assert f"{40 - failed} succeeded, {failed} failed of 40" in out
     assert "failures by error code" in out
     row = next(line for line in out.splitlines() if "│ device_unreachable" in line)
@@ -96,20 +98,30 @@ def test_a_name_pattern_selects_devices_and_a_second_run_skips_them(stack):
     assert f"{len(matching)} skipped (they already had it)" in again.stdout
 
 
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--object", "no-such-object", "--all"], "unknown_enrollment_object",
+     "no enrollment object named 'no-such-object'"),
+    (["--object", "vpn-all", "--device", "nowhere"], "unknown_device",
+     "no device with the id, name or serial 'nowhere'"),
+    (["--object", "vpn-all", "--device", str(uuid.UUID(int=7))], "unknown_device", str(uuid.UUID(int=7))),
+    (["--object", "vpn-all", "--model", "no-such-model"], "empty_selection", ""),
+    (["--object", "vpn-all", "--all", "--domain", "Nowhere"], "unknown_domain", "no domain named 'Nowhere'"),
+])
+def test_a_refused_request_says_why_and_exits_1(stack, args, code, message):
+    done = certfleet_enroll(stack, *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith(f"error: {code}: ") and message in done.stderr, done.stderr
+    assert "started bulk enrollment" not in done.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["--object", "no-such-object", "--all"], "no enrollment object named 'no-such-object'"),
-    (["--object", "vpn-all", "--device", "nowhere"], "no device with the name or serial 'nowhere'"),
     (["--object", "vpn-all"], "choose the devices with exactly one of --all"),
     (["--object", "vpn-all", "--all", "--model", "FTDv"], "(given: --all, --name-pattern/--model)"),
-    (["--object", "vpn-all", "--model", "no-such-model"], "empty_selection"),
-    (["--object", "vpn-all", "--all", "--domain", "Nowhere"], "no domain named 'Nowhere'"),
-    (["--object", "vpn-all", "--device", str(uuid.UUID(int=7))], "devices_not_found"),
 ])
-def test_bad_input_is_refused_with_an_actionable_message_and_exit_2(stack, args, message):
+def test_a_bad_selection_is_a_usage_error_exit_2(stack, args, message):
     done = certfleet_enroll(stack, *args)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: bad_selection: ") and message in done.stderr, done.stderr
 
 
 def test_without_a_token_it_says_how_to_get_one(stack):
@@ -117,7 +129,7 @@ def test_without_a_token_it_says_how_to_get_one(stack):
                            "--object", "vpn-all", "--all"],
                           cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "certfleet token create" in done.stderr
+    assert done.stderr.startswith("error: no_token: ") and "certfleet token create" in done.stderr
 
 
 def test_an_unreachable_controller_is_said_so_without_a_traceback():
@@ -125,5 +137,6 @@ def test_an_unreachable_controller_is_said_so_without_a_traceback():
     done = subprocess.run([sys.executable, "-m", "services.cli", "enroll", "--api-url", url, "--token", "t",
                            "--object", "vpn-all", "--all"],
                           cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert f"the controller at {url} cannot be reached" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: api_unreachable: cannot reach the API at {url}: ")
+    assert "Traceback" not in done.stderr

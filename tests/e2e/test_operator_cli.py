@@ -41,10 +41,12 @@ class Cli:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    def fails(self, code: str, *args: str, **kw) -> str:
+    def fails(self, code: str, *args: str, status: int = 1, **kw) -> str:
+        """The command's error line (``error: <code>: <message>``, alone on stderr); ``status``:
+        1 when the operation was refused or failed, 2 when the command line must change."""
         done = self.run(*args, **kw)
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert f"error: {code}: " in done.stderr, done.stderr
+        assert done.returncode == status, done.stdout + done.stderr
+        assert done.stderr.startswith(f"error: {code}: ") and done.stderr.count("\n") == 1, done.stderr
         return done.stderr
 
 
@@ -103,7 +105,7 @@ def test_manual_enrollment_csr_import_show_and_export(cli):
     assert x509.load_pem_x509_certificates(pem.read_bytes()) == [identity]
 
     cli.fails("passphrase_required", "trustpoint", "export", device["name"], "cli-vpn", "--format", "pkcs12",
-              "-o", str(cli.dir / "none.p12"))
+              "-o", str(cli.dir / "none.p12"), status=2)
     assert not (cli.dir / "none.p12").exists()
     audit = cli.client.export_audit(device_id=device["id"])
     assert [a["format"] for a in audit] == ["pem", "pkcs12", "pkcs12"]
@@ -121,17 +123,36 @@ def test_re_enroll_refresh_delete_and_errors(cli):
     cli.fails("no_csr", "trustpoint", "csr", device["name"], "cli-self")
     assert "deleted" in cli.ok("trustpoint", "delete", device["name"], "cli-self", "--wait")
     cli.fails("not_found", "trustpoint", "show", device["name"], "cli-self")
-    cli.fails("not_found", "trustpoint", "show", "no-such-device", "cli-self")
+    err = cli.fails("unknown_device", "trustpoint", "show", "no-such-device", "cli-self")
+    assert "no device with the id, name or serial 'no-such-device'" in err
     cli.fails("unauthorized", "trustpoint", "show", device["name"], "x",
               env={"CERTFLEET_TOKEN": "not-a-token"})
 
 
 def test_weak_crypto_needs_confirmation(cli):
     device = cli.devices[2]
-    err = cli.fails("confirmation_required", "device", "weak-crypto", device["name"], "--enable")
+    err = cli.fails("confirmation_required", "device", "weak-crypto", device["name"], "--enable", status=2)
     assert "--yes" in err
     assert cli.client.device(device["id"])["weak_crypto"] is False
     assert "enabled" in cli.ok("device", "weak-crypto", device["name"], "--enable", "--yes")
     assert cli.client.device(device["id"])["weak_crypto"] is True
     assert "disabled" in cli.ok("device", "weak-crypto", device["serial"], "--disable")
     assert cli.client.device(device["id"])["weak_crypto"] is False
+
+
+def test_a_name_two_devices_share_is_refused_with_their_ids(cli):
+    twins = [cli.client._call("POST", "/domains/e276abec-e0f2-11e3-8169-6d9ed49b625f/devices", json={
+        "name": "twin", "serial": f"TWIN-{i}", "management_url": f"http://127.0.0.1:9/api/devices/TWIN-{i}",
+    }) for i in (1, 2)]
+    err = cli.fails("ambiguous_device", "trustpoint", "show", "twin", "vpn")
+    assert all(t["id"] in err for t in twins) and "give the device id instead" in err
+    # Its serial or id picks one (and the domain may be named): the trustpoint is then what is missing.
+    cli.fails("not_found", "trustpoint", "show", "TWIN-1", "vpn")
+    assert "weak-crypto disabled on twin" in cli.ok("device", "weak-crypto", twins[1]["id"], "--disable",
+                                                    "--domain", "Global")
+
+
+def test_a_bad_api_url_is_a_configuration_error(cli):
+    err = cli.fails("bad_api_url", "trustpoint", "show", cli.devices[0]["name"], "vpn", status=2,
+                    env={"CERTFLEET_API_URL": "127.0.0.1:8000"})
+    assert "'127.0.0.1:8000' is not an http:// or https:// URL" in err

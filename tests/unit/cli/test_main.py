@@ -1,0 +1,48 @@
+"""The ``certfleet`` command's wiring: each subcommand reaches its module, and every one of them
+fails the same way (``error: <code>: <message>``, exit 1 or 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.cli import demo, devices, enroll, up
+from services.cli.main import build_parser, main
+from services.controller import cli as controller_cli
+from tests.support.procs import free_port
+
+
+@pytest.mark.parametrize(("argv", "runs"), [
+    (["demo"], demo.main),
+    (["up"], up.main),
+    (["enroll", "--object", "vpn", "--all"], enroll.main),
+    (["devices", "import", "--from-sim", "http://127.0.0.1:8400"], devices.import_devices),
+    (["controller"], controller_cli.main),
+    (["token", "create", "--role", "admin"], controller_cli.token_create),
+])
+def test_each_subcommand_runs_its_module(argv, runs):
+    assert build_parser().parse_args(argv).func is runs
+
+
+@pytest.mark.parametrize("argv", [
+    ["trustpoint", "show", "edge", "vpn"], ["enroll", "--object", "vpn", "--all"],
+    ["devices", "import", "--from-sim", "http://127.0.0.1:8400"], ["device", "weak-crypto", "edge", "--disable"],
+])
+def test_without_a_token_every_api_command_is_a_configuration_error(argv, capsys, monkeypatch):
+    monkeypatch.delenv("CERTFLEET_TOKEN", raising=False)
+    assert main([*argv, "--token", ""]) == 2
+    assert capsys.readouterr().err.startswith("error: no_token: no API token: pass --token or set CERTFLEET_TOKEN")
+
+
+@pytest.mark.parametrize("argv", [
+    ["trustpoint", "show", "edge", "vpn"], ["enroll", "--object", "vpn", "--all"],
+    ["devices", "import", "--from-sim", "http://127.0.0.1:8400"],
+])
+def test_an_api_nobody_answers_at_is_the_same_failure_for_every_command(argv, capsys):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main([*argv, "--api-url", url, "--token", "t"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: api_unreachable: cannot reach the API at {url}: ")
+
+
+def test_choosing_no_devices_is_a_usage_error(capsys):
+    assert main(["enroll", "--object", "vpn", "--token", "t"]) == 2
+    assert "error: bad_selection: choose the devices with exactly one of --all" in capsys.readouterr().err
