@@ -10,7 +10,7 @@ import pytest
 from services.cli.api_client import CertfleetClient
 from services.cli.errors import CliError
 from services.cli.lookup import resolve_device, resolve_devices, resolve_domain
-from services.stack.http_thread import ServerThread
+from shared.http_thread import ServerThread
 from tests.support.api import GLOBAL
 
 
