@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("worker", "services.worker.cli", "run Dramatiq worker processes"),
         ("device-sim", "services.device_sim.cli", "serve a simulated device fleet"),
         ("ca", "services.ca_sim.cli", "CA simulator (EST and SCEP)"),
+        ("db", "services.cli.db", "database schema: certfleet db upgrade"),
     ):
         p = sub.add_parser(name, help=help_text)
         mod = import_module(module)
