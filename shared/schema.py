@@ -187,16 +187,16 @@ def _refuse(connection: Connection, state: SchemaState) -> None:
         check_columns(connection)
         raise ConfigurationError(
             f"the database at {_where(connection)} was made by a certfleet from before schema revisions: "
-            f"run `{UPGRADE_COMMAND}` once, with the same CERTFLEET_DATABASE_URL, to record its revision, "
-            "then start the services again",
+            f"run `{UPGRADE_COMMAND}` once, with CERTFLEET_DATABASE_URL naming this database, to record its "
+            "revision, then start the services again",
             code="database_upgrade_required",
         )
     if state.revision not in revisions().known:
         raise _unknown(connection, state.revision)
     raise ConfigurationError(
         f"the database at {_where(connection)} is at schema revision {state.revision}, older than this "
-        f"certfleet's {revisions().head}: run `{UPGRADE_COMMAND}` once, with the same CERTFLEET_DATABASE_URL, "
-        "then start the services again",
+        f"certfleet's {revisions().head}: run `{UPGRADE_COMMAND}` once, with CERTFLEET_DATABASE_URL naming this "
+        "database, then start the services again",
         code="database_upgrade_required",
     )
 
