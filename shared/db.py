@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from shared import models
-from shared.errors import ConfigurationError
+from shared.schema import ensure_current
 from shared.settings import Settings
+
+#: How long an SQLite connection waits for another one's write lock.
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -20,7 +25,7 @@ def make_engine(settings: Settings) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
             poolclass=NullPool if ":memory:" not in url else None,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -29,46 +34,38 @@ def make_engine(settings: Settings) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def check_columns(engine: Engine) -> None:
-    """Refuse a database made by an older certfleet: create_all adds missing tables but not missing
-    columns, which would otherwise surface as failed requests and jobs long after start-up."""
-    inspector = inspect(engine)
-    missing = []
-    for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        missing += [(table.name, column) for column in table.columns if column.name not in present]
-    if missing:
-        statements = "; ".join(
-            f"ALTER TABLE {table} ADD COLUMN {column.name} {column.type.compile(dialect=engine.dialect)}"
-            for table, column in missing
-        )
-        raise ConfigurationError(
-            f"the database at {engine.url.render_as_string(hide_password=True)} was made by an older certfleet: "
-            f"{len(missing)} column{'s' if len(missing) != 1 else ''} missing. Add them ({statements}; "
-            "NOT NULL ones need a default for existing rows) or start from a new database",
-            code="database_schema_outdated",
-        )
-
-
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the API read while workers write; busy_timeout waits out writer contention.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # busy_timeout waits out writer contention; WAL lets the API read while workers write.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000:.0f}")
+    _use_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-def init_db(engine: Engine) -> None:
-    """Create the tables and the Global domain; safe to call from every process.
+def _use_wal(cursor) -> None:
+    """Switch the database to WAL, which lasts. Processes opening a new database together race
+    to switch it, and SQLite fails the losers at once rather than making them wait: they try
+    again (a no-op once the winner has switched it)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
-    Raises ConfigurationError when a table exists with fewer columns than this version has.
+
+def init_db(engine: Engine) -> None:
+    """Create the tables of an empty database and the Global domain; safe to call from every process.
+
+    Raises ConfigurationError when the database's schema is not this version's: it needs
+    ``certfleet db upgrade`` first, or was upgraded by a newer certfleet.
     """
-    SQLModel.metadata.create_all(engine)
-    check_columns(engine)
+    ensure_current(engine)
     with Session(engine) as session:
         if session.get(models.Domain, models.GLOBAL_DOMAIN_ID) is None:
             session.add(models.Domain(id=models.GLOBAL_DOMAIN_ID, name=models.GLOBAL_DOMAIN_NAME))

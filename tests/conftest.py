@@ -67,6 +67,7 @@ def api(db_engine, stub_broker):
         yield Api(client=client, engine=db_engine, broker=stub_broker, tokens=tokens)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     """A test module that uses a Redis database of its own names it in ``REDIS_URL`` and may flush
     it. Under pytest-xdist, modules naming the same database form one group, run by one worker

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "worker", "services.worker.cli", "run Dramatiq worker processes")
     command(sub, "device-sim", "services.device_sim.cli", "serve a simulated device fleet")
     command(sub, "ca", "services.ca_sim.cli", "CA simulator (EST and SCEP)")
+    command(sub, "db", "services.cli.db", "the database schema: certfleet db upgrade")
     command(sub, "enroll", "services.cli.enroll", "install an enrollment object on many devices and follow it")
 
     token = group(sub, "token", "API tokens")

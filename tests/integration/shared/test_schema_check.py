@@ -1,6 +1,6 @@
-"""A database made by an older certfleet (a table without a column this version has) is refused
-at start-up with a code and the statements that fix it, instead of failing requests and jobs
-later; the controller command says so and exits 2."""
+"""A database made by a certfleet from before schema revisions, whose tables lack a column this
+version has, is refused at start-up with a code and the statements that fix it, instead of
+failing requests and jobs later; the controller command says so and exits 2."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlmodel import SQLModel
 
 from shared.db import init_db, make_engine
 from shared.errors import ConfigurationError
+from shared.schema import upgrade_to_head
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -24,9 +26,16 @@ def drop_column(engine, table: str, column: str) -> None:
         conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 
 
+def made_before_revisions(engine) -> None:
+    """What a certfleet from before schema revisions left: its tables and no recorded revision."""
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+
+
 @pytest.mark.parametrize("db_engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
                          indirect=True)
 def test_a_table_missing_a_column_is_refused_with_the_statement_that_adds_it(db_engine):
+    made_before_revisions(db_engine)
     drop_column(db_engine, "job", "ca_waits")
     with pytest.raises(ConfigurationError) as refused:
         init_db(db_engine)
@@ -34,17 +43,19 @@ def test_a_table_missing_a_column_is_refused_with_the_statement_that_adds_it(db_
     message = str(refused.value)
     assert "made by an older certfleet: 1 column missing" in message
     assert "ALTER TABLE job ADD COLUMN ca_waits INTEGER" in message
+    assert "then run `certfleet db upgrade`" in message
 
     # What the message says to do is enough.
     with db_engine.begin() as conn:
         conn.execute(text("ALTER TABLE job ADD COLUMN ca_waits INTEGER NOT NULL DEFAULT 0"))
+    upgrade_to_head(db_engine)  # what certfleet db upgrade runs
     init_db(db_engine)
 
 
 def test_the_controller_command_refuses_an_outdated_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(Settings(database_url=url))
-    init_db(engine)
+    SQLModel.metadata.create_all(engine)  # as certfleet did before it kept schema revisions
     drop_column(engine, "trustpoint", "csr_pem")
     engine.dispose()
     done = subprocess.run(

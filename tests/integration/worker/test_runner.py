@@ -245,7 +245,8 @@ def test_a_worker_that_outlived_its_lease_records_nothing_over_the_one_that_took
     def taken_over() -> None:
         world.clock.advance(LEASE + 1)
         with session_scope(world.engine) as session:
-            assert jobstore.claim_job(session, job_id, now=world.clock(), lease_seconds=LEASE, holder="worker B")
+            assert jobstore.take_claim(session, job_id, now=world.clock(), lease_seconds=LEASE, holder="worker B")
+            session.commit()
 
     slow = replace(world.ctx, devices=EnrollsWith(world.ctx.devices, taken_over))
     outcome = run_job(slow, job_id, broker=world.broker)

@@ -1,0 +1,1 @@
+"""Schema revisions, oldest first; Alembic reads them as files (this one it skips)."""
