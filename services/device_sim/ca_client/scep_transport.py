@@ -1,6 +1,7 @@
 """SCEP over plain HTTP from the device to a CA (RFC 8894 section 4): where the enrollment URL
 leads, the three operations the device uses, and the one place that turns SCEP's HTTP answers
-into a :class:`CaFailure` (network causes are named by :mod:`.network`):
+into a :class:`CaFailure` with the stable code :mod:`shared.protocols.ca_failures` gives it
+(network causes are named by :mod:`.network`):
 
     GetCACaps      GET  <path>?operation=GetCACaps
     GetCACert      GET  <path>?operation=GetCACert
@@ -23,6 +24,7 @@ from cryptography import x509
 
 from services.device_sim.ca_client.connection import Answer, CaConnection, CaUrl
 from services.device_sim.ca_client.network import CaFailure, network_failure
+from shared.protocols.ca_failures import status_problem
 from shared.protocols.scep import PKI_MESSAGE, ScepDecodeError, decode_ca_certs, parse_caps
 
 DEFAULT_PATH = "/cgi-bin/pkiclient.exe"
@@ -113,12 +115,15 @@ class ScepSession:
                                timeout=self.timeout, service="SCEP")
 
     def http_failure(self, answer: Answer, operation: str) -> CaFailure:
-        """A CA's answer other than 200, as a failure."""
-        said = f"{answer.status} {answer.reason}".strip()
+        """A CA's answer other than 200, as a failure: code and retryable from the one CA failure
+        table, so SCEP and EST tell the device the same about the same HTTP status."""
         hint = ""
         if answer.status == 404:
-            hint = (f"; check the enrollment URL's path (the device asked {self.endpoint.path}; with no "
+            hint = (f"check the enrollment URL's path (the device asked {self.endpoint.path}; with no "
                     f"path it uses {DEFAULT_PATH})")
-        return CaFailure(f"CA at {self.endpoint.url} answered {operation} with {said}: "
-                         f"{answer.detail()}{hint}", code="ca_http_error",
-                         retryable=answer.status >= 500 or answer.status == 429, retry_after=answer.asked_to_wait())
+        elif answer.status == 401:
+            hint = ("SCEP proves the device with the enrollment object's challenge password, not an HTTP "
+                    "login; check that the enrollment URL leads to the CA's SCEP service")
+        problem = status_problem(answer.status, url=self.endpoint.url, operation=operation, reason=answer.reason,
+                                 detail=answer.detail(), hint=hint)
+        return CaFailure.of(problem, retry_after=answer.asked_to_wait())
