@@ -2,6 +2,10 @@
 
 Each returns the (normalised) value or raises :class:`shared.errors.ValidationError` with
 a stable code and a message that says how to fix it.
+
+A URL is stored as sent, returned by the API and written to logs, so it may not carry a user
+name or password (``https://user:secret@host/``): such a URL is refused, and the message
+shows it with that part cut out, never the secret itself.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 #: MD5, SHA-1, SHA-256, SHA-384, SHA-512 digests, in hex digits.
 _FINGERPRINT_LENGTHS = (32, 40, 64, 96, 128)
+#: A URL's start up to the end of its authority: the optional ``scheme:`` and ``//``, then
+#: everything before the first ``/``, ``?`` or ``#``; userinfo is what precedes its last ``@``.
+_AUTHORITY = re.compile(r"^(?P<lead>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<authority>[^/?#]*)")
+#: Where the credentials a URL may not carry belong instead, by field.
+_CREDENTIALS_GO = {
+    "enrollment_url": "an EST CA's user name and password go in the enrollment object's username and "
+                      "password fields (SCEP uses challenge_password)",
+}
 
 
 def check_http_url(value: str, *, field: str) -> str:
-    """An http(s) URL with a host; IPv6 literals must be in brackets (https://[2001:db8::5]/)."""
+    """An http(s) URL with a host and no user:password@; IPv6 literals must be in brackets
+    (https://[2001:db8::5]/)."""
     value = value.strip()
+    _refuse_credentials(value, field=field)
     problem = f"{field} {value!r} is not a valid http(s) URL"
     try:
         parts = urlsplit(value)
@@ -50,6 +64,20 @@ def check_http_url(value: str, *, field: str) -> str:
     if any(ch.isspace() for ch in value):
         raise ValidationError(f"{problem}: it contains white space", code="invalid_url")
     return value
+
+
+def _refuse_credentials(value: str, *, field: str) -> None:
+    """ValidationError url_credentials_not_allowed when ``value`` has userinfo before its host."""
+    start = _AUTHORITY.match(value)  # always matches, if only the empty string
+    if "@" not in start["authority"]:
+        return
+    lead, host, rest = start["lead"] or "", start["authority"].rsplit("@", 1)[1], value[start.end():]
+    where = _CREDENTIALS_GO.get(field)
+    raise ValidationError(
+        f"{field} {lead + '…@' + host + rest!r} carries a user name or password before the host, and a URL is "
+        f"stored and shown as sent: send {lead + host + rest!r} instead{f'; {where}' if where else ''}",
+        code="url_credentials_not_allowed",
+    )
 
 
 def _is_hostname(value: str) -> bool:

@@ -62,6 +62,46 @@ def test_the_message_names_the_field_that_holds_the_url():
     assert refused(check_http_url, "ftp://x/", field="crl_urls").message.startswith("crl_urls 'ftp://x/'")
 
 
+@pytest.mark.parametrize(("sent", "shown", "clean"), [
+    ("https://est-user:S3cret!@ca.example.com/.well-known/est", "https://…@ca.example.com/.well-known/est",
+     "https://ca.example.com/.well-known/est"),
+    ("  https://est-user:S3cret!@[2001:db8::5]:8443/ ", "https://…@[2001:db8::5]:8443/",
+     "https://[2001:db8::5]:8443/"),
+    ("http://S3cret!@ca.example.com", "http://…@ca.example.com", "http://ca.example.com"),  # a token alone
+    ("https://:S3cret!@ca.example.com/", "https://…@ca.example.com/", "https://ca.example.com/"),
+    ("https://us%40er:S3cret!@@ca.example.com/?q=a@b", "https://…@ca.example.com/?q=a@b",
+     "https://ca.example.com/?q=a@b"),
+    ("est-user:S3cret!@ca.example.com/est", "…@ca.example.com/est", "ca.example.com/est"),  # no scheme
+    ("https://est-user:S3cret!@bad host:99999/", "https://…@bad host:99999/", "https://bad host:99999/"),
+])
+def test_a_url_carrying_credentials_is_refused_without_repeating_them(sent, shown, clean):
+    with pytest.raises(ValidationError) as caught:
+        check_http_url(sent, field="enrollment_url")
+    error = caught.value
+    assert error.code == "url_credentials_not_allowed"
+    assert "S3cret!" not in error.message and "est-user" not in error.message
+    assert error.message == (
+        f"enrollment_url {shown!r} carries a user name or password before the host, and a URL is stored and shown "
+        f"as sent: send {clean!r} instead; an EST CA's user name and password go in the enrollment object's "
+        "username and password fields (SCEP uses challenge_password)")
+
+
+@pytest.mark.parametrize("field", ["management_url", "inventory_url", "ocsp_url", "crl_urls"])
+def test_every_url_field_refuses_credentials_and_names_itself(field):
+    with pytest.raises(ValidationError) as caught:
+        check_http_url("http://admin:hunter2@fw1.example.com:8400/api", field=field)
+    assert caught.value.code == "url_credentials_not_allowed"
+    assert caught.value.message == (
+        f"{field} 'http://…@fw1.example.com:8400/api' carries a user name or password before the host, and a URL "
+        "is stored and shown as sent: send 'http://fw1.example.com:8400/api' instead")
+
+
+@pytest.mark.parametrize("sent", ["https://ca.example.com/~user@team/est", "http://ca.example.com/scep?x=a@b",
+                                  "https://ca.example.com/#me@here"])
+def test_an_at_sign_after_the_host_is_part_of_the_path_and_kept(sent):
+    assert check_http_url(sent, field="enrollment_url") == sent
+
+
 # --- addresses and host names -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("sent", "kept"), [
