@@ -41,7 +41,11 @@ class Ca:
         env = {**os.environ, "CERTFLEET_CA_EST_PASSWORD": PASSWORD, "CERTFLEET_LOG_LEVEL": "WARNING"}
         self.proc = Proc(f"ca-{self.runs}", ["ca", "serve", "--state-dir", str(self.dir), "--est-port",
                                              str(self.port), "--est-user", USER], env, self.logs)
-        self.proc.wait_for_line(r"ca ready:")
+        try:
+            self.proc.wait_for_line(r"ca ready:")
+        except BaseException:  # a CA that did not come up is not left running
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -3,12 +3,15 @@ and the benchmark."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,16 +26,28 @@ def free_port() -> int:
 
 
 class Proc:
-    """A certfleet subcommand in its own process, its output kept in a log file."""
+    """A certfleet subcommand in its own process, its output kept in a log file.
+
+    The command starts a session of its own, and everything it starts stays in that session,
+    even a child in a process group of its own (``certfleet worker`` runs dramatiq so) or one
+    whose parent has died. :meth:`stop` ends the whole session, and whatever a test left
+    running is stopped when the test process exits.
+    """
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", *args],
+                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except BaseException:
+            self.log.close()
+            raise
+        self.stopped = False
+        _live.add(self)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -48,21 +63,82 @@ class Proc:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not print {pattern!r}:\n{self.output()[-3000:]}")
 
-    def kill(self, sig: int = 15) -> None:
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the command's process group (a command forwards it to any group of its own)."""
         if self.popen.poll() is None:
             try:
                 os.killpg(self.popen.pid, sig)
             except ProcessLookupError:
                 pass
 
+    def session(self) -> list[int]:
+        """The live processes of the command's session: itself and all it started."""
+        return session_members(self.popen.pid)
+
     def stop(self, timeout: float = 15) -> None:
-        self.kill()
+        """SIGTERM, so the command stops as it would in service; SIGKILL to whatever of its
+        session is still running ``timeout`` seconds later. Calling it again does nothing."""
+        if self.stopped:
+            return
         try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(9)
+            if self.exited():  # what it started may outlive it: ask them
+                self._signal_session(signal.SIGTERM)
+            else:
+                self.kill()
+            if not self._session_ends(timeout):
+                self._signal_session(signal.SIGKILL)
+                self._session_ends(5)
             self.popen.wait(5)
-        self.log.close()
+        finally:
+            self.stopped = True
+            _live.discard(self)
+            self.log.close()
+
+    def _session_ends(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.session():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _signal_session(self, sig: int) -> None:
+        for pid in self.session():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+#: Every Proc started and not yet stopped.
+_live: set[Proc] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A test process that exits, also after an error or Ctrl-C, leaves none of its Procs behind."""
+    for proc in list(_live):
+        proc.stop(timeout=5)
+
+
+def session_members(session: int) -> list[int]:
+    """Processes whose session is ``session`` (a session leader's pid), except those that have
+    exited and wait to be reaped."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        state, _ppid, _group, sid = stat.rsplit(")", 1)[1].split()[:4]
+        if int(sid) == session and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
 
 
 def ca_ready_urls(ca: Proc, timeout: float = 60) -> dict[str, list[str]]:
@@ -76,16 +152,37 @@ def ca_ready_urls(ca: Proc, timeout: float = 60) -> dict[str, list[str]]:
     return urls
 
 
+def answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if answers_200(url):
+            return
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+
+
+def wait_ready(checks: list[tuple[Proc, Callable[[], bool]]], timeout: float = 60) -> None:
+    """Wait until each process's check passes; RuntimeError with its output as soon as one of
+    them exits first, or naming those not ready after ``timeout`` seconds."""
+    waiting = list(checks)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for proc, ready in list(waiting):
+            if ready():
+                waiting.remove((proc, ready))
+            elif proc.exited():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before it was ready:\n"
+                                   f"{proc.output()[-3000:]}")
+        if waiting and time.monotonic() > deadline:
+            raise RuntimeError(f"not ready within {timeout} s: {', '.join(p.name for p, _ in waiting)}")
+        time.sleep(0.1)
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> str:
@@ -96,6 +193,25 @@ def run_cli(args: list[str], env: dict[str, str]) -> str:
     if done.returncode:
         raise RuntimeError(f"certfleet {' '.join(args)} failed: {done.stderr}")
     return done.stdout
+
+
+def admin_token(env: dict[str, str]) -> str:
+    """A new admin token in the database ``env`` names, made as ``certfleet token create`` makes
+    it (the schema first, on an empty database) but in this process: a second saved per stack."""
+    from services.controller.api.auth import create_token
+    from shared.db import init_db, make_engine, session_scope
+    from shared.enums import Role
+    from shared.settings import Settings
+
+    engine = make_engine(Settings.from_env(env))
+    try:
+        init_db(engine)
+        with session_scope(engine) as session:
+            token = create_token(session, role=Role.ADMIN, name="test stack")
+            session.commit()
+    finally:
+        engine.dispose()
+    return token
 
 
 class Stack:
@@ -116,30 +232,52 @@ class Stack:
         self.procs: list[Proc] = []
 
     def start(self) -> Stack:
-        sim_port, api_port = free_port(), free_port()
-        sim = Proc("device-sim", ["device-sim", "--devices", str(self.devices), "--port", str(sim_port),
-                                  "--seed", "7", *self.sim_args], self.env, self.log_dir)
-        self.procs.append(sim)
-        sim.wait_for_line(r"device-sim ready")
-        self.sim_url = f"http://127.0.0.1:{sim_port}"
-        self.token = run_cli(["token", "create", "--role", "admin"], self.env).strip().split()[-1]
-        controller = Proc("controller", ["controller", "--host", "127.0.0.1", "--port", str(api_port)],
-                          self.env, self.log_dir)
-        self.procs.append(controller)
-        self.api_url = f"http://127.0.0.1:{api_port}"
-        wait_http(self.api_url + "/healthz")
-        for i in range(self.workers):
-            env = {**self.env, "CERTFLEET_WORKER_METRICS_PORT": str(free_port())}
-            self.procs.append(Proc(f"worker-{i}", ["worker", "--processes", "1", "--threads",
-                                                   str(self.threads)], env, self.log_dir))
+        """Start every process and wait until each is ready. Should one fail, those already
+        started are stopped and the failure raised: a stack half up leaves nothing running."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _start(self) -> None:
+        # The token first: on an empty database it creates the schema, before the services
+        # start side by side.
+        self.token = admin_token(self.env)
+        sim_port, api_port = free_port(), free_port()
+        self.sim_url, self.api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
+        sim = self._launch("device-sim", ["device-sim", "--devices", str(self.devices), "--port", str(sim_port),
+                                          "--seed", "7", *self.sim_args])
+        checks = [(sim, lambda: re.search(r"device-sim ready", sim.output()) is not None)]
+        controller = self._launch("controller", ["controller", "--host", "127.0.0.1", "--port", str(api_port)])
+        checks.append((controller, lambda: answers_200(self.api_url + "/healthz")))
+        for i in range(self.workers):
+            # Its metrics server answers once the dramatiq command has loaded the worker module.
+            port = free_port()
+            worker = self._launch(f"worker-{i}", ["worker", "--processes", "1", "--threads", str(self.threads)],
+                                  CERTFLEET_WORKER_METRICS_PORT=str(port))
+            checks.append((worker, lambda url=f"http://127.0.0.1:{port}/": answers_200(url)))
+        wait_ready(checks)
+
+    def _launch(self, name: str, args: list[str], **env: str) -> Proc:
+        proc = Proc(name, args, {**self.env, **env}, self.log_dir)
+        self.procs.append(proc)
+        return proc
 
     def worker_procs(self) -> list[Proc]:
         return [p for p in self.procs if p.name.startswith("worker")]
 
     def stop(self) -> None:
+        """Stop the workers first, the simulator last; every process, also when one fails to stop."""
+        failures = []
         for proc in reversed(self.procs):
-            proc.stop()
+            try:
+                proc.stop()
+            except Exception as exc:  # the others must stop all the same
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -40,6 +40,14 @@ class Served:
              "--est-port", "0", "--est-user", "operator", *extra],
             cwd=ROOT, env=env, stdout=self.out, stderr=self.err, text=True,
         )
+        try:
+            self._wait_ready()
+        except BaseException:  # a server that did not come up is not left running
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
             self.out.seek(0)
