@@ -3,10 +3,10 @@
 A database records which revision its tables are at in Alembic's ``alembic_version`` table.
 The revisions are in shared/migrations/versions; the newest one, the head, matches the models.
 
-- :func:`ensure_current`, at every service's start-up: an empty database gets the tables of
-  the head revision; a database at the head passes; any other is refused with a
-  ConfigurationError naming ``certfleet db upgrade`` (or, for a revision this version does
-  not know, saying a newer certfleet made it).
+- :func:`ensure_current`, at the controller's start-up (and the embedded stack's): an empty
+  database gets the tables of the head revision; a database at the head passes; any other is
+  refused with a ConfigurationError naming ``certfleet db upgrade`` (or, for a revision this
+  version does not know, saying a newer certfleet made it).
 - :func:`check_current`, at the workers' start-up: the same refusals, changing nothing. The
   workers never make the schema: an empty database (or a SQLite file that does not exist) is
   refused too, with a message to start the controller or run ``certfleet db upgrade`` first,
