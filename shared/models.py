@@ -16,11 +16,9 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import AutoString, Field, SQLModel
 
 from shared.clock import utcnow
+from shared.domains import GLOBAL_DOMAIN_ID, GLOBAL_DOMAIN_NAME  # noqa: F401  where most code looks for them
 from shared.enums import EnrollmentType, JobState, KeyType
 from shared.states import Status
-
-GLOBAL_DOMAIN_ID = uuid.UUID("e276abec-e0f2-11e3-8169-6d9ed49b625f")
-GLOBAL_DOMAIN_NAME = "Global"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -3,10 +3,14 @@
 A database records which revision its tables are at in Alembic's ``alembic_version`` table.
 The revisions are in shared/migrations/versions; the newest one, the head, matches the models.
 
-- :func:`ensure_current`, at every service's start-up: an empty database gets the tables of
-  the head revision; a database at the head passes; any other is refused with a
-  ConfigurationError naming ``certfleet db upgrade`` (or, for a revision this version does
-  not know, saying a newer certfleet made it).
+- :func:`ensure_current`, at the controller's start-up (and the embedded stack's): an empty
+  database gets the tables of the head revision; a database at the head passes; any other is
+  refused with a ConfigurationError naming ``certfleet db upgrade`` (or, for a revision this
+  version does not know, saying a newer certfleet made it).
+- :func:`check_current`, at the workers' start-up: the same refusals, changing nothing. The
+  workers never make the schema: an empty database (or a SQLite file that does not exist) is
+  refused too, with a message to start the controller or run ``certfleet db upgrade`` first,
+  so a worker given the wrong database URL fails at once instead of waiting on a new one.
 - :func:`upgrade_to_head`, behind ``certfleet db upgrade``: runs the revisions a database lacks.
 
 A database with certfleet's tables and no revision was made before certfleet kept revisions.
@@ -29,7 +33,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import SQLModel
 
 from shared import models  # noqa: F401  registers the tables on SQLModel.metadata
@@ -119,6 +124,55 @@ def ensure_current(engine: Engine) -> None:
             if state.revision == current.head:
                 return
         _refuse(connection, state)
+
+
+def check_current(engine: Engine) -> None:
+    """Refuse a database that is not at the head revision, creating and changing nothing.
+
+    Raises ConfigurationError: database_empty for a database without certfleet's tables,
+    database_unreachable when no connection can be made, or one of :func:`ensure_current`'s.
+    """
+    where = engine.url.render_as_string(hide_password=True)
+    if _missing_sqlite_file(engine.url):  # connecting would create it
+        raise _empty(where)
+    connection = connect(engine)
+    with connection:
+        state = read_state(connection)
+        if state.revision == revisions().head:
+            return
+        if state.empty:
+            raise _empty(where)
+        _refuse(connection, state)
+
+
+def connect(engine: Engine) -> Connection:
+    """A connection to the database; ConfigurationError database_unreachable, saying why, when
+    none can be made (server down, wrong host or password, a directory that does not exist)."""
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConfigurationError(f"cannot connect to the database at {where}: {reason(exc)}",
+                                 code="database_unreachable") from None
+
+
+def reason(exc: SQLAlchemyError) -> str:
+    """What the database said, without SQLAlchemy's statement and links: its first line."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+def _missing_sqlite_file(url: URL) -> bool:
+    database = url.database or ""
+    return (url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+            and not database.startswith("file:") and not Path(database).exists())
+
+
+def _empty(where: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"the database at {where} has no certfleet tables yet: start the controller first, which creates "
+        f"them, or run `{UPGRADE_COMMAND}` with CERTFLEET_DATABASE_URL naming this database",
+        code="database_empty",
+    )
 
 
 @dataclass(frozen=True)

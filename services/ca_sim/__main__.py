@@ -1,4 +1,5 @@
-"""``python -m services.ca_sim serve|requests|approve ...``: the same as ``certfleet ca``."""
+"""``python -m services.ca_sim serve|requests|approve ...``: the same as ``certfleet ca``, with
+the same error lines and exit statuses."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import sys
 
 from services.ca_sim.cli import add_arguments, main
+from shared.failures import run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="certfleet ca", description="the CA simulator")
     add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
+    sys.exit(run(main, parser.parse_args()))

@@ -5,6 +5,10 @@
     certfleet ca challenge --state-dir DIR [--ttl MINUTES]
     certfleet ca requests --state-dir DIR [--all]
     certfleet ca approve --state-dir DIR REQUEST_ID
+
+A refusal is a shared error (:mod:`shared.failures` prints it): exit 2 for a bad setting or a
+CA that contradicts it, exit 1 for a refused operation (no such request, no CA yet, a port in
+use). What the CA itself does is imported when a subcommand runs, not to build the parser.
 """
 
 from __future__ import annotations
@@ -16,14 +20,8 @@ import sys
 import threading
 from datetime import timedelta
 
-from services.ca_sim.challenges import DEFAULT_TTL, issue_challenge
-from services.ca_sim.pending import approve, list_requests
 from services.ca_sim.profiles import PROFILES
-from services.ca_sim.service import start_in_thread
 from shared.errors import CertfleetError, ConfigurationError
-from shared.heap import freeze_startup_objects
-from shared.logging import configure_logging
-from shared.settings import Settings
 
 PASSWORD_ENV = "CERTFLEET_CA_EST_PASSWORD"
 CHALLENGE_ENV = "CERTFLEET_CA_SCEP_CHALLENGE"
@@ -70,27 +68,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     challenge = sub.add_parser("challenge", help="print a one-time SCEP challenge password")
     challenge.add_argument("--state-dir", required=True)
-    challenge.add_argument("--ttl", type=int, default=int(DEFAULT_TTL.total_seconds() // 60),
-                           help="minutes the password stays valid unused (default 60)")
+    # No default here: the challenge store's own (an hour) applies.
+    challenge.add_argument("--ttl", type=int, help="minutes the password stays valid unused (default 60)")
     challenge.set_defaults(ca_func=_challenge)
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return args.ca_func(args)
-    except CertfleetError as exc:
-        print(f"ca: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigurationError) else 1
+    return args.ca_func(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from services.ca_sim.service import start_in_thread
+    from shared.heap import freeze_startup_objects
+    from shared.logging import configure_logging
+    from shared.settings import Settings
+
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     if args.http_port is not None:
-        print("ca: --http-port ignored: CRL/OCSP are not served yet", file=sys.stderr)
+        print("warning: --http-port ignored: CRL/OCSP are not served yet", file=sys.stderr)
     for option, value in (("--scep-challenge", args.scep_challenge), ("--scep-ra", args.scep_ra or None)):
         if value is not None and args.scep_port is None:
-            print(f"ca: {option} ignored without --scep-port", file=sys.stderr)
+            print(f"warning: {option} ignored without --scep-port", file=sys.stderr)
     try:
         running = start_in_thread(
             args.state_dir, host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
@@ -101,10 +100,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
         raise ConfigurationError(str(exc)) from exc
     except OSError as exc:
+        if exc.filename:  # the state directory, not a port: reported as the file error it is
+            raise
         hosts = ", ".join(args.host or ["127.0.0.1"])
         ports = f"{args.est_port}" + (f" or {args.scep_port}" if args.scep_port is not None else "")
-        print(f"ca: cannot listen on {hosts} port {ports}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise CertfleetError(f"cannot listen on {hosts} port {ports}: {exc.strerror or exc}",
+                             code="cannot_listen") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -118,6 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _requests(args: argparse.Namespace) -> int:
+    from services.ca_sim.pending import list_requests
+
     items = list_requests(args.state_dir, status=None if args.all else "pending")
     if not items:
         print("no pending requests" if not args.all else "no requests")
@@ -129,6 +132,8 @@ def _requests(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
+    from services.ca_sim.pending import approve
+
     request = approve(args.state_dir, args.request_id)
     if request.status != "approved":
         print(f"{request.id} is already {request.status}; nothing to do")
@@ -139,8 +144,11 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _challenge(args: argparse.Namespace) -> int:
-    if args.ttl < 1:
-        raise ConfigurationError("--ttl must be at least 1 minute")
+    from services.ca_sim.challenges import issue_challenge
+
+    if args.ttl is not None and args.ttl < 1:
+        raise ConfigurationError("--ttl must be at least 1 minute", code="bad_ttl")
+    ttl = {} if args.ttl is None else {"ttl": timedelta(minutes=args.ttl)}
     # The password goes to stdout alone, so scripts can capture it: $(certfleet ca challenge ...).
-    print(issue_challenge(args.state_dir, ttl=timedelta(minutes=args.ttl)))
+    print(issue_challenge(args.state_dir, **ttl))
     return 0

@@ -10,13 +10,10 @@ from typing import Any
 
 import httpx
 
-from shared.models import GLOBAL_DOMAIN_ID
+from services.cli.errors import ApiError
+from shared.domains import GLOBAL_DOMAIN_ID
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status, self.code, self.detail = status, code, detail
+__all__ = ["ApiError", "CertfleetClient"]
 
 
 class CertfleetClient:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-import httpx
-
-from services.cli.api_client import CertfleetClient
 from services.cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from services.cli.api_client import CertfleetClient
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
@@ -23,6 +24,8 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_api_url(url: str) -> str:
     """``url`` if it is an http(s) URL with a host; UsageError otherwise."""
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
@@ -35,6 +38,8 @@ def check_api_url(url: str) -> str:
 
 def connect(args: argparse.Namespace) -> CertfleetClient:
     """A client for the controller the command line names (close it, or use it in ``with``)."""
+    from services.cli.api_client import CertfleetClient
+
     check_api_url(args.api_url)
     if not args.token:
         raise UsageError("no_token", "no API token: pass --token or set CERTFLEET_TOKEN (an administrator "

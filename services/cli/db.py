@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
 from services.cli.errors import CliError
-from shared.errors import ConfigurationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,28 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from shared.db import make_engine
-    from shared.schema import upgrade_to_head
+    from shared.schema import connect, reason, upgrade_to_head
     from shared.settings import Settings
 
     engine = make_engine(Settings.from_env())
     where = engine.url.render_as_string(hide_password=True)
     try:
-        try:
-            with engine.connect():
-                pass
-        except OperationalError as exc:
-            raise ConfigurationError(f"cannot connect to the database at {where}: {_first_line(exc)}",
-                                     code="database_unreachable") from None
+        connect(engine).close()  # database_unreachable (exit 2) before anything else
         try:
             upgrade = upgrade_to_head(engine)
         except SQLAlchemyError as exc:
-            raise CliError("database_upgrade_failed", f"upgrading {where} failed: {_first_line(exc)}") from None
+            raise CliError("database_upgrade_failed", f"upgrading {where} failed: {reason(exc)}") from None
     finally:
         engine.dispose()
     print(f"{where}: {upgrade.describe()}")
     return 0
-
-
-def _first_line(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

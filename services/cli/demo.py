@@ -21,16 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from services.cli.api_client import CertfleetClient
 from services.cli.arguments import positive_int
 from services.cli.errors import CliError, Interrupted
-from services.cli.progress import combined, failures_table, follow
-from shared.models import GLOBAL_DOMAIN_ID
+from shared.domains import GLOBAL_DOMAIN_ID
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.cli.api_client import CertfleetClient
     from services.stack.embedded import EmbeddedStack
 
 #: The enrollment methods the demo offers, as the command line names them.
@@ -81,6 +80,10 @@ def split_fleet(device_ids: Sequence[str], methods: Sequence[str]) -> dict[str, 
 
 def summary_table(rows: Sequence[tuple[str, dict]]) -> Table:
     """One row per method from its bulk enrollment; several methods get a total row too."""
+    from rich.table import Table
+
+    from services.cli.progress import combined
+
     table = Table(title="certfleet demo")
     for column in ("devices", "method", "succeeded", "failed", "unfinished", "elapsed", "per s"):
         table.add_column(column, justify="right", no_wrap=True)
@@ -136,6 +139,10 @@ def run_demo(*, devices: int, key_type: str = "ecdsa", key_size: int = 256, thre
     if enrollment not in ENROLLMENTS:
         raise ValueError(f"enrollment must be one of {', '.join(ENROLLMENTS)}, not {enrollment!r}")
     # The whole stack is imported only when the demo runs: other commands start faster without it.
+    from rich.console import Console
+
+    from services.cli.api_client import CertfleetClient
+    from services.cli.progress import follow
     from services.stack.embedded import EmbeddedStack
     from shared.logging import configure_logging
     from shared.settings import Settings
@@ -176,6 +183,8 @@ def run_demo(*, devices: int, key_type: str = "ecdsa", key_size: int = 256, thre
 
 def show_summary(batches: dict[str, dict], finished: Sequence[dict], *, console: Console) -> None:
     """The summary table, the failures by error code if any; CliError when a device failed."""
+    from services.cli.progress import failures_table
+
     console.print(summary_table(list(zip(batches, finished, strict=True))))
     failed = sum(batch["failed"] for batch in finished)
     if failed:

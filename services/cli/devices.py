@@ -7,7 +7,7 @@ import argparse
 
 from services.cli.connection import add_api_arguments, connect
 from services.cli.lookup import resolve_domain
-from shared.models import GLOBAL_DOMAIN_ID
+from shared.domains import GLOBAL_DOMAIN_ID
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,23 +5,21 @@
 and an exit status: 1 when the operation was refused or failed, 2 when the command line or
 the configuration must change (argparse's own usage errors exit 2 as well), 130 when the
 operator interrupted it. Commands raise; :func:`run` prints and picks the status, so no
-command prints its own errors.
+command prints its own errors. The shared errors (:mod:`shared.errors`), timeouts, interrupts
+and OS errors are reported as every service's own command reports them (:mod:`shared.failures`);
+this module adds the ``certfleet`` command's: its own refusals and the controller's answers.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import httpx
+from shared import failures
+from shared.failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure
 
-from services.cli.api_client import ApiError
-from shared.errors import CertfleetError, ConfigurationError
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "ApiError", "CliError", "Failure", "Interrupted",
+           "UsageError", "failure_of", "run"]
 
 
 class CliError(Exception):
@@ -46,14 +44,12 @@ class Interrupted(CliError):
     exit_status = EXIT_INTERRUPTED
 
 
-@dataclass(frozen=True)
-class Failure:
-    code: str
-    message: str
-    exit_status: int
+class ApiError(Exception):
+    """The controller's API answered with a problem: its HTTP status, stable code and detail."""
 
-    def line(self) -> str:
-        return f"error: {self.code}: {self.message}"
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
 
 
 def failure_of(exc: BaseException, *, api_url: str | None = None) -> Failure | None:
@@ -65,34 +61,20 @@ def failure_of(exc: BaseException, *, api_url: str | None = None) -> Failure | N
         return Failure(exc.code, exc.message, exc.exit_status)
     if isinstance(exc, ApiError):
         return Failure(exc.code, exc.detail or f"the API answered HTTP {exc.status}", EXIT_FAILED)
-    if isinstance(exc, ConfigurationError):
-        return Failure(exc.code, exc.message, EXIT_USAGE)
-    if isinstance(exc, CertfleetError):
-        return Failure(exc.code, exc.message, EXIT_FAILED)
-    if isinstance(exc, httpx.TimeoutException):
+    # Only a command that imported httpx can fail with its errors; looking it up instead of
+    # importing it keeps the commands that never talk to the API from loading it.
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.TimeoutException):
         return Failure("api_timeout", f"{where} did not answer in time ({type(exc).__name__}); "
                                       "is the controller overloaded or stopped?", EXIT_FAILED)
-    if isinstance(exc, httpx.TransportError):
+    if httpx is not None and isinstance(exc, httpx.TransportError):
         reason = str(exc) or type(exc).__name__
         return Failure("api_unreachable", f"cannot reach {where}: {reason}; is the controller running "
                                           "there (--api-url or CERTFLEET_API_URL)?", EXIT_FAILED)
-    if isinstance(exc, TimeoutError):
-        return Failure("timeout", str(exc) or "gave up waiting", EXIT_FAILED)
-    if isinstance(exc, KeyboardInterrupt):
-        return Failure("interrupted", "stopped by the operator", EXIT_INTERRUPTED)
-    if isinstance(exc, OSError):
-        subject = f"{exc.filename}: " if exc.filename else ""
-        return Failure("os_error", f"{subject}{exc.strerror or exc}", EXIT_FAILED)
-    return None
+    return failures.failure_of(exc)
 
 
 def run(command: Callable[..., int | None], args) -> int:
     """Run a command with the parsed ``args``; its exit status, or the failure's once printed."""
-    try:
-        return int(command(args) or 0)
-    except (Exception, KeyboardInterrupt) as exc:
-        failure = failure_of(exc, api_url=getattr(args, "api_url", None))
-        if failure is None:
-            raise
-        print(failure.line(), file=sys.stderr, flush=True)
-        return failure.exit_status
+    api_url = getattr(args, "api_url", None)
+    return failures.run(command, args, explain=lambda exc: failure_of(exc, api_url=api_url))

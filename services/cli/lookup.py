@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from services.cli.api_client import ApiError, CertfleetClient
-from services.cli.errors import CliError
+from services.cli.errors import ApiError, CliError
+
+if TYPE_CHECKING:
+    from services.cli.api_client import CertfleetClient
 
 #: How many candidates an ambiguity error lists.
 SHOWN = 5

@@ -2,7 +2,12 @@
 its own module, which adds its arguments and runs it: the operator's commands in this package
 (demo, up, enroll, devices, operator), the services' own with their service (controller,
 worker, device-sim, ca, token). Every command runs under one error convention
-(:mod:`services.cli.errors`)."""
+(:mod:`services.cli.errors`).
+
+Building the parser imports every command's module, so every ``certfleet`` run does: a module
+that declares arguments imports only what the declarations need, and its commands import the
+rest (the database layer, HTTP clients, web servers, rich) when they run. A test holds them to it.
+"""
 
 from __future__ import annotations
 

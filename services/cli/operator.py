@@ -22,21 +22,24 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from services.cli.api_client import CertfleetClient
 from services.cli.connection import add_api_arguments, connect
 from services.cli.errors import CliError, UsageError
 from services.cli.lookup import resolve_device, resolve_domain
-from shared.models import GLOBAL_DOMAIN_ID
+from shared.domains import GLOBAL_DOMAIN_ID
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.cli.api_client import CertfleetClient
 
 PASSPHRASE_ENV = "CERTFLEET_EXPORT_PASSPHRASE"
 WEAK_CRYPTO_WARNING = ("Enabling weak-crypto lets {device} use weak ciphers in certificates (RSA below 2048 "
                        "bits, DSA, SHA-1/MD5 signatures, DES/3DES/RC2 encryption), which reduces security.")
 
-Action = Callable[[CertfleetClient, argparse.Namespace, dict], int]
+Action = Callable[["CertfleetClient", argparse.Namespace, dict], int]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -105,6 +108,8 @@ def _on_device(run: Action) -> Callable[[argparse.Namespace], int]:
 # --- trustpoint actions ----------------------------------------------------------------------------
 
 def _show(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
+    from rich.table import Table
+
     tp = client.trustpoint(device["id"], args.name, domain_id=args.domain)
     console = _console()
     summary = Table(title=f"trustpoint {tp['name']} on {tp['device_name']}", show_header=False)
@@ -132,6 +137,8 @@ def _show(client: CertfleetClient, args: argparse.Namespace, device: dict) -> in
 
 
 def _certificate_table(title: str, cert: dict) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
@@ -153,6 +160,8 @@ def _certificate_table(title: str, cert: dict) -> Table:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Piped output keeps long values (fingerprints, names) on one line.
     return Console(width=None if sys.stdout.isatty() else 200)
 

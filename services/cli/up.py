@@ -8,7 +8,6 @@ import argparse
 import time
 from pathlib import Path
 
-from services.cli.api_client import CertfleetClient
 from services.cli.arguments import positive_int
 
 
@@ -22,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # The whole stack is imported only when it runs: other commands start faster without it.
+    from services.cli.api_client import CertfleetClient
     from services.stack.embedded import EmbeddedStack
     from shared.settings import Settings
 

@@ -3,7 +3,9 @@
     certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only]
     certfleet token create --role admin|network_admin|read_only [--name NAME]
 
-Both read the database and broker from the ``CERTFLEET_*`` environment.
+Both read the database and broker from the ``CERTFLEET_*`` environment. A refusal is a shared
+error (:mod:`shared.failures` prints it): exit 2 for settings or a database that must change
+first (e.g. ``certfleet db upgrade``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def token_create(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # python -m services.controller.cli: the API server alone
+    from shared.failures import run
+
     parser = argparse.ArgumentParser(prog="certfleet controller")
     add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
+    sys.exit(run(main, parser.parse_args()))

@@ -1,15 +1,15 @@
-"""``certfleet device-sim``: serve a simulated device fleet until interrupted."""
+"""``certfleet device-sim``: serve a simulated device fleet until interrupted.
+
+A refusal is a shared error (:mod:`shared.failures` prints it): exit 2 for a bad setting,
+exit 1 when the address cannot be listened on.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from services.device_sim.config import SimConfig
-from services.device_sim.server import run
-from shared.errors import ConfigurationError
-from shared.logging import configure_logging
-from shared.settings import Settings
+from shared.errors import CertfleetError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,20 +58,17 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Loaded when the simulator runs: `certfleet --help` and the other commands start faster without.
+    from services.device_sim.server import run
+    from shared.logging import configure_logging
+    from shared.settings import Settings
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    config = config_from_args(args)  # ConfigurationError for a value out of range
     try:
-        settings = Settings.from_env()
-        configure_logging(settings.log_level, settings.log_format)
-        config = config_from_args(args)
-    except ConfigurationError as exc:
-        print(f"device-sim: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run(config)
-    except ConfigurationError as exc:  # e.g. a trust anchor file that holds no certificate
-        print(f"device-sim: {exc}", file=sys.stderr)
-        return 2
+        run(config)  # ConfigurationError too, e.g. for a trust anchor file that holds no certificate
     except OSError as exc:
-        reason = exc.strerror or exc
-        print(f"device-sim: cannot listen on {config.host}:{config.port}: {reason}", file=sys.stderr)
-        return 1
+        raise CertfleetError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+                             code="cannot_listen") from None
     return 0

@@ -1,10 +1,14 @@
 """``certfleet worker``: run Dramatiq worker processes, and the embedded worker for the demo.
 
-``certfleet worker --processes P --threads T`` prepares the environment (a private, empty
-Prometheus multiprocess directory, the metrics address, the queue prefetch) and runs the
-dramatiq CLI on :mod:`services.worker.main`, listening on both job queues. Stopping it
-(SIGTERM, SIGINT, SIGHUP) stops the workers gracefully: running jobs finish, prefetched
-messages go back to Redis.
+``certfleet worker --processes P --threads T`` checks that the database is at this version's
+schema revision (it never creates or changes the schema: the controller or ``certfleet db
+upgrade`` does), prepares the environment (a private, empty Prometheus multiprocess
+directory, the metrics address, the queue prefetch) and runs the dramatiq CLI on
+:mod:`services.worker.main`, listening on both job queues. Stopping it (SIGTERM, SIGINT,
+SIGHUP) stops the workers gracefully: running jobs finish, prefetched messages go back to Redis.
+
+A refusal is a shared error (:mod:`shared.failures` prints it): exit 2 for settings or a
+database that must change first.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import dramatiq
-from dramatiq.brokers.stub import StubBroker
-
-from services.worker.context import WorkerContext
-from shared.events import BULK_QUEUE, JOBS_QUEUE
+from shared.errors import ConfigurationError
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    import dramatiq
+
+    from services.worker.context import WorkerContext
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -35,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dramatiq_command(*, processes: int, threads: int) -> list[str]:
+    from shared.events import BULK_QUEUE, JOBS_QUEUE
+
     return [
         sys.executable, "-m", "dramatiq", "services.worker.main",
         "--processes", str(processes), "--threads", str(threads),
@@ -60,12 +68,11 @@ def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, 
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.processes < 1 or args.threads < 1:
-        print("error: --processes and --threads must be at least 1", file=sys.stderr)
-        return 2
+        raise ConfigurationError("--processes and --threads must be at least 1", code="bad_worker_count")
     if not settings.broker_url:
-        print("error: CERTFLEET_BROKER_URL is not set; worker processes need the Redis broker the "
-              "controller publishes to, e.g. redis://127.0.0.1:6379/0", file=sys.stderr)
-        return 2
+        raise ConfigurationError("CERTFLEET_BROKER_URL is not set; worker processes need the Redis broker the "
+                                 "controller publishes to, e.g. redis://127.0.0.1:6379/0", code="broker_url_missing")
+    check_database(settings)
     # A fresh directory per run: multiprocess metric files left by an earlier run would be
     # summed into this one's.
     metrics_dir = tempfile.mkdtemp(prefix="certfleet-worker-metrics-")
@@ -85,6 +92,19 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def check_database(settings: Settings) -> None:
+    """Refuse, before any worker process starts, a database whose schema is not this version's:
+    jobs would fail on it one by one. Nothing is created or changed (:func:`shared.schema.check_current`)."""
+    from shared.db import make_engine
+    from shared.schema import check_current
+
+    engine = make_engine(settings)
+    try:
+        check_current(engine)
+    finally:
+        engine.dispose()
+
+
 def _stop_with_parent() -> None:
     """Linux: should this process die without forwarding a signal (SIGKILL), the kernel sends
     SIGTERM to dramatiq, so no worker outlives the command that started it."""
@@ -101,6 +121,9 @@ def start_embedded_worker(
     """Worker threads in this process, for the embedded stack (the in-process broker, or
     Redis in tests). Declare the actors first (:func:`services.worker.actors.declare_actors`).
     Stop it with ``worker.stop()``."""
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
     if not isinstance(broker, StubBroker):
         # What the dramatiq CLI does in each worker process; it starts the time-limit watchdog.
         # (shared.broker.make_broker has already done it for the in-process broker.)

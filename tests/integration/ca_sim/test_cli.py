@@ -1,6 +1,7 @@
 """``certfleet ca`` as an operator runs it: serve prints one ready line, stops on SIGTERM,
 keeps its CA across restarts, never logs the EST password; requests/approve work from
-another process. (Run as ``python -m services.ca_sim``, the same parser and main.)"""
+another process; a refusal is one ``error: <code>: <message>`` line and exit 1 or 2. (Run as
+``python -m services.ca_sim``, the same parser, main and error lines.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -23,6 +25,11 @@ from tests.support.ca_peers import p256_csr
 ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "Env-Only-Secret-7"
 READY = re.compile(r"^ca ready: est=(https://127\.0\.0\.1:\d+) state=(\S+)$")
+
+
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The command's error: the last line on stderr, after any log lines."""
+    return done.stderr.splitlines()[-1]
 
 
 def ca_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -106,7 +113,8 @@ def test_serve_restart_keeps_the_ca_and_never_logs_the_password(state_dir):
         assert served.stop() == 0
     assert len(served.lines) == 1, served.lines  # exactly one line on stdout
     log = served.stderr()
-    assert "certificate issued" in log and "--http-port ignored" in log
+    assert "certificate issued" in log
+    assert "warning: --http-port ignored: CRL/OCSP are not served yet" in log.splitlines()
     assert PASSWORD not in log
     tls_ca = (state_dir / "tls-ca.pem").read_bytes()
 
@@ -122,7 +130,8 @@ def test_serve_restart_keeps_the_ca_and_never_logs_the_password(state_dir):
 def test_serve_refuses_a_key_type_that_contradicts_the_ca(state_dir):
     Served(state_dir).stop()  # an RSA CA, the default
     done = ca_cli("serve", "--state-dir", str(state_dir), "--est-port", "0", "--key-type", "ecdsa")
-    assert done.returncode == 2 and "already holds a rsa CA" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert error_line(done).startswith(f"error: configuration_error: {state_dir.resolve()} already holds a rsa CA; ")
 
 
 def test_requests_and_approve_from_another_process(state_dir):
@@ -145,9 +154,27 @@ def test_requests_and_approve_from_another_process(state_dir):
     finally:
         served.stop()
     unknown = ca_cli("approve", "--state-dir", str(state_dir), "does-not-exist")
-    assert unknown.returncode == 1 and "no enrollment request 'does-not-exist'" in unknown.stderr
+    assert unknown.returncode == 1
+    assert error_line(unknown) == ("error: request_not_found: no enrollment request 'does-not-exist'; "
+                                   "`certfleet ca requests` lists the pending ones")
 
 
 def test_approve_without_a_ca_says_how_to_start_one(tmp_path):
     done = ca_cli("approve", "--state-dir", str(tmp_path / "empty"), "abc")
-    assert done.returncode == 1 and "certfleet ca serve" in done.stderr
+    assert done.returncode == 1
+    assert error_line(done).startswith(f"error: no_ca: {tmp_path / 'empty'} holds no CA; start `certfleet ca serve")
+
+
+def test_serve_on_a_port_in_use_says_it_cannot_listen_there(state_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = ca_cli("serve", "--state-dir", str(state_dir), "--key-type", "ecdsa", "--est-port", str(port))
+    assert done.returncode == 1, done.stderr
+    assert error_line(done) == f"error: cannot_listen: cannot listen on 127.0.0.1 port {port}: Address already in use"
+
+
+def test_a_challenge_that_would_never_be_valid_is_refused(state_dir):
+    done = ca_cli("challenge", "--state-dir", str(state_dir), "--ttl", "0")
+    assert (done.returncode, done.stderr) == (2, "error: bad_ttl: --ttl must be at least 1 minute\n")

@@ -1,6 +1,7 @@
 """``certfleet worker`` as an operator runs it: a separate process running Dramatiq worker
 processes on Redis (db 12), enrolling against the device simulator, serving its metrics,
-and stopping cleanly on SIGTERM."""
+and stopping cleanly on SIGTERM; and refusing to start, with one error line and exit 2, on
+settings or a database it cannot work with (it never makes the schema itself)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from sqlmodel import select
+import sqlalchemy as sa
+from sqlmodel import SQLModel, select
 
 from services.device_sim.config import SimConfig
 from services.device_sim.server import start_in_thread
@@ -24,6 +26,7 @@ from shared.device_api import Inventory
 from shared.events import BULK_QUEUE, publish_job
 from shared.models import GLOBAL_DOMAIN_ID, Device, EnrollmentObject, Job, Trustpoint
 from shared.settings import Settings
+from tests.support.pg import fresh_database, postgres_or_skip
 from tests.support.procs import ROOT, free_port
 
 pytestmark = pytest.mark.redis
@@ -141,9 +144,75 @@ def test_worker_command_enrolls_serves_metrics_and_stops_cleanly(tmp_path, clean
     assert scrape(metrics_port) == ""  # nothing left serving
 
 
-def test_worker_command_without_a_broker_says_what_to_set(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "CERTFLEET_BROKER_URL"}
-    done = subprocess.run([sys.executable, "-m", "services.cli", "worker"], cwd=ROOT, env=env,
+def refused_worker(database_url: str | None = None, *args: str) -> subprocess.CompletedProcess:
+    """``certfleet worker`` expected to refuse to start, so run to its end."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CERTFLEET_BROKER_URL", "CERTFLEET_DATABASE_URL")}
+    if database_url is not None:
+        env.update(CERTFLEET_DATABASE_URL=database_url, CERTFLEET_BROKER_URL=REDIS_URL)
+    return subprocess.run([sys.executable, "-m", "services.cli", "worker", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "CERTFLEET_BROKER_URL is not set" in done.stderr and "redis://" in done.stderr
+
+
+def test_worker_command_without_a_broker_says_what_to_set():
+    done = refused_worker()
+    assert (done.returncode, done.stderr) == (2, "error: broker_url_missing: CERTFLEET_BROKER_URL is not set; "
+                                                 "worker processes need the Redis broker the controller publishes "
+                                                 "to, e.g. redis://127.0.0.1:6379/0\n")
+
+
+def test_worker_command_refuses_no_worker_processes(tmp_path):
+    done = refused_worker(f"sqlite:///{tmp_path / 'certfleet.db'}", "--processes", "0")
+    assert (done.returncode, done.stderr) == (
+        2, "error: bad_worker_count: --processes and --threads must be at least 1\n")
+
+
+def test_worker_command_refuses_a_database_that_needs_db_upgrade(tmp_path):
+    database_url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(Settings(database_url=database_url))
+    SQLModel.metadata.create_all(engine)  # what certfleet made before it kept schema revisions
+    engine.dispose()
+
+    done = refused_worker(database_url)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: database_upgrade_required: the database at {database_url} was made "
+                                  "by a certfleet from before schema revisions: run `certfleet db upgrade` once")
+    assert done.stderr.count("\n") == 1  # the refusal alone: no worker process started to log anything
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["no file", "empty file"])
+def test_worker_command_refuses_an_empty_database_and_creates_nothing(tmp_path, existing):
+    path = tmp_path / "certfleet.db"
+    if existing:
+        path.touch()
+
+    done = refused_worker(f"sqlite:///{path}")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"error: database_empty: the database at sqlite:///{path} has no certfleet tables yet: start the "
+        "controller first, which creates them, or run `certfleet db upgrade` with CERTFLEET_DATABASE_URL naming "
+        "this database\n")
+    assert path.exists() is existing
+    if existing:
+        engine = make_engine(Settings(database_url=f"sqlite:///{path}"))
+        try:
+            assert sa.inspect(engine).get_table_names() == []
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.postgres
+def test_worker_command_leaves_an_empty_postgresql_database_empty():
+    postgres_or_skip()
+    with fresh_database() as url:
+        done = refused_worker(url)
+        engine = make_engine(Settings(database_url=url))
+        try:
+            tables = sa.inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: database_empty: the database at postgresql+psycopg://")
+    assert "start the controller first" in done.stderr
+    assert tables == []

@@ -3,12 +3,15 @@ fails the same way (``error: <code>: <message>``, exit 1 or 2)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from services.cli import demo, devices, enroll, up
 from services.cli.main import build_parser, main
 from services.controller import cli as controller_cli
-from tests.support.procs import free_port
+from tests.support.procs import ROOT, free_port
 
 
 @pytest.mark.parametrize(("argv", "runs"), [
@@ -46,3 +49,14 @@ def test_an_api_nobody_answers_at_is_the_same_failure_for_every_command(argv, ca
 def test_choosing_no_devices_is_a_usage_error(capsys):
     assert main(["enroll", "--object", "vpn", "--token", "t"]) == 2
     assert "error: bad_selection: choose the devices with exactly one of --all" in capsys.readouterr().err
+
+
+def test_building_the_parser_loads_no_command_s_implementation():
+    # In a fresh interpreter: this one has loaded everything already.
+    heavy = ["sqlalchemy", "sqlmodel", "alembic", "httpx", "dramatiq", "redis", "fastapi", "uvicorn", "aiohttp",
+             "rich", "structlog"]
+    script = ("import sys\nfrom services.cli.main import build_parser\nbuild_parser()\n"
+              f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

@@ -39,6 +39,11 @@ def k8s_objects() -> list[dict]:
     return objects
 
 
+def pod_containers(pod: dict) -> list[dict]:
+    """A pod's init containers, then its containers."""
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]
+
+
 def k8s(kind: str, name: str) -> dict:
     [obj] = [o for o in k8s_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
     return obj
@@ -252,7 +257,7 @@ def test_dashboard_provider_reads_where_compose_mounts_the_dashboards():
 # --- compose ------------------------------------------------------------------------------------
 
 def test_compose_has_every_service():
-    expected = {"redis", "postgres", "controller", "worker", "device-sim", "prometheus", "grafana"}
+    expected = {"redis", "postgres", "db-upgrade", "controller", "worker", "device-sim", "prometheus", "grafana"}
     assert expected <= set(SERVICES)
 
 
@@ -270,7 +275,7 @@ def test_workers_can_be_scaled():
 
 
 def test_the_image_is_built_from_deploy_dockerfile():
-    for name in ("controller", "worker", "device-sim"):
+    for name in ("db-upgrade", "controller", "worker", "device-sim"):
         build = SERVICES[name]["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     dockerfile = (DEPLOY / "Dockerfile").read_text()
@@ -296,7 +301,7 @@ def test_certfleet_variables_are_real_settings():
     for obj in k8s_objects():
         data = obj.get("data") or obj.get("stringData") or {}
         pod = obj.get("spec", {}).get("template", {}).get("spec", {})
-        env = [e["name"] for c in pod.get("containers", []) for e in c.get("env", [])]
+        env = [e["name"] for c in pod_containers(pod) for e in c.get("env", [])]
         for variable in [*data, *env]:
             assert variable in known, f"{obj['kind']} {obj['metadata']['name']}: {variable} is not a setting"
     assert {"CERTFLEET_DATABASE_URL", "CERTFLEET_BROKER_URL", "CERTFLEET_SECRET_KEY"} <= seen
@@ -323,9 +328,9 @@ def test_secret_key_is_a_secret_and_config_holds_no_secret():
     config = k8s("ConfigMap", "certfleet-config")["data"]
     assert not [k for k in config if re.search(r"SECRET|PASSWORD|DATABASE_URL", k)]
     for name in ("certfleet-controller", "certfleet-worker"):
-        [container] = k8s("Deployment", name)["spec"]["template"]["spec"]["containers"]
-        refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
-        assert refs == {"certfleet-config", "certfleet-secrets"}, name
+        for container in pod_containers(k8s("Deployment", name)["spec"]["template"]["spec"]):
+            refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
+            assert refs == {"certfleet-config", "certfleet-secrets"}, f"{name} {container['name']}"
 
 
 def test_worker_deployment_is_autoscaler_friendly():
@@ -377,8 +382,8 @@ def container_commands() -> list[tuple[str, list[str]]]:
             commands.append((f"compose {name}", command))
     for obj in k8s_objects():
         if obj["kind"] == "Deployment":
-            for container in obj["spec"]["template"]["spec"]["containers"]:
-                commands.append((f"kubernetes {obj['metadata']['name']}", container["args"]))
+            for container in pod_containers(obj["spec"]["template"]["spec"]):
+                commands.append((f"kubernetes {obj['metadata']['name']} {container['name']}", container["args"]))
     return commands
 
 
@@ -393,3 +398,46 @@ def test_container_commands_are_accepted_by_the_certfleet_cli():
             parser.parse_args(args)
         except SystemExit:
             pytest.fail(f"{where}: certfleet refuses {' '.join(args)!r}")
+
+
+# --- the schema is upgraded before the services start -------------------------------------------
+
+def runs_db_upgrade(args: list[str]) -> bool:
+    """Whether the certfleet CLI runs ``args`` as ``certfleet db upgrade``."""
+    from services.cli import db
+    from services.cli.main import build_parser
+
+    parsed = build_parser().parse_args(args)
+    return parsed.func is db.main and parsed.db_command == "upgrade"
+
+
+def test_the_checker_tells_db_upgrade_from_other_commands():
+    assert runs_db_upgrade(["db", "upgrade"])
+    assert not runs_db_upgrade(["controller", "--host", "0.0.0.0"])
+
+
+def test_compose_upgrades_the_schema_once_before_the_controller_and_workers_start():
+    [upgrade] = [name for name, service in SERVICES.items()
+                 if service.get("image", "").startswith("certfleet") and "entrypoint" not in service
+                 and service.get("command") and runs_db_upgrade(service["command"])]
+    service = SERVICES[upgrade]
+    # A one-shot: restarting it after it succeeded would keep it from ever "completing".
+    assert service["restart"] == "no"
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert environment_of(service)["CERTFLEET_DATABASE_URL"] == environment_of(SERVICES["controller"])[
+        "CERTFLEET_DATABASE_URL"]
+    for name in ("controller", "worker"):
+        assert SERVICES[name]["depends_on"][upgrade] == {"condition": "service_completed_successfully"}, name
+        assert SERVICES[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+
+
+@pytest.mark.parametrize("name", ["certfleet-controller", "certfleet-worker"])
+def test_kubernetes_pods_upgrade_the_schema_before_their_service_starts(name):
+    pod = k8s("Deployment", name)["spec"]["template"]["spec"]
+    [service] = pod["containers"]
+    upgrades = [c for c in pod.get("initContainers", []) if runs_db_upgrade(c["args"])]
+    assert len(upgrades) == 1, f"{name}: no init container runs certfleet db upgrade"
+    [upgrade] = upgrades
+    assert upgrade["image"] == service["image"]  # the schema of the version about to run
+    assert upgrade["envFrom"] == service["envFrom"]  # the same database
+    assert upgrade["securityContext"] == service["securityContext"]

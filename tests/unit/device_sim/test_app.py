@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -556,21 +557,19 @@ def test_fifty_thousand_devices_are_served() -> None:
         running.stop()
 
 
-def test_command_serves_until_terminated(tmp_path: Path) -> None:
-    script = (
-        "import argparse, sys\n"
-        "from services.device_sim import cli\n"
-        "parser = argparse.ArgumentParser()\n"
-        "cli.add_arguments(parser)\n"
-        "sys.exit(cli.main(parser.parse_args(sys.argv[1:])))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    bad = subprocess.run([sys.executable, "-c", script, "--error-rate", "2"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "error_rate" in bad.stderr
+def device_sim_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", "device-sim", *args]
 
-    proc = subprocess.Popen([sys.executable, "-c", script, "--devices", "25", "--port", "0", "--seed", "4",
-                             "--latency-ms", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+
+def test_command_serves_until_terminated(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bad = subprocess.run(device_sim_command("--error-rate", "2"), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert (bad.returncode, bad.stderr) == (
+        2, "error: configuration_error: error_rate is a fraction from 0 to 1, not 2.0\n")
+
+    proc = subprocess.Popen(device_sim_command("--devices", "25", "--port", "0", "--seed", "4", "--latency-ms", "1"),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()  # type: ignore[union-attr]
         assert line.startswith("device-sim ready: http://127.0.0.1:") and line.endswith(" devices=25")
@@ -582,6 +581,18 @@ def test_command_serves_until_terminated(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_command_on_a_port_in_use_says_it_cannot_listen_there() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(device_sim_command("--devices", "3", "--port", str(port)), cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: cannot_listen: cannot listen on 127.0.0.1:{port}: Address already in use")
 
 
 def test_public_url_is_what_devices_report_as_their_management_url():
