@@ -16,7 +16,8 @@ import redis
 from tests.support.pg import postgres_or_skip
 from tests.support.procs import ROOT
 
-BENCH_REDIS = "redis://127.0.0.1:6379/14"
+#: The benchmark flushes this database (bench/fleet.py), which the CA fairness tests use too.
+REDIS_URL = BENCH_REDIS = "redis://127.0.0.1:6379/14"
 
 
 def descendants(pid: int) -> dict[int, tuple[str, str]]:
