@@ -47,7 +47,8 @@ from shared.models import GLOBAL_DOMAIN_ID  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
 from tests.support.procs import Proc, Stack  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+#: The benchmark flushes this Redis database; CERTFLEET_BENCH_REDIS_URL names another.
+REDIS_URL = os.environ.get("CERTFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 EST_USER, EST_PASSWORD = "bench-enroller", "Bench-Est-Password-7"
 
 

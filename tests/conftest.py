@@ -67,12 +67,15 @@ def api(db_engine, stub_broker):
         yield Api(client=client, engine=db_engine, broker=stub_broker, tokens=tokens)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
-    """A test module that uses a Redis database of its own names it in ``REDIS_URL`` and may flush
-    it. Under pytest-xdist, modules naming the same database form one group, run by one worker
-    one after another, so no test flushes a database another test is using."""
+    """A test module that uses a Redis database names it in ``REDIS_URL`` and may flush it. The
+    suite runs its files on two processes at once (pytest-xdist, one file per process at a time),
+    so no two files may name the same database: this refuses to run a suite where they do."""
+    owners: dict[str, set[str]] = {}
     for item in items:
-        url = getattr(item.module, "REDIS_URL", None)
+        url = getattr(getattr(item, "module", None), "REDIS_URL", None)
         if url:
-            item.add_marker(pytest.mark.xdist_group(f"redis-db-{url.rsplit('/', 1)[1]}"))
+            owners.setdefault(url, set()).add(item.module.__name__)
+    shared = {url: sorted(modules) for url, modules in owners.items() if len(modules) > 1}
+    if shared:
+        raise pytest.UsageError(f"test modules share a Redis database, give each its own: {shared}")

@@ -16,7 +16,7 @@ import pytest
 from tests.support.procs import ROOT, Stack, answers_200, session_members
 
 #: A database no test publishes to: the stack's services here never get to consume from it.
-BROKER_URL = "redis://127.0.0.1:6379/6"
+REDIS_URL = "redis://127.0.0.1:6379/6"
 
 
 def left_running(pids: list[int]) -> list[int]:
@@ -26,7 +26,7 @@ def left_running(pids: list[int]) -> list[int]:
 
 def test_a_stack_whose_third_process_fails_to_start_stops_the_two_before_it(tmp_path):
     # certfleet worker --threads 0 is a usage error: the worker exits at once with status 2.
-    stack = Stack(database_url=f"sqlite:///{tmp_path / 'stack.db'}", broker_url=BROKER_URL, log_dir=tmp_path,
+    stack = Stack(database_url=f"sqlite:///{tmp_path / 'stack.db'}", broker_url=REDIS_URL, log_dir=tmp_path,
                   devices=2, workers=1, threads=0)
     with pytest.raises(RuntimeError, match=r"worker-0 exited with 2 before it was ready"), stack:
         pytest.fail("the stack came up with a worker that cannot run")

@@ -31,7 +31,7 @@ from tests.support.procs import ROOT, free_port
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = "redis://127.0.0.1:6379/4"
 
 
 @pytest.fixture

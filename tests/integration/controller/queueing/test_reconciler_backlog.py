@@ -17,7 +17,7 @@ from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.settings import Settings
 from tests.support.jobs import LEASE, T0, add_jobs, drain, reconcile
 
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = "redis://127.0.0.1:6379/5"
 
 
 def test_jobs_still_waiting_behind_the_head_of_their_queue_are_left_alone(sqlite_engine, stub_broker):
