@@ -85,7 +85,7 @@ def sim_requests(world: World, kind: str) -> int:
 
 
 def test_an_objects_ca_limits_hold_across_worker_processes(tmp_path, ca):
-    devices, concurrency, rate = 90, 3, 30.0
+    devices, concurrency, rate = 60, 3, 30.0
     sim_args = ["--latency-ms", "20", "--trust-anchor", str(ca.dir / "tls-ca.pem")]
     with fault_world(tmp_path, devices=devices, sim_args=sim_args, redis_url=REDIS_URL) as world:
         batch = est_batch(world, ca, ca_concurrency_limit=concurrency, ca_rate_limit=rate)
@@ -107,15 +107,15 @@ def test_an_objects_ca_limits_hold_across_worker_processes(tmp_path, ca):
 
 
 def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path, ca):
-    devices = 200
+    devices = 150
     sim_args = ["--latency-ms", "5", "--trust-anchor", str(ca.dir / "tls-ca.pem")]
     env = {"CERTFLEET_CA_BACKOFF_MAX_MS": "4000", "CERTFLEET_RETRY_BACKOFF_MS": "200"}
     with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env, redis_url=REDIS_URL) as world:
         batch = est_batch(world, ca)
-        wait_for(world, batch, done=80)
+        wait_for(world, batch, done=50)
         ca.stop()
         before = sim_requests(world, "enroll")
-        time.sleep(8)
+        time.sleep(6)
         during = sim_requests(world, "enroll") - before
         ca.start()
         final = wait_for(world, batch, timeout=120)
@@ -125,7 +125,7 @@ def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path
             waited, max_attempts_used, waits, attempts_of_waiters = conn.execute(sa.text(
                 "SELECT count(*) FILTER (WHERE ca_waits > 0), max(attempts), sum(ca_waits), "
                 "sum(attempts) FILTER (WHERE ca_waits > 0) FROM job")).one()
-    # Hundreds of jobs were due in those 8 seconds; only a handful asked a device to try the CA.
+    # A hundred jobs were due while the CA was away; only a handful asked a device to try it.
     assert during < 60, during
     assert waited > 50, waited  # they waited for the CA ...
     assert max_attempts_used <= 5  # ... without spending their attempts:

@@ -41,28 +41,28 @@ OUTAGE_SECONDS = 6.0
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_issues_nothing_twice(tmp_path):
-    with fault_world(tmp_path, devices=600, sim_args=["--latency-ms", "5"]) as world:
+    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"]) as world:
         batch = start_batch(world)
-        wait_for(world, batch, done=150)
+        wait_for(world, batch, done=100)
         victim = world.stack.worker_procs()[0]
         killed = kill_tree(victim.popen.pid, signal.SIGKILL)
         assert len(killed) >= 3  # certfleet worker, the dramatiq main process, its worker process
         final = wait_for(world, batch, timeout=150)
-        assert (final["succeeded"], final["failed"]) == (600, 0), final
-        check_nothing_lost(world, total=600)
+        assert (final["succeeded"], final["failed"]) == (400, 0), final
+        check_nothing_lost(world, total=400)
         # The killed worker was holding jobs: they were taken over, not run twice at once.
         assert jobs_taken_over(world) >= 1
 
 
 def test_the_reconciler_finishes_a_batch_whose_queue_was_flushed(tmp_path):
-    with fault_world(tmp_path, devices=600, sim_args=["--latency-ms", "5"]) as world:
+    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"]) as world:
         batch = start_batch(world)
-        mid = wait_for(world, batch, done=150)
+        mid = wait_for(world, batch, done=100)
         assert not mid["finished"], mid  # the flush lands in the middle of the batch
         world.redis.flushdb()  # this test's own database only: others share the server
         final = wait_for(world, batch, timeout=120)
-        assert (final["succeeded"], final["failed"]) == (600, 0), final
-        check_nothing_lost(world, total=600)
+        assert (final["succeeded"], final["failed"]) == (400, 0), final
+        check_nothing_lost(world, total=400)
 
 
 def _refuse_connections(database: str, seconds: float, dropped: list[int]) -> None:
@@ -83,9 +83,9 @@ def _refuse_connections(database: str, seconds: float, dropped: list[int]) -> No
 
 
 def test_postgresql_gone_for_seconds_mid_batch_loses_nothing(tmp_path):
-    with fault_world(tmp_path, devices=600, sim_args=["--latency-ms", "5"]) as world:
+    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"]) as world:
         batch = start_batch(world)
-        mid = wait_for(world, batch, done=150)
+        mid = wait_for(world, batch, done=100)
         assert not mid["finished"], mid
         dropped: list[int] = []
         outage = threading.Thread(target=_refuse_connections, args=(world.database, OUTAGE_SECONDS, dropped))
@@ -95,12 +95,12 @@ def test_postgresql_gone_for_seconds_mid_batch_loses_nothing(tmp_path):
         assert time.monotonic() - started >= OUTAGE_SECONDS
         assert sum(dropped) > 0  # the workers' and the controller's open connections were cut
         final = wait_for(world, batch, timeout=150)
-        assert (final["succeeded"], final["failed"]) == (600, 0), final
-        check_nothing_lost(world, total=600)
+        assert (final["succeeded"], final["failed"]) == (400, 0), final
+        check_nothing_lost(world, total=400)
 
 
 def test_faulty_devices_every_job_ends_within_its_attempts_with_clear_failures(tmp_path):
-    devices, seed = 300, 7  # tests.support.procs.Stack runs the simulator with --seed 7
+    devices, seed = 200, 7  # tests.support.procs.Stack runs the simulator with --seed 7
     sim_args = ["--latency-ms", "2", "--error-rate", "0.05", "--timeout-rate", "0.02", "--hang-seconds", "3",
                 "--unreachable-rate", "0.01"]
     env = {"CERTFLEET_DEVICE_TIMEOUT_SECONDS": "1", "CERTFLEET_RETRY_BACKOFF_MS": "100",

@@ -24,8 +24,8 @@ from tests.support.procs import Stack
 #: tests have theirs, so the two files can run at the same time.
 REDIS_URL = "redis://127.0.0.1:6379/15"
 FAIRNESS_REDIS_URL = "redis://127.0.0.1:6379/14"
-#: Prompt recovery: a job whose holder died is taken over 10 s later, the reconciler runs every second.
-QUICK_RECOVERY = {"CERTFLEET_JOB_LEASE_SECONDS": "10", "CERTFLEET_RECONCILE_INTERVAL_SECONDS": "1"}
+#: Prompt recovery: a job whose holder died is taken over 5 s later, the reconciler runs every second.
+QUICK_RECOVERY = {"CERTFLEET_JOB_LEASE_SECONDS": "5", "CERTFLEET_RECONCILE_INTERVAL_SECONDS": "1"}
 
 
 @dataclass

@@ -46,7 +46,7 @@ class Proc:
         except BaseException:
             self.log.close()
             raise
-        self.stopped = False
+        self.stopped = self.terminated = False
         _live.add(self)
 
     def output(self) -> str:
@@ -84,10 +84,8 @@ class Proc:
         if self.stopped:
             return
         try:
-            if self.exited():  # what it started may outlive it: ask them
-                self._signal_session(signal.SIGTERM)
-            else:
-                self.kill()
+            if not self.terminated:
+                self.terminate()
             if not self._session_ends(timeout):
                 self._signal_session(signal.SIGKILL)
                 self._session_ends(5)
@@ -96,6 +94,15 @@ class Proc:
             self.stopped = True
             _live.discard(self)
             self.log.close()
+
+    def terminate(self) -> None:
+        """SIGTERM, once, without waiting: :meth:`stop` then waits, so several commands can
+        shut down at the same time."""
+        self.terminated = True
+        if self.exited():  # what it started may outlive it: ask them
+            self._signal_session(signal.SIGTERM)
+        else:
+            self.kill()
 
     def _session_ends(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -269,8 +276,12 @@ class Stack:
         return [p for p in self.procs if p.name.startswith("worker")]
 
     def stop(self) -> None:
-        """Stop the workers first, the simulator last; every process, also when one fails to stop."""
+        """Stop every process, also when one fails to stop: all are asked at once (workers first,
+        the simulator last), so their shutdowns overlap, then each is waited for."""
         failures = []
+        for proc in reversed(self.procs):
+            if not proc.stopped and not proc.terminated:
+                proc.terminate()
         for proc in reversed(self.procs):
             try:
                 proc.stop()
