@@ -109,7 +109,7 @@ def test_an_objects_ca_limits_hold_across_worker_processes(tmp_path, ca):
 def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path, ca):
     devices = 150
     sim_args = ["--latency-ms", "5", "--trust-anchor", str(ca.dir / "tls-ca.pem")]
-    env = {"CERTFLEET_CA_BACKOFF_MAX_MS": "4000", "CERTFLEET_RETRY_BACKOFF_MS": "200"}
+    env = {"CERTFLEET_CA_BACKOFF_MAX_MS": "2000", "CERTFLEET_RETRY_BACKOFF_MS": "200"}
     with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env, redis_url=REDIS_URL) as world:
         batch = est_batch(world, ca)
         wait_for(world, batch, done=50)

@@ -37,28 +37,8 @@ def test_demo_enrolls_its_fleet_and_prints_a_summary():
     assert demo_rows(done.stdout)["self-signed"][:5] == ["40", "self-signed", "40", "0", "0"], done.stdout
 
 
-def test_demo_enrolls_over_est_with_the_ca_simulator():
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--devices", "20", "--enrollment", "est"],
-        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "CA simulator up: EST https://127.0.0.1:" in done.stdout
-    assert "imported 20 devices" in done.stdout
-    assert demo_rows(done.stdout)["est"][:5] == ["20", "est", "20", "0", "0"], done.stdout
-
-
-def test_demo_enrolls_over_scep_with_the_ca_simulator():
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--devices", "20", "--enrollment", "scep"],
-        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "CA simulator up: SCEP http://127.0.0.1:" in done.stdout
-    assert demo_rows(done.stdout)["scep"][:5] == ["20", "scep", "20", "0", "0"], done.stdout
-
-
 def test_demo_enrolls_a_mixed_fleet_a_third_per_method():
+    # EST and SCEP each run here against the CA simulator, as in `--enrollment est` or `scep` alone.
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "demo", "--devices", "30", "--enrollment", "mixed"],
         cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "120"}, capture_output=True, text=True, timeout=120,

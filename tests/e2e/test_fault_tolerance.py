@@ -1,5 +1,5 @@
-"""Nothing lost: bulk enrollments through the multi-process stack (controller, two worker
-processes, device simulator; PostgreSQL and Redis) while things break underneath them.
+"""Nothing lost: bulk enrollments through the multi-process stack (controller, worker
+processes (two where one is killed), device simulator; PostgreSQL and Redis) while things break underneath them.
 
 - a worker process killed with SIGKILL mid-batch: its jobs are taken over when their lease ends;
 - the broker's Redis database flushed mid-batch: the reconciler publishes the jobs again;
@@ -55,7 +55,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_issues_nothing_twice(tmp_pa
 
 
 def test_the_reconciler_finishes_a_batch_whose_queue_was_flushed(tmp_path):
-    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"]) as world:
+    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"], workers=1) as world:
         batch = start_batch(world)
         mid = wait_for(world, batch, done=100)
         assert not mid["finished"], mid  # the flush lands in the middle of the batch
@@ -83,7 +83,7 @@ def _refuse_connections(database: str, seconds: float, dropped: list[int]) -> No
 
 
 def test_postgresql_gone_for_seconds_mid_batch_loses_nothing(tmp_path):
-    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"]) as world:
+    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"], workers=1) as world:
         batch = start_batch(world)
         mid = wait_for(world, batch, done=100)
         assert not mid["finished"], mid
@@ -105,7 +105,7 @@ def test_faulty_devices_every_job_ends_within_its_attempts_with_clear_failures(t
                 "--unreachable-rate", "0.01"]
     env = {"CERTFLEET_DEVICE_TIMEOUT_SECONDS": "1", "CERTFLEET_RETRY_BACKOFF_MS": "100",
            "CERTFLEET_RETRY_BACKOFF_MAX_MS": "1000"}
-    with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env) as world:
+    with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env, workers=1) as world:
         batch = start_batch(world)
         final = wait_for(world, batch, timeout=150)
         plan = FaultPlan(seed=seed, unreachable_rate=0.01)
