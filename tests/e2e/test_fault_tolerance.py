@@ -1,5 +1,5 @@
-"""Nothing lost: bulk enrollments through the multi-process stack (controller, worker
-processes (two where one is killed), device simulator; PostgreSQL and Redis) while things break underneath them.
+"""Nothing lost: bulk enrollments through the multi-process stack (controller, worker processes
+- two where one is killed -, device simulator; PostgreSQL and Redis) while things break under them.
 
 - a worker process killed with SIGKILL mid-batch: its jobs are taken over when their lease ends;
 - the broker's Redis database flushed mid-batch: the reconciler publishes the jobs again;
