@@ -145,15 +145,13 @@ def test_a_single_add_is_not_stuck_behind_a_running_batch(tmp_path):
         single = world.client.create_enrollment_object(name="single", enrollment_type="self_signed",
                                                        key_type="ecdsa", key_size=256)
         device = world.client.find_devices(serial="FTD-000001")[0]
-        started = time.monotonic()
         job = world.client.add_trustpoint(device["id"], single["id"])["job"]
         while world.client.job(job["id"])["state"] not in ("succeeded", "failed"):
             time.sleep(0.05)
-        single_seconds = time.monotonic() - started
         at_single_end = world.client.bulk_enrollment(batch["id"])
-        final = wait_for(world, batch, timeout=120)
-        batch_seconds = final["elapsed_seconds"]
+        wait_for(world, batch, timeout=120)
         assert world.client.job(job["id"])["state"] == "succeeded"
+        # Judged by work, not seconds: the single job did not wait for the bulk jobs queued
+        # before it (a FIFO would have made it wait for more than 500 of them).
         assert not at_single_end["finished"] and at_single_end["queued"] > 200, at_single_end
-        assert single_seconds < 0.25 * batch_seconds, (single_seconds, batch_seconds)
         check_nothing_lost(world, total=601)
