@@ -36,6 +36,14 @@ class JobKind(StrEnum):
     INSTALL_IDENTITY = "install_identity"
 
 
+class JobReason(StrEnum):
+    """Why a job was created."""
+
+    OPERATOR = "operator"
+    BULK = "bulk"
+    RENEWAL = "renewal"
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -17,7 +17,7 @@ from sqlmodel import AutoString, Field, SQLModel
 
 from shared.clock import utcnow
 from shared.domains import GLOBAL_DOMAIN_ID, GLOBAL_DOMAIN_NAME  # noqa: F401  where most code looks for them
-from shared.enums import EnrollmentType, JobState, KeyType
+from shared.enums import EnrollmentType, JobReason, JobState, KeyType
 from shared.states import Status
 
 
@@ -129,6 +129,13 @@ class EnrollmentObjectFields(SQLModel):
     # Revocation checking (OCSP / CRL URLs; IPv6 literals in brackets)
     ocsp_url: str = Field(default="", max_length=512)
     crl_urls: list[str] = Field(default_factory=list, max_length=16, sa_type=JSON, nullable=False)
+    # Renewal: certfleet re-enrolls EST, SCEP and self-signed trustpoints before their identity
+    # certificate expires; manual and PKCS12 ones get a renewal-due warning instead.
+    auto_renew: bool = True
+    #: The renewal window as a share of the certificate's lifetime before it ends (default 1/3),
+    #: or as days before it ends; at most one of the two is set.
+    renew_before_fraction: float | None = Field(default=None, gt=0, lt=1)
+    renew_before_days: int | None = Field(default=None, ge=1, le=36_500)
 
 
 class EnrollmentObject(EnrollmentObjectFields, table=True):
@@ -175,10 +182,20 @@ class Trustpoint(SQLModel, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     status_changed_at: datetime | None = _ts(nullable=True)
+    #: When the identity certificate is due for renewal: its renewal window's start plus a
+    #: per-trustpoint jitter. Empty while a renewal job is out, and when there is nothing to renew.
+    renewal_due_at: datetime | None = _ts(nullable=True)
+    #: Renewal attempts that failed since the last success (their backoff grows with it).
+    renewal_failures: int = 0
+    last_renewal_at: datetime | None = _ts(nullable=True)
+    renewal_error_code: str | None = Field(default=None, max_length=64)
+    renewal_error_message: str | None = Field(default=None, max_length=2048)
 
     __table_args__ = (
         UniqueConstraint("device_id", "name"),
         Index("ix_trustpoint_statuses", "ca_status", "identity_status"),
+        # The renewal pass reads the due trustpoints of the methods certfleet renews, oldest first.
+        Index("ix_trustpoint_renewal", "enrollment_type", "renewal_due_at"),
     )
 
 
@@ -233,13 +250,16 @@ class Job(SQLModel, table=True):
     #: [{"at": iso time, "step": name, "detail": text}, …]
     steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     batch_id: uuid.UUID | None = Field(default=None, index=True)
+    #: Why the job exists: an operator's request, a bulk action, or the scheduler's renewal.
+    reason: str = Field(default=JobReason.OPERATOR.value, max_length=16)
     created_at: datetime = _ts()
     started_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)
 
 
 class Batch(SQLModel, table=True):
-    """A bulk enrollment: one enrollment object installed on a selection of devices.
+    """A bulk operation: one enrollment object installed on a selection of devices (``enroll``),
+    or one trustpoint action (re-enroll, refresh, delete) over a selection of trustpoints.
 
     Its progress is never stored here: counts are derived from its jobs, so they stay right
     whatever the broker did.
@@ -247,11 +267,15 @@ class Batch(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
+    #: ``enroll`` for a bulk enrollment, else the trustpoint action (a JobKind value).
+    action: str = Field(default="enroll", max_length=16)
+    #: The enrollment object installed, or the one whose trustpoints an action selects.
     enrollment_object_id: uuid.UUID = Field(foreign_key="enrollment_object.id")
     trustpoint_name: str = Field(max_length=255)
-    #: The device selection as the operator gave it.
+    #: The selection as the operator gave it.
     selection: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    #: Devices selected, and those skipped because they already had the trustpoint.
+    #: Devices (enroll) or trustpoints (actions) selected, and those skipped: devices that
+    #: already had the trustpoint, trustpoints busy with an unfinished job.
     selected: int = 0
     skipped: int = 0
     requested_by: str = Field(default="", max_length=255)
@@ -281,6 +305,46 @@ class ExportAudit(SQLModel, table=True):
     outcome: str = Field(default="succeeded", max_length=16)
     error_code: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts(index=True)
+
+
+class Schedule(SQLModel, table=True):
+    """A recurring run of the scheduler: when it runs next, and how its last run went.
+
+    Kept in the database so a restart neither loses nor repeats a run: a run is claimed by moving
+    ``next_run_at`` on in the same conditional update that marks it started.
+    """
+
+    name: str = Field(primary_key=True, max_length=64)
+    #: A cron expression (minute hour day month weekday), or empty for ``interval_seconds``.
+    cron: str = Field(default="", max_length=128)
+    interval_seconds: int | None = None
+    enabled: bool = True
+    next_run_at: datetime = _ts(index=True)
+    #: The run under way: its id and start, cleared when it ends. A run whose leader died keeps
+    #: them until the next leader records it as interrupted (it is not run again).
+    run_id: uuid.UUID | None = None
+    run_started_at: datetime | None = _ts(nullable=True)
+    last_run_at: datetime | None = _ts(nullable=True)
+    last_finished_at: datetime | None = _ts(nullable=True)
+    #: succeeded | failed | interrupted
+    last_outcome: str = Field(default="", max_length=16)
+    last_detail: str = Field(default="", max_length=2048)
+
+
+class LeaderLease(SQLModel, table=True):
+    """Who leads a role (the scheduler) among several controllers, and until when.
+
+    Taken and renewed with conditional updates. ``token`` grows with every change of holder: a
+    leader's writes check it, so a leader that stalled past its lease cannot write after another
+    took over (a fencing token).
+    """
+
+    __tablename__ = "leader_lease"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(default="", max_length=128)
+    token: int = 0
+    expires_at: datetime = _ts()
 
 
 class ApiToken(SQLModel, table=True):

@@ -14,9 +14,9 @@ The revisions are in shared/migrations/versions; the newest one, the head, match
 - :func:`upgrade_to_head`, behind ``certfleet db upgrade``: runs the revisions a database lacks.
 
 A database with certfleet's tables and no revision was made before certfleet kept revisions.
-Start-up refuses it too; when its tables lack a column the models have, the message gives the
-ALTER TABLE statements that add them. Once it has them, the upgrade adds the tables it lacks,
-as start-up used to, and records the head revision.
+Start-up refuses it too; when its tables lack a column the first revision has, the message gives
+the ALTER TABLE statements that add them. Once it has them, the upgrade adds the tables it lacks,
+as start-up used to, records it as the first revision and runs the others.
 
 A model change needs a new revision written in versions/ with explicit ``op`` calls (a column
 change on SQLite goes through ``op.batch_alter_table``); the schema test fails until it exists.
@@ -32,7 +32,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import SQLModel
@@ -43,6 +43,8 @@ from shared.errors import ConfigurationError
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "alembic_version"
 UPGRADE_COMMAND = "certfleet db upgrade"
+#: The schema certfleet had when it started recording revisions.
+FIRST_REVISION = "0001"
 #: PostgreSQL advisory lock that serialises schema changes between processes starting together.
 _PG_LOCK_KEY = 0x63657274
 
@@ -201,9 +203,14 @@ def upgrade_to_head(engine: Engine) -> Upgrade:
         _lock(connection)
         state = read_state(connection)
         if state.revision is None and state.tables:
-            SQLModel.metadata.create_all(connection)
+            # Made before revisions: it has the first revision's tables (those it lacks are
+            # added, as start-up used to). Recorded as that revision, it then takes the rest.
             check_columns(connection)
-            MigrationContext.configure(connection).stamp(current.scripts, current.head)
+            first = first_revision_columns()
+            SQLModel.metadata.create_all(
+                connection, tables=[t for t in SQLModel.metadata.sorted_tables if t.name in first])
+            MigrationContext.configure(connection).stamp(current.scripts, FIRST_REVISION)
+            command.upgrade(alembic_config(connection), current.head)
         elif state.revision != current.head:
             if state.revision is not None and state.revision not in current.known:
                 raise _unknown(connection, state.revision)
@@ -212,16 +219,33 @@ def upgrade_to_head(engine: Engine) -> Upgrade:
     return Upgrade(before=state, after=current.head)
 
 
+@cache
+def first_revision_columns() -> dict[str, frozenset[str]]:
+    """Table name to column names, as the first revision makes them: the schema of a database
+    from before revisions. Read by building that revision in an in-memory SQLite database."""
+    engine = create_engine("sqlite://")
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), FIRST_REVISION)
+            inspector = inspect(connection)
+            return {name: frozenset(column["name"] for column in inspector.get_columns(name))
+                    for name in inspector.get_table_names() if name != VERSION_TABLE}
+    finally:
+        engine.dispose()
+
+
 def check_columns(connection: Connection) -> None:
-    """Refuse tables made by an older certfleet that lack columns of this version's models,
-    with the statements that add them."""
+    """Refuse tables made before schema revisions that lack columns of the first revision, with
+    the statements that add them."""
     inspector = inspect(connection)
+    first = first_revision_columns()
     missing = []
     for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
+        if table.name not in first or not inspector.has_table(table.name):
             continue
         present = {column["name"] for column in inspector.get_columns(table.name)}
-        missing += [(table.name, column) for column in table.columns if column.name not in present]
+        missing += [(table.name, column) for column in table.columns
+                    if column.name in first[table.name] and column.name not in present]
     if missing:
         statements = "; ".join(
             f"ALTER TABLE {table} ADD COLUMN {column.name} {column.type.compile(dialect=connection.dialect)}"

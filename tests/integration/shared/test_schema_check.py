@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from shared.db import init_db, make_engine
 from shared.errors import ConfigurationError
-from shared.schema import upgrade_to_head
+from shared.schema import FIRST_REVISION, VERSION_TABLE, alembic_config, upgrade_to_head
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,9 +28,15 @@ def drop_column(engine, table: str, column: str) -> None:
 
 
 def made_before_revisions(engine) -> None:
-    """What a certfleet from before schema revisions left: its tables and no recorded revision."""
+    """What a certfleet from before schema revisions left: the first revision's tables and no
+    recorded revision."""
+    SQLModel.metadata.drop_all(engine)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+    with engine.connect() as conn:
+        command.upgrade(alembic_config(conn), FIRST_REVISION)
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+        conn.commit()
 
 
 @pytest.mark.parametrize("db_engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
