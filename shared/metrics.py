@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,6 +35,22 @@ JOB_RETRIES = Counter(
     "certfleet_job_retries",
     "Transient failures that scheduled a retry, by job kind and error code.",
     ["kind", "code"],
+)
+RENEWALS = Counter(
+    "certfleet_renewals",
+    "Automatic renewals finished, by enrollment method and outcome (succeeded or failed).",
+    ["method", "outcome"],
+)
+SCHEDULER_RUNS = Counter(
+    "certfleet_scheduler_runs",
+    "Scheduled runs this controller fired as the leader, by schedule and outcome "
+    "(succeeded, failed, interrupted).",
+    ["schedule", "outcome"],
+)
+SCHEDULER_LEADER = Gauge(
+    "certfleet_scheduler_leader",
+    "1 while this controller leads the scheduler, else 0.",
+    multiprocess_mode="livemax",
 )
 EVENTS_PUBLISHED = Counter(
     "certfleet_events_published",

@@ -51,6 +51,19 @@ class Settings:
     ca_backoff_max_ms: int = 60_000
     #: How long jobs wait for an unavailable CA (without spending their attempts) before failing.
     ca_outage_give_up_seconds: float = 3600.0
+    #: Share of each certificate's renewal window over which renewals are spread (0 to 1).
+    renewal_spread: float = 0.5
+    #: First wait before a failed renewal is tried again, in seconds; doubled per failure.
+    renewal_retry_seconds: float = 900.0
+    #: Cap on that wait, in seconds.
+    renewal_retry_max_seconds: float = 21_600.0
+    #: Seconds between the scheduler's renewal passes.
+    renewal_interval_seconds: int = 60
+    #: How long a scheduler leader's lease lasts without renewal, in seconds; another
+    #: controller takes over within that time when the leader dies.
+    scheduler_lease_seconds: float = 15.0
+    #: Seconds between the scheduler's looks at its lease and its schedules.
+    scheduler_tick_seconds: float = 1.0
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -92,9 +105,16 @@ class Settings:
         for name in ("job_lease_seconds", "retry_backoff_ms", "retry_backoff_max_ms",
                      "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch",
                      "ca_concurrency", "ca_rate_per_second", "ca_backoff_max_ms",
-                     "ca_outage_give_up_seconds"):
+                     "ca_outage_give_up_seconds", "renewal_retry_seconds", "renewal_retry_max_seconds",
+                     "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
+        if not 0 <= self.renewal_spread <= 1:
+            raise ConfigurationError(f"{PREFIX}RENEWAL_SPREAD must be between 0 and 1 (a share of the window)")
+        if self.scheduler_tick_seconds * 2 > self.scheduler_lease_seconds:
+            raise ConfigurationError(
+                f"{PREFIX}SCHEDULER_LEASE_SECONDS must be at least twice {PREFIX}SCHEDULER_TICK_SECONDS: "
+                "the leader renews its lease every tick")
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigurationError(f"{PREFIX}WORKER_METRICS_PORT must be a port number, 0 to 65535")
         if self.log_level.upper() not in LOG_LEVELS:

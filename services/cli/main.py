@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     command(sub, "demo", "services.cli.demo", "enroll a simulated fleet end to end in one process")
     command(sub, "up", "services.cli.up", "run the embedded stack and leave it serving the API")
-    command(sub, "controller", "services.controller.cli", "serve the REST API (and the reconciler)")
+    command(sub, "controller", "services.controller.cli", "serve the REST API (with the reconciler and scheduler)")
+    command(sub, "scheduler", "services.controller.cli", "run the scheduler alone (renewals), without the API",
+            add="add_scheduler_arguments", main="scheduler_main")
     command(sub, "worker", "services.worker.cli", "run Dramatiq worker processes")
     command(sub, "device-sim", "services.device_sim.cli", "serve a simulated device fleet")
     command(sub, "ca", "services.ca_sim.cli", "CA simulator (EST and SCEP)")

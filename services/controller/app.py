@@ -1,5 +1,5 @@
 """The controller's FastAPI application: the REST API under /api/v1, health, metrics and,
-optionally, the reconciler running beside it."""
+optionally, the reconciler and the scheduler running beside it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from services.controller.api.routers import (
 )
 from services.controller.fleet_stats import read_fleet_stats
 from services.controller.queueing.reconciler import Reconciler
+from services.controller.scheduling.scheduler import Scheduler
 from shared.broker import make_broker
 from shared.clock import utcnow
 from shared.db import init_db, make_engine
@@ -50,7 +51,7 @@ def _fleet_registry(engine: Engine) -> CollectorRegistry:
 
 def create_app(
     settings: Settings, *, engine: Engine | None = None, broker: dramatiq.Broker | None = None,
-    start_reconciler: bool = False, device_client: DeviceClient | None = None,
+    start_reconciler: bool = False, start_scheduler: bool = False, device_client: DeviceClient | None = None,
 ) -> FastAPI:
     """Build the app. An engine, broker or device client passed in stays the caller's to close;
     those made here are closed when the app shuts down. The device client serves the one
@@ -66,14 +67,19 @@ def create_app(
                    lease_seconds=settings.job_lease_seconds)
         if start_reconciler else None
     )
+    scheduler = Scheduler(engine, broker, settings) if start_scheduler else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if reconciler is not None:
             reconciler.start()
+        if scheduler is not None:
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             if reconciler is not None:
                 reconciler.stop()
             if owns_broker:
@@ -94,6 +100,7 @@ def create_app(
     app.state.engine = engine
     app.state.broker = broker
     app.state.reconciler = reconciler
+    app.state.scheduler = scheduler
     app.state.devices = device_client
     app.state.secret_box = SecretBox(settings.secret_key)
     app.state.token_cache = TokenCache()

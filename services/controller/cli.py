@@ -1,6 +1,7 @@
-"""``certfleet controller`` and ``certfleet token create``.
+"""``certfleet controller``, ``certfleet scheduler`` and ``certfleet token create``.
 
-    certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only]
+    certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only] [--no-scheduler]
+    certfleet scheduler
     certfleet token create --role admin|network_admin|read_only [--name NAME]
 
 Both read the database and broker from the ``CERTFLEET_*`` environment. A refusal is a shared
@@ -24,9 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-reconciler", action="store_true",
-                      help="serve the API only (run the reconciler elsewhere)")
+                      help="do not run the reconciler here (run it elsewhere)")
     mode.add_argument("--reconciler-only", action="store_true",
                       help="run the reconciler alone, without the API")
+    parser.add_argument("--no-scheduler", action="store_true",
+                        help="do not run the scheduler here (another controller or `certfleet scheduler` does)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
 
     from services.controller.app import create_app
 
-    app = create_app(settings, start_reconciler=not args.no_reconciler)
+    app = create_app(settings, start_reconciler=not args.no_reconciler, start_scheduler=not args.no_scheduler)
     freeze_startup_objects()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False,
                 log_level=settings.log_level.lower(), lifespan="on")
@@ -65,6 +68,35 @@ def _run_reconciler(settings: Settings) -> int:
     print(f"reconciler running every {settings.reconcile_interval_seconds:g} s", flush=True)
     done.wait()
     reconciler.stop()
+    broker.close()
+    engine.dispose()
+    return 0
+
+
+def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
+    """``certfleet scheduler`` takes its settings from the environment only."""
+
+
+def scheduler_main(args: argparse.Namespace) -> int:
+    """Run the scheduler alone (no API): it leads when no other controller holds the lease."""
+    from services.controller.scheduling.scheduler import Scheduler
+    from shared.broker import make_broker
+    from shared.db import init_db, make_engine
+    from shared.logging import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    engine = make_engine(settings)
+    init_db(engine)
+    broker = make_broker(settings)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    scheduler = Scheduler(engine, broker, settings).start()
+    print(f"scheduler running as {scheduler.holder}: {len(scheduler.specs)} schedules, "
+          f"lease {settings.scheduler_lease_seconds:g} s", flush=True)
+    done.wait()
+    scheduler.stop()
     broker.close()
     engine.dispose()
     return 0

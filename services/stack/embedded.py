@@ -65,7 +65,8 @@ class EmbeddedStack:
         self.context = WorkerContext.create(self.settings, engine=self.engine)
         declare_actors(self.broker, self.context)
         self.worker = start_embedded_worker(self.broker, self.context, threads=self.worker_threads)
-        app = create_app(self.settings, engine=self.engine, broker=self.broker, start_reconciler=True)
+        app = create_app(self.settings, engine=self.engine, broker=self.broker, start_reconciler=True,
+                         start_scheduler=True)
         self.api = ServerThread(app, host=self.api_host, port=self.api_port).start()
         with session_scope(self.engine) as session:
             self.admin_token = create_token(session, role=Role.ADMIN, name="embedded stack")

@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from services.worker.steps import Step
 from shared.clock import aware
-from shared.enums import JobKind, JobState
+from shared.enums import JobKind, JobReason, JobState
 from shared.logging import get_logger
 from shared.models import Job
 
@@ -51,6 +51,8 @@ class ClaimedJob:
     trustpoint_name: str
     #: Times the job waited for its CA before (see :func:`schedule_retry`).
     ca_waits: int = 0
+    #: Why the job exists (a renewal is recorded on the trustpoint as one).
+    reason: JobReason = JobReason.OPERATOR
     #: The steps as written by the claim; fenced writes append to these.
     steps: list[Step] = field(default_factory=list)
 
@@ -121,7 +123,7 @@ def take_claim(
     return ClaimedJob(
         id=job.id, kind=JobKind(job.kind), attempts=attempts, max_attempts=job.max_attempts,
         trustpoint_id=job.trustpoint_id, device_id=job.device_id, trustpoint_name=job.trustpoint_name,
-        steps=steps, ca_waits=job.ca_waits,
+        steps=steps, ca_waits=job.ca_waits, reason=JobReason(job.reason),
     )
 
 

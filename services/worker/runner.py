@@ -26,7 +26,7 @@ from typing import Literal
 import dramatiq
 from sqlmodel import Session, select
 
-from services.worker import exchanges, job_metrics, jobstore, persist
+from services.worker import exchanges, job_metrics, jobstore, persist, renewal_state
 from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
 from services.worker.context import WorkerContext
 from services.worker.exchanges import DeviceReport
@@ -263,6 +263,10 @@ class _JobRun:
             locked = persist.lock_trustpoint(session, self.claimed.trustpoint_id)
             if locked is not None:
                 write(session, locked)
+                if self.kind is not JobKind.DELETE:
+                    renewal_state.after_success(
+                        session, locked, self.subject.enrollment_object, job_id=self.claimed.id,
+                        reason=self.claimed.reason, now=self.ctx.clock(), settings=self.ctx.settings)
             session.commit()
         self._finished("succeeded", enrollment=enrollment)
         log().info("job succeeded", job_id=str(self.claimed.id), kind=self.kind.value,
@@ -332,6 +336,8 @@ class _JobRun:
                 else:
                     persist.mark_failed(locked, now=now, code=code, message=message)
                     session.add(locked)
+                renewal_state.after_failure(session, locked, reason=self.claimed.reason, code=code,
+                                            message=message, now=now, settings=self.ctx.settings)
             session.commit()
         self._finished("failed", enrollment="failed")
         log().warning("job failed", job_id=str(self.claimed.id), kind=self.kind.value,

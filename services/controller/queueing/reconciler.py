@@ -34,7 +34,7 @@ from sqlmodel import Session, select
 from services.controller.queueing.publishing import publish_jobs
 from services.controller.queueing.queue_head import oldest_waiting
 from shared.clock import utcnow
-from shared.enums import JobState
+from shared.enums import JobReason, JobState
 from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.logging import get_logger
 from shared.metrics import RECONCILER_REPUBLISHED
@@ -59,10 +59,20 @@ def _lost_queued(now: datetime, cutoffs: dict[str, datetime] | None = None):
         cutoff = min(now, cutoffs.get(queue, now))
         return or_(Job.lease_expires_at < cutoff, Job.lease_expires_at.is_(None))
 
-    # A bulk enrollment's jobs are on the bulk queue, the others on the jobs queue.
     return and_(Job.state == JobState.QUEUED.value,
-                or_(and_(Job.batch_id.is_(None), expired(JOBS_QUEUE)),
-                    and_(Job.batch_id.is_not(None), expired(BULK_QUEUE))))
+                or_(and_(~_on_bulk_queue(), expired(JOBS_QUEUE)),
+                    and_(_on_bulk_queue(), expired(BULK_QUEUE))))
+
+
+def _on_bulk_queue():
+    """Bulk operations' jobs and the scheduler's renewals are on the bulk queue, behind no
+    operator's single action; the others on the jobs queue."""
+    return or_(Job.batch_id.is_not(None), Job.reason == JobReason.RENEWAL.value)
+
+
+def queue_of(*, batch_id: uuid.UUID | None, reason: str) -> str:
+    """The queue a job's messages go to (see :func:`_on_bulk_queue`)."""
+    return BULK_QUEUE if batch_id is not None or reason == JobReason.RENEWAL.value else JOBS_QUEUE
 
 
 def queue_cutoffs(broker: dramatiq.Broker, *, lease_seconds: float) -> dict[str, datetime]:
@@ -104,10 +114,9 @@ def take_lost_jobs(
     ):
         result = session.execute(
             update(Job).where(Job.id.in_(candidates), condition).values(**values)
-            .returning(Job.id, Job.kind, Job.batch_id).execution_options(synchronize_session=False)
+            .returning(Job.id, Job.kind, Job.batch_id, Job.reason).execution_options(synchronize_session=False)
         )
-        # A bulk enrollment's jobs go back to the bulk queue, behind no single-device action.
-        taken += [(row[0], row[1], BULK_QUEUE if row[2] else JOBS_QUEUE) for row in result]
+        taken += [(row[0], row[1], queue_of(batch_id=row[2], reason=row[3])) for row in result]
     return taken, len(candidates) == limit
 
 

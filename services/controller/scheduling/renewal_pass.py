@@ -1,0 +1,118 @@
+"""The renewal pass: publish a re-enroll job for every trustpoint whose certificate is due.
+
+Due trustpoints are read through the index on (enrollment type, renewal time), a page at a
+time, so a pass costs what is due, not what the fleet holds. Each page is one transaction:
+the fence on the scheduler's lease, a conditional UPDATE that clears the renewal time of the
+page's trustpoints (the claim: a trustpoint is renewed once, whoever else runs a pass), and the
+jobs, inserted in one statement. The jobs are published on the bulk queue after the commit;
+what the broker refuses, the reconciler publishes when their lease ends.
+
+Trustpoints busy with an unfinished job are left due: the next pass takes them. Trustpoints
+of enrollment objects with automatic renewal off are left alone (they get a renewal-due
+warning on their view).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dramatiq
+from sqlalchemy import and_, exists, func, insert, update
+from sqlmodel import Session, select
+
+from services.controller.queueing.publishing import publish_jobs
+from shared.enums import JobKind, JobReason, JobState
+from shared.events import BULK_QUEUE
+from shared.models import EnrollmentObject, Job, Trustpoint
+from shared.renewal import RENEWABLE
+from shared.settings import Settings
+
+#: Trustpoints claimed per transaction.
+PAGE = 1000
+
+_UNFINISHED = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+@dataclass
+class PassResult:
+    published: int = 0
+    #: Due trustpoints left for the next pass because a job of theirs is still unfinished.
+    busy: int = 0
+
+    def describe(self) -> str:
+        text = f"{self.published} renewal{'s' if self.published != 1 else ''} published"
+        return text + (f", {self.busy} busy trustpoint{'s' if self.busy != 1 else ''} left for the next pass"
+                       if self.busy else "")
+
+
+def _due(now: datetime):
+    return and_(Trustpoint.enrollment_type.in_([m.value for m in RENEWABLE]), Trustpoint.renewal_due_at <= now)
+
+
+def _busy():
+    return exists().where(Job.trustpoint_id == Trustpoint.id, Job.state.in_(_UNFINISHED))
+
+
+def claim_page(session: Session, *, now: datetime, settings: Settings, limit: int = PAGE) -> list[uuid.UUID]:
+    """Claim up to ``limit`` due trustpoints that are not busy, and add their renewal jobs (not
+    committed). Returns the job ids."""
+    free = session.exec(
+        select(Trustpoint.id)
+        .join(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)
+        .where(_due(now), EnrollmentObject.auto_renew, ~_busy())
+        .order_by(Trustpoint.renewal_due_at).limit(limit)
+    ).all()
+    if not free:
+        return []
+    claimed = session.execute(
+        update(Trustpoint).where(Trustpoint.id.in_(free), _due(now))
+        .values(renewal_due_at=None)
+        .returning(Trustpoint.id, Trustpoint.device_id, Trustpoint.domain_id, Trustpoint.name,
+                   Trustpoint.renewal_failures)
+        .execution_options(synchronize_session=False)
+    ).all()
+    lease_until = now + timedelta(seconds=settings.job_lease_seconds)
+    jobs = []
+    for tp_id, device_id, domain_id, name, failures in claimed:
+        detail = "renewal due" + (f" (try {failures + 1})" if failures else "")
+        jobs.append(dict(
+            id=uuid.uuid4(), kind=JobKind.RE_ENROLL.value, trustpoint_id=tp_id, device_id=device_id,
+            domain_id=domain_id, trustpoint_name=name, state=JobState.QUEUED.value, attempts=0,
+            max_attempts=settings.job_max_attempts, lease_expires_at=lease_until,
+            steps=[{"at": now.isoformat(), "step": "requested", "detail": f"{detail}, by the scheduler"}],
+            reason=JobReason.RENEWAL.value, created_at=now,
+        ))
+    if jobs:
+        session.execute(insert(Job), jobs)
+    return [job["id"] for job in jobs]
+
+
+def count_busy(session: Session, *, now: datetime) -> int:
+    """Due trustpoints waiting for a job of theirs to finish."""
+    return session.exec(
+        select(func.count()).select_from(Trustpoint)
+        .join(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)
+        .where(_due(now), EnrollmentObject.auto_renew, _busy())
+    ).one()
+
+
+def run_renewal_pass(
+    session: Session, broker: dramatiq.Broker, *, now: datetime, settings: Settings,
+    fence: Callable[[Session], None] = lambda session: None, page: int = PAGE,
+) -> PassResult:
+    """Publish every due renewal, a page per transaction. ``fence`` runs in each page's
+    transaction before it commits and raises to drop the page (the leader lost its lease)."""
+    result = PassResult()
+    while True:
+        job_ids = claim_page(session, now=now, settings=settings, limit=page)
+        if not job_ids:
+            result.busy = count_busy(session, now=now)
+            session.rollback()
+            return result
+        fence(session)
+        session.commit()
+        result.published += publish_jobs(
+            broker, [(JobKind.RE_ENROLL, job_id, BULK_QUEUE) for job_id in job_ids], published_at=now)
