@@ -62,6 +62,9 @@ RECONCILER_REPUBLISHED = Counter(
     "Jobs the reconciler re-published because their lease expired or their message was lost.",
 )
 
+#: Enrollment methods, each a series of certfleet_certificates_renewal_due (a fixed set).
+RENEWAL_METHODS = ("self_signed", "est", "scep", "manual", "pkcs12")
+
 #: The "expires within N days" windows offered as series.
 EXPIRY_WINDOWS_DAYS = (1, 7, 14, 30, 60, 90)
 
@@ -100,6 +103,23 @@ class FleetCollector(Collector):
             "Installed identity certificates past their notAfter.",
             value=snap.expired,
         )
+        renewal_due = GaugeMetricFamily(
+            "certfleet_certificates_renewal_due",
+            "Identity certificates due for renewal and not renewed yet, by enrollment method "
+            "(manual and pkcs12 ones wait for an operator).",
+            labels=["method"],
+        )
+        for method in RENEWAL_METHODS:
+            renewal_due.add_metric([method], snap.renewal_due.get(method, 0))
+        yield renewal_due
+        last_runs = GaugeMetricFamily(
+            "certfleet_scheduler_last_run_timestamp_seconds",
+            "When each schedule's last run started (Unix time), whichever controller ran it.",
+            labels=["schedule"],
+        )
+        for schedule, started in sorted(snap.schedule_last_runs.items()):
+            last_runs.add_metric([schedule], started)
+        yield last_runs
         if snap.earliest_expiry is not None:
             yield GaugeMetricFamily(
                 "certfleet_certificate_earliest_expiry_timestamp_seconds",
@@ -115,8 +135,12 @@ class FleetSnapshot:
         expiring_within: dict[int, int],
         expired: int,
         earliest_expiry: float | None,
+        renewal_due: dict[str, int] | None = None,
+        schedule_last_runs: dict[str, float] | None = None,
     ) -> None:
         self.statuses = statuses
         self.expiring_within = expiring_within
         self.expired = expired
         self.earliest_expiry = earliest_expiry
+        self.renewal_due = renewal_due or {}
+        self.schedule_last_runs = schedule_last_runs or {}

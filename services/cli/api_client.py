@@ -50,6 +50,10 @@ class CertfleetClient:
             return None
         return response.json()
 
+    # --- the scheduler ---------------------------------------------------------------------
+    def schedules(self) -> list[dict]:
+        return self._call("GET", "/schedules")
+
     # --- domains and devices --------------------------------------------------------------
     def domains(self) -> list[dict]:
         return list(self._pages("/domains"))

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "controller", "services.controller.cli", "serve the REST API (with the reconciler and scheduler)")
     command(sub, "scheduler", "services.controller.cli", "run the scheduler alone (renewals), without the API",
             add="add_scheduler_arguments", main="scheduler_main")
+    command(sub, "schedules", "services.cli.schedules", "show the scheduler's schedules, next and last runs")
     command(sub, "worker", "services.worker.cli", "run Dramatiq worker processes")
     command(sub, "device-sim", "services.device_sim.cli", "serve a simulated device fleet")
     command(sub, "ca", "services.ca_sim.cli", "CA simulator (EST and SCEP)")

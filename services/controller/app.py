@@ -23,6 +23,7 @@ from services.controller.api.routers import (
     enrollment_objects,
     jobs,
     ops,
+    schedules,
     trustpoints,
 )
 from services.controller.fleet_stats import read_fleet_stats
@@ -110,7 +111,7 @@ def create_app(
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, bulk_enrollments, jobs,
-                   audit):
+                   audit, schedules):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -1,8 +1,8 @@
 """Fleet-wide figures for the /metrics gauges, computed by aggregate SQL at scrape time.
 
-Two queries whatever the fleet's size: trustpoints counted by status pair (GROUP BY), and
-identity certificates counted per expiry window in one pass (SUM of CASE). The result is a
-fixed, small set of series.
+A few aggregate queries whatever the fleet's size: trustpoints counted by status pair and, of
+those due for renewal, by method (GROUP BY); identity certificates counted per expiry window in
+one pass (SUM of CASE); the schedules' last runs. The result is a fixed, small set of series.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from shared.enums import CertificateRole
 from shared.metrics import EXPIRY_WINDOWS_DAYS, FleetSnapshot
-from shared.models import Certificate, Trustpoint
+from shared.models import Certificate, Schedule, Trustpoint
 
 
 def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
@@ -35,7 +35,15 @@ def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
         .where(Certificate.role == CertificateRole.IDENTITY.value)
     ).one()
     *within, expired, earliest = row
+    renewal_due = dict(session.exec(
+        select(Trustpoint.enrollment_type, func.count())
+        .where(Trustpoint.renewal_due_at <= now).group_by(Trustpoint.enrollment_type)
+    ).all())
+    last_runs = {name: started.timestamp() for name, started in session.exec(
+        select(Schedule.name, Schedule.last_run_at).where(Schedule.last_run_at.is_not(None))).all()}
     return FleetSnapshot(
+        renewal_due=renewal_due,
+        schedule_last_runs=last_runs,
         statuses=statuses,
         expiring_within={days: int(n) for days, n in zip(EXPIRY_WINDOWS_DAYS, within, strict=True)},
         expired=int(expired),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -13,16 +14,27 @@ from services.controller.api.schemas.trustpoints import (
     TrustpointPublic,
     TrustpointSummary,
 )
+from shared.clock import utcnow
 from shared.logging import get_logger
 from shared.models import Certificate, Trustpoint
 from shared.pki import describe
+from shared.renewal import RENEWABLE
 
 log = get_logger(__name__)
 
 _TRUSTPOINT_FIELDS = tuple(
     name for name in TrustpointSummary.model_fields
-    if name not in ("device_name", "identity_certificate", "ca_certificates")
+    if name not in ("device_name", "identity_certificate", "ca_certificates", "renewal_warning")
 )
+
+
+def renewal_warning(trustpoint: Trustpoint, *, now: datetime) -> str | None:
+    """What an operator must do about a due certificate certfleet does not renew itself."""
+    due = trustpoint.renewal_due_at
+    if due is None or due > now or trustpoint.enrollment_type in RENEWABLE:
+        return None
+    return (f"renewal_due: the identity certificate is due for renewal since {due:%Y-%m-%d %H:%M} UTC; "
+            f"{trustpoint.enrollment_type} enrollment is renewed by an operator: re-enroll the trustpoint")
 
 
 def _split(certificates: Iterable[Any]) -> tuple[Any | None, list[Any]]:
@@ -41,11 +53,12 @@ def _summary(row: Any) -> CertificateSummary:
 
 
 def trustpoint_summary(
-    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Any]
+    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Any], now: datetime | None = None
 ) -> TrustpointSummary:
     identity, cas = _split(certificates)
     return TrustpointSummary(
         **{name: getattr(trustpoint, name) for name in _TRUSTPOINT_FIELDS},
+        renewal_warning=renewal_warning(trustpoint, now=now or utcnow()),
         device_name=device_name,
         identity_certificate=_summary(identity) if identity else None,
         ca_certificates=[_summary(c) for c in cas],
@@ -66,11 +79,12 @@ def certificate_public(cert: Certificate) -> CertificatePublic:
 
 
 def trustpoint_public(
-    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Certificate]
+    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Certificate], now: datetime | None = None
 ) -> TrustpointPublic:
     identity, cas = _split(certificates)
     return TrustpointPublic(
         **{name: getattr(trustpoint, name) for name in _TRUSTPOINT_FIELDS},
+        renewal_warning=renewal_warning(trustpoint, now=now or utcnow()),
         device_name=device_name,
         identity_certificate=certificate_public(identity) if identity else None,
         ca_certificates=[certificate_public(c) for c in cas],

@@ -16,6 +16,7 @@ from shared.enrollment import EnrollmentParameters, SubjectFields
 from shared.enums import EnrollmentType
 from shared.errors import ValidationError
 from shared.pki import load_certificates
+from shared.renewal import check_policy
 
 _URL_TYPES = (EnrollmentType.EST, EnrollmentType.SCEP)
 _SECRET_FOR = {"password": EnrollmentType.EST, "challenge_password": EnrollmentType.SCEP}
@@ -84,6 +85,8 @@ def object_columns(data: EnrollmentObjectCreate) -> dict[str, Any]:
                               code="ca_certificate_required")
     if data.ca_only and kind is not EnrollmentType.MANUAL:
         raise _not_applicable("ca_only", kind, "manual")
+
+    check_policy(validity_days=data.validity_days, fraction=data.renew_before_fraction, days=data.renew_before_days)
 
     if data.ocsp_url:
         columns["ocsp_url"] = check_http_url(data.ocsp_url, field="ocsp_url")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.enums import JobKind, JobState
+from shared.enums import JobKind, JobReason, JobState
 
 
 class JobStep(BaseModel):
@@ -29,6 +29,8 @@ class JobPublic(BaseModel):
     error_message: str | None
     steps: list[JobStep]
     batch_id: uuid.UUID | None
+    #: operator, bulk or renewal (the scheduler's)
+    reason: JobReason = JobReason.OPERATOR
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

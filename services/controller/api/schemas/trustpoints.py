@@ -61,6 +61,17 @@ class TrustpointSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     status_changed_at: datetime | None
+    #: When the identity certificate is due for renewal (certfleet renews EST, SCEP and
+    #: self-signed ones then); empty while a renewal is under way.
+    renewal_due_at: datetime | None = None
+    last_renewal_at: datetime | None = None
+    #: Renewals that failed in a row, and the last one's error.
+    renewal_failures: int = 0
+    renewal_error_code: str | None = None
+    renewal_error_message: str | None = None
+    #: Set when the certificate is due and certfleet cannot renew it (manual and PKCS12
+    #: enrollment): the operator must.
+    renewal_warning: str | None = None
     identity_certificate: CertificateSummary | None = None
     #: Issuing CA first, then up the chain towards the root.
     ca_certificates: list[CertificateSummary] = []
