@@ -54,6 +54,9 @@ class CertfleetClient:
     def schedules(self) -> list[dict]:
         return self._call("GET", "/schedules")
 
+    def update_schedule(self, name: str, **change: Any) -> dict:
+        return self._call("PUT", f"/schedules/{name}", json=change)
+
     # --- domains and devices --------------------------------------------------------------
     def domains(self) -> list[dict]:
         return list(self._pages("/domains"))

@@ -102,3 +102,10 @@ def authorize(
             f"role {principal.role.value} may only read; admin or network_admin may make changes"
         )
     return principal
+
+
+def require_admin(principal: Principal = Depends(authorize)) -> Principal:
+    """For settings of the whole installation (the scheduler's schedules): admin only."""
+    if principal.role is not Role.ADMIN:
+        raise ForbiddenError(f"role {principal.role.value} may not change this; only admin may")
+    return principal

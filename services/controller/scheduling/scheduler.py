@@ -28,7 +28,7 @@ from sqlmodel import Session, select
 
 from services.controller.scheduling import lease
 from services.controller.scheduling.schedules import RunContext, ScheduleSpec, default_schedules
-from services.controller.scheduling.timing import next_run_after_run
+from services.controller.scheduling.timing import Timing, next_run_after_run
 from shared.clock import utcnow
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_LEADER, SCHEDULER_RUNS
@@ -103,15 +103,13 @@ class Scheduler:
             row = rows.get(spec.name)
             timing = spec.timing
             if row is None:
-                # An interval schedule runs at once the first time; a cron one at its next time.
+                # The settings give a schedule its first timing; after that, the row's (an admin
+                # changes it through the API). An interval schedule runs at once the first time,
+                # a cron one at its next time.
                 first = timing.next_after(now) if timing.cron else now
                 session.add(Schedule(name=spec.name, cron=timing.cron, interval_seconds=timing.interval_seconds,
                                      next_run_at=first))
-            elif (row.cron, row.interval_seconds) != (timing.cron, timing.interval_seconds):
-                row.cron, row.interval_seconds = timing.cron, timing.interval_seconds
-                row.next_run_at = min(row.next_run_at, timing.next_after(now))
-                session.add(row)
-            if row is not None and row.run_id is not None:
+            elif row.run_id is not None:
                 row.run_id, row.run_started_at = None, None
                 row.last_outcome, row.last_detail, row.last_finished_at = "interrupted", INTERRUPTED_DETAIL, now
                 session.add(row)
@@ -136,7 +134,8 @@ class Scheduler:
             update(Schedule)
             .where(Schedule.name == spec.name, Schedule.next_run_at == row.next_run_at, Schedule.run_id.is_(None))
             .values(run_id=run_id, run_started_at=now, last_run_at=now,
-                    next_run_at=next_run_after_run(spec.timing, due=row.next_run_at, now=now))
+                    next_run_at=next_run_after_run(Timing(cron=row.cron, interval_seconds=row.interval_seconds),
+                                                   due=row.next_run_at, now=now))
             .execution_options(synchronize_session=False)
         )
         try:

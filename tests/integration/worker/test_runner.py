@@ -27,7 +27,7 @@ from services.worker.ca_gate import CIRCUIT_THRESHOLD, MemoryCaGate, ca_endpoint
 from services.worker.context import WorkerContext
 from services.worker.retry_policy import RetryPolicy
 from services.worker.runner import run_job
-from shared.clock import aware
+from shared.clock import aware, utcnow
 from shared.db import session_scope
 from shared.device_client import HttpDeviceClient
 from shared.events import JOBS_QUEUE
@@ -376,3 +376,74 @@ def test_a_job_for_a_ca_down_longer_than_the_give_up_time_fails_saying_since_whe
                               "gave up waiting after 60 min (CERTFLEET_CA_OUTAGE_GIVE_UP_SECONDS)")
     row = world.row(Trustpoint, trustpoint.id)
     assert (row.identity_status, row.error_code, row.error_message) == ("failed", "ca_unavailable", message)
+
+
+# --- renewal ---------------------------------------------------------------------------------------------
+
+def identity(world: World, trustpoint: Trustpoint) -> Certificate:
+    return next(c for c in world.certificates(trustpoint) if c.role == "identity")
+
+
+def test_an_installed_certificate_gets_its_renewal_time_and_a_renewal_replaces_it_once(world):
+    world.clock.advance((utcnow() - world.clock()).total_seconds())  # the simulator issues at the real time
+    device = world.device("FTD-000011")
+    trustpoint = world.trustpoint(device, validity_days=90)
+    assert world.run(world.job("enroll", trustpoint)).result == "succeeded"
+    first = identity(world, trustpoint)
+    row = world.row(Trustpoint, trustpoint.id)
+    window = (aware(first.not_after) - aware(first.not_before)) / 3
+    window_start = aware(first.not_after) - window
+    assert window_start <= aware(row.renewal_due_at) < window_start + window * world.ctx.settings.renewal_spread
+    assert (row.last_renewal_at, row.renewal_failures) == (None, 0)
+
+    world.clock.advance(60)
+    job_id = world.job("re_enroll", trustpoint, reason="renewal")
+    assert world.run(job_id).result == "succeeded"
+
+    renewed = identity(world, trustpoint)
+    assert renewed.serial_number != first.serial_number and renewed.job_id == job_id
+    row = world.row(Trustpoint, trustpoint.id)
+    assert aware(row.last_renewal_at) == world.clock()
+    new_window = (aware(renewed.not_after) - aware(renewed.not_before)) / 3
+    assert aware(renewed.not_after) - new_window <= aware(row.renewal_due_at) < aware(renewed.not_after)
+    assert (row.renewal_failures, row.renewal_error_code) == (0, None)
+
+
+def test_a_refresh_that_finds_the_same_certificate_keeps_a_failed_renewals_backoff(world):
+    device = world.device("FTD-000012")
+    trustpoint = world.trustpoint(device)
+    assert world.run(world.job("enroll", trustpoint)).result == "succeeded"
+    backoff = world.clock() + timedelta(hours=2)
+    with session_scope(world.engine) as session:
+        row = session.get(Trustpoint, trustpoint.id)
+        row.renewal_due_at, row.renewal_failures, row.renewal_error_code = backoff, 3, "ca_unavailable"
+        session.add(row)
+        session.commit()
+
+    assert world.run(world.job("refresh", trustpoint)).result == "succeeded"
+
+    row = world.row(Trustpoint, trustpoint.id)
+    assert (aware(row.renewal_due_at), row.renewal_failures, row.renewal_error_code) == (
+        backoff, 3, "ca_unavailable")
+
+
+def test_a_failed_renewal_shows_its_error_and_is_due_again_after_a_backoff(sqlite_engine, stub_broker, failing_sim):
+    world = make_world(sqlite_engine, stub_broker, failing_sim, job_max_attempts=1, renewal_retry_seconds=900)
+    device = world.device("FTD-000001")
+    trustpoint = world.trustpoint(device)
+    ends = world.clock() + timedelta(days=10)
+    world.add(Certificate(trustpoint_id=trustpoint.id, role="identity", pem="-", subject="CN=x", issuer="CN=x",
+                          serial_number="01", not_before=ends - timedelta(days=90), not_after=ends,
+                          key_algorithm="EC", key_size=256, signature_algorithm="ecdsa-with-SHA256",
+                          fingerprint_sha256="00" * 32))
+
+    assert world.run(world.job("re_enroll", trustpoint, reason="renewal")).result == "failed"
+
+    row = world.row(Trustpoint, trustpoint.id)
+    assert (row.renewal_failures, row.renewal_error_code) == (1, "device_error")
+    assert "FTD-000001" in row.renewal_error_message
+    assert aware(row.renewal_due_at) == world.clock() + timedelta(seconds=900)
+
+    # An operator's re-enroll that fails is not a renewal: the renewal state stays as it was.
+    assert world.run(world.job("re_enroll", trustpoint)).result == "failed"
+    assert world.row(Trustpoint, trustpoint.id).renewal_failures == 1

@@ -1,38 +1,66 @@
-"""``GET /api/v1/schedules``: what the scheduler runs, when it runs next and how the last run went.
+"""``GET /api/v1/schedules``: what the scheduler runs, when it runs next and how the last run
+went; ``PUT /api/v1/schedules/{name}``: change a schedule's timing or switch it off.
 
-Schedules are the whole installation's, not a domain's: any valid token may read them."""
+Schedules are the whole installation's, not a domain's: any valid token may read them, only
+an admin may change them."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from sqlmodel import Session, select
 
-from services.controller.api.auth import authorize
+from services.controller.api.auth import authorize, require_admin
 from services.controller.api.deps import get_session, get_settings
-from services.controller.api.schemas.schedules import SchedulePublic
-from services.controller.scheduling.schedules import default_schedules
+from services.controller.api.schemas.schedules import SchedulePublic, ScheduleUpdate
+from services.controller.scheduling.schedules import ScheduleSpec, default_schedules
 from services.controller.scheduling.timing import Timing
+from shared.clock import utcnow
+from shared.errors import NotFoundError
 from shared.models import Schedule
 from shared.settings import Settings
 
 router = APIRouter(prefix="/schedules", tags=["schedules"], dependencies=[Depends(authorize)])
 
 
+def _public(name: str, spec: ScheduleSpec | None, row: Schedule | None) -> SchedulePublic:
+    timing = Timing(cron=row.cron, interval_seconds=row.interval_seconds) if row else spec.timing
+    return SchedulePublic(
+        name=name, description=spec.description if spec else "", timing=timing.describe(),
+        enabled=row.enabled if row else True, next_run_at=row.next_run_at if row else None,
+        last_run_at=row.last_run_at if row else None, last_finished_at=row.last_finished_at if row else None,
+        last_outcome=row.last_outcome if row else "", last_detail=row.last_detail if row else "",
+        running=bool(row and row.run_id is not None),
+    )
+
+
 @router.get("", response_model=list[SchedulePublic])
 def list_schedules(session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
-    """Every schedule, in name order. One that no scheduler has run yet shows no runs."""
+    """Every schedule, in name order. One that no scheduler has taken up yet shows no runs."""
     specs = {spec.name: spec for spec in default_schedules(settings)}
     rows = {row.name: row for row in session.exec(select(Schedule)).all()}
-    shown = []
-    for name in sorted(specs.keys() | rows.keys()):
-        spec, row = specs.get(name), rows.get(name)
-        timing = Timing(cron=row.cron, interval_seconds=row.interval_seconds) if row else spec.timing
-        shown.append(SchedulePublic(
-            name=name, description=spec.description if spec else "", timing=timing.describe(),
-            enabled=row.enabled if row else True,
-            next_run_at=row.next_run_at if row else None,
-            last_run_at=row.last_run_at if row else None, last_finished_at=row.last_finished_at if row else None,
-            last_outcome=row.last_outcome if row else "", last_detail=row.last_detail if row else "",
-            running=bool(row and row.run_id is not None),
-        ))
-    return shown
+    return [_public(name, specs.get(name), rows.get(name)) for name in sorted(specs.keys() | rows.keys())]
+
+
+@router.put("/{name}", response_model=SchedulePublic, dependencies=[Depends(require_admin)])
+def update_schedule(name: str, body: ScheduleUpdate, session: Session = Depends(get_session),
+                    settings: Settings = Depends(get_settings)):
+    """Change a schedule's timing or switch it on or off (admin). A new timing counts its next
+    run from now."""
+    specs = {spec.name: spec for spec in default_schedules(settings)}
+    if name not in specs:
+        raise NotFoundError(f"no schedule named {name!r}; the schedules are {', '.join(sorted(specs))}",
+                            code="schedule_not_found")
+    now = utcnow()
+    row = session.get(Schedule, name, with_for_update=True)
+    if row is None:  # no scheduler has taken it up yet: start it from its default timing
+        timing = specs[name].timing
+        row = Schedule(name=name, cron=timing.cron, interval_seconds=timing.interval_seconds, next_run_at=now)
+    if body.cron is not None or body.interval_seconds is not None:
+        timing = Timing(cron=body.cron or "", interval_seconds=body.interval_seconds)  # refuses a bad one
+        row.cron, row.interval_seconds = timing.cron, timing.interval_seconds
+        row.next_run_at = timing.next_after(now)
+    if body.enabled is not None:
+        row.enabled = body.enabled
+    session.add(row)
+    session.commit()
+    return _public(name, specs[name], row)

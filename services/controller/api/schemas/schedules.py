@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SchedulePublic(BaseModel):
@@ -22,3 +22,13 @@ class SchedulePublic(BaseModel):
     last_detail: str
     #: True while a run is under way.
     running: bool
+
+
+class ScheduleUpdate(BaseModel):
+    """Change a schedule: its timing (a cron expression or an interval, not both) and whether it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = Field(default=None, max_length=128)
+    interval_seconds: int | None = None
+    enabled: bool | None = None
