@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from services.controller.scheduling import lease
