@@ -122,6 +122,15 @@ def _show(client: CertfleetClient, args: argparse.Namespace, device: dict) -> in
         summary.add_row("error", f"{tp['error_code']}: {tp['error_message']}")
     if tp.get("csr_pem"):
         summary.add_row("CSR", f"waiting: certfleet trustpoint csr {args.device} {tp['name']}")
+    if tp.get("renewal_due_at"):
+        summary.add_row("renewal due", tp["renewal_due_at"].replace("T", " ")[:19] + " UTC")
+    if tp.get("last_renewal_at"):
+        summary.add_row("last renewal", tp["last_renewal_at"].replace("T", " ")[:19] + " UTC")
+    if tp.get("renewal_error_code"):
+        summary.add_row("renewal error", f"{tp['renewal_error_code']}: {tp['renewal_error_message']} "
+                                         f"({tp['renewal_failures']} in a row)")
+    if tp.get("renewal_warning"):
+        summary.add_row("warning", tp["renewal_warning"])
     console.print(summary)
     if tp.get("identity_certificate"):
         console.print(_certificate_table("identity certificate", tp["identity_certificate"]))
