@@ -39,7 +39,7 @@ class CertfleetClient:
         if response.status_code >= 400:
             try:
                 body = response.json()
-                raise ApiError(response.status_code, body.get("code", "error"), body.get("detail", ""))
+                raise ApiError(response.status_code, body.get("code", "error"), body.get("detail", ""), extra=body)
             except ValueError:
                 raise ApiError(response.status_code, "error", response.text[:200]) from None
         return response
@@ -122,6 +122,26 @@ class CertfleetClient:
 
     def bulk_enrollment(self, batch_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("GET", f"/domains/{domain_id}/bulk-enrollments/{batch_id}")
+
+    def start_bulk_action(
+        self, action: str, enrollment_object_id: str, *, selection: dict, filters: dict | None = None,
+        confirm: bool = False, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        return self._call("POST", f"/domains/{domain_id}/bulk-actions", json={
+            "action": action, "enrollment_object_id": enrollment_object_id, "selection": selection,
+            "filters": filters or {}, "confirm": confirm,
+        })
+
+    def bulk_action(self, batch_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("GET", f"/domains/{domain_id}/bulk-actions/{batch_id}")
+
+    def bulk_weak_crypto(
+        self, weak_crypto: bool, *, selection: dict, confirm: bool = False,
+        domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        return self._call("POST", f"/domains/{domain_id}/bulk-weak-crypto", json={
+            "selection": selection, "weak_crypto": weak_crypto, "confirm": confirm,
+        })
 
     def trustpoint(self, device_id: str, name: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("GET", f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}")

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--object", required=True, metavar="NAME",
                         help="name of the certificate enrollment object to install")
+    add_selection_arguments(parser)
+    add_follow_arguments(parser, what="the enrollment")
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The device selection (checked by :func:`check_selection`) and ``--domain``."""
     which = parser.add_argument_group("device selection (one of --all, --device, or the filters)")
     which.add_argument("--all", action="store_true", help="every device of the domain and its subdomains")
     which.add_argument("--device", nargs="+", action="extend", default=[], metavar="DEVICE",
@@ -39,8 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model", metavar="M", help="devices of model M (combines with --name-pattern)")
     parser.add_argument("--domain", default=str(GLOBAL_DOMAIN_ID), metavar="DOMAIN",
                         help="domain by id or name (default Global)")
+
+
+def add_follow_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """How a batch is followed, and the API's URL and token."""
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between progress polls")
-    parser.add_argument("--no-wait", action="store_true", help="start the enrollment and exit")
+    parser.add_argument("--no-wait", action="store_true", help=f"start {what} and exit")
     add_api_arguments(parser)
 
 
@@ -79,22 +89,52 @@ def resolve_object(client: CertfleetClient, name: str, *, domain_id: str) -> dic
                    "create it first or check --domain")
 
 
-def summary(batch: dict, *, object_name: str) -> list[str]:
+def summary(batch: dict, *, object_name: str, title: str = "bulk enrollment",
+            skipped_because: str = "they already had it") -> list[str]:
     """What the operator reads at the end: the counts (the failures table follows)."""
     rate = batch["total"] / batch["elapsed_seconds"] if batch["elapsed_seconds"] else 0.0
     return [
-        f"bulk enrollment {batch['id']}: {object_name} on {batch['selected']} selected devices, "
-        f"{batch['skipped']} skipped (they already had it)",
+        f"{title} {batch['id']}: {object_name} on {batch['selected']} selected devices, "
+        f"{batch['skipped']} skipped ({skipped_because})",
         f"{batch['succeeded']} succeeded, {batch['failed']} failed of {batch['total']} "
         f"in {batch['elapsed_seconds']:.1f} s ({rate:.0f} per s)",
     ]
 
 
+def follow_to_end(client: CertfleetClient, batch: dict, *, domain_id: str, console, interval: float,
+                  title: str = "bulk enrollment", path: str = "bulk-enrollments", label: str = "enrolling",
+                  fetch=None) -> dict:
+    """The batch once every job has ended, drawn on a live bar meanwhile; Ctrl-C stops following
+    (exit 130), not the batch."""
+    from services.cli.progress import follow
+
+    try:
+        [batch] = follow(client, [batch], domain_id=domain_id, console=console, interval=interval, label=label,
+                         fetch=fetch)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted", f"stopped following; {title} {batch['id']} goes on "
+                                         f"(GET /api/v1/domains/{domain_id}/{path}/{batch['id']})") from None
+    return batch
+
+
+def report(batch: dict, lines: list[str], *, console, verb: str = "enroll") -> int:
+    """Print the summary and the failures by error code; ``devices_failed`` when any device failed."""
+    from services.cli.progress import failures_table
+
+    for line in lines:
+        console.print(line)
+    table = failures_table([batch])
+    if table is not None:
+        console.print(table)
+    if batch["failed"]:
+        raise CliError("devices_failed", f"{batch['failed']} of {batch['total']} devices failed to {verb} "
+                                         "(failures by error code above)")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     # Loaded when the command runs: `certfleet --help` and the other commands start faster without.
     from rich.console import Console
-
-    from services.cli.progress import failures_table, follow
 
     check_selection(args)
     console = Console()
@@ -108,18 +148,5 @@ def main(args: argparse.Namespace) -> int:
                       f"({batch['skipped']} skipped: they already had it)")
         if args.no_wait:
             return 0
-        try:
-            [batch] = follow(client, [batch], domain_id=domain_id, console=console, interval=args.interval)
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted", f"stopped following; bulk enrollment {batch['id']} goes on "
-                                             f"(GET /api/v1/domains/{domain_id}/bulk-enrollments/{batch['id']})"
-                              ) from None
-    for line in summary(batch, object_name=obj["name"]):
-        console.print(line)
-    table = failures_table([batch])
-    if table is not None:
-        console.print(table)
-    if batch["failed"]:
-        raise CliError("devices_failed", f"{batch['failed']} of {batch['total']} devices failed to enroll "
-                                         "(failures by error code above)")
-    return 0
+        batch = follow_to_end(client, batch, domain_id=domain_id, console=console, interval=args.interval)
+    return report(batch, summary(batch, object_name=obj["name"]), console=console)

@@ -45,11 +45,13 @@ class Interrupted(CliError):
 
 
 class ApiError(Exception):
-    """The controller's API answered with a problem: its HTTP status, stable code and detail."""
+    """The controller's API answered with a problem: its HTTP status, stable code and detail, and
+    the problem's other members (``extra``), such as how many devices a refused action would touch."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, extra: dict | None = None) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status, self.code, self.detail = status, code, detail
+        self.extra = extra or {}
 
 
 def failure_of(exc: BaseException, *, api_url: str | None = None) -> Failure | None:

@@ -1,6 +1,6 @@
 """The ``certfleet`` command. This module only wires the subcommands together: each lives in
 its own module, which adds its arguments and runs it: the operator's commands in this package
-(demo, up, enroll, devices, operator), the services' own with their service (controller,
+(demo, up, enroll, the bulk actions, devices, operator), the services' own with their service (controller,
 worker, device-sim, ca, token). Every command runs under one error convention
 (:mod:`services.cli.errors`).
 
@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "ca", "services.ca_sim.cli", "CA simulator (EST and SCEP)")
     command(sub, "db", "services.cli.db", "the database schema: certfleet db upgrade")
     command(sub, "enroll", "services.cli.enroll", "install an enrollment object on many devices and follow it")
+    command(sub, "re-enroll", "services.cli.bulk", "re-enroll an enrollment object's trustpoints on many devices",
+            main="re_enroll")
+    command(sub, "refresh", "services.cli.bulk", "refresh an enrollment object's trustpoints on many devices",
+            main="refresh")
+    command(sub, "delete", "services.cli.bulk", "delete an enrollment object's trustpoints from many devices",
+            add="add_delete_arguments", main="delete")
+    weak_crypto = group(sub, "weak-crypto", "allow or forbid weak ciphers on many devices")
+    command(weak_crypto, "enable", "services.cli.bulk", "enable weak-crypto (asks to confirm; --yes to skip)",
+            add="add_weak_crypto_arguments", main="weak_crypto_enable")
+    command(weak_crypto, "disable", "services.cli.bulk", "disable weak-crypto",
+            add="add_weak_crypto_arguments", main="weak_crypto_disable")
 
     token = group(sub, "token", "API tokens")
     command(token, "create", "services.controller.cli", "create a token and print it",

@@ -1,6 +1,7 @@
-"""Following bulk enrollments to their end, as ``certfleet enroll`` and ``certfleet demo`` show
-them: one live progress bar over every batch (succeeded, failed, queued, running, the
-controller's ETA), then the failures grouped by error code."""
+"""Following bulk enrollments and bulk actions to their end, as ``certfleet enroll``, ``demo``
+and ``re-enroll``/``refresh``/``delete`` show them: one live progress bar over every batch
+(succeeded, failed, queued, running, the controller's ETA), then the failures grouped by error
+code."""
 
 from __future__ import annotations
 
@@ -64,13 +65,17 @@ def _fields(progress: dict) -> dict:
 
 def follow(client: CertfleetClient, batches: Sequence[dict], *, domain_id: str, console: Console,
            interval: float, clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+           sleep: Callable[[float], None] = time.sleep, label: str = "enrolling",
+           fetch: Callable[..., dict] | None = None) -> list[dict]:
     """Draw the batches' progress until every one has finished; return their last states.
 
+    ``fetch(batch_id, domain_id=…)`` reads a batch again: a bulk enrollment's by default, a bulk
+    action's with ``client.bulk_action``. ``label`` leads the bar ("re-enrolling").
     A controller that stops answering (restarting, its database away for a moment) is waited
-    out for :data:`UNREACHABLE_PATIENCE_S`: the enrollment goes on in the workers meanwhile."""
+    out for :data:`UNREACHABLE_PATIENCE_S`: the batch goes on in the workers meanwhile."""
+    fetch = fetch or client.bulk_enrollment
     columns = (
-        TextColumn("[bold]enrolling"), BarColumn(), MofNCompleteColumn(),
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[green]{task.fields[succeeded]} succeeded [red]{task.fields[failed]} failed "
                    "[default]{task.fields[queued]} queued {task.fields[running]} running"),
         TextColumn("{task.fields[eta]}"), TimeElapsedColumn(),
@@ -87,7 +92,7 @@ def follow(client: CertfleetClient, batches: Sequence[dict], *, domain_id: str, 
                 return latest
             sleep(interval)
             try:
-                latest = [b if b["finished"] else client.bulk_enrollment(b["id"], domain_id=domain_id)
+                latest = [b if b["finished"] else fetch(b["id"], domain_id=domain_id)
                           for b in latest]
                 answered = clock()
             except (httpx.TransportError, ApiError) as exc:

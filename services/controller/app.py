@@ -16,6 +16,7 @@ from services.controller.api import problems
 from services.controller.api.auth import TokenCache
 from services.controller.api.routers import (
     audit,
+    bulk_actions,
     bulk_enrollments,
     certificates,
     devices,
@@ -110,8 +111,8 @@ def create_app(
     problems.install(app)
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (domains, devices, enrollment_objects, trustpoints, certificates, bulk_enrollments, jobs,
-                   audit, schedules):
+    for module in (domains, devices, enrollment_objects, trustpoints, certificates, bulk_enrollments,
+                   bulk_actions, jobs, audit, schedules):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -16,6 +16,7 @@ from services.controller.crud.devices import get_device
 from services.controller.crud.enrollment_objects import get_object
 from services.controller.queueing.jobs import ensure_no_unfinished_job, new_job
 from services.controller.rules.scope import DomainScope
+from services.controller.rules.trustpoint_actions import action_of
 from services.controller.short_cache import ShortCache
 from shared.enums import EnrollmentType, JobKind
 from shared.errors import ConflictError, NotFoundError
@@ -177,7 +178,7 @@ def start_action(
     session.refresh(trustpoint)
     ensure_no_unfinished_job(session, trustpoint_id=trustpoint.id,
                              what=f"trustpoint {trustpoint.name} of device {device.name}")
-    if kind in (JobKind.RE_ENROLL, JobKind.REFRESH):
+    if action_of(kind).restarts_statuses:
         transition(trustpoint, now=now, ca=Status.IN_PROGRESS, identity=Status.IN_PROGRESS)
         session.add(trustpoint)
     job = new_job(session, kind=kind, trustpoint=trustpoint, settings=settings, now=now,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.cli import demo, devices, enroll, up
+from services.cli import bulk, demo, devices, enroll, up
 from services.cli.main import build_parser, main
 from services.controller import cli as controller_cli
 from tests.support.procs import ROOT, free_port
@@ -18,6 +18,11 @@ from tests.support.procs import ROOT, free_port
     (["demo"], demo.main),
     (["up"], up.main),
     (["enroll", "--object", "vpn", "--all"], enroll.main),
+    (["re-enroll", "--object", "vpn", "--all", "--expiring-within", "30d"], bulk.re_enroll),
+    (["refresh", "--object", "vpn", "--model", "FTDv", "--status", "failed"], bulk.refresh),
+    (["delete", "--object", "vpn", "--device", "edge-1", "--yes"], bulk.delete),
+    (["weak-crypto", "enable", "--all", "--yes"], bulk.weak_crypto_enable),
+    (["weak-crypto", "disable", "--name-pattern", "edge-*"], bulk.weak_crypto_disable),
     (["devices", "import", "--from-sim", "http://127.0.0.1:8400"], devices.import_devices),
     (["controller"], controller_cli.main),
     (["token", "create", "--role", "admin"], controller_cli.token_create),
@@ -29,6 +34,7 @@ def test_each_subcommand_runs_its_module(argv, runs):
 @pytest.mark.parametrize("argv", [
     ["trustpoint", "show", "edge", "vpn"], ["enroll", "--object", "vpn", "--all"],
     ["devices", "import", "--from-sim", "http://127.0.0.1:8400"], ["device", "weak-crypto", "edge", "--disable"],
+    ["re-enroll", "--object", "vpn", "--all"], ["weak-crypto", "enable", "--all"],
 ])
 def test_without_a_token_every_api_command_is_a_configuration_error(argv, capsys, monkeypatch):
     monkeypatch.delenv("CERTFLEET_TOKEN", raising=False)
@@ -46,9 +52,21 @@ def test_an_api_nobody_answers_at_is_the_same_failure_for_every_command(argv, ca
     assert capsys.readouterr().err.startswith(f"error: api_unreachable: cannot reach the API at {url}: ")
 
 
-def test_choosing_no_devices_is_a_usage_error(capsys):
-    assert main(["enroll", "--object", "vpn", "--token", "t"]) == 2
+@pytest.mark.parametrize("argv", [
+    ["enroll", "--object", "vpn"], ["delete", "--object", "vpn", "--yes"], ["weak-crypto", "disable"],
+    ["refresh", "--object", "vpn", "--all", "--model", "FTDv"],
+])
+def test_choosing_no_devices_or_two_ways_is_a_usage_error(argv, capsys):
+    assert main([*argv, "--token", "t"]) == 2
     assert "error: bad_selection: choose the devices with exactly one of --all" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["30x", "-1", "d", "1.5d"])
+def test_expiring_within_takes_days(value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["re-enroll", "--object", "vpn", "--all", "--expiring-within", value, "--token", "t"])
+    assert exited.value.code == 2
+    assert "is not a number of days, e.g. 30d" in capsys.readouterr().err
 
 
 def test_building_the_parser_loads_no_command_s_implementation():

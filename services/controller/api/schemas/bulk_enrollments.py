@@ -42,7 +42,9 @@ class FailureGroup(BaseModel):
     example_message: str
 
 
-class BulkEnrollmentPublic(BaseModel):
+class BatchProgress(BaseModel):
+    """A bulk operation's progress, derived from its jobs: what every kind of batch shows."""
+
     id: uuid.UUID
     domain_id: uuid.UUID
     enrollment_object_id: uuid.UUID
@@ -61,3 +63,7 @@ class BulkEnrollmentPublic(BaseModel):
     elapsed_seconds: float
     #: Seconds until the last job ends at the rate seen so far; null before the first ends.
     eta_seconds: float | None
+
+
+class BulkEnrollmentPublic(BatchProgress):
+    """A bulk enrollment: ``selected`` devices, ``skipped`` those that already had the trustpoint."""
