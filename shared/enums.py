@@ -34,6 +34,8 @@ class JobKind(StrEnum):
     DELETE = "delete"
     #: Install the identity certificate an operator imported into a manual trustpoint.
     INSTALL_IDENTITY = "install_identity"
+    #: Push certfleet's current CA bundle to a device (no trustpoint).
+    BUNDLE_UPDATE = "bundle_update"
 
 
 class JobReason(StrEnum):

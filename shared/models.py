@@ -79,6 +79,8 @@ class Device(SQLModel, table=True):
     #: Base URL of this device's management API, e.g. http://127.0.0.1:8400/api/devices/FTD-000001
     management_url: str = Field(max_length=512)
     weak_crypto: bool = False
+    #: The version of certfleet's CA bundle the device last confirmed it holds ("" for none).
+    bundle_version: str = Field(default="", max_length=32, index=True)
     created_at: datetime = _ts()
 
 
@@ -269,9 +271,10 @@ class Batch(SQLModel, table=True):
     domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
     #: ``enroll`` for a bulk enrollment, else the trustpoint action (a JobKind value).
     action: str = Field(default="enroll", max_length=16)
-    #: The enrollment object installed, or the one whose trustpoints an action selects.
-    enrollment_object_id: uuid.UUID = Field(foreign_key="enrollment_object.id")
-    trustpoint_name: str = Field(max_length=255)
+    #: The enrollment object installed, or the one whose trustpoints an action selects; none for
+    #: a CA-bundle push (``bundle_update``), which is about devices.
+    enrollment_object_id: uuid.UUID | None = Field(default=None, foreign_key="enrollment_object.id")
+    trustpoint_name: str = Field(default="", max_length=255)
     #: The selection as the operator gave it.
     selection: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     #: Devices (enroll) or trustpoints (actions) selected, and those skipped: devices that
@@ -345,6 +348,47 @@ class LeaderLease(SQLModel, table=True):
     holder: str = Field(default="", max_length=128)
     token: int = 0
     expires_at: datetime = _ts()
+
+
+class CaBundleState(SQLModel, table=True):
+    """certfleet's own CA bundle: the CA certificates it trusts for the TLS servers it connects to,
+    and pushes to every device. One row, replaced in one transaction (a failed update leaves the
+    old bundle whole)."""
+
+    __tablename__ = "ca_bundle"
+
+    name: str = Field(default="certfleet", primary_key=True, max_length=32)
+    version: str = Field(default="", max_length=32)
+    sha256: str = Field(default="", max_length=64)
+    pem: str = ""
+    certificates: int = 0
+    #: The bundle source it came from, and when that source published it.
+    source_url: str = Field(default="", max_length=512)
+    published_at: datetime | None = _ts(nullable=True)
+    #: When it was installed here ("CA bundle was last modified …").
+    last_modified: datetime | None = _ts(nullable=True)
+
+
+class CaBundleUpdate(SQLModel, table=True):
+    """One CA-bundle test or update and its outcome: who asked (or which schedule), the versions,
+    whether it was forced, and the servers that failed their connection check."""
+
+    __tablename__ = "ca_bundle_update"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    #: test | run-now | schedule
+    action: str = Field(max_length=16)
+    requested_by: str = Field(default="", max_length=255)
+    #: updated | up_to_date | failed_checks | forced | invalid | unreachable | checks_passed
+    outcome: str = Field(max_length=16)
+    forced: bool = False
+    old_version: str = Field(default="", max_length=32)
+    new_version: str = Field(default="", max_length=32)
+    #: [{"server": "host:port", "reason": "…"}, …]
+    failed_servers: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    detail: str = Field(default="", max_length=2048)
+    batch_id: uuid.UUID | None = None
+    created_at: datetime = _ts(index=True)
 
 
 class ApiToken(SQLModel, table=True):

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from services.controller.api.schemas.bulk_enrollments import FailureGroup
 from services.controller.rules.scope import DomainScope
 from services.controller.short_cache import ShortCache
-from shared.enums import JobState
+from shared.enums import JobKind, JobState
 from shared.errors import NotFoundError
 from shared.models import Batch, Job
 
@@ -32,8 +32,16 @@ def chunks(items: Sequence[T], size: int = INSERT_CHUNK) -> Iterator[Sequence[T]
         yield items[start:start + size]
 
 
+#: Batch.action of a CA-bundle push to devices: neither an enrollment nor a trustpoint action.
+BUNDLE_UPDATE = JobKind.BUNDLE_UPDATE.value
+
+
 def _of_kind(enrollments: bool):
-    return Batch.action == ENROLL if enrollments else Batch.action != ENROLL
+    return Batch.action == ENROLL if enrollments else Batch.action.not_in((ENROLL, BUNDLE_UPDATE))
+
+
+def _is_kind(batch: Batch, enrollments: bool) -> bool:
+    return batch.action == ENROLL if enrollments else batch.action not in (ENROLL, BUNDLE_UPDATE)
 
 
 def _kind_name(enrollments: bool) -> str:
@@ -43,7 +51,7 @@ def _kind_name(enrollments: bool) -> str:
 def get_batch(session: Session, *, scope: DomainScope, batch_id: uuid.UUID, enrollments: bool) -> Batch:
     """A bulk enrollment (``enrollments``) or a bulk trustpoint action the domain can see."""
     batch = session.get(Batch, batch_id)
-    if batch is None or not scope.sees(batch.domain_id) or (batch.action == ENROLL) != enrollments:
+    if batch is None or not scope.sees(batch.domain_id) or not _is_kind(batch, enrollments):
         raise NotFoundError(f"{_kind_name(enrollments)} {batch_id} not found in this domain")
     return batch
 
