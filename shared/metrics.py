@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 ENROLLMENTS = Counter(
@@ -40,6 +40,12 @@ RENEWALS = Counter(
     "certfleet_renewals",
     "Automatic renewals finished, by enrollment method and outcome (succeeded or failed).",
     ["method", "outcome"],
+)
+CA_BUNDLE_UPDATES = Counter(
+    "certfleet_ca_bundle_updates",
+    "CA-bundle tests and updates, by outcome (updated, up_to_date, failed_checks, forced, invalid, "
+    "unreachable; for tests checks_passed and checks_failed).",
+    ["outcome"],
 )
 SCHEDULER_RUNS = Counter(
     "certfleet_scheduler_runs",
@@ -120,6 +126,21 @@ class FleetCollector(Collector):
         for schedule, started in sorted(snap.schedule_last_runs.items()):
             last_runs.add_metric([schedule], started)
         yield last_runs
+        if snap.ca_bundle_version:
+            info = InfoMetricFamily("certfleet_ca_bundle_version", "certfleet's installed CA bundle.",
+                                    labels=["version", "sha256"])
+            info.add_metric([snap.ca_bundle_version, snap.ca_bundle_sha256], {})
+            yield info
+        if snap.ca_bundle_last_modified is not None:
+            yield GaugeMetricFamily("certfleet_ca_bundle_last_modified_timestamp_seconds",
+                                    "When certfleet's CA bundle was last replaced (Unix time).",
+                                    value=snap.ca_bundle_last_modified)
+        on_bundle = GaugeMetricFamily("certfleet_devices_ca_bundle",
+                                      "Devices holding the current CA bundle version, and the others.",
+                                      labels=["version"])
+        on_bundle.add_metric(["current"], snap.devices_on_bundle.get("current", 0))
+        on_bundle.add_metric(["older"], snap.devices_on_bundle.get("older", 0))
+        yield on_bundle
         if snap.earliest_expiry is not None:
             yield GaugeMetricFamily(
                 "certfleet_certificate_earliest_expiry_timestamp_seconds",
@@ -137,6 +158,10 @@ class FleetSnapshot:
         earliest_expiry: float | None,
         renewal_due: dict[str, int] | None = None,
         schedule_last_runs: dict[str, float] | None = None,
+        ca_bundle_version: str = "",
+        ca_bundle_sha256: str = "",
+        ca_bundle_last_modified: float | None = None,
+        devices_on_bundle: dict[str, int] | None = None,
     ) -> None:
         self.statuses = statuses
         self.expiring_within = expiring_within
@@ -144,3 +169,6 @@ class FleetSnapshot:
         self.earliest_expiry = earliest_expiry
         self.renewal_due = renewal_due or {}
         self.schedule_last_runs = schedule_last_runs or {}
+        self.ca_bundle_version, self.ca_bundle_sha256 = ca_bundle_version, ca_bundle_sha256
+        self.ca_bundle_last_modified = ca_bundle_last_modified
+        self.devices_on_bundle = devices_on_bundle or {}

@@ -64,6 +64,18 @@ class Settings:
     scheduler_lease_seconds: float = 15.0
     #: Seconds between the scheduler's looks at its lease and its schedules.
     scheduler_tick_seconds: float = 1.0
+    #: CA bundle sources: comma-separated https:// URLs, tried in order.
+    ca_bundle_urls: str = ""
+    #: PEM file of the pinned bundle-signing certificate: a bundle whose signature does not verify
+    #: with it is refused.
+    ca_bundle_signer: str = ""
+    #: Optional PEM file trusted for the bundle sources' TLS, besides the installed bundle.
+    ca_bundle_trust: str = ""
+    #: More servers that must stay reachable after a CA-bundle update: comma-separated
+    #: https:// URLs or host:port.
+    connection_checks: str = ""
+    #: Seconds between passes that push the current CA bundle to devices that lack it.
+    ca_bundle_drift_seconds: int = 300
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -106,7 +118,8 @@ class Settings:
                      "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch",
                      "ca_concurrency", "ca_rate_per_second", "ca_backoff_max_ms",
                      "ca_outage_give_up_seconds", "renewal_retry_seconds", "renewal_retry_max_seconds",
-                     "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds"):
+                     "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds",
+                     "ca_bundle_drift_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
         if not 0 <= self.renewal_spread <= 1:

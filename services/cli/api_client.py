@@ -50,6 +50,19 @@ class CertfleetClient:
             return None
         return response.json()
 
+    # --- certfleet's CA bundle -------------------------------------------------------------
+    def cert_update_status(self) -> dict:
+        return self._call("GET", "/cert-update")
+
+    def cert_update_test(self) -> dict:
+        return self._call("POST", "/cert-update/test", timeout=120)
+
+    def cert_update_run_now(self, *, force: bool = False) -> dict:
+        return self._call("POST", "/cert-update/run-now", json={"force": force}, timeout=120)
+
+    def cert_update_auto(self, *, enabled: bool) -> dict:
+        return self._call("PUT", "/cert-update/auto-update", json={"enabled": enabled})
+
     # --- the scheduler ---------------------------------------------------------------------
     def schedules(self) -> list[dict]:
         return self._call("GET", "/schedules")

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "controller", "services.controller.cli", "serve the REST API (with the reconciler and scheduler)")
     command(sub, "scheduler", "services.controller.cli", "run the scheduler alone (renewals), without the API",
             add="add_scheduler_arguments", main="scheduler_main")
+    command(sub, "cert-update", "services.cli.cert_update", "certfleet's CA bundle: test, run-now, auto-update")
+    command(sub, "show", "services.cli.cert_update", "show settings: certfleet show cert-update",
+            add="add_show_arguments")
     command(sub, "schedules", "services.cli.schedules", "show the scheduler's schedules, next and last runs")
     command(sub, "worker", "services.worker.cli", "run Dramatiq worker processes")
     command(sub, "device-sim", "services.device_sim.cli", "serve a simulated device fleet")

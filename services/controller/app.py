@@ -18,6 +18,7 @@ from services.controller.api.routers import (
     audit,
     bulk_actions,
     bulk_enrollments,
+    cert_update,
     certificates,
     devices,
     domains,
@@ -112,7 +113,7 @@ def create_app(
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, bulk_enrollments,
-                   bulk_actions, jobs, audit, schedules):
+                   bulk_actions, jobs, audit, schedules, cert_update):
         api.include_router(module.router)
     app.include_router(api)
     return app

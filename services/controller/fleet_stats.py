@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from shared.enums import CertificateRole
 from shared.metrics import EXPIRY_WINDOWS_DAYS, FleetSnapshot
-from shared.models import Certificate, Schedule, Trustpoint
+from shared.models import CaBundleState, Certificate, Device, Schedule, Trustpoint
 
 
 def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
@@ -41,7 +41,17 @@ def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
     ).all())
     last_runs = {name: started.timestamp() for name, started in session.exec(
         select(Schedule.name, Schedule.last_run_at).where(Schedule.last_run_at.is_not(None))).all()}
+    bundle = session.get(CaBundleState, "certfleet")
+    current = bundle.version if bundle is not None else ""
+    on_current = dict(session.exec(
+        select(Device.bundle_version == current, func.count()).group_by(Device.bundle_version == current)).all()
+    ) if bundle is not None else {}
     return FleetSnapshot(
+        ca_bundle_version=current,
+        ca_bundle_sha256=bundle.sha256 if bundle is not None else "",
+        ca_bundle_last_modified=bundle.last_modified.timestamp() if bundle and bundle.last_modified else None,
+        devices_on_bundle={"current": on_current.get(True, 0), "older": on_current.get(False, 0)}
+        if bundle is not None else {"older": session.exec(select(func.count()).select_from(Device)).one()},
         renewal_due=renewal_due,
         schedule_last_runs=last_runs,
         statuses=statuses,

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from services.controller.scheduling import lease
-from services.controller.scheduling.schedules import RunContext, ScheduleSpec, default_schedules
+from services.controller.scheduling.schedules import RunContext, ScheduleSpec, installation_schedules
 from services.controller.scheduling.timing import Timing, next_run_after_run
 from shared.clock import utcnow
 from shared.logging import get_logger
@@ -60,7 +60,10 @@ class Scheduler:
         specs: list[ScheduleSpec] | None = None, clock: Callable[[], datetime] = utcnow, holder: str | None = None,
     ) -> None:
         self.engine, self.broker, self.settings, self.clock = engine, broker, settings, clock
-        self.specs = {spec.name: spec for spec in (specs if specs is not None else default_schedules(settings))}
+        if specs is None:
+            with Session(engine) as session:
+                specs = installation_schedules(session, settings)
+        self.specs = {spec.name: spec for spec in specs}
         self.holder = holder or default_holder()
         self.leadership: lease.Leadership | None = None
         self._stop = threading.Event()

@@ -41,8 +41,38 @@ def _renewal(ctx: RunContext) -> str:
     return run_renewal_pass(ctx.session, ctx.broker, now=ctx.now, settings=ctx.settings, fence=ctx.fence).describe()
 
 
-def default_schedules(settings: Settings) -> list[ScheduleSpec]:
+def _ca_bundle_update(ctx: RunContext) -> str:
+    from services.controller.ca_bundles.updates import run_update
+
+    result = run_update(ctx.session, ctx.broker, ctx.settings, now=ctx.now, force=False, action="schedule",
+                        requested_by="schedule ca-bundle-update")
+    if not result.ok:
+        raise RuntimeError(f"{result.message} " + "; ".join(f"{f['server']}: {f['reason']}"
+                                                             for f in result.failed_servers))
+    return f"{result.message} (version {result.latest_version}, {result.outcome})"
+
+
+def _ca_bundle_drift(ctx: RunContext) -> str:
+    from services.controller.ca_bundles.push import push_drifted
+
+    return push_drifted(ctx.session, ctx.broker, settings=ctx.settings, now=ctx.now, fence=ctx.fence)
+
+
+def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
+    """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
+    :mod:`services.controller.ca_bundles.auto_update`)."""
     return [
         ScheduleSpec("renewal", Timing(interval_seconds=settings.renewal_interval_seconds), _renewal,
                      "re-enroll trustpoints whose certificate is due for renewal"),
+        ScheduleSpec("ca-bundle-update", Timing(cron=bundle_cron), _ca_bundle_update,
+                     "replace certfleet's CA bundle with the latest when every connection check passes"),
+        ScheduleSpec("ca-bundle-drift", Timing(interval_seconds=settings.ca_bundle_drift_seconds), _ca_bundle_drift,
+                     "push the current CA bundle to devices that do not hold it"),
     ]
+
+
+def installation_schedules(session: Session, settings: Settings) -> list[ScheduleSpec]:
+    """The schedules with this installation's own daily CA-bundle time."""
+    from services.controller.ca_bundles.auto_update import daily_cron, installation_seed
+
+    return default_schedules(settings, bundle_cron=daily_cron(installation_seed(session)))

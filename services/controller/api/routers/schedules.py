@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from services.controller.api.auth import authorize, require_admin
 from services.controller.api.deps import get_session, get_settings
 from services.controller.api.schemas.schedules import SchedulePublic, ScheduleUpdate
-from services.controller.scheduling.schedules import ScheduleSpec, default_schedules
+from services.controller.scheduling.schedules import ScheduleSpec, installation_schedules
 from services.controller.scheduling.timing import Timing
 from shared.clock import utcnow
 from shared.errors import NotFoundError
@@ -36,7 +36,7 @@ def _public(name: str, spec: ScheduleSpec | None, row: Schedule | None) -> Sched
 @router.get("", response_model=list[SchedulePublic])
 def list_schedules(session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
     """Every schedule, in name order. One that no scheduler has taken up yet shows no runs."""
-    specs = {spec.name: spec for spec in default_schedules(settings)}
+    specs = {spec.name: spec for spec in installation_schedules(session, settings)}
     rows = {row.name: row for row in session.exec(select(Schedule)).all()}
     return [_public(name, specs.get(name), rows.get(name)) for name in sorted(specs.keys() | rows.keys())]
 
@@ -46,7 +46,7 @@ def update_schedule(name: str, body: ScheduleUpdate, session: Session = Depends(
                     settings: Settings = Depends(get_settings)):
     """Change a schedule's timing or switch it on or off (admin). A new timing counts its next
     run from now."""
-    specs = {spec.name: spec for spec in default_schedules(settings)}
+    specs = {spec.name: spec for spec in installation_schedules(session, settings)}
     if name not in specs:
         raise NotFoundError(f"no schedule named {name!r}; the schedules are {', '.join(sorted(specs))}",
                             code="schedule_not_found")

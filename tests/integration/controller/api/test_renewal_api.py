@@ -65,15 +65,17 @@ def test_a_trustpoint_shows_its_renewal_and_a_warning_only_where_an_operator_mus
 
 
 def test_schedules_are_read_by_any_role_and_changed_by_an_admin_only(api):
-    listed = api.ok("GET", "/schedules", role="read_only")
-    assert [(s["name"], s["timing"], s["last_run_at"], s["running"]) for s in listed] == [
-        ("renewal", "every 60 s", None, False)]
+    listed = {s["name"]: s for s in api.ok("GET", "/schedules", role="read_only")}
+    assert set(listed) == {"renewal", "ca-bundle-update", "ca-bundle-drift"}
+    assert (listed["renewal"]["timing"], listed["renewal"]["last_run_at"], listed["renewal"]["running"]) == (
+        "every 60 s", None, False)
+    assert listed["ca-bundle-update"]["timing"].startswith("cron ")
     problem(api.get("/schedules", role=None), 401, "unauthorized")
 
     # The scheduler runs it once; the API shows that run.
     clock = ManualClock()
     Scheduler(api.engine, api.broker, make_settings(api.engine), clock=clock, holder="test").tick()
-    renewal = api.ok("GET", "/schedules")[0]
+    renewal = next(s for s in api.ok("GET", "/schedules") if s["name"] == "renewal")
     assert (renewal["last_outcome"], renewal["last_detail"]) == ("succeeded", "0 renewals published")
     assert renewal["last_run_at"].startswith("2030-01-01T12:00:00")
     text = api.client.get("/metrics").text
@@ -96,4 +98,4 @@ def test_a_bad_schedule_change_is_refused_with_a_code(api):
     problem(put({"interval_seconds": 0}), 422, "schedule_interval_invalid")
     problem(put({"interval_seconds": 60}, name="coffee"), 404, "schedule_not_found")
     assert put({"every": "day"}).status_code == 422
-    assert api.ok("GET", "/schedules")[0]["timing"] == "every 60 s"  # nothing changed
+    assert next(s for s in api.ok("GET", "/schedules") if s["name"] == "renewal")["timing"] == "every 60 s"

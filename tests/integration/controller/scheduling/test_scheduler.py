@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from services.controller.scheduling import lease
 from services.controller.scheduling.renewal_pass import run_renewal_pass
 from services.controller.scheduling.scheduler import Scheduler
-from services.controller.scheduling.schedules import ScheduleSpec
+from services.controller.scheduling.schedules import ScheduleSpec, default_schedules
 from services.controller.scheduling.timing import Timing
 from shared.events import BULK_QUEUE
 from shared.models import GLOBAL_DOMAIN_ID, Device, EnrollmentObject, Job, LeaderLease, Schedule, Trustpoint
@@ -72,7 +72,10 @@ class Fleet:
 
 
 def scheduler(engine, broker, clock, holder: str, **settings) -> Scheduler:
-    return Scheduler(engine, broker, replace(SETTINGS, **settings), clock=clock, holder=holder)
+    """A scheduler running the renewal schedule alone."""
+    settings = replace(SETTINGS, **settings)
+    renewal = [spec for spec in default_schedules(settings) if spec.name == "renewal"]
+    return Scheduler(engine, broker, settings, specs=renewal, clock=clock, holder=holder)
 
 
 @ON_BOTH
