@@ -99,8 +99,8 @@ def make_settings(engine) -> Settings:
     )
 
 
-def start_api(engine, broker) -> tuple[TestClient, dict[str, str]]:
-    app = create_app(make_settings(engine), engine=engine, broker=broker)
+def start_api(engine, broker, settings: Settings | None = None) -> tuple[TestClient, dict[str, str]]:
+    app = create_app(settings or make_settings(engine), engine=engine, broker=broker)
     with Session(engine) as session:
         tokens = {role.value: create_token(session, role=role, name=f"test {role.value}") for role in Role}
         session.commit()

@@ -68,11 +68,12 @@ def source_tls(settings: Settings, installed_pem: str) -> ssl.SSLContext:
 def fetch_latest(settings: Settings, *, installed_pem: str, now: datetime) -> Fetched:
     """The newest bundle of the first source that answers with a valid one. BundleError
     (``bundle_source_unreachable`` when none answers, else the check that failed)."""
+    urls = source_urls(settings)
     signer = load_signer(settings)
     context = source_tls(settings, installed_pem)
     problems: list[str] = []
     last_error: BundleError | None = None
-    for url in source_urls(settings):
+    for url in urls:
         target = url.rstrip("/") + "/" + LATEST_PATH
         try:
             body = _get(target, context)
