@@ -32,9 +32,11 @@ def get_device(session: Session, *, scope: DomainScope, device_id: uuid.UUID) ->
 
 def list_devices(
     session: Session, *, scope: DomainScope, offset: int, limit: int, serial: str | None = None,
-    name: str | None = None,
+    name: str | None = None, bundle_version: str | None = None,
 ) -> tuple[list[Device], int]:
     conditions = [] if scope.is_root else [Device.domain_id.in_(scope.subtree)]
+    if bundle_version is not None:
+        conditions.append(Device.bundle_version == bundle_version)
     if serial:
         conditions.append(Device.serial == serial)
     if name:

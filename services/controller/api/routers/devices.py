@@ -33,12 +33,14 @@ def _public(device) -> DevicePublic:
 def list_devices(
     serial: str | None = Query(None, max_length=64),
     name: str | None = Query(None, max_length=128, description="exact device name"),
+    bundle_version: str | None = Query(None, max_length=32,
+                                       description="devices holding this CA-bundle version ('' for none)"),
     scope: DomainScope = Depends(get_scope),
     session: Session = Depends(get_session),
     paging: Paging = Depends(get_paging),
 ):
     rows, total = crud.list_devices(session, scope=scope, offset=paging.offset, limit=paging.limit,
-                                    serial=serial, name=name)
+                                    serial=serial, name=name, bundle_version=bundle_version)
     return Page[DevicePublic](items=[_public(d) for d in rows], total=total,
                               offset=paging.offset, limit=paging.limit)
 

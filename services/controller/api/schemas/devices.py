@@ -38,6 +38,8 @@ class DevicePublic(BaseModel):
     fqdn: str
     management_url: str
     weak_crypto: bool
+    #: The version of certfleet's CA bundle the device last confirmed ("" for none yet).
+    bundle_version: str = ""
     created_at: datetime
 
 

@@ -8,6 +8,7 @@ left in force."""
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -16,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlmodel import Session, select
 
 from shared.events import BULK_QUEUE
-from shared.models import Batch, CaBundleState, Job
+from shared.models import Batch, CaBundleState, Device, Job
 from shared.protocols import ca_bundle
-from tests.support.api import Api, make_settings, problem, start_api
+from tests.support.api import GLOBAL, Api, make_settings, problem, start_api
 from tests.support.jobs import drain
 from tests.support.tls import Issued, TlsHandler, https_server, make_ca, make_leaf, pem
 
@@ -252,3 +253,26 @@ def test_the_daily_run_uses_the_scheduler_and_its_clock(world):
     runs = {r.schedule: r for r in scheduler.tick()}
     assert runs["ca-bundle-update"].outcome == "succeeded" and installed(api).version == "1"
     assert api.ok("GET", "/cert-update/audit")["items"][0]["action"] == "schedule"
+
+
+def test_devices_on_an_old_bundle_are_found_and_counted(world):
+    source, api, _ = world
+    devices = [api.device(f"OLD-{i}") for i in range(3)]
+    source.publish(SOURCE_CA, SERVER_CA)
+    api.ok("POST", "/cert-update/run-now", {})
+    with Session(api.engine) as session:  # one device confirmed the push
+        row = session.get(Device, uuid.UUID(devices[0]["id"]))
+        row.bundle_version = "1"
+        session.add(row)
+        session.commit()
+    older = api.ok("GET", f"/domains/{GLOBAL}/devices?bundle_version=")["items"]
+    assert sorted(d["serial"] for d in older) == ["OLD-1", "OLD-2"]
+    current = api.ok("GET", f"/domains/{GLOBAL}/devices?bundle_version=1")["items"]
+    assert [d["serial"] for d in current] == ["OLD-0"] and current[0]["bundle_version"] == "1"
+    shown = api.ok("GET", "/cert-update")
+    assert (shown["version"], shown["devices_current"], shown["devices_older"]) == ("1", 1, 2)
+    text = api.client.get("/metrics").text
+    assert 'certfleet_ca_bundle_version_info{sha256="' in text and 'version="1"' in text
+    assert 'certfleet_devices_ca_bundle{version="current"} 1.0' in text
+    assert 'certfleet_devices_ca_bundle{version="older"} 2.0' in text
+    assert "certfleet_ca_bundle_last_modified_timestamp_seconds " in text
