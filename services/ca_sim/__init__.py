@@ -17,7 +17,9 @@ device's clients are in :mod:`shared.protocols`.
     scep_service.py the answer to each SCEP message
     scep_server.py  the SCEP endpoints (aiohttp, plain HTTP)
     admin.py        admin endpoints (approve) on loopback, token-protected
+    bundle_store.py the CA bundles it publishes as a bundle source (signed, versioned, on disk)
+    bundle_server.py  GET /ca-bundle/latest (aiohttp, HTTPS)
     problems.py     errors to problem+json answers, and each error's HTTP status
     service.py      start_in_thread(): run it in this process
-    cli.py          certfleet ca serve | requests | approve | challenge
+    cli.py          certfleet ca serve | requests | approve | challenge | bundle publish | bundle show
 """

@@ -7,6 +7,9 @@ Layout of ``DIR`` (private keys PEM with mode 0600)::
     DIR/ca/est-tls.pem, est-tls.key   the EST server's TLS certificate (then the issuing CA) and key
     DIR/ca-chain.pem                  issuing CA, then root: what enrolled devices install
     DIR/tls-ca.pem                    the trust anchor of the HTTPS endpoints (the root)
+    DIR/ca/bundle-signing.key         the P-256 key that signs the CA bundles it publishes
+    DIR/bundle-signing.pem            its certificate (issued by the root), which receivers pin
+    DIR/ca/bundles/                   the published CA bundles (see :mod:`.bundle_store`)
 
 Created on first start and reused afterwards, so a restart keeps the same CA. Loading an RSA
 key costs ~40 ms, so :func:`load_authority` keeps each directory's CA for the whole process.
@@ -77,6 +80,18 @@ class CaPaths:
     @property
     def est_tls_key(self) -> Path:
         return self.ca_dir / "est-tls.key"
+
+    @property
+    def bundle_signing_key(self) -> Path:
+        return self.ca_dir / "bundle-signing.key"
+
+    @property
+    def bundle_signing_pem(self) -> Path:
+        return self.state_dir / "bundle-signing.pem"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.ca_dir / "bundles"
 
     @property
     def requests_db(self) -> Path:
@@ -255,6 +270,23 @@ def ensure_tls_certificate(ca: CertificateAuthority, *, extra_names: tuple[str, 
         _write_private(paths.est_tls_key, _key_pem(key))
         _write_public(paths.est_tls_pem, _cert_pem(cert, ca.issuing))
     return paths.est_tls_pem, paths.est_tls_key
+
+
+def ensure_bundle_signer(ca: CertificateAuthority, *, now: datetime | None = None
+                         ) -> tuple[x509.Certificate, PrivateKey]:
+    """The bundle-signing certificate and key, made once (P-256, issued by the root) and kept:
+    receivers pin the certificate, so it must not change under them."""
+    paths = ca.paths
+    with _locked(paths):
+        if not (paths.bundle_signing_pem.exists() and paths.bundle_signing_key.exists()):
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = issuance.build_bundle_signer(key.public_key(), issuer=ca.root, issuer_key=_load_key(paths.root_key),
+                                                now=now or utcnow())
+            _write_private(paths.bundle_signing_key, _key_pem(key))
+            # The certificate last: its presence marks a complete signer.
+            _write_public(paths.bundle_signing_pem, _cert_pem(cert))
+        cert = x509.load_pem_x509_certificate(paths.bundle_signing_pem.read_bytes())
+        return cert, _load_key(paths.bundle_signing_key)
 
 
 def _covers(cert: x509.Certificate, names: list[str]) -> bool:

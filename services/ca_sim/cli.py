@@ -1,10 +1,12 @@
 """``certfleet ca``: the CA simulator.
 
     certfleet ca serve --state-dir DIR [--host H]... [--est-port P] [--est-user U --est-password W] ...
-                       [--scep-port Q [--scep-challenge C] [--scep-ra]]
+                       [--scep-port Q [--scep-challenge C] [--scep-ra]] [--bundle-port B]
     certfleet ca challenge --state-dir DIR [--ttl MINUTES]
     certfleet ca requests --state-dir DIR [--all]
     certfleet ca approve --state-dir DIR REQUEST_ID
+    certfleet ca bundle publish --state-dir DIR [--add CERT.pem]... [--remove FINGERPRINT]...
+    certfleet ca bundle show --state-dir DIR
 
 A refusal is a shared error (:mod:`shared.failures` prints it): exit 2 for a bad setting or a
 CA that contradicts it, exit 1 for a refused operation (no such request, no CA yet, a port in
@@ -39,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="EST port (default 8443; 0 picks a free one)")
     serve.add_argument("--scep-port", type=int,
                        help="serve SCEP over plain HTTP on this port (0 picks a free one; default: no SCEP)")
+    serve.add_argument("--bundle-port", type=int,
+                       help="serve the CA bundle (GET /ca-bundle/latest) over HTTPS on this port (0 picks a free "
+                       "one; default: not served)")
     serve.add_argument("--http-port", type=int, help="CRL/OCSP port (not served yet)")
     serve.add_argument("--est-user", help="HTTP basic-auth user for enrollment (default: no authentication)")
     serve.add_argument("--est-password", default=os.environ.get(PASSWORD_ENV),
@@ -72,6 +77,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     challenge.add_argument("--ttl", type=int, help="minutes the password stays valid unused (default 60)")
     challenge.set_defaults(ca_func=_challenge)
 
+    bundle = sub.add_parser("bundle", help="the CA bundle this CA publishes (served with serve --bundle-port)")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    publish = bundle_sub.add_parser("publish", help="publish the next version of the CA bundle")
+    publish.add_argument("--state-dir", required=True)
+    publish.add_argument("--add", action="append", default=[], metavar="CERT",
+                         help="a PEM (or DER) file of CA certificates to add; repeatable")
+    publish.add_argument("--remove", action="append", default=[], metavar="FINGERPRINT",
+                         help="SHA-256 fingerprint of a certificate to drop (as `bundle show` lists; colons and "
+                         "case ignored); repeatable")
+    publish.set_defaults(ca_func=_bundle_publish)
+    show = bundle_sub.add_parser("show", help="the newest published version of the CA bundle")
+    show.add_argument("--state-dir", required=True)
+    show.set_defaults(ca_func=_bundle_show)
+
 
 def main(args: argparse.Namespace) -> int:
     return args.ca_func(args)
@@ -95,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
             args.state_dir, host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
             est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
             default_profile=args.default_profile, scep_port=args.scep_port, scep_challenge=args.scep_challenge,
-            scep_ra=args.scep_ra,
+            scep_ra=args.scep_ra, bundle_port=args.bundle_port,
         )
     except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
         raise ConfigurationError(str(exc)) from exc
@@ -103,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
         if exc.filename:  # the state directory, not a port: reported as the file error it is
             raise
         hosts = ", ".join(args.host or ["127.0.0.1"])
-        ports = f"{args.est_port}" + (f" or {args.scep_port}" if args.scep_port is not None else "")
+        ports = " or ".join(str(p) for p in (args.est_port, args.scep_port, args.bundle_port) if p is not None)
         raise CertfleetError(f"cannot listen on {hosts} port {ports}: {exc.strerror or exc}",
                              code="cannot_listen") from None
     stop = threading.Event()
@@ -151,4 +170,34 @@ def _challenge(args: argparse.Namespace) -> int:
     ttl = {} if args.ttl is None else {"ttl": timedelta(minutes=args.ttl)}
     # The password goes to stdout alone, so scripts can capture it: $(certfleet ca challenge ...).
     print(issue_challenge(args.state_dir, **ttl))
+    return 0
+
+
+def _bundle_publish(args: argparse.Namespace) -> int:
+    from services.ca_sim.bundle_store import open_existing, read_certificates
+
+    if not args.add and not args.remove:
+        raise ConfigurationError("give --add CERT or --remove FINGERPRINT (or both): what the new version changes",
+                                 code="nothing_to_publish")
+    store = open_existing(args.state_dir)
+    added = [(path, cert) for path in args.add for cert in read_certificates(path)]
+    published = store.publish(add=added, remove=args.remove)
+    count = len(published.certificates)
+    print(f"published CA bundle version {published.version}: {count} certificate{'s' if count != 1 else ''}")
+    return 0
+
+
+def _bundle_show(args: argparse.Namespace) -> int:
+    from services.ca_sim.bundle_store import fingerprint, open_existing
+
+    store = open_existing(args.state_dir)
+    bundle = store.latest()
+    assert bundle is not None  # opening the store publishes version 1
+    print(f"version {bundle.version}")
+    print(f"published {bundle.published_at.isoformat(timespec='seconds')}")
+    print(f"sha256 {bundle.sha256}")
+    print(f"signed by {store.paths.bundle_signing_pem}")
+    print(f"{len(bundle.certificates)} certificates (SHA-256 fingerprint, subject):")
+    for cert in bundle.certificates:
+        print(f"  {fingerprint(cert)}  {cert.subject.rfc4514_string()}")
     return 0

@@ -1,5 +1,6 @@
 """Pure certificate building for the CA simulator: the root, the issuing CA, the EST server's
-TLS certificate and the certificates issued from requests. No I/O; the clock is a parameter.
+TLS certificate, the CA bundle's signing certificate and the certificates issued from requests.
+No I/O; the clock is a parameter.
 
 Everything issued here is meant to lint clean with pkilint (RFC 5280): random positive serials
 of at most 20 octets, SKI on every certificate and AKI on every one but the root, critical key
@@ -155,6 +156,21 @@ def build_tls_server(public_key, *, names: list[str], issuer: x509.Certificate, 
         not_before=now - BACKDATE, not_after=now + TLS_VALIDITY,
         key_usage=_end_entity_key_usage(public_key, frozenset({"digital_signature", "key_encipherment"})),
         ekus=(ExtendedKeyUsageOID.SERVER_AUTH,), hash_algorithm=None,
+    )
+
+
+def build_bundle_signer(public_key, *, issuer: x509.Certificate, issuer_key: PrivateKey,
+                        now: datetime) -> x509.Certificate:
+    """The certificate receivers pin to check the CA bundles this CA publishes: it signs, and
+    certifies nothing (no CA, no TLS), so pinning it trusts no other use of the key."""
+    return _end_entity(
+        subject=x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certfleet CA simulator"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "certfleet CA bundle signing"),
+        ]),
+        public_key=public_key, sans=[], issuer=issuer, issuer_key=issuer_key,
+        not_before=now - BACKDATE, not_after=now + ISSUING_VALIDITY,
+        key_usage=_key_usage(digital_signature=True), ekus=(), hash_algorithm=None,
     )
 
 

@@ -1,6 +1,6 @@
 """Run the CA simulator: load (or create) the CA, then serve EST over HTTPS (and SCEP over
-plain HTTP, when given a port) on an event loop in a background thread. The CLI waits on it;
-tests and the demo use :func:`start_in_thread`.
+plain HTTP, and the CA bundle over HTTPS, when given ports) on an event loop in a background
+thread. The CLI waits on it; tests and the demo use :func:`start_in_thread`.
 
 The CRL/OCSP HTTP endpoint is not served yet.
 """
@@ -18,6 +18,8 @@ from aiohttp import web
 
 from services.ca_sim.admin import load_or_create_token
 from services.ca_sim.authority import CertificateAuthority, ensure_tls_certificate, load_authority
+from services.ca_sim.bundle_server import build_bundle_app
+from services.ca_sim.bundle_store import open_store
 from services.ca_sim.est_server import EstSettings, build_app, server_ssl_context
 from services.ca_sim.pending import RequestStore
 from services.ca_sim.scep_server import build_scep_app
@@ -84,6 +86,10 @@ class RunningCa:
     scep_url: str | None = None
     scep_urls: list[str] = field(default_factory=list)
     _scep_runner: web.AppRunner | None = field(default=None, repr=False)
+    #: The CA-bundle source (HTTPS), when served: ``<bundle_url>/ca-bundle/latest``.
+    bundle_url: str | None = None
+    bundle_urls: list[str] = field(default_factory=list)
+    _bundle_runner: web.AppRunner | None = field(default=None, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -98,9 +104,15 @@ class RunningCa:
     def chain(self) -> Path:
         return self.ca.paths.chain
 
+    @property
+    def bundle_signer(self) -> Path:
+        """The bundle-signing certificate receivers pin."""
+        return self.ca.paths.bundle_signing_pem
+
     def ready_line(self) -> str:
         urls = " ".join(f"est={url}" for url in self.est_urls or [self.est_url])
         urls += "".join(f" scep={url}" for url in self.scep_urls)
+        urls += "".join(f" bundle={url}" for url in self.bundle_urls)
         return f"ca ready: {urls} state={self.state_dir}"
 
     def stop(self) -> None:
@@ -111,9 +123,9 @@ class RunningCa:
         self._thread.join(timeout=10)
 
     async def _shutdown(self) -> None:
-        await self._runner.cleanup()
-        if self._scep_runner is not None:
-            await self._scep_runner.cleanup()
+        for runner in (self._runner, self._scep_runner, self._bundle_runner):
+            if runner is not None:
+                await runner.cleanup()
         # Connections still open (keep-alive) end here, so the loop closes without orphans.
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
@@ -131,12 +143,14 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
                     est_user: str | None = None, est_password: str | None = None,
                     key_type: KeyType | str | None = None, retry_after: int = 2,
                     default_profile: str = "default", scep_port: int | None = None,
-                    scep_challenge: str | None = None, scep_ra: bool = False) -> RunningCa:
+                    scep_challenge: str | None = None, scep_ra: bool = False,
+                    bundle_port: int | None = None) -> RunningCa:
     """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread; ``host`` may
     list several addresses (e.g. 127.0.0.1 and ::1), served on one port.
     Several servers may share one state directory (and so one CA and request store).
     With ``scep_port`` (0: a free one) SCEP is served too, on plain HTTP; ``scep_challenge`` is
-    its static challenge password, ``scep_ra`` makes an RA certificate speak for the CA."""
+    its static challenge password, ``scep_ra`` makes an RA certificate speak for the CA. With
+    ``bundle_port`` (0: a free one) the CA bundle is served too, over HTTPS like EST."""
     hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host)) or ["127.0.0.1"]
     settings = EstSettings(user=est_user, password=est_password, retry_after=retry_after,
                            default_profile=default_profile)
@@ -151,32 +165,42 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
     if scep_port is not None:
         scep_settings = ScepSettings(challenge=scep_challenge, ra=scep_ra)
         scep_app = build_scep_app(scep_service_for(ca, scep_settings, requests=store))
+    bundle_app = build_bundle_app(open_store(ca)) if bundle_port is not None else None
 
     socks = _bind_all(hosts, est_port)
+    scep_socks: list[socket.socket] = []
+    bundle_socks: list[socket.socket] = []
     try:
-        scep_socks = _bind_all(hosts, scep_port) if scep_port is not None else []
+        if scep_port is not None:
+            scep_socks = _bind_all(hosts, scep_port)
+        if bundle_port is not None:
+            bundle_socks = _bind_all(hosts, bundle_port)
     except OSError:
-        for sock in socks:
+        for sock in socks + scep_socks:
             sock.close()
         raise
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
-    scep_runner = web.AppRunner(scep_app, access_log=None, handle_signals=False, shutdown_timeout=2) \
-        if scep_app is not None else None
+
+    def runner_for(served: web.Application) -> web.AppRunner:
+        return web.AppRunner(served, access_log=None, handle_signals=False, shutdown_timeout=2)
+
+    runner = runner_for(app)
+    scep_runner = runner_for(scep_app) if scep_app is not None else None
+    bundle_runner = runner_for(bundle_app) if bundle_app is not None else None
+    sites = ((runner, socks, ssl_context), (scep_runner, scep_socks, None), (bundle_runner, bundle_socks, ssl_context))
 
     async def start() -> None:
-        await runner.setup()
-        for sock in socks:
-            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
-        if scep_runner is not None:
-            await scep_runner.setup()
-            for sock in scep_socks:
-                await web.SockSite(scep_runner, sock).start()
+        for site_runner, site_socks, site_ssl in sites:
+            if site_runner is None:
+                continue
+            await site_runner.setup()
+            for sock in site_socks:
+                await web.SockSite(site_runner, sock, ssl_context=site_ssl).start()
 
     try:
         loop.run_until_complete(start())
     except BaseException:
-        for sock in socks + scep_socks:
+        for sock in socks + scep_socks + bundle_socks:
             sock.close()
         loop.close()
         raise
@@ -190,9 +214,13 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
     thread.start()
     urls = [_url("https", h, port) for h in hosts]
     scep_urls = [_url("http", h, scep_socks[0].getsockname()[1]) for h in hosts] if scep_socks else []
+    bundle_urls = [_url("https", h, bundle_socks[0].getsockname()[1]) for h in hosts] if bundle_socks else []
     running = RunningCa(ca=ca, est_url=urls[0], admin_token=token, est_urls=urls,
                         _loop=loop, _runner=runner, _thread=thread,
-                        scep_url=scep_urls[0] if scep_urls else None, scep_urls=scep_urls, _scep_runner=scep_runner)
-    log.info("ca started", est_url=running.est_url, scep_url=running.scep_url, state_dir=str(running.state_dir),
-             key_type=ca.key_type.value, basic_auth=bool(est_user), scep_challenge=bool(scep_challenge))
+                        scep_url=scep_urls[0] if scep_urls else None, scep_urls=scep_urls, _scep_runner=scep_runner,
+                        bundle_url=bundle_urls[0] if bundle_urls else None, bundle_urls=bundle_urls,
+                        _bundle_runner=bundle_runner)
+    log.info("ca started", est_url=running.est_url, scep_url=running.scep_url, bundle_url=running.bundle_url,
+             state_dir=str(running.state_dir), key_type=ca.key_type.value, basic_auth=bool(est_user),
+             scep_challenge=bool(scep_challenge))
     return running

@@ -150,7 +150,7 @@ def session_members(session: int) -> list[int]:
 
 def ca_ready_urls(ca: Proc, timeout: float = 60) -> dict[str, list[str]]:
     """The URLs on the ready line of ``certfleet ca serve`` by protocol, e.g. ``{"est": [...],
-    "scep": [...]}`` (``ca ready: est=URL [est=URL …] [scep=URL …] state=DIR``)."""
+    "scep": [...], "bundle": [...]}`` (``ca ready: est=URL [est=URL …] [scep=URL …] [bundle=URL …] state=DIR``)."""
     served = ca.wait_for_line(r"ca ready: ((?:\w+=\S+ )+)state=", timeout).group(1)
     urls: dict[str, list[str]] = {}
     for item in served.split():

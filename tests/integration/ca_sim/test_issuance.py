@@ -178,6 +178,8 @@ def test_issued_and_ca_certificates_lint_clean_and_verify(ca, tmp_path):
         "rsa-default": issue(ca, p256_csr("fw8.example.net", key=rsa_key)[1]),
         "empty-subject": issue(ca, p256_csr("", sans=["fw9.example.net"], subject=x509.Name([]))[1]),
         **{label: issue(ca, p256_csr(f"fw-{label}")[1], profile) for label, profile in PROFILES.items()},
+        "bundle-signer": issuance.build_bundle_signer(ec.generate_private_key(ec.SECP256R1()).public_key(),
+                                                      issuer=issuing, issuer_key=ca[2], now=NOW),
     }
     root_file = write_pem(tmp_path / "root.pem", root)
     issuing_file = write_pem(tmp_path / "issuing.pem", issuing)
