@@ -17,6 +17,13 @@ client interface. All paths are relative to a device's management URL,
     DELETE ./trustpoints/{name}                204 (also when already gone)
     GET    ./keyring/default                   KeyringState
     POST   ./keyring/default/regenerate        KeyringState
+    GET    ./ca-bundle                         DeviceCaBundle
+    PUT    ./ca-bundle                         CaBundleUpload -> DeviceCaBundle
+
+A device trusts, for HTTPS CA servers (EST), its own trust anchors plus the CA bundle certfleet
+pushed to it (``ca-bundle``): a version label and a set of PEM certificates, replaced whole by
+each PUT. Its ``sha256`` is the hex SHA-256 of the PEM text's UTF-8 bytes exactly as sent, the
+digest certfleet's bundle carries. A body over 4 MiB is refused (413), unreadable PEM too (422).
 
 A manual trustpoint waiting for its identity certificate shows identity ``pending`` and its
 certificate request in ``TrustpointState.csr_pem``; the operator's signed certificate comes
@@ -50,6 +57,8 @@ class DeviceInfo(_Wire):
     fqdn: str
     management_url: str
     weak_crypto: bool = False
+    #: The version of the CA bundle the device holds ("" for none).
+    ca_bundle_version: str = ""
 
 
 class Inventory(_Wire):
@@ -109,6 +118,21 @@ class KeyringState(_Wire):
     valid: bool
     reason: str | None = None
     certificate_pem: str
+
+
+class CaBundleUpload(_Wire):
+    """certfleet's CA bundle for a device: its version label and its CA certificates in PEM."""
+
+    version: str
+    pem: str
+
+
+class DeviceCaBundle(_Wire):
+    """The CA bundle a device holds: version "" and no certificates before the first push."""
+
+    version: str = ""
+    certificates: int = 0
+    sha256: str = ""
 
 
 class ErrorBody(_Wire):

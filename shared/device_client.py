@@ -25,6 +25,8 @@ from pydantic import ValidationError as WireError
 
 from shared.clock import utcnow
 from shared.device_api import (
+    CaBundleUpload,
+    DeviceCaBundle,
     EnrollRequest,
     ErrorBody,
     ExportedFile,
@@ -80,6 +82,10 @@ class DeviceClient(Protocol):
     def export_trustpoint(
         self, device: DeviceAddress, name: str, fmt: Literal["pkcs12", "pem"], passphrase: str | None = None
     ) -> ExportedFile: ...
+
+    def get_ca_bundle(self, device: DeviceAddress) -> DeviceCaBundle: ...
+
+    def put_ca_bundle(self, device: DeviceAddress, version: str, pem: str) -> DeviceCaBundle: ...
 
 
 class DeviceTransientError(TransientError):
@@ -169,6 +175,13 @@ class HttpDeviceClient:
         path = f"/trustpoints/{quote(name, safe='')}/export"
         body = ExportRequest(format=fmt, passphrase=passphrase).model_dump()
         return self._call(device, "POST", path, ExportedFile, body=body)
+
+    def get_ca_bundle(self, device: DeviceAddress) -> DeviceCaBundle:
+        return self._call(device, "GET", "/ca-bundle", DeviceCaBundle)
+
+    def put_ca_bundle(self, device: DeviceAddress, version: str, pem: str) -> DeviceCaBundle:
+        body = CaBundleUpload(version=version, pem=pem).model_dump()
+        return self._call(device, "PUT", "/ca-bundle", DeviceCaBundle, body=body)
 
     # --- transport and error mapping -------------------------------------------------------
 

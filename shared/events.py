@@ -21,6 +21,7 @@ ACTOR_FOR_KIND: dict[JobKind, str] = {
     JobKind.REFRESH: "refresh_trustpoint",
     JobKind.DELETE: "delete_trustpoint",
     JobKind.INSTALL_IDENTITY: "install_identity_certificate",
+    JobKind.BUNDLE_UPDATE: "push_ca_bundle",
 }
 
 

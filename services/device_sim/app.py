@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.device_sim import enrollers, manual, trustpoints, wire
+from services.device_sim import ca_bundles, enrollers, manual, trustpoints, wire
 from services.device_sim import export as exports
 from services.device_sim import keyring as keyrings
 from services.device_sim.ca_client.trust import load_trust_anchors
@@ -37,6 +37,7 @@ from services.device_sim.faults import FaultPlan, Outcome
 from services.device_sim.fleet import Device, Fleet, Trustpoint
 from shared.clock import utcnow
 from shared.device_api import (
+    CaBundleUpload,
     EnrollRequest,
     ExportRequest,
     IdentityCertificateImport,
@@ -64,6 +65,10 @@ class DeviceFault(CertfleetError):
         self.status = status
 
 
+class PayloadTooLarge(CertfleetError):
+    status = 413
+
+
 class DeviceSim:
     """The fleet, its fault plan and request statistics, with one handler per endpoint."""
 
@@ -89,6 +94,8 @@ class DeviceSim:
             wait_seconds=config.ca_wait_seconds, timeout_seconds=config.ca_timeout_seconds,
             scep_minute_seconds=config.scep_minute_seconds,
         )
+        #: The CA bundles devices hold, each parsed once and shared.
+        self.bundles = ca_bundles.BundleLibrary(self.ca_client)
         #: Background polls of requests CAs hold (see _keep_polling), and the trustpoints they follow.
         self._polls: set[asyncio.Task[None]] = set()
         self._following: Counter[tuple[str, str]] = Counter()
@@ -249,6 +256,21 @@ class DeviceSim:
         now = self.clock()
         return _json(wire.keyring_state(keyrings.regenerate(device, now=now), now=now))
 
+    async def get_ca_bundle(self, request: Request) -> Response:
+        device = await self._reach(request, "get_ca_bundle")
+        return _json(wire.ca_bundle_state(device.ca_bundle))
+
+    async def put_ca_bundle(self, request: Request) -> Response:
+        device = await self._reach(request, "put_ca_bundle")
+        body = await _bounded_body(request, ca_bundles.MAX_BODY_BYTES, what="a CA bundle")
+        upload = _wire_body(CaBundleUpload, body, 'send {"version": "7", "pem": "<the CA certificates in PEM>"}')
+        device.ca_bundle = self.bundles.receive(upload.version, upload.pem)
+        return _json(wire.ca_bundle_state(device.ca_bundle))
+
+    def _ca_client(self, device: Device) -> enrollers.CaClientSettings:
+        """How the device reaches CAs: trusting the fleet's anchors and its own CA bundle."""
+        return device.ca_bundle.ca if device.ca_bundle is not None else self.ca_client
+
     # --- enrollment --------------------------------------------------------------------------
 
     async def _enroll(self, device: Device, name: str, mode: Literal["enroll", "re_enroll"]) -> Trustpoint:
@@ -263,7 +285,7 @@ class DeviceSim:
         if trustpoints.is_current(trustpoint, mode):
             return trustpoint
         task = trustpoints.begin(device, trustpoint, re_enroll=mode == "re_enroll", now=self.clock(),
-                                 ca=self.ca_client)
+                                 ca=self._ca_client(device))
         outcome = await self._run_exclusive(key, task)
         if device.trustpoints.get(name) is not trustpoint:
             raise NotFoundError(
@@ -338,7 +360,7 @@ class DeviceSim:
                 return  # reconfigured: the next enrollment files a request for the new configuration
             if self.clock() >= trustpoints.held_until(trustpoint, held) or key in self._inflight:
                 return
-            task = trustpoints.resume(device, trustpoint, now=self.clock(), ca=self.ca_client)
+            task = trustpoints.resume(device, trustpoint, now=self.clock(), ca=self._ca_client(device))
             outcome = await self._run_exclusive(key, task)
             if device.trustpoints.get(trustpoint.name) is not trustpoint or trustpoint.params != task.params:
                 return
@@ -366,6 +388,8 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route(trustpoint + "/export", sim.export, methods=["POST"]),
         Route(device + "/keyring/default", sim.get_keyring, methods=["GET"]),
         Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
+        Route(device + "/ca-bundle", sim.get_ca_bundle, methods=["GET"]),
+        Route(device + "/ca-bundle", sim.put_ca_bundle, methods=["PUT"]),
     ]
     handlers: dict[Any, Any] = {
         CertfleetError: _certfleet_error,
@@ -388,7 +412,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return _error(404, "not_found", f"no such endpoint: {request.url.path}; a device's API is under "
-                      "/api/devices/<serial>/ (trustpoints, keyring/default, weak-crypto)")
+                      "/api/devices/<serial>/ (trustpoints, keyring/default, weak-crypto, ca-bundle)")
     if exc.status_code == 405:
         return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
     return _error(exc.status_code, "http_error", str(exc.detail))
@@ -403,7 +427,29 @@ def _json(model: BaseModel) -> Response:
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
+    return _parse_json(await request.body())
+
+
+async def _bounded_body(request: Request, limit: int, *, what: str) -> Any:
+    """The JSON body, refused with 413 as soon as it proves larger than ``limit`` bytes: by its
+    Content-Length before reading, else while reading, and never parsed then."""
+    def too_large() -> PayloadTooLarge:
+        return PayloadTooLarge(f"{what} is at most {limit // (1024 * 1024)} MiB; this request is larger",
+                               code="payload_too_large")
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return _parse_json(b"".join(chunks))
+
+
+def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         return None
     try:

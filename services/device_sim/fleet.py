@@ -1,4 +1,4 @@
-"""The simulated fleet's state: devices, their trustpoints and default keyrings. No HTTP.
+"""The simulated fleet's state: devices, their trustpoints, default keyrings and CA bundles. No HTTP.
 
 Lean on purpose: 50,000 devices live in one process. Every record uses ``__slots__``, a
 device's identity is derived from its index, and the default keyring (a key pair and a
@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.device_sim.ca_bundles import DeviceBundle
 from services.device_sim.config import SimConfig
 from services.device_sim.seeding import fraction
 from services.device_sim.tasks import HeldRequest
@@ -79,6 +80,8 @@ class Device:
     keyring_expired: bool = False
     keyring: Keyring | None = None
     trustpoints: dict[str, Trustpoint] = field(default_factory=dict)
+    #: The CA bundle certfleet pushed (shared with every device holding the same one).
+    ca_bundle: DeviceBundle | None = None
     #: Requests this device has received; numbers each request for the fault plan.
     requests: int = 0
 

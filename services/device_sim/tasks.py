@@ -25,10 +25,14 @@ Slot = tuple[CertificateRole, int, x509.Certificate]
 
 @dataclass(frozen=True, kw_only=True)
 class CaClientSettings:
-    """How the device talks to CA servers: the same for every trustpoint of the fleet."""
+    """How the device talks to CA servers: the same for every device holding the same CA bundle."""
 
-    #: PEM certificates the device trusts for HTTPS servers ("" for none).
+    #: PEM certificates the device trusts for HTTPS servers ("" for none): the fleet's trust
+    #: anchors, then the certificates of the device's CA bundle.
     trust_anchors_pem: str = ""
+    #: The device's CA bundle among them: its version ("" for none) and how many certificates.
+    bundle_version: str = ""
+    bundle_certificates: int = 0
     #: How long one enrollment keeps polling a CA that holds its request before it reports
     #: the identity certificate pending (the device then keeps polling in the background).
     wait_seconds: float = 4.0

@@ -8,9 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from services.device_sim import keyring as keyrings
+from services.device_sim.ca_bundles import DeviceBundle
 from services.device_sim.fleet import Device, Keyring, Trustpoint
 from services.device_sim.manual import csr_pem
-from shared.device_api import DeviceInfo, InstalledCertificate, KeyringState, TrustpointState
+from shared.device_api import DeviceCaBundle, DeviceInfo, InstalledCertificate, KeyringState, TrustpointState
 
 
 def management_url(base_url: str, serial: str) -> str:
@@ -22,7 +23,14 @@ def device_info(device: Device, *, base_url: str) -> DeviceInfo:
         serial=device.serial, name=device.name, model=device.model, ip_address=device.ip_address,
         fqdn=device.fqdn, management_url=management_url(base_url, device.serial),
         weak_crypto=device.weak_crypto,
+        ca_bundle_version=device.ca_bundle.version if device.ca_bundle is not None else "",
     )
+
+
+def ca_bundle_state(bundle: DeviceBundle | None) -> DeviceCaBundle:
+    if bundle is None:
+        return DeviceCaBundle()
+    return DeviceCaBundle(version=bundle.version, certificates=bundle.certificates, sha256=bundle.sha256)
 
 
 def trustpoint_state(trustpoint: Trustpoint) -> TrustpointState:

@@ -20,6 +20,7 @@ from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole, EnrollmentType
 from shared.errors import PermanentError, TransientError, ValidationError
 from shared.pki import CertificateInfo, describe, load_certificates
+from shared.protocols.ca_bundle import sha256_hex
 from shared.states import Status
 
 
@@ -228,3 +229,30 @@ def delete(client: DeviceClient, device: DeviceAddress, name: str, *, steps: Ste
     """Remove the trustpoint from the device; one that is already gone counts as removed."""
     client.delete_trustpoint(device, name)
     steps.add("deleted_on_device", f"removed trustpoint {name} from device {device.serial}")
+
+
+def push_ca_bundle(client: DeviceClient, device: DeviceAddress, *, version: str, pem: str, steps: StepLog) -> bool:
+    """Give the device certfleet's CA bundle ``version`` unless it already holds exactly that
+    (same version, same SHA-256); True when it was pushed."""
+    serial, digest = device.serial, sha256_hex(pem)
+    held = client.get_ca_bundle(device)
+    holding = f"CA bundle version {held.version} ({_certificates(held.certificates)})" if held.version else \
+        "no CA bundle"
+    steps.add("bundle_read", f"device {serial} holds {holding}")
+    if held.version == version and held.sha256 == digest:
+        steps.add("bundle_up_to_date", f"device {serial} already holds CA bundle version {version}; nothing pushed")
+        return False
+    installed = client.put_ca_bundle(device, version, pem)
+    if (installed.version, installed.sha256) != (version, digest):
+        raise PermanentError(
+            f"device {serial} was sent CA bundle version {version} (SHA-256 {digest}) but reports version "
+            f"{installed.version!r} (SHA-256 {installed.sha256 or 'none'})",
+            code="device_bad_response",
+        )
+    steps.add("bundle_pushed", f"device {serial} installed CA bundle version {version} "
+                               f"({_certificates(installed.certificates)}), replacing {holding}")
+    return True
+
+
+def _certificates(count: int) -> str:
+    return f"{count} certificate{'s' if count != 1 else ''}"

@@ -1,4 +1,5 @@
-"""Writing what a device reports into the trustpoint and certificate rows.
+"""Writing what a device reports into the trustpoint and certificate rows, and the CA bundle
+version a device holds into its row.
 
 Statuses change only through :func:`shared.states.transition`. Nothing here commits: the
 runner commits these changes in the same transaction as the job's fenced finish, so a
@@ -10,11 +11,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlmodel import Session, select
 
 from services.worker.exchanges import DeviceReport, ReportedCertificate
-from shared.models import Certificate, Trustpoint
+from shared.models import Certificate, Device, Trustpoint
 from shared.states import Status, can_move, transition
 
 
@@ -82,6 +83,11 @@ def mark_missing(session: Session, trustpoint: Trustpoint, *, serial: str, now: 
     trustpoint.csr_pem = None
     trustpoint.updated_at = now
     session.add(trustpoint)
+
+
+def record_bundle_version(session: Session, device_id: uuid.UUID, version: str) -> None:
+    """The device confirmed it holds certfleet's CA bundle ``version`` (gone devices: nothing to do)."""
+    session.execute(update(Device).where(Device.id == device_id).values(bundle_version=version))  # type: ignore[arg-type]
 
 
 def remove_trustpoint(session: Session, trustpoint: Trustpoint) -> None:

@@ -3,11 +3,13 @@
 The sequence for every kind:
 
 1. claim the job (one conditional UPDATE) and load its trustpoint, device and enrollment
-   object, in one transaction committed at once;
+   object (for a CA-bundle push, which is about a device alone: the device and certfleet's
+   current CA bundle), in one transaction committed at once;
 2. run the exchange for the job's kind with the device; no database connection is held
    meanwhile;
 3. in one transaction fenced by the claim's attempt number: record the outcome on the job
-   and the trustpoint (certificates, statuses), then commit.
+   and the trustpoint (certificates, statuses) or the device (its CA bundle version), then
+   commit.
 
 A transient error below the job's attempt limit puts the job back to queued and
 re-publishes its message with a backoff delay; at the limit, or on a permanent error, the
@@ -45,7 +47,7 @@ from shared.errors import (
 )
 from shared.events import JOBS_QUEUE, publish_job
 from shared.logging import get_logger
-from shared.models import Device, EnrollmentObject, Trustpoint
+from shared.models import CaBundleState, Device, EnrollmentObject, Trustpoint
 from shared.states import Status
 
 
@@ -54,6 +56,12 @@ def log():
     # module-level logger to the configuration of its first use.
     return get_logger(__name__)
 
+
+#: The row of certfleet's own CA bundle, the one a CA-bundle push gives every device.
+CA_BUNDLE_NAME = "certfleet"
+#: Kinds whose permanent failure is also the trustpoint's (a delete, an import and a CA-bundle
+#: push leave the trustpoint's certificates as they were).
+MARKS_TRUSTPOINT = frozenset({JobKind.ENROLL, JobKind.RE_ENROLL, JobKind.REFRESH})
 
 Result = Literal["succeeded", "failed", "retry_scheduled", "waiting_for_ca", "skipped"]
 
@@ -75,6 +83,8 @@ class Subject:
     trustpoint: Trustpoint | None
     device: Device | None
     enrollment_object: EnrollmentObject | None
+    #: certfleet's CA bundle, for a CA-bundle push (None: there is none yet).
+    bundle: CaBundleState | None = None
 
 
 def run_job(
@@ -113,7 +123,11 @@ def run_job(
 
 
 def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
-    """The job's trustpoint with its device and enrollment object, in one query."""
+    """The job's trustpoint with its device and enrollment object, in one query; for a CA-bundle
+    push, the device and the current bundle."""
+    if claimed.kind is JobKind.BUNDLE_UPDATE:
+        return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None,
+                       bundle=session.get(CaBundleState, CA_BUNDLE_NAME))
     if claimed.trustpoint_id is not None:
         row = session.exec(
             select(Trustpoint, Device, EnrollmentObject)
@@ -166,6 +180,8 @@ class _JobRun:
                 return self._refresh()
             if self.kind is JobKind.INSTALL_IDENTITY:
                 return self._install_identity()
+            if self.kind is JobKind.BUNDLE_UPDATE:
+                return self._push_bundle()
             return self._delete()
         except CaWait as wait:
             return self._park(wait)
@@ -175,7 +191,7 @@ class _JobRun:
             # ConfigurationError: a stored secret this worker cannot open (another secret key).
             # A refused import leaves the trustpoint waiting for a good certificate: the job says why.
             return self._fail(exc.code, exc.message, report=getattr(exc, "report", None),
-                              mark_trustpoint=self.kind not in (JobKind.DELETE, JobKind.INSTALL_IDENTITY))
+                              mark_trustpoint=self.kind in MARKS_TRUSTPOINT)
 
     # --- the kinds -----------------------------------------------------------------------------
 
@@ -250,16 +266,27 @@ class _JobRun:
         self.steps.add("deleted", f"removed trustpoint {name} and its certificates")
         return self._succeed(lambda session, locked: persist.remove_trustpoint(session, locked))
 
+    def _push_bundle(self) -> JobOutcome:
+        device, bundle = self.subject.device, self.subject.bundle
+        if device is None:
+            raise PermanentError("the device was removed before certfleet's CA bundle was pushed to it",
+                                 code="device_gone")
+        if bundle is None or not bundle.version or not bundle.pem:
+            raise PermanentError(
+                f"certfleet has no CA bundle to push to device {device.serial}; install one first "
+                "(certfleet cert-update run-now), then push it again",
+                code="no_ca_bundle",
+            )
+        version = bundle.version
+        exchanges.push_ca_bundle(self.ctx.devices, device, version=version, pem=bundle.pem, steps=self.steps)
+        return self._commit_success(lambda session: persist.record_bundle_version(session, device.id, version))
+
     # --- outcomes --------------------------------------------------------------------------------
 
     def _succeed(
         self, write: Callable[[Session, Trustpoint], None], *, enrollment: str | None = None
     ) -> JobOutcome:
-        with session_scope(self.ctx.engine) as session:
-            # The fence first: it takes the job's row lock, so the trustpoint read below is current.
-            if not jobstore.finish_job(session, self.claimed, now=self.ctx.clock(), steps=self.steps.drain()):
-                session.rollback()
-                return self._lost()
+        def record(session: Session) -> None:
             locked = persist.lock_trustpoint(session, self.claimed.trustpoint_id)
             if locked is not None:
                 write(session, locked)
@@ -267,6 +294,17 @@ class _JobRun:
                     renewal_state.after_success(
                         session, locked, self.subject.enrollment_object, job_id=self.claimed.id,
                         reason=self.claimed.reason, now=self.ctx.clock(), settings=self.ctx.settings)
+
+        return self._commit_success(record, enrollment=enrollment)
+
+    def _commit_success(self, record: Callable[[Session], None], *, enrollment: str | None = None) -> JobOutcome:
+        """Finish the job and ``record`` its outcome in one transaction, the fence first: it takes the
+        job's row lock, so what ``record`` reads is current; another holder's job records nothing."""
+        with session_scope(self.ctx.engine) as session:
+            if not jobstore.finish_job(session, self.claimed, now=self.ctx.clock(), steps=self.steps.drain()):
+                session.rollback()
+                return self._lost()
+            record(session)
             session.commit()
         self._finished("succeeded", enrollment=enrollment)
         log().info("job succeeded", job_id=str(self.claimed.id), kind=self.kind.value,

@@ -34,6 +34,7 @@ from services.device_sim.ca_client.connection import configured_url
 from services.device_sim.ca_client.est_transport import CaFailure, EstEndpoint, EstSession
 from services.device_sim.keypairs import generate_device_key
 from services.device_sim.tasks import (
+    CaClientSettings,
     CurrentIdentity,
     Enrolled,
     EnrollmentTask,
@@ -132,11 +133,7 @@ class _EstEnrollment:
             trust = "nothing yet: fetching the CA certificates to compare with the fingerprint"
         else:
             context = ca_trust.client_context(verify=True, anchors_pem=anchors, identity=identity)
-            count = anchors.count("-----BEGIN CERTIFICATE-----")
-            trust = (f"the device's {count} trust anchor{'s' if count != 1 else ''}" if count else
-                     "the device's trust anchors, and it has none: add the CA's certificate as a trust "
-                     "anchor (device-sim --trust-anchor), set the enrollment object's CA fingerprint, or "
-                     "ignore server certificate validation")
+            trust = _anchors_described(self.task.ca)
         return EstSession(self.endpoint, context, timeout=self.task.ca.timeout_seconds, trust=trust)
 
     def _pin(self, chain: list[x509.Certificate]) -> x509.Certificate | None:
@@ -216,3 +213,17 @@ class _EstEnrollment:
             raise CaFailure(f"CA at {url} answered {operation} with no certificate: {exc}",
                             code="ca_bad_response") from None
         return issued.accept_issued(certs, key, chain[0], url=url, weak_crypto=self.task.weak_crypto)
+
+
+def _anchors_described(ca: CaClientSettings) -> str:
+    """What the device checked the server against: its trust anchors and its CA bundle."""
+    count = ca.trust_anchors_pem.count("-----BEGIN CERTIFICATE-----") - ca.bundle_certificates
+    if not count and not ca.bundle_version:
+        return ("the device's trust anchors, and it has none: add the CA's certificate as a trust anchor "
+                "(device-sim --trust-anchor) or to certfleet's CA bundle, set the enrollment object's CA "
+                "fingerprint, or ignore server certificate validation")
+    parts = [f"{count} trust anchor{'s' if count != 1 else ''}"] if count else []
+    if ca.bundle_version:
+        held = ca.bundle_certificates
+        parts.append(f"CA bundle version {ca.bundle_version} ({held} certificate{'s' if held != 1 else ''})")
+    return "the device's " + " and ".join(parts)

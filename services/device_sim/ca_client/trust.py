@@ -3,7 +3,9 @@
 The enrollment object chooses one of three ways:
 
 - **trust anchors** (the default): the server's TLS certificate must chain to one of the
-  device's trust anchors (``certfleet device-sim --trust-anchor FILE``) and name the URL's host;
+  device's trust anchors (``certfleet device-sim --trust-anchor FILE``) or to a certificate of
+  the CA bundle certfleet pushed to it (:mod:`services.device_sim.ca_bundles`), and name the
+  URL's host;
 - **fingerprint**: the device fetches ``/cacerts`` without checking the server (nothing secret
   is sent), keeps the CA certificate whose digest is the enrollment object's fingerprint, and
   from then on verifies the server against that certificate alone, so the EST password only

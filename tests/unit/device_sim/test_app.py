@@ -245,7 +245,7 @@ def test_an_unknown_endpoint_says_where_the_api_is(client: httpx.Client) -> None
     body = response.json()
     assert body["code"] == "not_found"
     assert body["message"] == ("no such endpoint: /api/trustpoints; a device's API is under /api/devices/<serial>/ "
-                               "(trustpoints, keyring/default, weak-crypto)")
+                               "(trustpoints, keyring/default, weak-crypto, ca-bundle)")
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
 
 WEAK_CRYPTO_MESSAGE = "weak crypto: RSA-1024; enable weak-crypto on the device to accept it"
+BUNDLE = {"version": "7", "certificates": 2, "sha256": "ab" * 32}
 TRUSTPOINT = {"name": "vpn", "enrollment_type": "self_signed", "ca_status": "in_progress",
               "identity_status": "in_progress"}
 
@@ -53,6 +54,9 @@ class ScriptedDevice(BaseHTTPRequestHandler):
             "no_device": (404, {"code": "device_not_found", "message": "no device FTD-9"}, {}),
             "garbage": (200, "<html>proxy login</html>", {}),
             "deleted": (204, None, {}),
+            "bundle": (200, BUNDLE, {}),
+            "bad_bundle": (422, {"code": "invalid_ca_bundle", "message": "the CA bundle holds no readable PEM "
+                                                                        "certificate"}, {}),
         }[scenario]
         text = body if isinstance(body, str) or body is None else json.dumps(body)
         payload = (text or "").encode()
@@ -216,3 +220,32 @@ def test_unusable_management_url_is_permanent(client):
     with pytest.raises(PermanentError) as caught:
         client.get_keyring(Device("FTD-1", "ftp://device.example/api"))
     assert caught.value.code == "invalid_management_url"
+
+
+# --- the CA bundle ---------------------------------------------------------------------------------
+
+def test_the_ca_bundle_is_read_and_pushed_at_the_device_path(client, device, device_server):
+    device_server.scenario = "bundle"
+    held = client.get_ca_bundle(device)
+    pushed = client.put_ca_bundle(device, "7", "-----BEGIN CERTIFICATE-----\n…")
+    assert held == pushed and (held.version, held.certificates, held.sha256) == ("7", 2, "ab" * 32)
+    path = "/api/devices/FTD-000042/ca-bundle"
+    assert [r[:2] for r in device_server.requests] == [("GET", path), ("PUT", path)]
+    assert json.loads(device_server.requests[-1][2]) == {"version": "7", "pem": "-----BEGIN CERTIFICATE-----\n…"}
+
+
+@pytest.mark.parametrize(("scenario", "error", "code"), [
+    ("busy", DeviceTransientError, "device_error"),
+    ("manager_cannot_reach", DeviceTransientError, "device_unreachable"),
+    ("slow", DeviceTransientError, "device_timeout"),
+    ("bad_bundle", PermanentError, "invalid_ca_bundle"),
+    ("no_device", PermanentError, "device_not_found"),
+    ("garbage", PermanentError, "device_bad_response"),
+])
+def test_ca_bundle_calls_fail_as_every_other_call_does(client, device, device_server, scenario, error, code):
+    device_server.scenario = scenario
+    for call in (lambda: client.get_ca_bundle(device), lambda: client.put_ca_bundle(device, "7", "PEM")):
+        with pytest.raises(error) as caught:
+            call()
+        assert caught.value.code == code
+        assert isinstance(caught.value, TransientError) == (error is DeviceTransientError)

@@ -32,6 +32,7 @@ from services.device_sim.server import start_in_thread as start_sim
 from shared.device_api import TrustpointState
 from tests.support.ca_peers import openssl_verify, spki, write_pem
 from tests.support.procs import free_port
+from tests.support.tls import make_ca
 from tests.support.waiting import wait_until
 
 USER, PASSWORD = "ftd-enroller", "Est-Secret-Never-Shown-9"
@@ -222,6 +223,26 @@ def test_server_the_device_does_not_trust(ca, bare_sim):
     assert message.startswith(
         f"CA at {ca.est_url}/: TLS verification failed: unable to get local issuer certificate")
     assert "trust anchors, and it has none" in message and "fingerprint" in message
+
+
+def test_a_ca_bundle_holding_the_servers_ca_makes_the_device_trust_it(ca, bare_sim):
+    device = Device(bare_sim, "FTD-000009")
+    device.configure("bundled", f"{ca.est_url}/")
+    other_ca = make_ca("Not This CA's Root")
+    assert device.http.put("/ca-bundle", json={"version": "1", "pem": other_ca.pem}).status_code == 200
+
+    message = failed(device.enroll("bundled"), "ca_tls_verification_failed")
+    assert "the device's CA bundle version 1 (1 certificate)" in message
+
+    bundle = other_ca.pem + ca.tls_ca.read_text()
+    assert device.http.put("/ca-bundle", json={"version": "2", "pem": bundle}).status_code == 200
+    state = device.enroll("bundled")
+    assert (state.ca_status, state.identity_status) == ("available", "available"), state.error_message
+
+    # A device without that bundle, in the same fleet, still does not trust the server.
+    other = Device(bare_sim, "FTD-000010")
+    other.configure("bundled", f"{ca.est_url}/")
+    failed(other.enroll("bundled"), "ca_tls_verification_failed")
 
 
 def test_a_fingerprint_that_is_not_hex_is_refused_before_asking_the_ca(ca, bare_sim):
