@@ -131,6 +131,23 @@ class EnrollmentObjectFields(SQLModel):
     # Revocation checking (OCSP / CRL URLs; IPv6 literals in brackets)
     ocsp_url: str = Field(default="", max_length=512)
     crl_urls: list[str] = Field(default_factory=list, max_length=16, sa_type=JSON, nullable=False)
+    # Revocation checking, as the device applies it to peers' certificates (and certfleet to
+    # the installed identity certificates): CRL (from the certificate's distribution points and/or
+    # the static crl_urls), OCSP (ocsp_url overrides the certificate's AIA), which first, and
+    # whether a certificate counts as valid when no revocation information can be had.
+    revocation_crl: bool = False
+    crl_use_distribution_point: bool = True
+    revocation_ocsp: bool = False
+    #: "crl_first" or "ocsp_first", when both are on: the other answers when the first cannot.
+    revocation_order: str = Field(default="crl_first", max_length=16)
+    valid_if_unreachable: bool = False
+    #: What peers a trustpoint's CA may validate: any of "ipsec_client", "ssl_client", "ssl_server".
+    validation_usage: list[str] = Field(default_factory=lambda: ["ipsec_client", "ssl_client"], max_length=3,
+                                        sa_type=JSON, nullable=False)
+    #: Accept a CA certificate without the CA flag in its basic constraints.
+    skip_ca_flag_check: bool = False
+    #: Accept an identity certificate whose IPsec extended key usage is "IKE intermediate".
+    ignore_ipsec_key_usage: bool = False
     # Renewal: certfleet re-enrolls EST, SCEP and self-signed trustpoints before their identity
     # certificate expires; manual and PKCS12 ones get a renewal-due warning instead.
     auto_renew: bool = True
@@ -192,6 +209,10 @@ class Trustpoint(SQLModel, table=True):
     last_renewal_at: datetime | None = _ts(nullable=True)
     renewal_error_code: str | None = Field(default=None, max_length=64)
     renewal_error_message: str | None = Field(default=None, max_length=2048)
+    #: When the CA revoked the installed identity certificate, and why (RFC 5280 reason name),
+    #: as the revocation scan found it.
+    revoked_at: datetime | None = _ts(nullable=True)
+    revocation_reason: str | None = Field(default=None, max_length=32)
 
     __table_args__ = (
         UniqueConstraint("device_id", "name"),

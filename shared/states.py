@@ -20,6 +20,8 @@ class Status(StrEnum):
     FAILED = "failed"
     PENDING = "pending"  # waiting for an operator: a manual CSR, a SCEP request the CA holds
     NOT_APPLICABLE = "not_applicable"  # e.g. a CA-only trustpoint has no identity certificate
+    #: The CA revoked the installed identity certificate (found by the revocation scan).
+    REVOKED = "revoked"
 
 
 S = Status
@@ -29,7 +31,9 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     S.IN_PROGRESS: frozenset({S.AVAILABLE, S.FAILED, S.PENDING, S.NOT_APPLICABLE}),
     S.PENDING: frozenset({S.IN_PROGRESS, S.AVAILABLE, S.FAILED}),
     # available -> failed: a refresh finds the certificate gone or expired on the device.
-    S.AVAILABLE: frozenset({S.IN_PROGRESS, S.FAILED}),
+    S.AVAILABLE: frozenset({S.IN_PROGRESS, S.FAILED, S.REVOKED}),
+    # revoked -> available: a refresh finds another certificate installed meanwhile.
+    S.REVOKED: frozenset({S.IN_PROGRESS, S.FAILED, S.AVAILABLE}),
     # failed -> available: a refresh finds the device did get its certificate after all.
     S.FAILED: frozenset({S.IN_PROGRESS, S.AVAILABLE}),
     S.NOT_APPLICABLE: frozenset({S.IN_PROGRESS}),
@@ -78,9 +82,10 @@ def transition(
     for attr, target in targets.items():
         if target is not None:
             check(getattr(trustpoint, attr), target, which=_LABELS[attr])
-    failing = Status.FAILED in (ca, identity)
+    # A revoked certificate is explained like a failure: which code, and the reason and time.
+    failing = Status.FAILED in (ca, identity) or Status.REVOKED in (ca, identity)
     if failing and not (error_code and error_message):
-        raise ValueError("a failed status needs an error code and a message")
+        raise ValueError("a failed or revoked status needs an error code and a message")
     changed = False
     for attr, target in targets.items():
         if target is not None and getattr(trustpoint, attr) != Status(target).value:
@@ -88,8 +93,8 @@ def transition(
             changed = True
     if failing:
         new_error = (error_code, error_message)
-    elif Status.FAILED.value in (trustpoint.ca_status, trustpoint.identity_status):
-        # The other status is still failed: keep the error that explains it.
+    elif {Status.FAILED.value, Status.REVOKED.value} & {trustpoint.ca_status, trustpoint.identity_status}:
+        # The other status is still failed or revoked: keep the error that explains it.
         new_error = (trustpoint.error_code, trustpoint.error_message)
     else:
         new_error = (None, None)

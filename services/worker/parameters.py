@@ -78,5 +78,19 @@ def _options(obj: EnrollmentObject, device: Device, secrets: SecretBox | None) -
         options["ocsp_url"] = obj.ocsp_url
     if obj.crl_urls:
         options["crl_urls"] = list(obj.crl_urls)
+    # How the device validates peers with this trustpoint's CA (a self-signed one has no CA).
+    if kind is not EnrollmentType.SELF_SIGNED:
+        options["validation"] = validation_settings(obj)
     # Drop empty values: the configuration says only what the object sets.
     return {k: v for k, v in options.items() if v not in ("", None)}
+
+
+def validation_settings(obj: EnrollmentObject) -> dict[str, Any]:
+    """The enrollment object's revocation and validation settings, as the device takes them."""
+    return {
+        "revocation_crl": obj.revocation_crl, "crl_use_distribution_point": obj.crl_use_distribution_point,
+        "crl_urls": list(obj.crl_urls), "revocation_ocsp": obj.revocation_ocsp, "ocsp_url": obj.ocsp_url,
+        "revocation_order": obj.revocation_order, "valid_if_unreachable": obj.valid_if_unreachable,
+        "validation_usage": list(obj.validation_usage), "skip_ca_flag_check": obj.skip_ca_flag_check,
+        "ignore_ipsec_key_usage": obj.ignore_ipsec_key_usage,
+    }

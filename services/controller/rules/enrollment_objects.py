@@ -89,9 +89,43 @@ def object_columns(data: EnrollmentObjectCreate) -> dict[str, Any]:
     check_policy(validity_days=data.validity_days, fraction=data.renew_before_fraction, days=data.renew_before_days)
 
     if data.ocsp_url:
-        columns["ocsp_url"] = check_http_url(data.ocsp_url, field="ocsp_url")
-    columns["crl_urls"] = [check_http_url(url, field="crl_urls") for url in data.crl_urls]
+        columns["ocsp_url"] = check_revocation_url(data.ocsp_url, field="ocsp_url")
+    columns["crl_urls"] = [check_revocation_url(url, field="crl_urls") for url in data.crl_urls]
+    check_validation(data, kind)
+    columns["validation_usage"] = sorted(set(data.validation_usage))
     return columns
+
+
+#: What a trustpoint's CA may validate peers for.
+VALIDATION_USAGES = ("ipsec_client", "ssl_client", "ssl_server")
+REVOCATION_ORDERS = ("crl_first", "ocsp_first")
+
+
+def check_revocation_url(value: str, *, field: str) -> str:
+    """CRL and OCSP are fetched over plain HTTP (their answers are signed): an http:// URL, IPv6
+    literals in square brackets (http://[2001:db8::7]/crl)."""
+    url = check_http_url(value, field=field)
+    if not url.lower().startswith("http://"):
+        raise ValidationError(f"{field} {value!r}: CRL and OCSP are served over plain http:// (their answers are "
+                              "signed by the CA), e.g. http://[2001:db8::7]/crl", code="revocation_url_not_http")
+    return url
+
+
+def check_validation(data: EnrollmentObjectCreate, kind: EnrollmentType) -> None:
+    """Revocation and validation settings that cannot work are refused."""
+    if data.revocation_order not in REVOCATION_ORDERS:
+        raise ValidationError(f"revocation_order must be one of {', '.join(REVOCATION_ORDERS)}, "
+                              f"not {data.revocation_order!r}", code="invalid_revocation_order")
+    unknown = sorted(set(data.validation_usage) - set(VALIDATION_USAGES))
+    if unknown or not data.validation_usage:
+        raise ValidationError(f"validation_usage is one or more of {', '.join(VALIDATION_USAGES)}"
+                              + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                              code="invalid_validation_usage")
+    if kind is EnrollmentType.SELF_SIGNED and (data.revocation_crl or data.revocation_ocsp):
+        raise _not_applicable("revocation_crl/revocation_ocsp", kind, "enrollment types with a CA")
+    if data.revocation_crl and not data.crl_use_distribution_point and not data.crl_urls:
+        raise ValidationError("CRL checking is on but has no CRL to read: keep crl_use_distribution_point, or give "
+                              "crl_urls (http:// URLs, IPv6 literals in brackets)", code="crl_source_required")
 
 
 def secret_of(data: EnrollmentObjectCreate) -> str | None:

@@ -15,17 +15,19 @@ from shared.states import Status, transition
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 
-IN_PROGRESS, AVAILABLE, FAILED, PENDING, NOT_APPLICABLE = (
-    Status.IN_PROGRESS, Status.AVAILABLE, Status.FAILED, Status.PENDING, Status.NOT_APPLICABLE,
+IN_PROGRESS, AVAILABLE, FAILED, PENDING, NOT_APPLICABLE, REVOKED = (
+    Status.IN_PROGRESS, Status.AVAILABLE, Status.FAILED, Status.PENDING, Status.NOT_APPLICABLE, Status.REVOKED,
 )
 
 #: The table as the product describes it, written out independently of shared.states.
 EXPECTED_ALLOWED = {
     IN_PROGRESS: {IN_PROGRESS, AVAILABLE, FAILED, PENDING, NOT_APPLICABLE},
     PENDING: {PENDING, IN_PROGRESS, AVAILABLE, FAILED},
-    AVAILABLE: {AVAILABLE, IN_PROGRESS, FAILED},
+    AVAILABLE: {AVAILABLE, IN_PROGRESS, FAILED, REVOKED},
     FAILED: {FAILED, IN_PROGRESS, AVAILABLE},
     NOT_APPLICABLE: {NOT_APPLICABLE, IN_PROGRESS},
+    # The revocation scan marks an installed certificate revoked; re-enroll, or a refresh, moves on.
+    REVOKED: {REVOKED, IN_PROGRESS, FAILED, AVAILABLE},
 }
 PAIRS = [(a, b) for a in Status for b in Status]
 ALLOWED_PAIRS = [(a, b) for a, b in PAIRS if b in EXPECTED_ALLOWED[a]]
@@ -51,13 +53,13 @@ def snapshot(tp: Trustpoint) -> tuple:
 
 
 def move(tp: Trustpoint, side: str, target: Status) -> bool:
-    extra = ERROR if target is FAILED else {}
+    extra = ERROR if target in (FAILED, REVOKED) else {}
     return transition(tp, now=T1, **{side: target}, **extra)
 
 
 def test_the_table_covers_every_pair():
-    assert len(ALLOWED_PAIRS) + len(REFUSED_PAIRS) == 25
-    assert len(REFUSED_PAIRS) == 8
+    assert len(ALLOWED_PAIRS) + len(REFUSED_PAIRS) == 36
+    assert len(REFUSED_PAIRS) == 14
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -161,3 +163,16 @@ def test_status_values_may_be_given_as_strings():
     tp = trustpoint()
     assert transition(tp, now=T1, ca="available", identity="pending") is True
     assert (tp.ca_status, tp.identity_status) == ("available", "pending")
+
+
+def test_revoked_needs_its_explanation_and_keeps_it_while_the_other_side_moves():
+    tp = trustpoint(ca=AVAILABLE, identity=AVAILABLE)
+    with pytest.raises(ValueError, match="error code and a message"):
+        transition(tp, now=T1, identity=REVOKED)
+    transition(tp, now=T1, identity=REVOKED, error_code="identity_revoked",
+               error_message="revoked by the CA on 2030-01-01 (keyCompromise)")
+    assert (tp.identity_status, tp.error_code) == ("revoked", "identity_revoked")
+    transition(tp, now=T1, ca=AVAILABLE)
+    assert tp.error_code == "identity_revoked"
+    transition(tp, now=T1, identity=IN_PROGRESS)  # re-enroll
+    assert (tp.error_code, tp.error_message) == (None, None)
