@@ -118,6 +118,9 @@ class CertificateAuthority:
     issuing: x509.Certificate
     issuing_key: PrivateKey
     paths: CaPaths
+    #: How long issued end-entity certificates last, instead of their profile's days (None: the
+    #: profile's). Short ones let renewal be watched in tests and demos.
+    validity: timedelta | None = None
 
     @property
     def key_type(self) -> KeyType:
@@ -130,7 +133,8 @@ class CertificateAuthority:
     def issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
               now: datetime | None = None) -> x509.Certificate:
         return issuance.issue_from_request(
-            csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now or utcnow()
+            csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now or utcnow(),
+            validity=self.validity,
         )
 
     def issued_by_us(self, cert: x509.Certificate, *, now: datetime | None = None) -> str | None:

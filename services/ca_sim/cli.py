@@ -2,6 +2,7 @@
 
     certfleet ca serve --state-dir DIR [--host H]... [--est-port P] [--est-user U --est-password W] ...
                        [--scep-port Q [--scep-challenge C] [--scep-ra]] [--bundle-port B]
+                       [--validity-seconds N]
     certfleet ca challenge --state-dir DIR [--ttl MINUTES]
     certfleet ca requests --state-dir DIR [--all]
     certfleet ca approve --state-dir DIR REQUEST_ID
@@ -27,6 +28,8 @@ from shared.errors import CertfleetError, ConfigurationError
 
 PASSWORD_ENV = "CERTFLEET_CA_EST_PASSWORD"
 CHALLENGE_ENV = "CERTFLEET_CA_SCEP_CHALLENGE"
+#: The longest --validity-seconds: the longest a profile may issue for.
+MAX_VALIDITY_SECONDS = 3650 * 24 * 3600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="key of a new CA: RSA-2048 (default) or P-256; an existing CA keeps its key")
     serve.add_argument("--default-profile", default="default", choices=sorted(PROFILES),
                        help="profile for /.well-known/est/ without a label (default: default)")
+    serve.add_argument("--validity-seconds", type=int, metavar="N",
+                       help="issued end-entity certificates (EST and SCEP) last N seconds instead of their "
+                       "profile's days, to watch automatic renewal in tests and demos; they start at most a "
+                       "tenth of N before issuance, not the usual 5 minutes (default: the profile's validity)")
     serve.add_argument("--retry-after", type=int, default=2,
                        help="seconds a client waits before asking again about a pending request (default 2)")
     serve.set_defaults(ca_func=_serve)
@@ -109,12 +116,15 @@ def _serve(args: argparse.Namespace) -> int:
     for option, value in (("--scep-challenge", args.scep_challenge), ("--scep-ra", args.scep_ra or None)):
         if value is not None and args.scep_port is None:
             print(f"warning: {option} ignored without --scep-port", file=sys.stderr)
+    if args.validity_seconds is not None and not 1 <= args.validity_seconds <= MAX_VALIDITY_SECONDS:
+        raise ConfigurationError(f"--validity-seconds must be 1 to {MAX_VALIDITY_SECONDS} (ten years), "
+                                 f"not {args.validity_seconds}", code="bad_validity")
     try:
         running = start_in_thread(
             args.state_dir, host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
             est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
             default_profile=args.default_profile, scep_port=args.scep_port, scep_challenge=args.scep_challenge,
-            scep_ra=args.scep_ra, bundle_port=args.bundle_port,
+            scep_ra=args.scep_ra, bundle_port=args.bundle_port, validity_seconds=args.validity_seconds,
         )
     except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
         raise ConfigurationError(str(exc)) from exc

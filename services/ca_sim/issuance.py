@@ -26,6 +26,10 @@ ISSUING_VALIDITY = timedelta(days=10 * 365)
 TLS_VALIDITY = timedelta(days=365)
 #: Issued certificates start a little in the past, so a device whose clock lags still accepts them.
 BACKDATE = timedelta(minutes=5)
+#: ... but never more than this share of an issued certificate's lifetime: a certificate of a
+#: few seconds (``--validity-seconds``, for renewal tests and demos) backdated by five minutes
+#: would be mostly over when issued, and due for renewal at once.
+BACKDATE_SHARE = 0.1
 #: Keys the CA signs requests for: RSA of at least this size, the NIST curves, Ed25519.
 MIN_RSA_BITS = 1024
 CURVES = ("secp256r1", "secp384r1", "secp521r1")
@@ -206,10 +210,17 @@ def requested_sans(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName
     return [name for name in ext.value if isinstance(name, SAN_TYPES)]
 
 
+def backdate_for(validity: timedelta) -> timedelta:
+    """How far before issuance a certificate valid ``validity`` from now starts."""
+    return min(BACKDATE, validity * BACKDATE_SHARE)
+
+
 def issue_from_request(csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
-                       issuer: x509.Certificate, issuer_key: PrivateKey, now: datetime) -> x509.Certificate:
+                       issuer: x509.Certificate, issuer_key: PrivateKey, now: datetime,
+                       validity: timedelta | None = None) -> x509.Certificate:
     """Sign a (signature-checked) request under a profile: the subject and subjectAltNames come
-    from the request; key usage, EKU, validity and hash from the profile."""
+    from the request; key usage, EKU, validity and hash from the profile. ``validity``, when
+    given, replaces the profile's: the certificate ends that long after ``now``."""
     public_key = csr.public_key()
     check_request_key(public_key)
     sans = requested_sans(csr)
@@ -219,9 +230,10 @@ def issue_from_request(csr: x509.CertificateSigningRequest, profile: Certificate
             "subject (e.g. CN=...) or in a subjectAltName",
             code="empty_subject",
         )
+    validity = validity or timedelta(days=profile.validity_days)
     return _end_entity(
         subject=csr.subject, public_key=public_key, sans=sans, issuer=issuer, issuer_key=issuer_key,
-        not_before=now - BACKDATE, not_after=now + timedelta(days=profile.validity_days),
+        not_before=now - backdate_for(validity), not_after=now + validity,
         key_usage=_end_entity_key_usage(public_key, profile.key_usage),
         ekus=profile.extended_key_usage, hash_algorithm=profile.hash_algorithm(),
     )

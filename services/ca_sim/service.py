@@ -11,7 +11,8 @@ import asyncio
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -144,17 +145,23 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
                     key_type: KeyType | str | None = None, retry_after: int = 2,
                     default_profile: str = "default", scep_port: int | None = None,
                     scep_challenge: str | None = None, scep_ra: bool = False,
-                    bundle_port: int | None = None) -> RunningCa:
+                    bundle_port: int | None = None, validity_seconds: int | None = None) -> RunningCa:
     """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread; ``host`` may
     list several addresses (e.g. 127.0.0.1 and ::1), served on one port.
     Several servers may share one state directory (and so one CA and request store).
     With ``scep_port`` (0: a free one) SCEP is served too, on plain HTTP; ``scep_challenge`` is
     its static challenge password, ``scep_ra`` makes an RA certificate speak for the CA. With
-    ``bundle_port`` (0: a free one) the CA bundle is served too, over HTTPS like EST."""
+    ``bundle_port`` (0: a free one) the CA bundle is served too, over HTTPS like EST.
+    ``validity_seconds`` makes every end-entity certificate issued over EST and SCEP last that
+    long, whatever its profile says (the CA's own and its TLS and RA certificates keep theirs)."""
     hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host)) or ["127.0.0.1"]
     settings = EstSettings(user=est_user, password=est_password, retry_after=retry_after,
                            default_profile=default_profile)
     ca = load_authority(state_dir, key_type=key_type)
+    if validity_seconds is not None:
+        if validity_seconds < 1:
+            raise ValueError(f"the validity of issued certificates must be at least 1 second, not {validity_seconds}")
+        ca = replace(ca, validity=timedelta(seconds=validity_seconds))
     extra = tuple(h for h in hosts if h not in _UNSPECIFIED)
     cert_file, key_file = ensure_tls_certificate(ca, extra_names=extra)
     ssl_context = server_ssl_context(ca, cert_file, key_file)
@@ -222,5 +229,5 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
                         _bundle_runner=bundle_runner)
     log.info("ca started", est_url=running.est_url, scep_url=running.scep_url, bundle_url=running.bundle_url,
              state_dir=str(running.state_dir), key_type=ca.key_type.value, basic_auth=bool(est_user),
-             scep_challenge=bool(scep_challenge))
+             scep_challenge=bool(scep_challenge), validity_seconds=validity_seconds)
     return running

@@ -42,7 +42,7 @@ class World:
 
 @contextmanager
 def fault_world(tmp_path: Path, *, devices: int, sim_args: list[str] | None = None,
-                env: dict[str, str] | None = None, workers: int = 2,
+                env: dict[str, str] | None = None, workers: int = 2, controllers: int = 1,
                 redis_url: str = REDIS_URL) -> Iterator[World]:
     postgres_or_skip()
     queue = redis.Redis.from_url(redis_url)
@@ -50,7 +50,8 @@ def fault_world(tmp_path: Path, *, devices: int, sim_args: list[str] | None = No
     try:
         with fresh_database() as database_url:
             stack = Stack(database_url=database_url, broker_url=redis_url, log_dir=tmp_path, devices=devices,
-                          workers=workers, sim_args=sim_args, extra_env={**QUICK_RECOVERY, **(env or {})})
+                          workers=workers, controllers=controllers, sim_args=sim_args,
+                          extra_env={**QUICK_RECOVERY, **(env or {})})
             engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"),
                                       pool_pre_ping=True)
             try:

@@ -222,11 +222,13 @@ def admin_token(env: dict[str, str]) -> str:
 
 
 class Stack:
-    """Controller, N worker processes and the device simulator, each its own process."""
+    """Controllers (one by default), N worker processes and the device simulator, each its own
+    process. Every controller serves the API on its own port and runs the reconciler and the
+    scheduler, as replicas of one deployment do."""
 
     def __init__(self, *, database_url: str, broker_url: str, log_dir: Path, devices: int,
                  workers: int = 2, threads: int = 8, sim_args: list[str] | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, controllers: int = 1) -> None:
         self.env = {
             **os.environ,
             "CERTFLEET_DATABASE_URL": database_url,
@@ -235,6 +237,9 @@ class Stack:
             **(extra_env or {}),
         }
         self.log_dir, self.devices, self.workers, self.threads = log_dir, devices, workers, threads
+        self.controllers = controllers
+        #: Each controller's API, in the order of :meth:`controller_procs`; ``api_url`` is the first.
+        self.api_urls: list[str] = []
         self.sim_args = sim_args or []
         self.procs: list[Proc] = []
 
@@ -252,13 +257,19 @@ class Stack:
         # The token first: on an empty database it creates the schema, before the services
         # start side by side.
         self.token = admin_token(self.env)
-        sim_port, api_port = free_port(), free_port()
-        self.sim_url, self.api_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{api_port}"
+        sim_port = free_port()
+        self.sim_url = f"http://127.0.0.1:{sim_port}"
         sim = self._launch("device-sim", ["device-sim", "--devices", str(self.devices), "--port", str(sim_port),
                                           "--seed", "7", *self.sim_args])
         checks = [(sim, lambda: re.search(r"device-sim ready", sim.output()) is not None)]
-        controller = self._launch("controller", ["controller", "--host", "127.0.0.1", "--port", str(api_port)])
-        checks.append((controller, lambda: answers_200(self.api_url + "/healthz")))
+        for i in range(self.controllers):
+            api_port = free_port()
+            url = f"http://127.0.0.1:{api_port}"
+            self.api_urls.append(url)
+            controller = self._launch("controller" if i == 0 else f"controller-{i}",
+                                      ["controller", "--host", "127.0.0.1", "--port", str(api_port)])
+            checks.append((controller, lambda url=url: answers_200(url + "/healthz")))
+        self.api_url = self.api_urls[0]
         for i in range(self.workers):
             # Its metrics server answers once the dramatiq command has loaded the worker module.
             port = free_port()
@@ -274,6 +285,9 @@ class Stack:
 
     def worker_procs(self) -> list[Proc]:
         return [p for p in self.procs if p.name.startswith("worker")]
+
+    def controller_procs(self) -> list[Proc]:
+        return [p for p in self.procs if p.name.startswith("controller")]
 
     def stop(self) -> None:
         """Stop every process, also when one fails to stop: all are asked at once (workers first,

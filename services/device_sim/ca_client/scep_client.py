@@ -29,6 +29,7 @@ Private keys never leave the device: the request carries the public key only.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -345,9 +346,14 @@ def _allows(cert: x509.Certificate, usage: str) -> bool:
         return True
 
 
+@functools.cache
 def _transient_rsa_key() -> rsa.RSAPrivateKey:
     """RFC 8894 lets a requester whose key cannot do RSA key transport sign with a throw-away RSA
-    key; the CA then encrypts its answer to that key. It never leaves the device either."""
+    key; the CA then encrypts its answer to that key. It never leaves the simulator either.
+
+    One key serves every simulated device of the process: making an RSA-2048 key costs about as
+    much CPU as the rest of a SCEP enrollment, and this key only receives the CA's answer (the
+    transaction is named by the device's own key, the request signed anew per device)."""
     key = generate_private_key("rsa", 2048)
     assert isinstance(key, rsa.RSAPrivateKey)
     return key

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -132,6 +133,28 @@ def test_serve_refuses_a_key_type_that_contradicts_the_ca(state_dir):
     done = ca_cli("serve", "--state-dir", str(state_dir), "--est-port", "0", "--key-type", "ecdsa")
     assert done.returncode == 2, done.stderr
     assert error_line(done).startswith(f"error: configuration_error: {state_dir.resolve()} already holds a rsa CA; ")
+
+
+def test_serve_with_a_validity_in_seconds_issues_certificates_that_last_that_long(state_dir):
+    served = Served(state_dir, "--validity-seconds", "30")
+    try:
+        _, csr = p256_csr("fw-short.example.net")
+        with client(state_dir, served.url) as http:
+            before = datetime.now(UTC).replace(microsecond=0)
+            answer = http.post("/.well-known/est/simpleenroll", content=est_codec.encode_csr(csr),
+                               headers={"Content-Type": "application/pkcs10"}, auth=("operator", PASSWORD))
+            after = datetime.now(UTC)
+    finally:
+        served.stop()
+    assert answer.status_code == 200, answer.text
+    (cert,) = est_codec.decode_certs_only(answer.content)
+    # Certificate times are whole seconds: 30 s after the request was answered, started 3 s before.
+    assert before + timedelta(seconds=30) <= cert.not_valid_after_utc <= after + timedelta(seconds=30)
+    assert before - timedelta(seconds=3) <= cert.not_valid_before_utc <= after - timedelta(seconds=3)
+
+    done = ca_cli("serve", "--state-dir", str(state_dir), "--est-port", "0", "--validity-seconds", "0")
+    assert (done.returncode, error_line(done)) == (
+        2, "error: bad_validity: --validity-seconds must be 1 to 315360000 (ten years), not 0")
 
 
 def test_requests_and_approve_from_another_process(state_dir):

@@ -82,6 +82,21 @@ def test_profile_sets_validity_eku_and_hash(ca):
         ext(ios, x509.ExtendedKeyUsage)
 
 
+def test_a_validity_in_seconds_replaces_the_profiles_and_keeps_the_certificate_mostly_ahead(ca):
+    _, issuing, key = ca
+    _, csr = p256_csr("fw1.example.net")
+    short = issuance.issue_from_request(csr, PROFILES["ms2012-ipsec"], issuer=issuing, issuer_key=key, now=NOW,
+                                        validity=timedelta(seconds=40))
+    assert short.not_valid_after_utc == NOW + timedelta(seconds=40)
+    # Backdated by a tenth of its life, not by five minutes: most of it is still ahead when issued.
+    assert short.not_valid_before_utc == NOW - timedelta(seconds=4)
+    # A long validity keeps the five minutes' allowance for lagging device clocks.
+    long = issuance.issue_from_request(csr, DEFAULT, issuer=issuing, issuer_key=key, now=NOW,
+                                       validity=timedelta(days=2))
+    assert (long.not_valid_before_utc, long.not_valid_after_utc) == (NOW - timedelta(minutes=5),
+                                                                     NOW + timedelta(days=2))
+
+
 def test_the_device_refuses_the_ms2012_ipsec_certificate_with_the_remedy(ca):
     _, csr = p256_csr("fw1.example.net")
     problem = check_ipsec_eku(issue(ca, csr, PROFILES["ms2012-ipsec"]))
