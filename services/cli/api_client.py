@@ -63,6 +63,9 @@ class CertfleetClient:
     def cert_update_auto(self, *, enabled: bool) -> dict:
         return self._call("PUT", "/cert-update/auto-update", json={"enabled": enabled})
 
+    def cert_update_push(self, batch_id: str) -> dict:
+        return self._call("GET", f"/cert-update/pushes/{batch_id}")
+
     # --- the scheduler ---------------------------------------------------------------------
     def schedules(self) -> list[dict]:
         return self._call("GET", "/schedules")

@@ -52,6 +52,8 @@ log = get_logger(__name__)
 #: Largest inventory page; a client asking for more gets this many (the contract allows fewer).
 MAX_PAGE = 5000
 DEFAULT_PAGE = 1000
+#: Bound of a PUT /api/offline body: tens of thousands of serials.
+OFFLINE_BODY_BYTES = 2 * 1024 * 1024
 #: Enrollments talking to CAs at once: they mostly wait on the network, not the CPU.
 CA_THREADS = 32
 _TRUSTPOINT_LIST = TypeAdapter(list[TrustpointState])
@@ -84,6 +86,8 @@ class DeviceSim:
         self.base_url = ""
         self.requests: Counter[str] = Counter()
         self.fault_counts: Counter[str] = Counter()
+        #: Devices taken off the network (PUT /api/offline): unreachable until brought back.
+        self.offline: frozenset[str] = frozenset()
         self._keygen = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2, thread_name_prefix="device-sim-keygen"
         )
@@ -138,6 +142,9 @@ class DeviceSim:
         fate = self.faults.decide(serial, device.next_request_number())
         if fate.latency_seconds:
             await self.sleep(fate.latency_seconds)
+        if serial in self.offline:
+            self.fault_counts["offline"] += 1
+            raise DeviceFault(503, "device_unreachable", f"device {serial} is unreachable")
         if fate.outcome is Outcome.OK:
             return device
         self.fault_counts[fate.outcome.value] += 1
@@ -176,6 +183,22 @@ class DeviceSim:
             "faults": dict(self.fault_counts),
             "enrollments_in_flight": len(self._inflight),
         })
+
+    async def set_offline(self, request: Request) -> Response:
+        """Take the listed devices off the network and bring every other one back: they answer
+        every request 503 device_unreachable, as the fault plan's unreachable devices do, until
+        a later call leaves them out (``{"serials": []}`` brings all back). For tests and demos of
+        devices that come back."""
+        self.requests["offline"] += 1
+        body = await _bounded_body(request, OFFLINE_BODY_BYTES, what="a list of devices to take offline")
+        serials = body.get("serials") if isinstance(body, dict) else None
+        if not isinstance(serials, list) or not all(isinstance(s, str) for s in serials):
+            raise ValidationError('send {"serials": ["FTD-000001", ...]}: the devices to take offline ([] brings '
+                                  'every device back)', code="invalid_request")
+        for serial in serials:
+            self.fleet.get(serial)  # 404 device_not_found for a serial the fleet lacks
+        self.offline = frozenset(serials)
+        return JSONResponse({"offline": sorted(self.offline)})
 
     # --- device endpoints --------------------------------------------------------------------
 
@@ -377,6 +400,7 @@ def create_app(sim: DeviceSim) -> Starlette:
     routes = [
         Route("/api/inventory", sim.inventory, methods=["GET"]),
         Route("/api/stats", sim.stats, methods=["GET"]),
+        Route("/api/offline", sim.set_offline, methods=["PUT"]),
         Route(device, sim.get_device, methods=["GET"]),
         Route(device + "/weak-crypto", sim.set_weak_crypto, methods=["PUT"]),
         Route(device + "/trustpoints", sim.list_trustpoints, methods=["GET"]),

@@ -15,10 +15,11 @@ import dramatiq
 from sqlalchemy import exists, insert
 from sqlmodel import Session, select
 
-from services.controller.crud.batches import BUNDLE_UPDATE, chunks
+from services.controller.crud.batches import BUNDLE_UPDATE, chunks, progress_fields
 from services.controller.queueing.publishing import publish_jobs
 from shared.domains import GLOBAL_DOMAIN_ID
 from shared.enums import JobKind, JobReason, JobState
+from shared.errors import NotFoundError
 from shared.events import BULK_QUEUE
 from shared.models import Batch, CaBundleState, Device, Job
 from shared.settings import Settings
@@ -58,6 +59,16 @@ def push_to_devices(
         session.execute(insert(Job), jobs)
         job_ids += [job["id"] for job in jobs]
     return batch, job_ids
+
+
+def push_progress(session: Session, batch_id: uuid.UUID, *, now: datetime) -> dict:
+    """A push batch's progress fields (as any batch's), with its version; NotFoundError for any
+    other batch."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.action != BUNDLE_UPDATE:
+        raise NotFoundError(f"CA bundle push {batch_id} not found", code="push_not_found")
+    return {**progress_fields(session, batch, now=now), "action": batch.action,
+            "version": str(batch.selection.get("ca_bundle_version", ""))}
 
 
 def publish_push(broker: dramatiq.Broker, job_ids: list[uuid.UUID], *, now: datetime) -> int:

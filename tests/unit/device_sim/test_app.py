@@ -395,6 +395,29 @@ def test_unreachable_devices_repeat_with_the_seed() -> None:
     assert unreachable_devices(seed=43) != first
 
 
+def test_devices_taken_offline_are_unreachable_until_brought_back() -> None:
+    with start_in_thread(SimConfig(devices=10, seed=5)) as running, client_for(running) as c:
+        taken = c.put("/api/offline", json={"serials": ["FTD-000003", "FTD-000004"]})
+        assert taken.status_code == 200 and taken.json() == {"offline": ["FTD-000003", "FTD-000004"]}
+        for path in ("/api/devices/FTD-000003", "/api/devices/FTD-000004/ca-bundle"):
+            answer = c.get(path)
+            assert answer.status_code == 503, path
+            assert answer.json()["code"] == "device_unreachable"
+        assert c.get("/api/devices/FTD-000005").status_code == 200
+        # A refused change leaves the devices offline as they were.
+        unknown = c.put("/api/offline", json={"serials": ["FTD-000003", "FTD-000099"]})
+        assert (unknown.status_code, unknown.json()["code"]) == (404, "device_not_found")
+        for body in ({"serials": "FTD-000003"}, [1], {"serials": [3]}):
+            refused = c.put("/api/offline", json=body)
+            assert (refused.status_code, refused.json()["code"]) == (422, "invalid_request"), body
+        assert c.get("/api/devices/FTD-000004").status_code == 503
+        assert c.get("/api/stats").json()["faults"]["offline"] == 3
+
+        assert c.put("/api/offline", json={"serials": []}).json() == {"offline": []}
+        assert c.get("/api/devices/FTD-000003").status_code == 200
+        assert c.get("/api/devices/FTD-000004/ca-bundle").status_code == 200
+
+
 def test_error_rate_one_fails_every_device_request() -> None:
     with start_in_thread(SimConfig(devices=5, error_rate=1.0)) as running, client_for(running) as c:
         for path in ("/api/devices/FTD-000001", "/api/devices/FTD-000002/keyring/default"):

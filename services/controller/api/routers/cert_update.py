@@ -4,6 +4,8 @@ test and update is audited (``GET /cert-update/audit``)."""
 
 from __future__ import annotations
 
+import uuid
+
 import dramatiq
 from fastapi import APIRouter, Depends
 from sqlalchemy import func
@@ -14,12 +16,14 @@ from services.controller.api.deps import Paging, get_broker, get_paging, get_ses
 from services.controller.api.schemas.cert_update import (
     AutoUpdate,
     CertUpdateAudit,
+    CertUpdatePush,
     CertUpdateResult,
     CertUpdateStatus,
     RunNow,
 )
 from services.controller.api.schemas.common import Page
 from services.controller.ca_bundles import auto_update
+from services.controller.ca_bundles.push import push_progress
 from services.controller.ca_bundles.updates import installed, run_update, test_update
 from shared.clock import utcnow
 from shared.models import CaBundleUpdate, Device, Schedule
@@ -91,3 +95,9 @@ def audit(session: Session = Depends(get_session), paging: Paging = Depends(get_
                         .offset(paging.offset).limit(paging.limit)).all()
     return Page[CertUpdateAudit](items=[CertUpdateAudit.model_validate(r, from_attributes=True) for r in rows],
                                  total=total, offset=paging.offset, limit=paging.limit)
+
+
+@router.get("/pushes/{batch_id}", response_model=CertUpdatePush)
+def get_push(batch_id: uuid.UUID, session: Session = Depends(get_session)):
+    """A push of the bundle to the devices: counts, failures by error code, ETA (404 ``push_not_found``)."""
+    return CertUpdatePush(**push_progress(session, batch_id, now=utcnow()))

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from services.controller.api.schemas.bulk_enrollments import BatchProgress
 from services.controller.api.schemas.common import InputModel
 
 
@@ -66,3 +67,14 @@ class CertUpdateAudit(BaseModel):
     detail: str
     batch_id: uuid.UUID | None
     created_at: datetime
+
+
+class CertUpdatePush(BatchProgress):
+    """A push of certfleet's CA bundle to the devices (``batch_id`` of run-now, or a drift pass's
+    batch): its progress as any batch's, ``selected`` devices."""
+
+    #: A push is about devices alone: no enrollment object.
+    enrollment_object_id: uuid.UUID | None = None
+    action: str
+    #: The bundle version current when the push started (each job pushes the version current then).
+    version: str

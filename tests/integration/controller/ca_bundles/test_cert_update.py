@@ -276,3 +276,33 @@ def test_devices_on_an_old_bundle_are_found_and_counted(world):
     assert 'certfleet_devices_ca_bundle{version="current"} 1.0' in text
     assert 'certfleet_devices_ca_bundle{version="older"} 2.0' in text
     assert "certfleet_ca_bundle_last_modified_timestamp_seconds " in text
+
+
+def test_a_push_shows_its_progress_to_an_admin(world):
+    source, api, _ = world
+    for serial in ("PUSH-1", "PUSH-2", "PUSH-3"):
+        api.device(serial)
+    source.publish(SOURCE_CA, SERVER_CA)
+    batch_id = api.ok("POST", "/cert-update/run-now", {})["batch_id"]
+    with Session(api.engine) as session:  # one device took the bundle, one failed for good
+        done, failed, _ = session.exec(select(Job).where(Job.batch_id == uuid.UUID(batch_id)).order_by(Job.id)).all()
+        done.state, failed.state = "succeeded", "failed"
+        done.finished_at = failed.finished_at = datetime.now(UTC)
+        failed.error_code, failed.error_message = "device_unreachable", "device PUSH-2 unreachable after 5 attempts"
+        session.add_all([done, failed])
+        session.commit()
+    push = api.ok("GET", f"/cert-update/pushes/{batch_id}")
+    assert (push["action"], push["version"], push["enrollment_object_id"], push["selected"]) == (
+        "bundle_update", "1", None, 3)
+    assert (push["queued"], push["succeeded"], push["failed"], push["finished"]) == (1, 1, 1, False)
+    assert [(f["error_code"], f["count"]) for f in push["failures"]] == [("device_unreachable", 1)]
+
+    problem(api.get(f"/cert-update/pushes/{uuid.uuid4()}"), 404, "push_not_found")
+    problem(api.get("/cert-update/pushes/not-a-uuid"), 422, "validation_error")
+    obj = api.ok("POST", f"/domains/{GLOBAL}/enrollment-objects", {"name": "vpn", "enrollment_type": "self_signed"},
+                 status=201)
+    enrollment = api.ok("POST", f"/domains/{GLOBAL}/bulk-enrollments",
+                        {"enrollment_object_id": obj["id"], "selection": {"all": True}}, status=202)
+    problem(api.get(f"/cert-update/pushes/{enrollment['id']}"), 404, "push_not_found")  # not a push
+    for role in ("network_admin", "read_only"):
+        problem(api.get(f"/cert-update/pushes/{batch_id}", role=role), 403, "forbidden")
