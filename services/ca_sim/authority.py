@@ -10,6 +10,9 @@ Layout of ``DIR`` (private keys PEM with mode 0600)::
     DIR/ca/bundle-signing.key         the P-256 key that signs the CA bundles it publishes
     DIR/bundle-signing.pem            its certificate (issued by the root), which receivers pin
     DIR/ca/bundles/                   the published CA bundles (see :mod:`.bundle_store`)
+    DIR/ca/ledger.sqlite              what the issuing CA signed and revoked (see :mod:`.ledger`)
+    DIR/ca/ocsp-signer.key            the OCSP responder's delegated signing key
+    DIR/ocsp-signer.pem               its certificate (issued by the issuing CA, id-kp-OCSPSigning)
 
 Created on first start and reused afterwards, so a restart keeps the same CA. Loading an RSA
 key costs ~40 ms, so :func:`load_authority` keeps each directory's CA for the whole process.
@@ -22,7 +25,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
@@ -33,10 +36,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.ca_sim import issuance
+from services.ca_sim.issuance import RevocationUrls
+from services.ca_sim.ledger import Ledger
 from services.ca_sim.profiles import CertificateProfile
 from shared.clock import utcnow
 from shared.enums import KeyType
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, ConflictError, NotFoundError
 from shared.pki import PrivateKey, generate_private_key
 
 #: The CA's key for each key type the CLI offers.
@@ -45,6 +50,10 @@ CA_KEYS = {KeyType.RSA: (KeyType.RSA, 2048), KeyType.ECDSA: (KeyType.ECDSA, 256)
 TLS_RENEW_BEFORE = timedelta(days=30)
 #: Names the EST server's certificate always covers.
 TLS_NAMES = ("127.0.0.1", "::1", "localhost")
+#: The OCSP signing certificate is short-lived (it cannot be revoked: id-pkix-ocsp-nocheck) and
+#: replaced when less than a third of its life is left.
+OCSP_SIGNER_VALIDITY = timedelta(days=30)
+OCSP_SIGNER_RENEW_BEFORE = timedelta(days=10)
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,18 @@ class CaPaths:
         return self.ca_dir / "bundles"
 
     @property
+    def ledger_db(self) -> Path:
+        return self.ca_dir / "ledger.sqlite"
+
+    @property
+    def ocsp_signer_key(self) -> Path:
+        return self.ca_dir / "ocsp-signer.key"
+
+    @property
+    def ocsp_signer_pem(self) -> Path:
+        return self.state_dir / "ocsp-signer.pem"
+
+    @property
     def requests_db(self) -> Path:
         return self.ca_dir / "requests.sqlite"
 
@@ -121,6 +142,11 @@ class CertificateAuthority:
     #: How long issued end-entity certificates last, instead of their profile's days (None: the
     #: profile's). Short ones let renewal be watched in tests and demos.
     validity: timedelta | None = None
+    #: Where issued end-entity certificates point relying parties for revocation (None: nowhere,
+    #: when the CA serves no CRL and OCSP).
+    revocation_urls: RevocationUrls | None = None
+    #: What the issuing CA signed and revoked; every issued certificate is recorded in it.
+    ledger: Ledger | None = field(default=None, repr=False, compare=False)
 
     @property
     def key_type(self) -> KeyType:
@@ -131,11 +157,34 @@ class CertificateAuthority:
         return [self.issuing, self.root]
 
     def issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
-              now: datetime | None = None) -> x509.Certificate:
-        return issuance.issue_from_request(
-            csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now or utcnow(),
-            validity=self.validity,
+              now: datetime | None = None, record: bool = True) -> x509.Certificate:
+        """Sign a request; recorded in the ledger unless ``record`` is False (a dry run whose
+        certificate is never handed out)."""
+        now = now or utcnow()
+        cert = issuance.issue_from_request(
+            csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now,
+            validity=self.validity, revocation=self.revocation_urls,
         )
+        if record:
+            self.record(cert, kind="end-entity", profile=profile.label, now=now)
+        return cert
+
+    def record(self, cert: x509.Certificate, *, kind: str, profile: str | None = None,
+               now: datetime | None = None) -> None:
+        if self.ledger is not None:
+            self.ledger.record(cert, kind=kind, profile=profile, now=now)
+
+    def supersede(self, old_serial: int, *, same_key: bool, profile: CertificateProfile,
+                  now: datetime | None = None) -> bool:
+        """After a re-enrollment: revoke the certificate it replaces (reason superseded) when
+        the profile says so and the device moved to a new key. True when it was revoked."""
+        if not profile.revoke_superseded or same_key or self.ledger is None:
+            return False
+        try:
+            _, changed = self.ledger.revoke(old_serial, reason="superseded", now=now)
+        except (NotFoundError, ConflictError):  # never recorded here, or revoked already: leave it
+            return False
+        return changed
 
     def issued_by_us(self, cert: x509.Certificate, *, now: datetime | None = None) -> str | None:
         """None when ``cert`` is an unexpired end-entity certificate of our issuing CA, else why not."""
@@ -241,7 +290,8 @@ def load_authority(state_dir: Path | str, *, key_type: KeyType | str | None = No
                     _create(paths, wanted or KeyType.RSA, now or utcnow())
                 root = x509.load_pem_x509_certificate(paths.root_pem.read_bytes())
                 issuing = x509.load_pem_x509_certificate(paths.issuing_pem.read_bytes())
-                ca = CertificateAuthority(root, issuing, _load_key(paths.issuing_key), paths)
+                ca = CertificateAuthority(root, issuing, _load_key(paths.issuing_key), paths,
+                                          ledger=Ledger(paths.ledger_db))
                 _write_public(paths.chain, _cert_pem(issuing, root))
                 _write_public(paths.tls_ca, _cert_pem(root))
             _loaded[paths.state_dir] = ca
@@ -271,9 +321,32 @@ def ensure_tls_certificate(ca: CertificateAuthority, *, extra_names: tuple[str, 
         cert = issuance.build_tls_server(
             key.public_key(), names=names, issuer=ca.issuing, issuer_key=ca.issuing_key, now=now
         )
+        ca.record(cert, kind="tls-server", now=now)
         _write_private(paths.est_tls_key, _key_pem(key))
         _write_public(paths.est_tls_pem, _cert_pem(cert, ca.issuing))
     return paths.est_tls_pem, paths.est_tls_key
+
+
+def ensure_ocsp_signer(ca: CertificateAuthority, *, now: datetime | None = None
+                       ) -> tuple[x509.Certificate, PrivateKey]:
+    """The OCSP responder's delegated signing certificate and key (the CA's key type), reused
+    while it has more than ``OCSP_SIGNER_RENEW_BEFORE`` left, else issued anew."""
+    now = now or utcnow()
+    paths = ca.paths
+    with _locked(paths):
+        if paths.ocsp_signer_pem.exists() and paths.ocsp_signer_key.exists():
+            current = x509.load_pem_x509_certificate(paths.ocsp_signer_pem.read_bytes())
+            if current.issuer == ca.issuing.subject and current.not_valid_after_utc - now > OCSP_SIGNER_RENEW_BEFORE:
+                return current, _load_key(paths.ocsp_signer_key)
+        kt, size = CA_KEYS[ca.key_type]
+        key = generate_private_key(kt, size)
+        cert = issuance.build_ocsp_signer(key.public_key(), issuer=ca.issuing, issuer_key=ca.issuing_key, now=now,
+                                          validity=OCSP_SIGNER_VALIDITY)
+        ca.record(cert, kind="ocsp-signer", now=now)
+        _write_private(paths.ocsp_signer_key, _key_pem(key))
+        # The certificate last: its presence marks a complete signer.
+        _write_public(paths.ocsp_signer_pem, _cert_pem(cert))
+    return cert, key
 
 
 def ensure_bundle_signer(ca: CertificateAuthority, *, now: datetime | None = None

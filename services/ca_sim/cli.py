@@ -2,7 +2,10 @@
 
     certfleet ca serve --state-dir DIR [--host H]... [--est-port P] [--est-user U --est-password W] ...
                        [--scep-port Q [--scep-challenge C] [--scep-ra]] [--bundle-port B]
-                       [--validity-seconds N]
+                       [--validity-seconds N] [--http-port H [--public-host NAME] [--crl-hours N]
+                       [--ocsp-minutes N] [--ocsp-signer delegated|ca]]
+    certfleet ca revoke --state-dir DIR (--serial HEX | --cert FILE) [--reason REASON]
+    certfleet ca revocations --state-dir DIR [--json]
     certfleet ca challenge --state-dir DIR [--ttl MINUTES]
     certfleet ca requests --state-dir DIR [--all]
     certfleet ca approve --state-dir DIR REQUEST_ID
@@ -17,12 +20,14 @@ use). What the CA itself does is imported when a subcommand runs, not to build t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from datetime import timedelta
 
+from services.ca_sim.ledger import REASONS
 from services.ca_sim.profiles import PROFILES
 from shared.errors import CertfleetError, ConfigurationError
 
@@ -30,6 +35,8 @@ PASSWORD_ENV = "CERTFLEET_CA_EST_PASSWORD"
 CHALLENGE_ENV = "CERTFLEET_CA_SCEP_CHALLENGE"
 #: The longest --validity-seconds: the longest a profile may issue for.
 MAX_VALIDITY_SECONDS = 3650 * 24 * 3600
+#: The longest --crl-hours (and --ocsp-minutes): a year.
+MAX_REVOCATION_HOURS = 365 * 24
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--bundle-port", type=int,
                        help="serve the CA bundle (GET /ca-bundle/latest) over HTTPS on this port (0 picks a free "
                        "one; default: not served)")
-    serve.add_argument("--http-port", type=int, help="CRL/OCSP port (not served yet)")
+    serve.add_argument("--http-port", type=int,
+                       help="serve the issuing CA's CRL (GET /crl/issuing.crl) and an OCSP responder (/ocsp) over "
+                       "plain HTTP on this port (0 picks a free one); issued certificates then carry their URLs "
+                       "(default: not served, and no URLs)")
+    serve.add_argument("--public-host", metavar="NAME",
+                       help="host name or address in the CRL and OCSP URLs issued certificates carry (an IPv6 "
+                       "address is put in brackets; default: the first --host, loopback for 0.0.0.0 or ::)")
+    serve.add_argument("--crl-hours", type=float, default=1.0, metavar="N",
+                       help="a CRL's life, thisUpdate to nextUpdate (default 1; fractions allowed); a new one is "
+                       "issued after every revocation and when half of it is over")
+    serve.add_argument("--ocsp-minutes", type=float, default=10.0, metavar="N",
+                       help="an OCSP answer's life, thisUpdate to nextUpdate (default 10; 0: no nextUpdate, "
+                       "newer information is always available)")
+    serve.add_argument("--ocsp-signer", choices=["delegated", "ca"], default="delegated",
+                       help="who signs OCSP answers: a responder certificate the issuing CA issued for it "
+                       "(DIR/ocsp-signer.pem, id-kp-OCSPSigning; the default) or the issuing CA itself")
     serve.add_argument("--est-user", help="HTTP basic-auth user for enrollment (default: no authentication)")
     serve.add_argument("--est-password", default=os.environ.get(PASSWORD_ENV),
                        help=f"HTTP basic-auth password (or env {PASSWORD_ENV}, kept out of the process list)")
@@ -67,6 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--retry-after", type=int, default=2,
                        help="seconds a client waits before asking again about a pending request (default 2)")
     serve.set_defaults(ca_func=_serve)
+
+    revoke = sub.add_parser("revoke", help="revoke a certificate the CA issued (a running serve answers it at once)")
+    revoke.add_argument("--state-dir", required=True)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX", help="the certificate's serial number, hexadecimal (colons and 0x "
+                       "allowed: as `openssl x509 -serial` or `certfleet ca revocations` prints it)")
+    which.add_argument("--cert", metavar="FILE", help="the certificate itself, PEM or DER")
+    revoke.add_argument("--reason", default="unspecified", choices=REASONS,
+                        help="the reason in the CRL and OCSP answers (default unspecified, which they leave out)")
+    revoke.set_defaults(ca_func=_revoke)
+
+    revocations = sub.add_parser("revocations", help="list the certificates the CA revoked")
+    revocations.add_argument("--state-dir", required=True)
+    revocations.add_argument("--json", action="store_true", help="one JSON list, for scripts")
+    revocations.set_defaults(ca_func=_revocations)
 
     requests = sub.add_parser("requests", help="list enrollment requests waiting for approval")
     requests.add_argument("--state-dir", required=True)
@@ -111,11 +148,23 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    if args.http_port is not None:
-        print("warning: --http-port ignored: CRL/OCSP are not served yet", file=sys.stderr)
     for option, value in (("--scep-challenge", args.scep_challenge), ("--scep-ra", args.scep_ra or None)):
         if value is not None and args.scep_port is None:
             print(f"warning: {option} ignored without --scep-port", file=sys.stderr)
+    revocation_options = (("--public-host", args.public_host), ("--crl-hours", args.crl_hours != 1.0 or None),
+                          ("--ocsp-minutes", args.ocsp_minutes != 10.0 or None),
+                          ("--ocsp-signer", args.ocsp_signer != "delegated" or None))
+    for option, value in revocation_options:
+        if value is not None and args.http_port is None:
+            print(f"warning: {option} ignored without --http-port", file=sys.stderr)
+    crl_validity, ocsp_validity = _revocation_lifetimes(args)
+    if args.public_host is not None:
+        from services.ca_sim.service import url_host
+
+        try:
+            url_host(args.public_host)
+        except ValueError as exc:
+            raise ConfigurationError(f"--public-host: {exc}", code="bad_public_host") from None
     if args.validity_seconds is not None and not 1 <= args.validity_seconds <= MAX_VALIDITY_SECONDS:
         raise ConfigurationError(f"--validity-seconds must be 1 to {MAX_VALIDITY_SECONDS} (ten years), "
                                  f"not {args.validity_seconds}", code="bad_validity")
@@ -125,6 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
             est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
             default_profile=args.default_profile, scep_port=args.scep_port, scep_challenge=args.scep_challenge,
             scep_ra=args.scep_ra, bundle_port=args.bundle_port, validity_seconds=args.validity_seconds,
+            http_port=args.http_port, public_host=args.public_host, crl_validity=crl_validity,
+            ocsp_validity=ocsp_validity, ocsp_delegated=args.ocsp_signer == "delegated",
         )
     except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
         raise ConfigurationError(str(exc)) from exc
@@ -132,7 +183,8 @@ def _serve(args: argparse.Namespace) -> int:
         if exc.filename:  # the state directory, not a port: reported as the file error it is
             raise
         hosts = ", ".join(args.host or ["127.0.0.1"])
-        ports = " or ".join(str(p) for p in (args.est_port, args.scep_port, args.bundle_port) if p is not None)
+        ports = " or ".join(str(p) for p in (args.est_port, args.scep_port, args.bundle_port, args.http_port)
+                            if p is not None)
         raise CertfleetError(f"cannot listen on {hosts} port {ports}: {exc.strerror or exc}",
                              code="cannot_listen") from None
     stop = threading.Event()
@@ -144,6 +196,56 @@ def _serve(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         running.stop()
+    return 0
+
+
+def _revocation_lifetimes(args: argparse.Namespace) -> tuple[timedelta, timedelta | None]:
+    """--crl-hours and --ocsp-minutes, checked: a second to a year, and 0 minutes for no nextUpdate."""
+    if not 1 / 3600 <= args.crl_hours <= MAX_REVOCATION_HOURS:
+        raise ConfigurationError(f"--crl-hours must be 1/3600 (a second) to {MAX_REVOCATION_HOURS} (a year), "
+                                 f"not {args.crl_hours:g}", code="bad_crl_hours")
+    if args.ocsp_minutes != 0 and not 1 / 60 <= args.ocsp_minutes <= MAX_REVOCATION_HOURS * 60:
+        raise ConfigurationError(f"--ocsp-minutes must be 0 (no nextUpdate) or 1/60 (a second) to "
+                                 f"{MAX_REVOCATION_HOURS * 60} (a year), not {args.ocsp_minutes:g}",
+                                 code="bad_ocsp_minutes")
+    ocsp_validity = timedelta(minutes=args.ocsp_minutes) if args.ocsp_minutes else None
+    return timedelta(hours=args.crl_hours), ocsp_validity
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from services.ca_sim.revocations import read_certificate, revoke
+
+    if args.cert is not None:
+        revocation, changed = revoke(args.state_dir, cert=read_certificate(args.cert), reason=args.reason)
+    else:
+        from services.ca_sim.ledger import parse_serial
+
+        revocation, changed = revoke(args.state_dir, serial=parse_serial(args.serial), reason=args.reason)
+    serial = format(revocation.serial, "x")
+    if not changed:
+        print(f"{serial} ({revocation.subject}) was already revoked at "
+              f"{revocation.revoked_at.isoformat(timespec='seconds')} ({revocation.reason}); nothing to do")
+        return 0
+    print(f"revoked {serial} ({revocation.subject}), reason {revocation.reason}, at "
+          f"{revocation.revoked_at.isoformat(timespec='seconds')}; OCSP answers it now, the next CRL lists it")
+    return 0
+
+
+def _revocations(args: argparse.Namespace) -> int:
+    from services.ca_sim.revocations import list_revocations
+
+    items = list_revocations(args.state_dir)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in items], indent=2))
+        return 0
+    if not items:
+        print("no revocations")
+        return 0
+    width = max(len("SERIAL"), *(len(format(r.serial, "x")) for r in items)) + 2
+    print(f"{'SERIAL':<{width}}{'REVOKED':<27}{'REASON':<22}SUBJECT")
+    for r in items:
+        print(f"{format(r.serial, 'x'):<{width}}{r.revoked_at.isoformat(timespec='seconds'):<27}{r.reason:<22}"
+              f"{r.subject}")
     return 0
 
 

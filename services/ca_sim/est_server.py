@@ -161,12 +161,13 @@ class EstService:
         if op == "simpleenroll":
             self._check_password(request)
             csr = decode_csr(await _read_request(request))
+            old = None
         else:
             old = self._renewal_certificate(request)
             csr = decode_csr(await _read_request(request))
             if old is not None:
                 _check_same_identity(csr, old)
-        return self._enroll(csr, profile, renewal=op == "simplereenroll")
+        return self._enroll(csr, profile, renewal=op == "simplereenroll", old=old)
 
     # --- authentication -----------------------------------------------------------------
 
@@ -201,9 +202,9 @@ class EstService:
     # --- enrollment ---------------------------------------------------------------------
 
     def _enroll(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
-                renewal: bool) -> web.Response:
+                renewal: bool, old: x509.Certificate | None = None) -> web.Response:
         if not profile.manual_approval:
-            return self._issue(csr, profile, renewal=renewal)
+            return self._issue(csr, profile, renewal=renewal, old=old)
         held = self.store.find(profile.label, csr)
         if held is None or (held.status == ISSUED and not _still_answers(held, csr)):
             held = self.store.submit(profile.label, csr)
@@ -213,15 +214,19 @@ class EstService:
         if held.status == ISSUED:
             return _pkcs7(encode_certs_only([held.certificate()]))  # the answer the client lost
         # APPROVED: issue now, with the CA key this process holds.
-        return self._issue(csr, profile, renewal=renewal, request_id=held.id)
+        return self._issue(csr, profile, renewal=renewal, request_id=held.id, old=old)
 
     def _issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *, renewal: bool,
-               request_id: str | None = None) -> web.Response:
+               request_id: str | None = None, old: x509.Certificate | None = None) -> web.Response:
+        """``old``: the certificate a re-enrollment presented, which the new one supersedes."""
         cert = self.ca.issue(csr, profile)
         if request_id:
             self.store.record_issued(request_id, cert)
         log.info("certificate issued", profile=profile.label, subject=cert.subject.rfc4514_string(),
                  serial=format(cert.serial_number, "x"), renewal=renewal, request_id=request_id)
+        if old is not None and self.ca.supersede(old.serial_number, same_key=old.public_key() == csr.public_key(),
+                                                 profile=profile):
+            log.info("superseded certificate revoked", profile=profile.label, serial=format(old.serial_number, "x"))
         return _pkcs7(encode_certs_only([cert]))
 
     def _pending(self, held: EnrollmentRequest) -> web.Response:

@@ -1,6 +1,6 @@
 """Pure certificate building for the CA simulator: the root, the issuing CA, the EST server's
-TLS certificate, the CA bundle's signing certificate and the certificates issued from requests.
-No I/O; the clock is a parameter.
+TLS certificate, the CA bundle's signing certificate, the OCSP responder's signing certificate
+and the certificates issued from requests. No I/O; the clock is a parameter.
 
 Everything issued here is meant to lint clean with pkilint (RFC 5280): random positive serials
 of at most 20 octets, SKI on every certificate and AKI on every one but the root, critical key
@@ -9,13 +9,14 @@ usage fitting the key type, and no empty subject unless the subjectAltName is cr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import ip_address
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from services.ca_sim.profiles import CertificateProfile
 from shared.errors import ValidationError
@@ -35,6 +36,26 @@ MIN_RSA_BITS = 1024
 CURVES = ("secp256r1", "secp384r1", "secp521r1")
 #: Names the CSR may ask for in its subjectAltName; others are dropped, not copied.
 SAN_TYPES = (x509.DNSName, x509.IPAddress, x509.RFC822Name, x509.UniformResourceIdentifier)
+
+
+@dataclass(frozen=True)
+class RevocationUrls:
+    """Where a relying party asks about an issued certificate: the CRL distribution point and
+    the OCSP responder (AIA), both plain HTTP as RFC 5280 expects."""
+
+    crl: str
+    ocsp: str
+
+    def extensions(self) -> tuple[x509.ExtensionType, ...]:
+        return (
+            x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(self.crl)], relative_name=None, reasons=None,
+                crl_issuer=None,
+            )]),
+            x509.AuthorityInformationAccess([x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp),
+            )]),
+        )
 
 
 def ca_name(common_name: str) -> x509.Name:
@@ -116,8 +137,8 @@ def _end_entity_key_usage(public_key, allowed: frozenset[str]) -> x509.KeyUsage:
 
 def _end_entity(*, subject: x509.Name, public_key, sans: list[x509.GeneralName], issuer: x509.Certificate,
                 issuer_key: PrivateKey, not_before: datetime, not_after: datetime, key_usage: x509.KeyUsage,
-                ekus: tuple[x509.ObjectIdentifier, ...], hash_algorithm: hashes.HashAlgorithm | None
-                ) -> x509.Certificate:
+                ekus: tuple[x509.ObjectIdentifier, ...], hash_algorithm: hashes.HashAlgorithm | None,
+                extra: tuple[x509.ExtensionType, ...] = ()) -> x509.Certificate:
     if not (key_usage.digital_signature or key_usage.key_encipherment or key_usage.key_agreement
             or key_usage.content_commitment):
         key_usage = _key_usage(digital_signature=True)  # a KeyUsage extension may not be empty
@@ -139,6 +160,8 @@ def _end_entity(*, subject: x509.Name, public_key, sans: list[x509.GeneralName],
     if sans:
         # RFC 5280 4.2.1.6: with an empty subject the identity lives in the SAN, which is then critical.
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=len(subject) == 0)
+    for extension in extra:
+        builder = builder.add_extension(extension, critical=False)
     return builder.sign(issuer_key, _signing_hash(issuer_key, hash_algorithm))
 
 
@@ -175,6 +198,24 @@ def build_bundle_signer(public_key, *, issuer: x509.Certificate, issuer_key: Pri
         public_key=public_key, sans=[], issuer=issuer, issuer_key=issuer_key,
         not_before=now - BACKDATE, not_after=now + ISSUING_VALIDITY,
         key_usage=_key_usage(digital_signature=True), ekus=(), hash_algorithm=None,
+    )
+
+
+def build_ocsp_signer(public_key, *, issuer: x509.Certificate, issuer_key: PrivateKey, now: datetime,
+                      validity: timedelta) -> x509.Certificate:
+    """The OCSP responder's delegated signing certificate (RFC 6960 4.2.2.2): issued by the CA
+    whose certificates it speaks for, id-kp-OCSPSigning and nothing else, and id-pkix-ocsp-nocheck,
+    since nobody could ask about the responder's own certificate without trusting it already.
+    Short-lived for that reason; the responder replaces it before it ends."""
+    return _end_entity(
+        subject=x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certfleet CA simulator"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "certfleet OCSP responder"),
+        ]),
+        public_key=public_key, sans=[], issuer=issuer, issuer_key=issuer_key,
+        not_before=now - BACKDATE, not_after=now + validity,
+        key_usage=_key_usage(digital_signature=True), ekus=(ExtendedKeyUsageOID.OCSP_SIGNING,),
+        hash_algorithm=None, extra=(x509.OCSPNoCheck(),),
     )
 
 
@@ -217,10 +258,12 @@ def backdate_for(validity: timedelta) -> timedelta:
 
 def issue_from_request(csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
                        issuer: x509.Certificate, issuer_key: PrivateKey, now: datetime,
-                       validity: timedelta | None = None) -> x509.Certificate:
+                       validity: timedelta | None = None, revocation: RevocationUrls | None = None
+                       ) -> x509.Certificate:
     """Sign a (signature-checked) request under a profile: the subject and subjectAltNames come
     from the request; key usage, EKU, validity and hash from the profile. ``validity``, when
-    given, replaces the profile's: the certificate ends that long after ``now``."""
+    given, replaces the profile's: the certificate ends that long after ``now``. ``revocation``
+    puts a CRL distribution point and an OCSP URL in it."""
     public_key = csr.public_key()
     check_request_key(public_key)
     sans = requested_sans(csr)
@@ -236,4 +279,5 @@ def issue_from_request(csr: x509.CertificateSigningRequest, profile: Certificate
         not_before=now - backdate_for(validity), not_after=now + validity,
         key_usage=_end_entity_key_usage(public_key, profile.key_usage),
         ekus=profile.extended_key_usage, hash_algorithm=profile.hash_algorithm(),
+        extra=revocation.extensions() if revocation else (),
     )

@@ -3,8 +3,9 @@
 A profile is what an EST label (``/.well-known/est/<label>/``) selects. The table imitates
 the CA servers threat-defense devices meet in the field (a Microsoft 2012 CA, the local CA of an
 ASA, the CA server of an IOS router), including their quirks: the Microsoft IPsec template's
-EKU that threat-defense devices refuse, the duplicated template that fixes it, and manual
-approval. (No SHA-1 profile: cryptography refuses to sign with SHA-1.)
+EKU that threat-defense devices refuse, the duplicated template that fixes it, manual
+approval, and a CA that revokes what a re-enrollment with a new key replaces. (No SHA-1
+profile: cryptography refuses to sign with SHA-1.)
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class CertificateProfile:
     )
     #: Requests wait (EST answers 202) until an operator approves them.
     manual_approval: bool = False
+    #: A re-enrollment with a new key (EST simplereenroll with the old certificate, SCEP
+    #: RenewalReq) revokes the certificate it replaces, reason superseded.
+    revoke_superseded: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not LABEL.fullmatch(self.label):
@@ -110,6 +114,12 @@ PROFILES: dict[str, CertificateProfile] = {
             label="ios",
             description="CA server of a Cisco IOS router: SHA-256, one year, no extended key usage",
             extended_key_usage=(),
+        ),
+        CertificateProfile(
+            label="revoke-superseded",
+            description="standard EST CA set to revoke the certificate a re-enrollment with a new key "
+            "replaces (reason superseded), as CAs with a 'revoke on renewal' policy do",
+            revoke_superseded=True,
         ),
     )
 }

@@ -95,6 +95,7 @@ def _load_or_create_ra(ca: CertificateAuthority, now: datetime) -> tuple[x509.Ce
         key = generate_private_key("rsa", 2048)
         assert isinstance(key, rsa.RSAPrivateKey)
         cert = _build_ra(key, ca, now)
+        ca.record(cert, kind="scep-ra", now=now)
         _write_private(key_file, _key_pem(key))
         _write_public(cert_file, _cert_pem(cert))
     return cert, key

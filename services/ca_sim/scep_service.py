@@ -9,8 +9,10 @@ the CertRep, with no HTTP in sight (that is :mod:`.scep_server`).
 - One transactionID, one certificate: a repeat or a poll gets the certificate already issued.
 - Replays: a senderNonce belongs to one request; on another request it is refused
   (badRequest). A signingTime further than ``max_clock_skew`` from the CA's clock: badTime.
-- GetCert answers certificates issued over SCEP; GetCRL answers a fresh, empty CRL signed
-  by the issuing CA (the simulator revokes nothing), valid for a week.
+- GetCert answers certificates issued over SCEP; GetCRL answers the issuing CA's current CRL
+  (the one ``--http-port`` serves, see :mod:`.crl`).
+- A RenewalReq for a new key, under a profile that revokes superseded certificates, revokes
+  the certificate it renews once the new one is issued.
 
 Every refusal is a FAILURE CertRep with the failInfo and a failInfoText saying what to do.
 """
@@ -23,10 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from services.ca_sim.authority import CertificateAuthority
 from services.ca_sim.challenges import ChallengeStore, challenge_db
+from services.ca_sim.crl import CrlPublisher
 from services.ca_sim.pending import APPROVED, ISSUED, PENDING, RequestStore
 from services.ca_sim.scep_dialects import DIALECTS, ScepDialect, get_dialect
 from services.ca_sim.scep_identity import ScepIdentity, load_identity
@@ -47,8 +49,6 @@ from shared.protocols.scep import (
 )
 
 log = get_logger("ca.scep")
-
-CRL_VALIDITY = timedelta(days=7)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,13 +80,14 @@ def _refuse(reason: str, fail_info: FailInfo = FailInfo.BAD_REQUEST) -> ScepDeco
 class ScepService:
     def __init__(self, ca: CertificateAuthority, identity: ScepIdentity, settings: ScepSettings, *,
                  requests: RequestStore, transactions: TransactionStore, challenges: ChallengeStore,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 crls: CrlPublisher | None = None, clock: Callable[[], datetime] = utcnow) -> None:
         self.ca = ca
         self.identity = identity
         self.settings = settings
         self.requests = requests
         self.transactions = transactions
         self.challenges = challenges
+        self.crls = crls or CrlPublisher(ca)
         self.clock = clock
 
     def dialect(self, label: str | None) -> ScepDialect:
@@ -161,7 +162,7 @@ class ScepService:
             raise _refuse(f"this CA is {self.ca.issuing.subject.rfc4514_string()}, not "
                           f"{issuer.rfc4514_string()}", FailInfo.BAD_CERT_ID)
         if kind is MessageType.GET_CRL:
-            return PkiStatus.SUCCESS, [], self._crl(now)
+            return PkiStatus.SUCCESS, [], x509.load_der_x509_crl(self.crls.current(now=now).der)
         cert = self.transactions.certificate_by_serial(serial)
         if cert is None:
             raise _refuse(f"no certificate with serial {serial:x} was issued over SCEP", FailInfo.BAD_CERT_ID)
@@ -197,7 +198,7 @@ class ScepService:
         # Issue before anything is recorded, so a request the CA cannot sign burns no password.
         # (Under manual approval this is a dry run: the certificate is signed again on approval.)
         try:
-            cert = self.ca.issue(csr, dialect.profile, now=now)
+            cert = self.ca.issue(csr, dialect.profile, now=now, record=not dialect.profile.manual_approval)
         except ValidationError as exc:
             raise _refuse(exc.message) from None
         if one_time and not self.challenges.consume(password or "", used_by=request.transaction_id, now=now):
@@ -210,11 +211,21 @@ class ScepService:
         else:
             log.info("certificate issued", profile=dialect.label, subject=cert.subject.rfc4514_string(),
                      serial=format(cert.serial_number, "x"), renewal=bool(renews))
-        return self.transactions.create(
+        held = self.transactions.create(
             label=dialect.label, transaction_id=request.transaction_id, renews=renews, key_id=key_id,
             signer_key_id=public_key_id(request.signer_cert.public_key()), subject=csr.subject.rfc4514_string(),
             request_id=request_id, cert=None if request_id else cert, now=now,
         )
+        if not request_id:
+            self._supersede(held, now)
+        return held
+
+    def _supersede(self, held: ScepTransaction, now: datetime) -> None:
+        """A renewal's certificate is out: revoke the one it renews, if the profile says so and
+        the key changed (a RenewalReq is signed with the old certificate's key)."""
+        if held.renews and self.ca.supersede(int(held.renews, 16), same_key=held.key_id == held.signer_key_id,
+                                             profile=get_dialect(held.label).profile, now=now):
+            log.info("superseded certificate revoked", profile=held.label, serial=held.renews)
 
     def _check_challenge(self, password: str | None, now: datetime) -> bool:
         """Accept the static or a one-time password; True when it is a one-time one."""
@@ -260,26 +271,17 @@ class ScepService:
                          serial=format(cert.serial_number, "x"), request_id=waiting.id)
             if cert is not None:
                 cert = self.transactions.record_certificate(held.id, cert, now=now).certificate()
+                self._supersede(held, now)
         if cert is None:
             raise _refuse(f"transaction {held.transaction_id} has no certificate", FailInfo.BAD_CERT_ID)
         return PkiStatus.SUCCESS, [cert], None
 
-    def _crl(self, now: datetime) -> x509.CertificateRevocationList:
-        ski = self.ca.issuing.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.ca.issuing.subject)
-            .last_update(now - timedelta(minutes=5))
-            .next_update(now + CRL_VALIDITY)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
-        )
-        return builder.sign(self.ca.issuing_key, hashes.SHA256())
 
-
-def scep_service_for(ca: CertificateAuthority, settings: ScepSettings, *, requests: RequestStore) -> ScepService:
+def scep_service_for(ca: CertificateAuthority, settings: ScepSettings, *, requests: RequestStore,
+                     crls: CrlPublisher | None = None) -> ScepService:
     """The SCEP service of a CA, with its stores in the CA's state directory."""
     return ScepService(
         ca, load_identity(ca, ra=settings.ra), settings, requests=requests,
         transactions=TransactionStore(transactions_db(ca.paths)), challenges=ChallengeStore(challenge_db(ca.paths)),
+        crls=crls,
     )
