@@ -67,8 +67,9 @@ class TestCa:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
         )
-        if self.ca_flag:
-            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        # Without the flag: basic constraints saying "not a CA" (a root with no such extension at
+        # all passes as an old-style CA).
+        builder = builder.add_extension(x509.BasicConstraints(ca=self.ca_flag, path_length=None), critical=True)
         self.cert = builder.sign(signer, hashes.SHA256())
         if self.parent:
             self.parent.issued[self.cert.serial_number] = self.cert
