@@ -52,6 +52,8 @@ class TestCa:
     crl_lifetime: timedelta = timedelta(hours=1)
     #: None: OCSP answers without nextUpdate ("newer information is always available").
     ocsp_lifetime: timedelta | None = timedelta(minutes=10)
+    #: Around when its certificates are valid (a day before to a year after; the CA's ten years).
+    valid_from: datetime = START
 
     __test__ = False  # not a test class, whatever its name
 
@@ -62,7 +64,8 @@ class TestCa:
             x509.CertificateBuilder().subject_name(name)
             .issuer_name(self.parent.cert.subject if self.parent else name)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(START - timedelta(days=1)).not_valid_after(START + timedelta(days=3650))
+            .not_valid_before(self.valid_from - timedelta(days=1))
+            .not_valid_after(self.valid_from + timedelta(days=3650))
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
@@ -83,8 +86,8 @@ class TestCa:
         builder = (
             x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self.cert.subject)
             .public_key(LEAF_KEY.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(not_before or START - timedelta(days=1))
-            .not_valid_after(not_after or START + timedelta(days=365))
+            .not_valid_before(not_before or self.valid_from - timedelta(days=1))
+            .not_valid_after(not_after or self.valid_from + timedelta(days=365))
         )
         if crl_urls:
             builder = builder.add_extension(x509.CRLDistributionPoints([
@@ -110,7 +113,8 @@ class TestCa:
         cert = (
             x509.CertificateBuilder().subject_name(_name(f"{self.common_name} OCSP")).issuer_name(self.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(START - timedelta(days=1)).not_valid_after(START + timedelta(days=365))
+            .not_valid_before(self.valid_from - timedelta(days=1))
+            .not_valid_after(self.valid_from + timedelta(days=365))
             .add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
             .sign(issuer_key or self.key, hashes.SHA256())
         )
