@@ -274,7 +274,8 @@ class RevocationChecker:
         if not url.lower().startswith("http://"):
             raise _FetchFailure("url_not_http", f"{what} URL {url!r} is not http://; revocation data is fetched "
                                                 "over plain HTTP (it is signed)")
-        self.fetches[url] += 1
+        with self._guard:
+            self.fetches[url] += 1
         headers = ({"content-type": "application/ocsp-request", "accept": "application/ocsp-response"}
                    if body is not None else {"accept": "application/pkix-crl, application/octet-stream"})
         try:
