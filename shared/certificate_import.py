@@ -57,6 +57,7 @@ def check_identity_import(
     supplied_ca: Sequence[x509.Certificate] = (),
     weak_crypto: bool,
     now: datetime,
+    skip_ca_flag_check: bool = False,
 ) -> AcceptedImport:
     """Accept ``certificate`` for a trustpoint waiting with a CSR for ``request_public_key``.
 
@@ -64,7 +65,9 @@ def check_identity_import(
     (``key_mismatch``); no weak algorithm unless weak-crypto is enabled (``weak_crypto``); it is
     valid now (``certificate_not_yet_valid``, ``certificate_expired``); it was issued by the
     trustpoint's CA certificate, or by the one sent with it when the trustpoint has none
-    (``not_issued_by_ca``, ``ca_certificate_required``, ``ca_certificate_mismatch``).
+    (``not_issued_by_ca``, ``ca_certificate_required``, ``ca_certificate_mismatch``), and a CA
+    certificate sent with it has the CA flag in its basic constraints (``not_a_ca_certificate``)
+    unless the enrollment object skips that check (``skip_ca_flag_check``).
     """
     if public_key_der(certificate.public_key()) != public_key_der(request_public_key):
         raise ValidationError(
@@ -73,7 +76,7 @@ def check_identity_import(
             "certificate",
             code="key_mismatch",
         )
-    chain = _ca_chain(certificate, installed_ca, supplied_ca)
+    chain = _ca_chain(certificate, installed_ca, supplied_ca, skip_ca_flag_check=skip_ca_flag_check)
     for cert in (certificate, *chain):
         enforce(weak_certificate(cert), weak_crypto_enabled=weak_crypto)
     for cert in (certificate, *chain):
@@ -89,7 +92,7 @@ def check_identity_import(
 
 
 def _ca_chain(certificate: x509.Certificate, installed: Sequence[x509.Certificate],
-              supplied: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+              supplied: Sequence[x509.Certificate], *, skip_ca_flag_check: bool) -> list[x509.Certificate]:
     if installed:
         if set(supplied) - set(installed):
             raise ValidationError(
@@ -105,17 +108,23 @@ def _ca_chain(certificate: x509.Certificate, installed: Sequence[x509.Certificat
             code="ca_certificate_required",
         )
     for ca in supplied:
-        try:
-            is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = ca.subject == ca.issuer  # an old-style self-signed root
-        if not is_ca:
+        if not skip_ca_flag_check and not has_ca_flag(ca):
             raise ValidationError(
-                f"{ca.subject.rfc4514_string()} is not a CA certificate; send the certificate of the CA "
-                "that issued the identity certificate",
+                f"{ca.subject.rfc4514_string()} is not a CA certificate (no CA flag in its basic constraints); "
+                "send the certificate of the CA that issued the identity certificate, or, for a CA certificate "
+                "made without the flag, set the enrollment object's skip_ca_flag_check",
                 code="not_a_ca_certificate",
             )
     return issuing_chain(certificate, list(supplied))
+
+
+def has_ca_flag(cert: x509.Certificate) -> bool:
+    """Whether the certificate says it is a CA: basic constraints CA, or an old-style self-signed
+    root without the extension."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return cert.subject == cert.issuer
 
 
 def _check_validity(cert: x509.Certificate, *, now: datetime) -> None:

@@ -14,6 +14,7 @@ client interface. All paths are relative to a device's management URL,
     POST   ./trustpoints/{name}/identity-certificate
                                                IdentityCertificateImport -> TrustpointState
     POST   ./trustpoints/{name}/export         ExportRequest -> ExportedFile
+    POST   ./trustpoints/{name}/validate       PeerValidationRequest -> PeerValidation
     DELETE ./trustpoints/{name}                204 (also when already gone)
     GET    ./keyring/default                   KeyringState
     POST   ./keyring/default/regenerate        KeyringState
@@ -40,6 +41,7 @@ answer) is worth retrying, a 4xx is not.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -111,6 +113,32 @@ class ExportedFile(_Wire):
     format: Literal["pkcs12", "pem"]
     #: The file's bytes, base64.
     content_base64: str
+
+
+class PeerValidationRequest(_Wire):
+    """A peer's certificate for the device to validate with a trustpoint's CA."""
+
+    certificate_pem: str
+    #: Intermediate CA certificates the peer sent with it (PEM), if any.
+    chain_pem: str | None = None
+    #: What the peer would be validated for; None: any use the trustpoint allows.
+    usage: Literal["ipsec_client", "ssl_client", "ssl_server"] | None = None
+
+
+class PeerValidation(_Wire):
+    """The device's verdict on a peer certificate.
+
+    ``valid``; ``revoked`` (``reason`` the CRL reason, ``revoked_at``); ``unknown`` (no
+    revocation source could answer; ``reason`` says why); ``invalid`` (chain, dates, CA flag,
+    usage: ``reason`` says which). ``source`` is what answered about revocation, "crl" or
+    "ocsp" (None when nothing did).
+    """
+
+    verdict: Literal["valid", "revoked", "unknown", "invalid"]
+    reason: str | None = None
+    revoked_at: datetime | None = None
+    source: Literal["crl", "ocsp"] | None = None
+    detail: str = ""
 
 
 class KeyringState(_Wire):

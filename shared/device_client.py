@@ -33,6 +33,8 @@ from shared.device_api import (
     ExportRequest,
     IdentityCertificateImport,
     KeyringState,
+    PeerValidation,
+    PeerValidationRequest,
     TrustpointState,
 )
 from shared.enrollment import EnrollmentParameters
@@ -82,6 +84,11 @@ class DeviceClient(Protocol):
     def export_trustpoint(
         self, device: DeviceAddress, name: str, fmt: Literal["pkcs12", "pem"], passphrase: str | None = None
     ) -> ExportedFile: ...
+
+    def validate_peer(
+        self, device: DeviceAddress, trustpoint_name: str, certificate_pem: str, chain_pem: str | None = None,
+        usage: Literal["ipsec_client", "ssl_client", "ssl_server"] | None = None,
+    ) -> PeerValidation: ...
 
     def get_ca_bundle(self, device: DeviceAddress) -> DeviceCaBundle: ...
 
@@ -175,6 +182,15 @@ class HttpDeviceClient:
         path = f"/trustpoints/{quote(name, safe='')}/export"
         body = ExportRequest(format=fmt, passphrase=passphrase).model_dump()
         return self._call(device, "POST", path, ExportedFile, body=body)
+
+    def validate_peer(
+        self, device: DeviceAddress, trustpoint_name: str, certificate_pem: str, chain_pem: str | None = None,
+        usage: Literal["ipsec_client", "ssl_client", "ssl_server"] | None = None,
+    ) -> PeerValidation:
+        """The device's verdict on a peer certificate, validated with the trustpoint's CA."""
+        path = f"/trustpoints/{quote(trustpoint_name, safe='')}/validate"
+        body = PeerValidationRequest(certificate_pem=certificate_pem, chain_pem=chain_pem, usage=usage)
+        return self._call(device, "POST", path, PeerValidation, body=body.model_dump())
 
     def get_ca_bundle(self, device: DeviceAddress) -> DeviceCaBundle:
         return self._call(device, "GET", "/ca-bundle", DeviceCaBundle)

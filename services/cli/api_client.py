@@ -190,6 +190,18 @@ class CertfleetClient:
             body = certificate.rstrip() + b"\n" + ca_certificate
         return self._call("POST", path, content=body, headers={"Content-Type": media_type})
 
+    def validate_peer(
+        self, device_id: str, name: str, certificate_pem: str, *, chain_pem: str | None = None,
+        usage: str | None = None, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        """The device's verdict on a peer certificate, validated with the trustpoint's CA."""
+        body: dict[str, Any] = {"certificate_pem": certificate_pem}
+        if chain_pem:
+            body["chain_pem"] = chain_pem
+        if usage:
+            body["usage"] = usage
+        return self._call("POST", f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}/validate", json=body)
+
     def export_trustpoint(
         self, device_id: str, name: str, fmt: str, *, passphrase: str | None = None,
         domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,

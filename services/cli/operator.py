@@ -5,13 +5,15 @@ certificate actions against the controller's API, one device's trustpoint at a t
     certfleet trustpoint csr DEVICE NAME [-o FILE] a manual trustpoint's CSR
     certfleet trustpoint import DEVICE NAME --cert FILE [--ca-cert FILE] [--wait]
     certfleet trustpoint export DEVICE NAME --format pkcs12|pem -o FILE [--passphrase-file F]
+    certfleet trustpoint validate DEVICE NAME --cert PEER [--chain FILE] [--usage USE]
     certfleet trustpoint re-enroll|refresh|delete DEVICE NAME [--wait]
     certfleet device weak-crypto DEVICE --enable [--yes] | --disable
 
 DEVICE is a device id, name or serial; --domain a domain id or name (default Global). The API
 URL and token come from ``--api-url`` and ``--token`` or ``CERTFLEET_API_URL`` and
 ``CERTFLEET_TOKEN``. Errors follow services.cli.errors: ``error: <code>: <message>``, exit 1
-when the operation was refused or failed, 2 when the command line must change.
+when the operation was refused or failed, 2 when the command line must change. ``validate``
+prints the device's verdict and exits 0 only when it is ``valid``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--passphrase-file", metavar="FILE",
                      help=f"PKCS12 passphrase, first line of FILE (else env {PASSPHRASE_ENV}, else a prompt)")
     exp.add_argument("-o", "--output", required=True, metavar="FILE")
+    val = action("validate", "validate a peer's certificate with the trustpoint's CA, as the device would "
+                 "(chain, usage, revocation); exit 0 only when valid", _validate)
+    val.add_argument("--cert", required=True, metavar="FILE", help="the peer's certificate, PEM or DER")
+    val.add_argument("--chain", metavar="FILE", help="intermediate CA certificates the peer sends (PEM)")
+    val.add_argument("--usage", choices=["ipsec_client", "ssl_client", "ssl_server"],
+                     help="what the peer is validated for (default: any use the trustpoint allows)")
     for name, help_text in (("re-enroll", "re-enroll: a new key pair and certificate"),
                             ("refresh", "read the trustpoint's state back from the device"),
                             ("delete", "remove the trustpoint from the device and the database")):
@@ -207,6 +215,32 @@ def _export(client: CertfleetClient, args: argparse.Namespace, device: dict) -> 
             else "identity certificate")
     print(f"exported the {what} of trustpoint {args.name} to {out}")
     return 0
+
+
+def _validate(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
+    chain = _pem_file(args.chain) if args.chain else None
+    answer = client.validate_peer(device["id"], args.name, _pem_file(args.cert), chain_pem=chain,
+                                  usage=args.usage, domain_id=args.domain)
+    rows = [("verdict", answer["verdict"]), ("reason", answer.get("reason")),
+            ("revoked", (answer.get("revoked_at") or "").replace("T", " ")[:19] + " UTC"
+             if answer.get("revoked_at") else None),
+            ("source", answer.get("source")), ("detail", answer.get("detail"))]
+    for label, value in rows:
+        if value:
+            print(f"{label + ':':9}{value}")
+    return 0 if answer["verdict"] == "valid" else 1
+
+
+def _pem_file(path: str) -> str:
+    """The certificates of a PEM or DER file, as PEM text."""
+    from shared.errors import ValidationError
+    from shared.pki import load_certificates, to_pem
+
+    data = _read(path)
+    try:
+        return "".join(to_pem(cert) for cert in load_certificates(data))
+    except ValidationError:
+        raise UsageError("invalid_certificate", f"{path} holds no certificate in PEM or DER") from None
 
 
 def _passphrase(args: argparse.Namespace) -> str:

@@ -25,6 +25,7 @@ from services.controller.api.routers import (
     enrollment_objects,
     jobs,
     ops,
+    peer_validation,
     schedules,
     trustpoints,
 )
@@ -112,8 +113,8 @@ def create_app(
     problems.install(app)
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (domains, devices, enrollment_objects, trustpoints, certificates, bulk_enrollments,
-                   bulk_actions, jobs, audit, schedules, cert_update):
+    for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
+                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 from collections import Counter
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.device_sim import ca_bundles, enrollers, manual, trustpoints, wire
+from services.device_sim import ca_bundles, enrollers, manual, trustpoints, validation, wire
 from services.device_sim import export as exports
 from services.device_sim import keyring as keyrings
 from services.device_sim.ca_client.trust import load_trust_anchors
@@ -42,10 +43,13 @@ from shared.device_api import (
     ExportRequest,
     IdentityCertificateImport,
     Inventory,
+    PeerValidationRequest,
     TrustpointState,
 )
+from shared.enums import CertificateRole
 from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
 from shared.logging import get_logger
+from shared.revocation_fetch import RevocationChecker
 
 log = get_logger(__name__)
 
@@ -100,6 +104,10 @@ class DeviceSim:
         )
         #: The CA bundles devices hold, each parsed once and shared.
         self.bundles = ca_bundles.BundleLibrary(self.ca_client)
+        #: Revocation answers for peer validation, cached for the whole fleet: one CRL fetch per
+        #: CRL and nextUpdate, not one per device or per peer.
+        self.revocation = RevocationChecker(clock=lambda: self.clock(),
+                                            timeout_seconds=min(config.ca_timeout_seconds, 3.0))
         #: Background polls of requests CAs hold (see _keep_polling), and the trustpoints they follow.
         self._polls: set[asyncio.Task[None]] = set()
         self._following: Counter[tuple[str, str]] = Counter()
@@ -120,6 +128,7 @@ class DeviceSim:
                 poll.cancel()
             self._keygen.shutdown(wait=False, cancel_futures=True)
             self._network.shutdown(wait=False, cancel_futures=True)
+            self.revocation.close()
 
     def following(self, serial: str, trustpoint: str) -> bool:
         """Whether the device still asks in the background about a request a CA holds for the
@@ -269,6 +278,26 @@ class DeviceSim:
             self._keygen, exports.export, device, trustpoint, body)
         return _json(exported)
 
+    async def validate_peer(self, request: Request) -> Response:
+        device = await self._reach(request, "validate")
+        raw = await _bounded_body(request, validation.MAX_BODY_BYTES, what="a peer validation request")
+        body = _wire_body(PeerValidationRequest, raw, 'send {"certificate_pem": "...", "chain_pem": "..." (optional), '
+                          '"usage": "ipsec_client" | "ssl_client" | "ssl_server" (optional)}')
+        trustpoint = trustpoints.find(device, request.path_params["name"])
+        ca_pems = [c.pem for c in sorted(trustpoint.certificates, key=lambda c: c.chain_position)
+                   if c.role == CertificateRole.CA.value]
+        if not ca_pems:
+            raise ConflictError(f"trustpoint {trustpoint.name} on device {device.serial} has no CA certificate to "
+                                f"validate peers with (CA certificate {trustpoint.ca_status}); enroll it first",
+                                code="no_ca_certificate")
+        settings = validation.settings_of(trustpoint.params.options)
+        # Revocation may mean fetching a CRL or asking an OCSP responder: off the event loop.
+        verdict = await asyncio.get_running_loop().run_in_executor(
+            self._network, functools.partial(validation.validate_peer, body, trustpoint=trustpoint.name,
+                                             ca_pems=ca_pems, settings=settings, checker=self.revocation,
+                                             now=self.clock()))
+        return _json(verdict)
+
     async def get_keyring(self, request: Request) -> Response:
         device = await self._reach(request, "keyring")
         now = self.clock()
@@ -410,6 +439,7 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route(trustpoint + "/enroll", sim.enroll, methods=["POST"]),
         Route(trustpoint + "/identity-certificate", sim.import_identity, methods=["POST"]),
         Route(trustpoint + "/export", sim.export, methods=["POST"]),
+        Route(trustpoint + "/validate", sim.validate_peer, methods=["POST"]),
         Route(device + "/keyring/default", sim.get_keyring, methods=["GET"]),
         Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
         Route(device + "/ca-bundle", sim.get_ca_bundle, methods=["GET"]),
@@ -457,9 +487,10 @@ async def _body(request: Request) -> Any:
 async def _bounded_body(request: Request, limit: int, *, what: str) -> Any:
     """The JSON body, refused with 413 as soon as it proves larger than ``limit`` bytes: by its
     Content-Length before reading, else while reading, and never parsed then."""
+    most = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+
     def too_large() -> PayloadTooLarge:
-        return PayloadTooLarge(f"{what} is at most {limit // (1024 * 1024)} MiB; this request is larger",
-                               code="payload_too_large")
+        return PayloadTooLarge(f"{what} is at most {most}; this request is larger", code="payload_too_large")
 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from services.device_sim.fleet import Device, InstalledCert, Trustpoint
 from services.device_sim.keypairs import generate_device_key
 from services.device_sim.tasks import CsrPending, Enrolled, EnrollmentTask, HeldRequest, Outcome, Refused, Slot
-from shared.certificate_import import check_identity_import, parse_upload
+from services.device_sim.validation import settings_of
+from shared.certificate_import import check_identity_import, has_ca_flag, parse_upload
 from shared.device_api import IdentityCertificateImport
 from shared.enums import CertificateRole, EnrollmentType
 from shared.errors import ConflictError, ValidationError
@@ -33,7 +34,8 @@ from shared.weak_crypto import enforce, weak_certificate
 def enroll_manual(task: EnrollmentTask) -> Outcome:
     options = task.params.options
     try:
-        ca_chain = _ca_chain(options.get("ca_certificate_pem"), weak_crypto=task.weak_crypto)
+        ca_chain = _ca_chain(options.get("ca_certificate_pem"), weak_crypto=task.weak_crypto,
+                             skip_ca_flag_check=settings_of(options)["skip_ca_flag_check"])
     except ValidationError as exc:
         return Refused(code=exc.code, message=exc.message)
     slots: tuple[Slot, ...] = tuple((CertificateRole.CA, i, cert) for i, cert in enumerate(ca_chain))
@@ -57,7 +59,7 @@ def enroll_manual(task: EnrollmentTask) -> Outcome:
     return CsrPending(request=request, ca_certificates=slots)
 
 
-def _ca_chain(pem: object, *, weak_crypto: bool) -> list[x509.Certificate]:
+def _ca_chain(pem: object, *, weak_crypto: bool, skip_ca_flag_check: bool) -> list[x509.Certificate]:
     if not pem:
         return []
     if not isinstance(pem, str):
@@ -65,6 +67,13 @@ def _ca_chain(pem: object, *, weak_crypto: bool) -> list[x509.Certificate]:
     chain = load_certificates(pem)
     for cert in chain:
         enforce(weak_certificate(cert), weak_crypto_enabled=weak_crypto)
+        if not skip_ca_flag_check and not has_ca_flag(cert):
+            raise ValidationError(
+                f"the enrollment object's CA certificate {cert.subject.rfc4514_string()} has no CA flag in its basic "
+                "constraints; the device does not install it as a CA. Use the CA's real certificate, or set the "
+                "enrollment object's skip_ca_flag_check",
+                code="not_a_ca_certificate",
+            )
     return chain
 
 
@@ -115,6 +124,7 @@ def import_identity(device: Device, trustpoint: Trustpoint, body: IdentityCertif
         identity, request_public_key=held.private_key.public_key(),
         installed_ca=[load_certificates(c.pem)[0] for c in installed_ca], supplied_ca=supplied,
         weak_crypto=device.weak_crypto, now=now,
+        skip_ca_flag_check=settings_of(trustpoint.params.options)["skip_ca_flag_check"],
     )
     cas = installed_ca or [InstalledCert(role=CertificateRole.CA.value, chain_position=pos, pem=to_pem(cert))
                            for pos, cert in enumerate(accepted.ca_chain)]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
-from services.device_sim import manual
+from services.device_sim import manual, validation
 from services.device_sim.fleet import Device, InstalledCert, Trustpoint
 from services.device_sim.tasks import (
     CaClientSettings,
@@ -91,6 +91,8 @@ def parse_configuration(name: str, body: Any) -> EnrollmentParameters:
         raise _invalid("options must be an object")
     if not isinstance(options.get("weak_crypto", False), bool):
         raise _invalid(f"options.weak_crypto must be true or false, not {options['weak_crypto']!r}")
+    if "validation" in options:
+        validation.check_settings(options["validation"])
     try:
         return EnrollmentParameters.from_wire(data)
     except ValidationError:

@@ -86,17 +86,23 @@ def lookup_token(session: Session, token: str, *, cache: TokenCache) -> Principa
     return principal
 
 
-def authorize(
+def authenticate(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     session: Session = Depends(get_session),
 ) -> Principal:
-    """The dependency every /api/v1 route has: a valid token, and a writer's role to write."""
+    """A valid token, whatever its role: for the few POST routes that only read (validating a
+    peer certificate), which every role may call."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise AuthError("an API token is required: send 'Authorization: Bearer <token>'")
     principal = lookup_token(session, credentials.credentials, cache=request.app.state.token_cache)
     if principal is None:
         raise AuthError("the API token is not valid: create one with 'certfleet token create'")
+    return principal
+
+
+def authorize(request: Request, principal: Principal = Depends(authenticate)) -> Principal:
+    """The dependency every other /api/v1 route has: a valid token, and a writer's role to write."""
     if request.method not in _READ_METHODS and not principal.role.can_write:
         raise ForbiddenError(
             f"role {principal.role.value} may only read; admin or network_admin may make changes"

@@ -18,13 +18,15 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.datastructures import UploadFile
 
 from services.controller.api.schemas.enrollment_objects import Pkcs12Upload
-from services.controller.api.schemas.trustpoints import IdentityCertificateImport
+from services.controller.api.schemas.trustpoints import IdentityCertificateImport, PeerValidationRequest
 from services.controller.rules.pkcs12_upload import MAX_UPLOAD_BODY, decode_base64
 from shared.errors import ValidationError
 from shared.pkcs12 import Pkcs12TooLarge
 
 #: Largest identity certificate import: a certificate and a CA chain in PEM fit many times over.
 MAX_CERTIFICATE_BODY = 256 * 1024
+#: Largest peer validation request: a peer's certificate and a few intermediates in PEM.
+MAX_PEER_VALIDATION_BODY = 64 * 1024
 #: Media types of a raw certificate body (text/plain: what `curl --data-binary` tools often send).
 CERTIFICATE_TYPES = ("application/x-pem-file", "application/pkix-cert", "application/octet-stream",
                      "application/x-x509-ca-cert", "text/plain")
@@ -148,3 +150,14 @@ async def certificate_upload(request: Request) -> UploadedCertificate:
         raise ValidationError("the body is empty: send the identity certificate in PEM or DER",
                               code="invalid_certificate")
     return UploadedCertificate(certificate=body)
+
+
+async def peer_validation_request(request: Request) -> PeerValidationRequest:
+    """The JSON body of a peer validation, read with a 64 KiB cap."""
+    kind = media_type(request)
+    if kind != "application/json":
+        raise UnsupportedMediaType('send the peer\'s certificate as application/json: {"certificate_pem": …, '
+                                   f'"chain_pem": …, "usage": …}}, not {kind or "a body without Content-Type"}')
+    too_large = BodyTooLarge(f"a peer validation request is at most {MAX_PEER_VALIDATION_BODY // 1024} KiB; send "
+                             "the peer's certificate and its intermediate CA certificates only")
+    return _json_model(PeerValidationRequest, await read_capped(request, MAX_PEER_VALIDATION_BODY, too_large))

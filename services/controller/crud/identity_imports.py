@@ -17,7 +17,7 @@ from services.controller.rules.scope import DomainScope
 from shared.certificate_import import check_identity_import, parse_upload
 from shared.enums import CertificateRole, EnrollmentType, JobKind
 from shared.errors import ConflictError, NotFoundError
-from shared.models import Device, Job, Trustpoint
+from shared.models import Device, EnrollmentObject, Job, Trustpoint
 from shared.pki import load_certificates, to_pem
 from shared.settings import Settings
 from shared.states import Status
@@ -67,6 +67,7 @@ def import_identity(
         identity,
         request_public_key=x509.load_pem_x509_csr(trustpoint.csr_pem.encode()).public_key(),
         installed_ca=installed_ca, supplied_ca=supplied_ca, weak_crypto=device.weak_crypto, now=now,
+        skip_ca_flag_check=_skips_ca_flag_check(session, trustpoint),
     )
     trustpoint.pending_identity_pem = to_pem(accepted.certificate)
     trustpoint.pending_ca_pem = "".join(to_pem(c) for c in accepted.ca_chain) or None
@@ -74,3 +75,9 @@ def import_identity(
     job = new_job(session, kind=JobKind.INSTALL_IDENTITY, trustpoint=trustpoint, settings=settings, now=now,
                   requested_by=requested_by)
     return trustpoint, device, job
+
+
+def _skips_ca_flag_check(session: Session, trustpoint: Trustpoint) -> bool:
+    """The enrollment object's "skip check for CA flag", which the device applies as well."""
+    obj = session.get(EnrollmentObject, trustpoint.enrollment_object_id)
+    return bool(obj is not None and obj.skip_ca_flag_check)

@@ -162,6 +162,8 @@ class _EstEnrollment:
         except (CertfleetError, ValueError) as exc:
             raise CaFailure(f"CA at {self.endpoint.url} answered cacerts with no usable CA chain: {exc}",
                             code="ca_bad_response") from None
+        if not issued.validation_setting(self.task, "skip_ca_flag_check"):
+            ca_trust.refuse_without_ca_flag(chain, url=self.endpoint.url)
         self.ca_slots = tuple((CertificateRole.CA, i, c) for i, c in enumerate(chain))
         return chain
 
@@ -212,7 +214,9 @@ class _EstEnrollment:
         except CertfleetError as exc:
             raise CaFailure(f"CA at {url} answered {operation} with no certificate: {exc}",
                             code="ca_bad_response") from None
-        return issued.accept_issued(certs, key, chain[0], url=url, weak_crypto=self.task.weak_crypto)
+        return issued.accept_issued(certs, key, chain[0], url=url, weak_crypto=self.task.weak_crypto,
+                                    ignore_ipsec_key_usage=issued.validation_setting(self.task,
+                                                                                     "ignore_ipsec_key_usage"))
 
 
 def _anchors_described(ca: CaClientSettings) -> str:

@@ -1,6 +1,7 @@
 """The device's rule for a certificate it will use for IPsec: a threat-defense device refuses a
 certificate whose only IPsec extended key usage is 'IP security IKE intermediate', which is what
-the Microsoft 2012 CA's IPsec (Offline request) template issues. Pure."""
+the Microsoft 2012 CA's IPsec (Offline request) template issues, unless the enrollment object
+says to ignore the IPsec key usage (``ignore_ipsec_key_usage``). Pure."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ IPSEC_REMEDY = (
     "To fix it on the Microsoft CA: 1. Duplicate the IPsec (Offline Request) template. 2. In Extensions > "
     "Application policies, select 'IP security end system' instead of 'IP security IKE intermediate'. "
     "3. Set the permissions and the template name. 4. Add the new template and change the registry "
-    "settings to reflect the new template name. Then re-enroll the device."
+    "settings to reflect the new template name. Then re-enroll the device. Or, to accept such certificates "
+    "as they are, set the enrollment object's 'Ignore IPsec Key Usage' (ignore_ipsec_key_usage) and re-enroll."
 )
 
 

@@ -12,6 +12,7 @@ from services.device_sim.ca_client import trust as ca_trust
 from services.device_sim.ca_client.ipsec_eku import check_ipsec_eku
 from services.device_sim.ca_client.network import CaFailure
 from services.device_sim.tasks import CurrentIdentity, EnrollmentTask
+from services.device_sim.validation import settings_of
 from shared.pki import PrivateKey, subject_alt_names, subject_name
 from shared.weak_crypto import enforce, weak_signature
 
@@ -38,10 +39,11 @@ def renewal_identity(task: EnrollmentTask, issuing: x509.Certificate) -> Current
 
 
 def accept_issued(certs: Sequence[x509.Certificate], key: PrivateKey, issuing: x509.Certificate, *, url: str,
-                  weak_crypto: bool) -> x509.Certificate:
+                  weak_crypto: bool, ignore_ipsec_key_usage: bool = False) -> x509.Certificate:
     """The certificate among ``certs`` for the device's ``key``, checked as the device checks it:
-    signed by the issuing CA it served, fit for IPsec, no weak signature unless weak-crypto is
-    enabled. CaFailure or WeakCryptoError otherwise."""
+    signed by the issuing CA it served, fit for IPsec (unless the enrollment object ignores the
+    IPsec key usage), no weak signature unless weak-crypto is enabled. CaFailure or
+    WeakCryptoError otherwise."""
     mine = spki(key.public_key())
     cert = next((c for c in certs if spki(c.public_key()) == mine), None)
     if cert is None:
@@ -53,7 +55,7 @@ def accept_issued(certs: Sequence[x509.Certificate], key: PrivateKey, issuing: x
             f"not by the CA certificate it serves ({issuing.subject.rfc4514_string()})",
             code="ca_chain_mismatch",
         )
-    problem = check_ipsec_eku(cert)
+    problem = None if ignore_ipsec_key_usage else check_ipsec_eku(cert)
     if problem:
         raise CaFailure(problem, code="ipsec_eku_rejected")
     enforce(weak_signature(cert), weak_crypto_enabled=weak_crypto)
@@ -63,3 +65,8 @@ def accept_issued(certs: Sequence[x509.Certificate], key: PrivateKey, issuing: x
 def spki(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER,
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def validation_setting(task: EnrollmentTask, name: str) -> bool:
+    """A boolean of the trustpoint's validation settings (skip_ca_flag_check, ignore_ipsec_key_usage)."""
+    return bool(settings_of(task.params.options)[name])

@@ -180,7 +180,8 @@ class _ScepEnrollment:
         if rep.status is PkiStatus.FAILURE:
             raise self._refusal(rep, held)
         cert = issued.accept_issued(rep.certs, held.private_key, ca.chain[0], url=self.endpoint.url,
-                                    weak_crypto=task.weak_crypto)
+                                    weak_crypto=task.weak_crypto,
+                                    ignore_ipsec_key_usage=issued.validation_setting(task, "ignore_ipsec_key_usage"))
         return Enrolled(private_key=held.private_key,
                         certificates=((CertificateRole.IDENTITY, 0, cert), *self.ca_slots))
 
@@ -202,11 +203,18 @@ class _ScepEnrollment:
         counts only when a CA of the chain issued it."""
         url = self.endpoint.url
         cas = [c for c in certs if _is_ca(c)]
-        ras = [c for c in certs if not _is_ca(c)]
+        if not cas and issued.validation_setting(self.task, "skip_ca_flag_check"):
+            # CA certificates made without the CA flag: those that issued another one served, or
+            # are self-signed, or the one certificate served.
+            cas = [c for c in certs if c.subject == c.issuer or len(certs) == 1
+                   or any(o is not c and ca_trust.issued_by(o, c) for o in certs)]
+        ras = [c for c in certs if c not in cas]
         try:
             chain = ca_trust.order_ca_chain(cas)
         except ValueError as exc:
-            raise CaFailure(f"CA at {url} answered GetCACert with no usable CA certificate: {exc}",
+            hint = ("; its certificates have no CA flag in their basic constraints: have the CA certificate issued "
+                    "with it, or set the enrollment object's skip_ca_flag_check") if certs and not cas else ""
+            raise CaFailure(f"CA at {url} answered GetCACert with no usable CA certificate: {exc}{hint}",
                             code="ca_bad_response") from None
         if self.options.fingerprint and ca_trust.pinned_certificate(chain, self.options.fingerprint) is None:
             fp = self.options.fingerprint

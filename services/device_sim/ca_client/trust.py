@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from services.device_sim.ca_client.network import CaFailure
 from services.device_sim.tasks import CurrentIdentity
+from shared.certificate_import import has_ca_flag
 from shared.errors import ConfigurationError
 
 #: Digest lengths in hex digits -> the hash they come from.
@@ -116,6 +117,19 @@ def order_ca_chain(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
             ) from None
         chain.append(issuer)
     return chain
+
+
+def refuse_without_ca_flag(chain: Sequence[x509.Certificate], *, url: str) -> None:
+    """CaFailure when a CA certificate the server serves has no CA flag in its basic constraints
+    (an enrollment object may skip this check: skip_ca_flag_check)."""
+    for cert in chain:
+        if not has_ca_flag(cert):
+            raise CaFailure(
+                f"CA at {url} serves {cert.subject.rfc4514_string()} as a CA certificate, but it has no CA flag in "
+                "its basic constraints; the device does not install it. Have the CA certificate issued with the "
+                "CA flag, or set the enrollment object's skip_ca_flag_check",
+                code="not_a_ca_certificate",
+            )
 
 
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -106,3 +106,26 @@ class ExportRequest(InputModel):
     format: Literal["pkcs12", "pem"]
     #: Protects the PKCS#12 file; never stored or logged.
     passphrase: SecretStr | None = Field(default=None, max_length=1024)
+
+
+class PeerValidationRequest(InputModel):
+    """A peer's certificate for the device to validate with the trustpoint's CA, as it would a
+    VPN peer's (JSON, at most 64 KiB)."""
+
+    certificate_pem: str = Field(min_length=1, max_length=65536)
+    #: Intermediate CA certificates the peer sends with its certificate (PEM).
+    chain_pem: str | None = Field(default=None, max_length=65536)
+    #: What the peer is validated for; left out: any use the trustpoint allows.
+    usage: Literal["ipsec_client", "ssl_client", "ssl_server"] | None = None
+
+
+class PeerValidationResult(BaseModel):
+    """The device's verdict: ``valid``, ``revoked`` (reason and time), ``unknown`` (no revocation
+    source could answer) or ``invalid`` (chain, dates, CA flag or usage; ``reason`` says which);
+    ``source`` is what answered about revocation ("crl", "ocsp", or null)."""
+
+    verdict: Literal["valid", "revoked", "unknown", "invalid"]
+    reason: str | None = None
+    revoked_at: datetime | None = None
+    source: Literal["crl", "ocsp"] | None = None
+    detail: str = ""

@@ -288,6 +288,10 @@ def test_ms2012_ipsec_certificate_is_refused_with_the_remedy(ca, sim):
 
     device.configure("ms-endsystem", f"{ca.est_url}/.well-known/est/ms2012-endsystem/")
     assert device.enroll("ms-endsystem").identity_status == "available"  # the remedy's template works
+    assert "ignore_ipsec_key_usage" in message  # the other way out
+    device.configure("ms-ignored", f"{ca.est_url}/.well-known/est/ms2012-ipsec/",
+                     validation={"ignore_ipsec_key_usage": True})
+    assert device.enroll("ms-ignored").identity_status == "available"
 
 
 # --- fingerprint pinning and ignored validation ----------------------------------------------------

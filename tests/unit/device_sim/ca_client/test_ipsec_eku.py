@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.device_sim.ca_client.ipsec_eku import IPSEC_END_SYSTEM, IPSEC_IKE_INTERMEDIATE, check_ipsec_eku
+from services.device_sim.ca_client.issued import accept_issued
+from services.device_sim.ca_client.network import CaFailure
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -34,6 +36,17 @@ def test_ike_intermediate_alone_is_refused_with_the_fix_on_the_ca():
                               "(1.3.6.1.5.5.7.3.5); the device does not accept it.")
     assert "Duplicate the IPsec (Offline Request) template" in problem
     assert "select 'IP security end system' instead of 'IP security IKE intermediate'" in problem
+    assert "Or, to accept such certificates as they are, set the enrollment object's 'Ignore IPsec Key Usage' " \
+           "(ignore_ipsec_key_usage) and re-enroll." in problem
+
+
+def test_the_device_installs_an_ike_intermediate_certificate_when_told_to_ignore_the_ipsec_key_usage():
+    cert = certificate([IPSEC_IKE_INTERMEDIATE])  # self-signed: its own issuer here
+    with pytest.raises(CaFailure) as refused:
+        accept_issued([cert], KEY, cert, url="https://ca.example.com/", weak_crypto=False)
+    assert refused.value.code == "ipsec_eku_rejected"
+    assert accept_issued([cert], KEY, cert, url="https://ca.example.com/", weak_crypto=False,
+                         ignore_ipsec_key_usage=True) == cert
 
 
 @pytest.mark.parametrize("ekus", [

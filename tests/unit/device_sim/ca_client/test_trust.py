@@ -27,9 +27,11 @@ from services.device_sim.ca_client.trust import (
     load_trust_anchors,
     order_ca_chain,
     pinned_certificate,
+    refuse_without_ca_flag,
 )
 from services.device_sim.tasks import CurrentIdentity
 from shared.errors import ConfigurationError
+from tests.support.revocation_ca import TestCa
 from tests.support.tls import TlsHandler, https_server, make_ca, make_leaf, pem
 
 
@@ -195,3 +197,11 @@ def test_a_renewing_device_presents_its_current_certificate(pki, ca_server):
     assert talk(ca_server, client_context(verify=True, anchors_pem=pki["root"].pem)) == b"hello"
     # The first request came with the device's certificate, the one without an identity with none.
     assert ca_server.client_certificates == [der(device), None]
+
+
+def test_a_served_ca_certificate_without_the_ca_flag_is_refused_naming_the_setting():
+    refuse_without_ca_flag([TestCa("Proper CA").cert], url="https://ca.example.com/")
+    with pytest.raises(CaFailure) as refused:
+        refuse_without_ca_flag([TestCa("Flagless CA", ca_flag=False).cert], url="https://ca.example.com/")
+    assert refused.value.code == "not_a_ca_certificate"
+    assert "CN=Flagless CA" in refused.value.message and "skip_ca_flag_check" in refused.value.message
