@@ -47,6 +47,12 @@ CA_BUNDLE_UPDATES = Counter(
     "unreachable; for tests checks_passed and checks_failed).",
     ["outcome"],
 )
+REVOCATION_CHECKS = Counter(
+    "certfleet_revocation_checks",
+    "Revocation checks of installed identity certificates by the revocation scan, by the source that "
+    "answered (crl, ocsp, none) and the answer (good, revoked, unknown).",
+    ["source", "outcome"],
+)
 SCHEDULER_RUNS = Counter(
     "certfleet_scheduler_runs",
     "Scheduled runs this controller fired as the leader, by schedule and outcome "
@@ -135,6 +141,9 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily("certfleet_ca_bundle_last_modified_timestamp_seconds",
                                     "When certfleet's CA bundle was last replaced (Unix time).",
                                     value=snap.ca_bundle_last_modified)
+        yield GaugeMetricFamily("certfleet_certificates_revoked",
+                                "Installed identity certificates the revocation scan found revoked.",
+                                value=snap.statuses_total("identity", "revoked"))
         on_bundle = GaugeMetricFamily("certfleet_devices_ca_bundle",
                                       "Devices holding the current CA bundle version, and the others.",
                                       labels=["version"])
@@ -172,3 +181,8 @@ class FleetSnapshot:
         self.ca_bundle_version, self.ca_bundle_sha256 = ca_bundle_version, ca_bundle_sha256
         self.ca_bundle_last_modified = ca_bundle_last_modified
         self.devices_on_bundle = devices_on_bundle or {}
+
+    def statuses_total(self, side: str, status: str) -> int:
+        """Trustpoints whose CA (``side`` "ca") or identity status is ``status``."""
+        index = 0 if side == "ca" else 1
+        return sum(count for pair, count in self.statuses.items() if pair[index] == status)

@@ -76,6 +76,8 @@ class Settings:
     connection_checks: str = ""
     #: Seconds between passes that push the current CA bundle to devices that lack it.
     ca_bundle_drift_seconds: int = 300
+    #: Seconds between revocation scans of the installed identity certificates.
+    revocation_scan_seconds: int = 3600
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -119,7 +121,7 @@ class Settings:
                      "ca_concurrency", "ca_rate_per_second", "ca_backoff_max_ms",
                      "ca_outage_give_up_seconds", "renewal_retry_seconds", "renewal_retry_max_seconds",
                      "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds",
-                     "ca_bundle_drift_seconds"):
+                     "ca_bundle_drift_seconds", "revocation_scan_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
         if not 0 <= self.renewal_spread <= 1:

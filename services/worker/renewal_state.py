@@ -62,6 +62,7 @@ def after_success(
             RENEWALS.labels(method=trustpoint.enrollment_type, outcome="succeeded").inc()
         trustpoint.renewal_failures = 0
         trustpoint.renewal_error_code = trustpoint.renewal_error_message = None
+        trustpoint.revoked_at = trustpoint.revocation_reason = None  # a new certificate, not revoked
     elif reason is JobReason.RENEWAL:
         # Held by the CA for approval: not due again; a refresh installs the certificate once issued.
         trustpoint.renewal_error_code = PENDING

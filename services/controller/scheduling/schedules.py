@@ -58,6 +58,12 @@ def _ca_bundle_drift(ctx: RunContext) -> str:
     return push_drifted(ctx.session, ctx.broker, settings=ctx.settings, now=ctx.now, fence=ctx.fence)
 
 
+def _revocation_scan(ctx: RunContext) -> str:
+    from services.controller.revocation.scan import run_revocation_scan
+
+    return run_revocation_scan(ctx.session, now=ctx.now, fence=ctx.fence).describe()
+
+
 def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
     """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
     :mod:`services.controller.ca_bundles.auto_update`)."""
@@ -68,6 +74,8 @@ def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> 
                      "replace certfleet's CA bundle with the latest when every connection check passes"),
         ScheduleSpec("ca-bundle-drift", Timing(interval_seconds=settings.ca_bundle_drift_seconds), _ca_bundle_drift,
                      "push the current CA bundle to devices that do not hold it"),
+        ScheduleSpec("revocation-scan", Timing(interval_seconds=settings.revocation_scan_seconds), _revocation_scan,
+                     "ask the CAs whether installed identity certificates are revoked, and mark those that are"),
     ]
 
 

@@ -72,6 +72,9 @@ class TrustpointSummary(BaseModel):
     #: Set when the certificate is due and certfleet cannot renew it (manual and PKCS12
     #: enrollment): the operator must.
     renewal_warning: str | None = None
+    #: When the CA revoked the installed identity certificate, and why, as the revocation scan found.
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
     identity_certificate: CertificateSummary | None = None
     #: Issuing CA first, then up the chain towards the root.
     ca_certificates: list[CertificateSummary] = []
