@@ -152,7 +152,7 @@ def fill(database_url: str, objects: dict[str, EnrollmentObject], *, due: int, n
             last_due = due_at if last_due is None else max(last_due, due_at)
         name, issued = f"bench-{n:07d}", not_before.isoformat()
         devices.append((device_id, GLOBAL_DOMAIN_ID, name, "FTD-3110", f"SN{n:09d}", "", "",
-                        f"http://127.0.0.1:9/api/devices/{name}", "f", issued))
+                        f"http://127.0.0.1:9/api/devices/{name}", "f", "", issued))
         trustpoints.append((tp_id, device_id, GLOBAL_DOMAIN_ID, obj.id, obj.name, ET(obj.enrollment_type).value,
                             "available", "available", issued, issued, issued,
                             None if due_at is None else due_at.isoformat(), 0))
@@ -164,7 +164,7 @@ def fill(database_url: str, objects: dict[str, EnrollmentObject], *, due: int, n
             # The rows are consistent by construction: foreign-key triggers off while loading.
             conn.execute("SET LOCAL session_replication_role = replica")
             copy_rows(conn, "device", "id, domain_id, name, model, serial, ip_address, fqdn, management_url, "
-                      "weak_crypto, created_at", devices)
+                      "weak_crypto, bundle_version, created_at", devices)
             copy_rows(conn, "trustpoint", "id, device_id, domain_id, enrollment_object_id, name, enrollment_type, "
                       "ca_status, identity_status, created_at, updated_at, status_changed_at, renewal_due_at, "
                       "renewal_failures", trustpoints)

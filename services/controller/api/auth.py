@@ -41,10 +41,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+TOKEN_PREFIX = "cf_"
+
+
 def create_token(session: Session, *, role: Role, name: str = "") -> str:
     """Store a new token for ``role`` (the caller commits) and return it: the only time the
     plain token exists anywhere."""
-    token = secrets.token_urlsafe(32)
+    # A fixed prefix: a token never starts with "-" (which a command line would take for an
+    # option), and a leaked one is recognisable to secret scanners.
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(token_hash=hash_token(token), role=Role(role).value, name=name))
     return token
 

@@ -775,3 +775,17 @@ def test_concurrent_actions_on_one_trustpoint_start_one_job(db_engine, stub_brok
     assert {a.json()["code"] for a in answers if a.status_code == 409} == {"job_in_progress"}
     with Session(db_engine) as session:
         assert len(session.exec(select(Job).where(Job.kind == "re_enroll")).all()) == 1
+
+
+def test_a_token_can_follow_an_option_on_any_command_line(api):
+    # A token starting with "-" would be taken for an option by `certfleet … --token TOKEN`.
+    from sqlmodel import Session
+
+    from services.controller.api.auth import TOKEN_PREFIX, create_token
+    from shared.enums import Role
+
+    with Session(api.engine) as session:
+        tokens = [create_token(session, role=Role.READ_ONLY) for _ in range(200)]
+        session.commit()
+    assert all(token.startswith(TOKEN_PREFIX) for token in tokens)
+    assert api.get("/domains", headers={"Authorization": f"Bearer {tokens[0]}"}, role=None).status_code == 200
