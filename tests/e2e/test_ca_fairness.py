@@ -107,7 +107,7 @@ def test_an_objects_ca_limits_hold_across_worker_processes(tmp_path, ca):
 
 
 def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path, ca):
-    devices = 150
+    devices = 100
     sim_args = ["--latency-ms", "5", "--trust-anchor", str(ca.dir / "tls-ca.pem")]
     env = {"CERTFLEET_CA_BACKOFF_MAX_MS": "2000", "CERTFLEET_RETRY_BACKOFF_MS": "200"}
     with fault_world(tmp_path, devices=devices, sim_args=sim_args, env=env, redis_url=REDIS_URL) as world:
@@ -115,7 +115,7 @@ def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path
         wait_for(world, batch, done=50)
         ca.stop()
         before = sim_requests(world, "enroll")
-        time.sleep(6)
+        time.sleep(4)
         during = sim_requests(world, "enroll") - before
         ca.start()
         final = wait_for(world, batch, timeout=120)
@@ -125,9 +125,9 @@ def test_a_ca_outage_mid_batch_is_waited_out_without_a_storm_of_retries(tmp_path
             waited, max_attempts_used, waits, attempts_of_waiters = conn.execute(sa.text(
                 "SELECT count(*) FILTER (WHERE ca_waits > 0), max(attempts), sum(ca_waits), "
                 "sum(attempts) FILTER (WHERE ca_waits > 0) FROM job")).one()
-    # A hundred jobs were due while the CA was away; only a handful asked a device to try it.
-    assert during < 60, during
-    assert waited > 50, waited  # they waited for the CA ...
+    # Fifty jobs were due while the CA was away; only a handful asked a device to try it.
+    assert during < 40, during
+    assert waited > 25, waited  # they waited for the CA ...
     assert max_attempts_used <= 5  # ... without spending their attempts:
     # a wait gives its attempt back, so the jobs that waited used fewer attempts than they waited.
     assert attempts_of_waiters < waits, (attempts_of_waiters, waits)

@@ -37,32 +37,32 @@ from tests.support.pg import admin_url
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
 #: Longer than a worker's database retries' first backoffs, so work really stops and resumes.
-OUTAGE_SECONDS = 6.0
+OUTAGE_SECONDS = 4.0
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_issues_nothing_twice(tmp_path):
-    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"]) as world:
+    with fault_world(tmp_path, devices=250, sim_args=["--latency-ms", "15"]) as world:
         batch = start_batch(world)
-        wait_for(world, batch, done=100)
+        wait_for(world, batch, done=60)
         victim = world.stack.worker_procs()[0]
         killed = kill_tree(victim.popen.pid, signal.SIGKILL)
         assert len(killed) >= 3  # certfleet worker, the dramatiq main process, its worker process
         final = wait_for(world, batch, timeout=150)
-        assert (final["succeeded"], final["failed"]) == (400, 0), final
-        check_nothing_lost(world, total=400)
+        assert (final["succeeded"], final["failed"]) == (250, 0), final
+        check_nothing_lost(world, total=250)
         # The killed worker was holding jobs: they were taken over, not run twice at once.
         assert jobs_taken_over(world) >= 1
 
 
 def test_the_reconciler_finishes_a_batch_whose_queue_was_flushed(tmp_path):
-    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"], workers=1) as world:
+    with fault_world(tmp_path, devices=250, sim_args=["--latency-ms", "15"], workers=1) as world:
         batch = start_batch(world)
-        mid = wait_for(world, batch, done=100)
+        mid = wait_for(world, batch, done=60)
         assert not mid["finished"], mid  # the flush lands in the middle of the batch
         world.redis.flushdb()  # this test's own database only: others share the server
         final = wait_for(world, batch, timeout=120)
-        assert (final["succeeded"], final["failed"]) == (400, 0), final
-        check_nothing_lost(world, total=400)
+        assert (final["succeeded"], final["failed"]) == (250, 0), final
+        check_nothing_lost(world, total=250)
 
 
 def _refuse_connections(database: str, seconds: float, dropped: list[int]) -> None:
@@ -83,9 +83,9 @@ def _refuse_connections(database: str, seconds: float, dropped: list[int]) -> No
 
 
 def test_postgresql_gone_for_seconds_mid_batch_loses_nothing(tmp_path):
-    with fault_world(tmp_path, devices=400, sim_args=["--latency-ms", "5"], workers=1) as world:
+    with fault_world(tmp_path, devices=250, sim_args=["--latency-ms", "15"], workers=1) as world:
         batch = start_batch(world)
-        mid = wait_for(world, batch, done=100)
+        mid = wait_for(world, batch, done=60)
         assert not mid["finished"], mid
         dropped: list[int] = []
         outage = threading.Thread(target=_refuse_connections, args=(world.database, OUTAGE_SECONDS, dropped))
@@ -95,8 +95,8 @@ def test_postgresql_gone_for_seconds_mid_batch_loses_nothing(tmp_path):
         assert time.monotonic() - started >= OUTAGE_SECONDS
         assert sum(dropped) > 0  # the workers' and the controller's open connections were cut
         final = wait_for(world, batch, timeout=150)
-        assert (final["succeeded"], final["failed"]) == (400, 0), final
-        check_nothing_lost(world, total=400)
+        assert (final["succeeded"], final["failed"]) == (250, 0), final
+        check_nothing_lost(world, total=250)
 
 
 def test_faulty_devices_every_job_ends_within_its_attempts_with_clear_failures(tmp_path):
@@ -139,12 +139,13 @@ def test_faulty_devices_every_job_ends_within_its_attempts_with_clear_failures(t
 
 
 def test_a_single_add_is_not_stuck_behind_a_running_batch(tmp_path):
-    with fault_world(tmp_path, devices=600, sim_args=["--latency-ms", "20"]) as world:
+    with fault_world(tmp_path, devices=450, sim_args=["--latency-ms", "30"]) as world:
         batch = start_batch(world)
         wait_for(world, batch, done=50)
         single = world.client.create_enrollment_object(name="single", enrollment_type="self_signed",
                                                        key_type="ecdsa", key_size=256)
         device = world.client.find_devices(serial="FTD-000001")[0]
+        at_single_start = world.client.bulk_enrollment(batch["id"])
         job = world.client.add_trustpoint(device["id"], single["id"])["job"]
         while world.client.job(job["id"])["state"] not in ("succeeded", "failed"):
             time.sleep(0.05)
@@ -152,6 +153,7 @@ def test_a_single_add_is_not_stuck_behind_a_running_batch(tmp_path):
         wait_for(world, batch, timeout=120)
         assert world.client.job(job["id"])["state"] == "succeeded"
         # Judged by work, not seconds: the single job did not wait for the bulk jobs queued
-        # before it (a FIFO would have made it wait for more than 500 of them).
-        assert not at_single_end["finished"] and at_single_end["queued"] > 200, at_single_end
-        check_nothing_lost(world, total=601)
+        # before it, as a FIFO would have; at most for those the workers had fetched ahead.
+        assert not at_single_end["finished"], at_single_end
+        assert at_single_end["queued"] > at_single_start["queued"] / 3, (at_single_start, at_single_end)
+        check_nothing_lost(world, total=451)
