@@ -26,7 +26,7 @@ test: $(STAMP) peers
 bench: $(STAMP)
 	$(PY) bench/publish.py --devices 10000
 	$(PY) bench/fleet.py --enrollment est --devices 5000 --devices 10000 --devices 50000
-	$(PY) bench/revocation.py --revoked 100000
+	$(PY) bench/revocation.py --revoked 100000 --scan-certificates 50000
 	$(PY) bench/renewal.py --trustpoints 10000 --trustpoints 100000
 
 bench-self-signed: $(STAMP)
