@@ -1,5 +1,5 @@
 """End to end, as an operator runs it: the controller, two worker processes and the device
-simulator as separate processes on loopback, real Redis and PostgreSQL. 100 devices are
+simulator as separate processes on loopback, real Redis and PostgreSQL. 50 devices are
 enrolled through the API and every certificate is checked."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.support.procs import Stack
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
-DEVICES = 100
+DEVICES = 50
 
 
 @pytest.fixture
