@@ -77,11 +77,7 @@ def check_addable(cert: x509.Certificate, *, source: str, now: datetime) -> None
     """A receiver refuses a bundle holding anything but CA certificates valid now; so does the
     publisher, naming the file."""
     subject = cert.subject.rfc4514_string()
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
+    if not ca_bundle.is_ca_certificate(cert):
         raise ValidationError(f"{source}: {subject} is not a CA certificate (no basic constraints CA:TRUE); "
                               "a CA bundle holds CA certificates only", code="not_a_ca_certificate")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:

@@ -128,6 +128,14 @@ def _verify_signature(manifest: bytes, signature: bytes, signer: x509.Certificat
                           f"{signer.subject.rfc4514_string()}: it was changed, or signed by another key") from None
 
 
+def is_ca_certificate(cert: x509.Certificate) -> bool:
+    """Whether the certificate's basic constraints say CA:TRUE (no extension: not a CA)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def check_certificates(pem: str, *, now: datetime) -> tuple[x509.Certificate, ...]:
     """The bundle's certificates, each a CA certificate valid at ``now``."""
     try:
@@ -137,11 +145,7 @@ def check_certificates(pem: str, *, now: datetime) -> tuple[x509.Certificate, ..
             from None
     for cert in certificates:
         subject = cert.subject.rfc4514_string()
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
+        if not is_ca_certificate(cert):
             raise BundleError("bundle_certificate_not_ca", f"the bundle holds {subject}, which is not a CA certificate")
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise BundleError("bundle_certificate_expired",

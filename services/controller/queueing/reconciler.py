@@ -21,7 +21,6 @@ The state of a job is never changed here: that is the workers' business.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -39,6 +38,7 @@ from shared.events import BULK_QUEUE, JOBS_QUEUE
 from shared.logging import get_logger
 from shared.metrics import RECONCILER_REPUBLISHED
 from shared.models import Job
+from shared.periodic import Periodic
 
 log = get_logger(__name__)
 
@@ -161,41 +161,19 @@ def reconcile_once(
     return published
 
 
-class Reconciler:
+class Reconciler(Periodic):
     """Runs :func:`reconcile_once` every ``interval_seconds`` in a daemon thread."""
+
+    thread_name = "certfleet-reconciler"
 
     def __init__(
         self, engine: Engine, broker: dramatiq.Broker, *, interval_seconds: float, lease_seconds: float,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        super().__init__(every_seconds=interval_seconds)
         self.engine, self.broker = engine, broker
         self.interval_seconds, self.lease_seconds, self.clock = interval_seconds, lease_seconds, clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
         with Session(self.engine, expire_on_commit=False) as session:
             return reconcile_once(session, self.broker, now=self.clock(), lease_seconds=self.lease_seconds)
-
-    def start(self) -> Reconciler:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="certfleet-reconciler", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        # A first pass at once: after a restart, lost jobs need not wait an interval.
-        while True:
-            try:
-                self.run_once()
-            except Exception:  # a database hiccup must not end the loop; the next pass retries
-                log.error("reconciler pass failed", exc_info=True)
-            if self._stop.wait(self.interval_seconds):
-                return

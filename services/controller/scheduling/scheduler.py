@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from shared.clock import utcnow
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_LEADER, SCHEDULER_RUNS
 from shared.models import Schedule
+from shared.periodic import Periodic
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -54,7 +54,9 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class Scheduler:
+class Scheduler(Periodic):
+    thread_name = "certfleet-scheduler"
+
     def __init__(
         self, engine: Engine, broker: dramatiq.Broker, settings: Settings, *,
         specs: list[ScheduleSpec] | None = None, clock: Callable[[], datetime] = utcnow, holder: str | None = None,
@@ -66,8 +68,7 @@ class Scheduler:
         self.specs = {spec.name: spec for spec in specs}
         self.holder = holder or default_holder()
         self.leadership: lease.Leadership | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(every_seconds=settings.scheduler_tick_seconds)
 
     # --- one tick ------------------------------------------------------------------------------
 
@@ -180,18 +181,16 @@ class Scheduler:
 
     # --- the thread ----------------------------------------------------------------------------
 
-    def start(self) -> Scheduler:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="certfleet-scheduler", daemon=True)
-            self._thread.start()
-        return self
+    def run_once(self) -> list[RunRecord]:
+        return self.tick()
+
+    def pass_failed(self) -> None:
+        self.leadership = None  # a failed tick may have lost the lease: take it again first
+        SCHEDULER_LEADER.set(0)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        """Stop ticking and give the lease up, so another controller takes over at once."""
+        super().stop(timeout)
         if self.leadership is not None:
             try:
                 with Session(self.engine) as session:
@@ -200,14 +199,3 @@ class Scheduler:
                 log.warning("could not release the scheduler lease", exc_info=True)
             self.leadership = None
             SCHEDULER_LEADER.set(0)
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:  # a database hiccup must not end the loop; the next tick retries
-                self.leadership = None
-                SCHEDULER_LEADER.set(0)
-                log.error("scheduler tick failed", exc_info=True)
-            if self._stop.wait(self.settings.scheduler_tick_seconds):
-                return
