@@ -52,8 +52,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_reconciler(settings: Settings) -> int:
-    from services.controller.queueing.reconciler import Reconciler
+def _run_alone(settings: Settings, start, describe) -> int:
+    """Run one periodic role without the API until SIGINT or SIGTERM: ``start(engine, broker)``
+    starts it, ``describe(role)`` is the line printed once it runs."""
     from shared.broker import make_broker
     from shared.db import init_db, make_engine
 
@@ -63,14 +64,24 @@ def _run_reconciler(settings: Settings) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    reconciler = Reconciler(engine, broker, interval_seconds=settings.reconcile_interval_seconds,
-                            lease_seconds=settings.job_lease_seconds).start()
-    print(f"reconciler running every {settings.reconcile_interval_seconds:g} s", flush=True)
+    role = start(engine, broker)
+    print(describe(role), flush=True)
     done.wait()
-    reconciler.stop()
+    role.stop()
     broker.close()
     engine.dispose()
     return 0
+
+
+def _run_reconciler(settings: Settings) -> int:
+    from services.controller.queueing.reconciler import Reconciler
+
+    return _run_alone(
+        settings,
+        lambda engine, broker: Reconciler(engine, broker, interval_seconds=settings.reconcile_interval_seconds,
+                                          lease_seconds=settings.job_lease_seconds).start(),
+        lambda _: f"reconciler running every {settings.reconcile_interval_seconds:g} s",
+    )
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,26 +91,15 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
 def scheduler_main(args: argparse.Namespace) -> int:
     """Run the scheduler alone (no API): it leads when no other controller holds the lease."""
     from services.controller.scheduling.scheduler import Scheduler
-    from shared.broker import make_broker
-    from shared.db import init_db, make_engine
     from shared.logging import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    engine = make_engine(settings)
-    init_db(engine)
-    broker = make_broker(settings)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    scheduler = Scheduler(engine, broker, settings).start()
-    print(f"scheduler running as {scheduler.holder}: {len(scheduler.specs)} schedules, "
-          f"lease {settings.scheduler_lease_seconds:g} s", flush=True)
-    done.wait()
-    scheduler.stop()
-    broker.close()
-    engine.dispose()
-    return 0
+    return _run_alone(
+        settings, lambda engine, broker: Scheduler(engine, broker, settings).start(),
+        lambda scheduler: f"scheduler running as {scheduler.holder}: {len(scheduler.specs)} schedules, "
+                          f"lease {settings.scheduler_lease_seconds:g} s",
+    )
 
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
