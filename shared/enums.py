@@ -36,6 +36,8 @@ class JobKind(StrEnum):
     INSTALL_IDENTITY = "install_identity"
     #: Push certfleet's current CA bundle to a device (no trustpoint).
     BUNDLE_UPDATE = "bundle_update"
+    #: Make the device a new default keyring (``system support regenerate-security-keyring default``).
+    REGENERATE_KEYRING = "regenerate_keyring"
 
 
 class JobReason(StrEnum):
@@ -44,6 +46,8 @@ class JobReason(StrEnum):
     OPERATOR = "operator"
     BULK = "bulk"
     RENEWAL = "renewal"
+    #: A domain's policy (e.g. regenerating expired default keyrings on its own).
+    POLICY = "policy"
 
 
 class JobState(StrEnum):
@@ -72,3 +76,37 @@ class Role(StrEnum):
     @property
     def can_write(self) -> bool:
         return self is not Role.READ_ONLY
+
+
+class AlertCode(StrEnum):
+    """What an alert is about. F0853 is the device's own fault code; the others are certfleet's."""
+
+    KEYRING_EXPIRED = "F0853"
+    CERTIFICATE_EXPIRING = "CF-CERT-EXPIRING"
+    CERTIFICATE_EXPIRED = "CF-CERT-EXPIRED"
+    CERTIFICATE_REVOKED = "CF-CERT-REVOKED"
+    ENROLLMENT_FAILED = "CF-ENROLL-FAILED"
+    RENEWAL_FAILED = "CF-RENEW-FAILED"
+    CA_UNREACHABLE = "CF-CA-UNREACHABLE"
+    CA_BUNDLE_UPDATE_FAILED = "CF-BUNDLE-FAILED"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    WARNING = "warning"
+
+
+class AlertState(StrEnum):
+    ACTIVE = "active"
+    ACKNOWLEDGED = "acknowledged"
+    CLEARED = "cleared"
+
+
+class DeliveryState(StrEnum):
+    """A webhook delivery: waiting for its (next) attempt, delivered, or given up (dead-lettered)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"

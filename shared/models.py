@@ -61,6 +61,10 @@ class Domain(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=128)
     parent_id: uuid.UUID | None = Field(default=None, foreign_key="domain.id", index=True)
+    #: Regenerate expired default keyrings on this domain's devices without an operator
+    #: (every regeneration is a job with reason ``policy``). None: as the parent domain says
+    #: (off at Global unless set).
+    auto_regenerate_keyring: bool | None = None
     created_at: datetime = _ts()
 
     __table_args__ = (UniqueConstraint("parent_id", "name"),)
@@ -81,6 +85,15 @@ class Device(SQLModel, table=True):
     weak_crypto: bool = False
     #: The version of certfleet's CA bundle the device last confirmed it holds ("" for none).
     bundle_version: str = Field(default="", max_length=32, index=True)
+    # Health, as the last health check (or refresh, or keyring regeneration) read it from the device.
+    #: Whether the default keyring's certificate is valid now; None until first read.
+    keyring_valid: bool | None = Field(default=None, index=True)
+    #: Why it is not valid ("expired", "not yet valid"), else None.
+    keyring_reason: str | None = Field(default=None, max_length=64)
+    keyring_not_after: datetime | None = _ts(nullable=True)
+    health_checked_at: datetime | None = _ts(nullable=True)
+    #: The last health read's failure (e.g. "device_unreachable: …"); None when it succeeded.
+    health_error: str | None = Field(default=None, max_length=512)
     created_at: datetime = _ts()
 
 
@@ -410,6 +423,105 @@ class CaBundleUpdate(SQLModel, table=True):
     detail: str = Field(default="", max_length=2048)
     batch_id: uuid.UUID | None = None
     created_at: datetime = _ts(index=True)
+
+
+class Alert(SQLModel, table=True):
+    """A condition someone should react to: a device's F0853 (expired default keyring) or one of
+    certfleet's own codes (see :class:`shared.enums.AlertCode`).
+
+    At most one alert per condition is open (active or acknowledged): ``condition_key`` names the
+    condition (code, device, trustpoint, resource) while the alert is open, and is emptied (NULL)
+    when it clears, so a unique index allows one open alert per condition and any number of
+    cleared ones. No foreign keys: a cleared alert outlives the device it named.
+    """
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    code: str = Field(max_length=32, index=True)
+    severity: str = Field(max_length=16)
+    description: str = Field(max_length=1024)
+    domain_id: uuid.UUID = Field(index=True)
+    device_id: uuid.UUID | None = Field(default=None, index=True)
+    device_name: str = Field(default="", max_length=128)
+    trustpoint_id: uuid.UUID | None = None
+    trustpoint_name: str = Field(default="", max_length=255)
+    #: What the alert is about when it is no device or trustpoint, e.g. a CA endpoint.
+    resource: str = Field(default="", max_length=512)
+    condition_key: str | None = Field(default=None, max_length=700, unique=True)
+    state: str = Field(max_length=16, index=True)
+    first_seen: datetime = _ts()
+    last_seen: datetime = _ts()
+    acknowledged_by: str = Field(default="", max_length=255)
+    acknowledged_at: datetime | None = _ts(nullable=True)
+    cleared_at: datetime | None = _ts(nullable=True)
+
+
+class AlertEvent(SQLModel, table=True):
+    """An alert's change (raised, updated, acknowledged, cleared) as a CloudEvent, written in the
+    transaction that changed the alert (an outbox): the relay copies it to the Redis stream and
+    to the webhooks that want it, so a crash between the change and its delivery loses nothing."""
+
+    __tablename__ = "alert_event"
+
+    #: Order of the changes; the relay moves events on in this order.
+    seq: int | None = Field(default=None, primary_key=True)
+    #: The CloudEvent's id: consumers drop a repeated delivery by it.
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
+    alert_id: uuid.UUID = Field(index=True)
+    domain_id: uuid.UUID
+    code: str = Field(max_length=32)
+    severity: str = Field(max_length=16)
+    #: The CloudEvent's type, e.g. io.certfleet.alert.raised.
+    type: str = Field(max_length=64)
+    time: datetime = _ts()
+    #: The whole CloudEvent (JSON), as consumers get it.
+    cloudevent: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: When the relay put it on the stream and queued its webhook deliveries; None until then.
+    relayed_at: datetime | None = _ts(nullable=True, index=True)
+
+
+class Webhook(SQLModel, table=True):
+    """A domain's webhook: alert events of the domain's subtree POSTed to a URL, signed with
+    HMAC-SHA256 using a secret that is stored encrypted and never returned."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
+    name: str = Field(default="", max_length=128)
+    url: str = Field(max_length=512)
+    #: Alert codes to send; empty for every code.
+    codes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: Severities to send; empty for every severity.
+    severities: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret_blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    enabled: bool = True
+    created_by: str = Field(default="", max_length=255)
+    created_at: datetime = _ts()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One alert event for one webhook: its attempts and where it stands (the delivery log)."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    webhook_id: uuid.UUID = Field(index=True)
+    event_id: uuid.UUID
+    event_seq: int
+    event_type: str = Field(max_length=64)
+    alert_id: uuid.UUID
+    state: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()
+    #: The receiver's last HTTP status (None: no answer), and the last failure in words.
+    last_status: int | None = None
+    last_error: str = Field(default="", max_length=512)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        # The relay reads the pending deliveries that are due.
+        Index("ix_webhook_delivery_due", "state", "next_attempt_at"),
+    )
 
 
 class ApiToken(SQLModel, table=True):

@@ -78,6 +78,27 @@ class Settings:
     ca_bundle_drift_seconds: int = 300
     #: Seconds between revocation scans of the installed identity certificates.
     revocation_scan_seconds: int = 3600
+    #: Seconds between health checks of every managed device (its default keyring).
+    health_check_seconds: int = 300
+    #: Devices per health-check message on the bulk queue.
+    health_batch_size: int = 200
+    #: Seconds between passes that raise, update and clear alerts from what certfleet knows.
+    alert_conditions_seconds: int = 30
+    #: An identity certificate ending within this many days raises a certificate-expiring alert.
+    alert_expiring_days: int = 30
+    #: The Redis stream alert events go to (CloudEvents JSON), and about how many entries it keeps.
+    alert_stream_key: str = "certfleet:alerts"
+    alert_stream_maxlen: int = 100_000
+    #: Days alert events stay in the database after they were relayed.
+    alert_event_retention_days: int = 30
+    #: Seconds between the alert relay's passes (events to the stream, deliveries to webhooks).
+    alert_relay_interval_seconds: float = 0.25
+    #: Webhook deliveries: one attempt's timeout, attempts before a delivery is dead-lettered, and
+    #: the wait after a failed attempt (doubled per attempt, with jitter, up to the cap).
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 12
+    webhook_backoff_seconds: float = 1.0
+    webhook_backoff_max_seconds: float = 300.0
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -121,7 +142,10 @@ class Settings:
                      "ca_concurrency", "ca_rate_per_second", "ca_backoff_max_ms",
                      "ca_outage_give_up_seconds", "renewal_retry_seconds", "renewal_retry_max_seconds",
                      "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds",
-                     "ca_bundle_drift_seconds", "revocation_scan_seconds"):
+                     "ca_bundle_drift_seconds", "revocation_scan_seconds", "health_check_seconds",
+                     "health_batch_size", "alert_conditions_seconds", "alert_expiring_days", "alert_stream_maxlen",
+                     "alert_event_retention_days", "alert_relay_interval_seconds", "webhook_timeout_seconds",
+                     "webhook_max_attempts", "webhook_backoff_seconds", "webhook_backoff_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
         if not 0 <= self.renewal_spread <= 1:

@@ -135,7 +135,7 @@ def fill(engine) -> Fleet:
                                                         BestAvailableEncryption(b"p12-passphrase"))
 
     with session_scope(engine) as session:
-        session.add(models.Domain(id=models.GLOBAL_DOMAIN_ID, name=models.GLOBAL_DOMAIN_NAME))
+        insert_rows(session, [models.Domain(id=models.GLOBAL_DOMAIN_ID, name=models.GLOBAL_DOMAIN_NAME)])
         emea = models.Domain(name="EMEA", parent_id=models.GLOBAL_DOMAIN_ID)
         paris = models.Domain(name="Paris", parent_id=emea.id)
         devices = [
