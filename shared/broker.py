@@ -16,7 +16,8 @@ def make_broker(settings: Settings, *, extra_middleware: list | None = None) -> 
     middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries()]
     middleware += extra_middleware or []
     if settings.broker_url:
-        broker: dramatiq.Broker = RedisBroker(url=settings.broker_url, middleware=middleware)
+        broker: dramatiq.Broker = RedisBroker(url=settings.broker_url, middleware=middleware,
+                                                 namespace=settings.broker_namespace)
     else:
         broker = StubBroker(middleware=middleware)
         broker.emit_after("process_boot")

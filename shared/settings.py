@@ -23,6 +23,9 @@ class Settings:
     database_url: str = "sqlite:///certfleet.db"
     #: ``redis://host:port/db``; empty means the in-process broker (demo, tests).
     broker_url: str = ""
+    #: Prefix of the broker's keys in Redis: installations (or test runs) sharing one Redis
+    #: database keep their queues apart with different namespaces.
+    broker_namespace: str = "dramatiq"
     #: Key material for encrypting secrets at rest (EST passwords, SCEP challenges,
     #: PKCS#12 files). Any string; it is stretched into a Fernet key.
     secret_key: str = "certfleet-development-key-change-me"

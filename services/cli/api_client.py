@@ -73,6 +73,9 @@ class CertfleetClient:
     def update_schedule(self, name: str, **change: Any) -> dict:
         return self._call("PUT", f"/schedules/{name}", json=change)
 
+    def run_schedule(self, name: str) -> dict:
+        return self._call("POST", f"/schedules/{name}/run")
+
     # --- domains and devices --------------------------------------------------------------
     def domains(self) -> list[dict]:
         return list(self._pages("/domains"))

@@ -3,6 +3,7 @@ last run went; ``certfleet schedules set`` changes one (admin).
 
     certfleet schedules [--json]
     certfleet schedules set renewal (--cron '*/5 * * * *' | --interval 300) [--enable | --disable]
+    certfleet schedules run device-health
 """
 
 from __future__ import annotations
@@ -27,11 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     switch.add_argument("--enable", dest="enabled", action="store_const", const=True, default=None)
     switch.add_argument("--disable", dest="enabled", action="store_const", const=False)
     add_api_arguments(change)
+    run = actions.add_parser("run", help="run a schedule at the scheduler's next tick (admin)")
+    run.add_argument("name", help="the schedule, e.g. device-health")
+    add_api_arguments(run)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.schedules_action == "set":
         return _set(args)
+    if args.schedules_action == "run":
+        with connect(args) as client:
+            schedule = client.run_schedule(args.name)
+        print(f"schedule {schedule['name']}: runs at the scheduler's next tick "
+              f"(next run {_time(schedule['next_run_at'])} UTC)")
+        return 0
     with connect(args) as client:
         schedules = client.schedules()
     if args.json:

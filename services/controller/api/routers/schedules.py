@@ -1,5 +1,6 @@
 """``GET /api/v1/schedules``: what the scheduler runs, when it runs next and how the last run
-went; ``PUT /api/v1/schedules/{name}``: change a schedule's timing or switch it off.
+went; ``PUT /api/v1/schedules/{name}``: change a schedule's timing or switch it off;
+``POST /api/v1/schedules/{name}/run``: run it at the scheduler's next tick instead of waiting.
 
 Schedules are the whole installation's, not a domain's: any valid token may read them, only
 an admin may change them."""
@@ -15,7 +16,7 @@ from services.controller.api.schemas.schedules import SchedulePublic, ScheduleUp
 from services.controller.scheduling.schedules import ScheduleSpec, installation_schedules
 from services.controller.scheduling.timing import Timing
 from shared.clock import utcnow
-from shared.errors import NotFoundError
+from shared.errors import ConflictError, NotFoundError
 from shared.models import Schedule
 from shared.settings import Settings
 
@@ -41,26 +42,53 @@ def list_schedules(session: Session = Depends(get_session), settings: Settings =
     return [_public(name, specs.get(name), rows.get(name)) for name in sorted(specs.keys() | rows.keys())]
 
 
+def _specs(session: Session, settings: Settings, name: str) -> dict[str, ScheduleSpec]:
+    specs = {spec.name: spec for spec in installation_schedules(session, settings)}
+    if name not in specs:
+        raise NotFoundError(f"no schedule named {name!r}; the schedules are {', '.join(sorted(specs))}",
+                            code="schedule_not_found")
+    return specs
+
+
+def _row(session: Session, spec: ScheduleSpec, now) -> Schedule:
+    row = session.get(Schedule, spec.name, with_for_update=True)
+    if row is None:  # no scheduler has taken it up yet: start it from its default timing
+        row = Schedule(name=spec.name, cron=spec.timing.cron, interval_seconds=spec.timing.interval_seconds,
+                       next_run_at=now)
+    return row
+
+
 @router.put("/{name}", response_model=SchedulePublic, dependencies=[Depends(require_admin)])
 def update_schedule(name: str, body: ScheduleUpdate, session: Session = Depends(get_session),
                     settings: Settings = Depends(get_settings)):
     """Change a schedule's timing or switch it on or off (admin). A new timing counts its next
     run from now."""
-    specs = {spec.name: spec for spec in installation_schedules(session, settings)}
-    if name not in specs:
-        raise NotFoundError(f"no schedule named {name!r}; the schedules are {', '.join(sorted(specs))}",
-                            code="schedule_not_found")
+    specs = _specs(session, settings, name)
     now = utcnow()
-    row = session.get(Schedule, name, with_for_update=True)
-    if row is None:  # no scheduler has taken it up yet: start it from its default timing
-        timing = specs[name].timing
-        row = Schedule(name=name, cron=timing.cron, interval_seconds=timing.interval_seconds, next_run_at=now)
+    row = _row(session, specs[name], now)
     if body.cron is not None or body.interval_seconds is not None:
         timing = Timing(cron=body.cron or "", interval_seconds=body.interval_seconds)  # refuses a bad one
         row.cron, row.interval_seconds = timing.cron, timing.interval_seconds
         row.next_run_at = timing.next_after(now)
     if body.enabled is not None:
         row.enabled = body.enabled
+    session.add(row)
+    session.commit()
+    return _public(name, specs[name], row)
+
+
+@router.post("/{name}/run", response_model=SchedulePublic, status_code=202, dependencies=[Depends(require_admin)])
+def run_schedule_now(name: str, session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
+    """Run a schedule at the leading scheduler's next tick (admin); its later runs keep their
+    timing. A run already under way is not started twice; a disabled schedule is refused."""
+    specs = _specs(session, settings, name)
+    now = utcnow()
+    row = _row(session, specs[name], now)
+    if not row.enabled:
+        raise ConflictError(f"schedule {name} is disabled; enable it first (certfleet schedules set {name} --enable)",
+                            code="schedule_disabled")
+    if row.run_id is None:
+        row.next_run_at = min(row.next_run_at, now)
     session.add(row)
     session.commit()
     return _public(name, specs[name], row)

@@ -99,3 +99,25 @@ def test_a_bad_schedule_change_is_refused_with_a_code(api):
     problem(put({"interval_seconds": 60}, name="coffee"), 404, "schedule_not_found")
     assert put({"every": "day"}).status_code == 422
     assert next(s for s in api.ok("GET", "/schedules") if s["name"] == "renewal")["timing"] == "every 60 s"
+
+
+def test_an_admin_runs_a_schedule_now_and_its_timing_stays(api):
+    clock = ManualClock()
+    scheduler = Scheduler(api.engine, api.broker, make_settings(api.engine), clock=clock, holder="test")
+    scheduler.tick()
+    clock.advance(1)
+    scheduler.tick()  # not due again for a minute: nothing runs
+    first = next(s for s in api.ok("GET", "/schedules") if s["name"] == "renewal")
+    assert first["last_run_at"].startswith("2030-01-01T12:00:00")
+
+    problem(api.call("POST", "/schedules/renewal/run", role="network_admin"), 403, "forbidden")
+    problem(api.call("POST", "/schedules/coffee/run"), 404, "schedule_not_found")
+    asked = api.call("POST", "/schedules/renewal/run")
+    assert asked.status_code == 202
+    scheduler.tick()
+    again = next(s for s in api.ok("GET", "/schedules") if s["name"] == "renewal")
+    assert again["last_run_at"].startswith("2030-01-01T12:00:01")
+    assert (again["timing"], again["last_outcome"]) == ("every 60 s", "succeeded")
+
+    api.ok("PUT", "/schedules/renewal", {"enabled": False})
+    problem(api.call("POST", "/schedules/renewal/run"), 409, "schedule_disabled")
