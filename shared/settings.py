@@ -88,7 +88,7 @@ class Settings:
     #: Seconds between passes that raise, update and clear alerts from what certfleet knows.
     alert_conditions_seconds: int = 30
     #: An identity certificate ending within this many days raises a certificate-expiring alert.
-    alert_expiring_days: int = 30
+    alert_expiring_days: float = 30.0
     #: The Redis stream alert events go to (CloudEvents JSON), and about how many entries it keeps.
     alert_stream_key: str = "certfleet:alerts"
     alert_stream_maxlen: int = 100_000

@@ -71,7 +71,8 @@ def api(db_engine, stub_broker):
 #: start), longest first. They are handed out first, so no process is left running one of
 #: them alone at the end of the suite while the others are idle.
 SLOWEST_FIRST = (
-    "tests/e2e/test_renewal.py", "tests/e2e/test_fault_tolerance.py", "tests/e2e/test_ca_fairness.py",
+    "tests/e2e/test_renewal.py", "tests/e2e/test_health_alerts.py", "tests/e2e/test_fault_tolerance.py",
+    "tests/e2e/test_ca_fairness.py",
     "tests/e2e/test_ca_bundle_updates.py", "tests/e2e/test_bench_fleet.py", "tests/e2e/test_revocation_scan.py",
     "tests/e2e/test_est.py", "tests/e2e/test_scep.py", "tests/e2e/test_demo.py", "tests/e2e/test_fleet.py",
 )

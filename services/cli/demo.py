@@ -11,6 +11,10 @@ enrollment object's username and password) or over SCEP (with its challenge pass
 credentials are made up for this run. ``--enrollment mixed`` spreads the three methods over
 the fleet, a third each: one bulk enrollment per method, each selecting its third of the
 devices by id, all followed on one bar; the summary shows a row per method.
+
+``--lifecycle`` shows what happens after enrollment instead, in a few minutes: renewals,
+a CA-bundle update, expired keyrings raising F0853 and their regeneration
+(:mod:`services.cli.lifecycle`).
 """
 
 from __future__ import annotations
@@ -41,17 +45,30 @@ GLOBAL = str(GLOBAL_DOMAIN_ID)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--devices", type=positive_int, default=500, help="fleet size (default 500)")
+    parser.add_argument("--devices", type=positive_int, default=None, help="fleet size (default 500)")
     parser.add_argument("--key-type", default="ecdsa", choices=["rsa", "ecdsa", "eddsa"])
     parser.add_argument("--key-size", type=int, default=256)
     parser.add_argument("--threads", type=positive_int, default=8, help="worker threads")
     parser.add_argument("--enrollment", default="self-signed", choices=ENROLLMENTS,
                         help="how the devices enroll: self-signed (default), est or scep with the CA simulator, "
                         "or mixed (a third each)")
+    lifecycle = parser.add_argument_group("the lifecycle over time (--lifecycle)")
+    lifecycle.add_argument("--lifecycle", action="store_true",
+                           help="enroll over EST with short-lived certificates and show renewals, a CA-bundle update, "
+                           "F0853 alerts and their regeneration (a few minutes; --devices defaults to 200)")
+    lifecycle.add_argument("--lifetime", type=positive_int, default=120, metavar="SECONDS",
+                           help="life of the certificates the CA issues in the lifecycle demo (default 120)")
+    lifecycle.add_argument("--expired-keyrings", type=float, default=0.05, metavar="FRACTION",
+                           help="share of devices whose default keyring has expired (default 0.05)")
 
 
 def main(args: argparse.Namespace) -> int:
-    return run_demo(devices=args.devices, key_type=args.key_type, key_size=args.key_size,
+    if args.lifecycle:
+        from services.cli.lifecycle import run_lifecycle
+
+        return run_lifecycle(devices=args.devices or 200, lifetime=args.lifetime,
+                             expired_keyrings=args.expired_keyrings, threads=args.threads)
+    return run_demo(devices=args.devices or 500, key_type=args.key_type, key_size=args.key_size,
                     threads=args.threads, enrollment=args.enrollment)
 
 

@@ -59,6 +59,12 @@ class EmbeddedStack:
         sim_options = dict(self.sim_options)
         if self.ca_options is not None:
             self.ca = start_ca(self.state_dir / "ca", **self.ca_options)
+            if self.ca.bundle_url and not self.settings.ca_bundle_urls:
+                # The CA serves a CA bundle: certfleet takes its updates from there, pinning its signer.
+                paths = self.ca.ca.paths
+                self.settings = replace(self.settings, ca_bundle_urls=self.ca.bundle_url + "/",
+                                        ca_bundle_signer=str(paths.bundle_signing_pem),
+                                        ca_bundle_trust=str(paths.tls_ca))
             anchors = tuple(sim_options.get("trust_anchors", ())) + (str(self.ca.tls_ca),)
             sim_options["trust_anchors"] = anchors
         self.sim = start_in_thread(SimConfig(devices=self.devices, seed=self.seed, **sim_options))
