@@ -53,6 +53,27 @@ def test_demo_enrolls_a_mixed_fleet_a_third_per_method():
     assert rows["all"][:5] == ["30", "all", "30", "0", "0"], done.stdout
 
 
+def test_the_lifecycle_demo_shows_enrollment_bundle_keyrings_and_renewals_in_order():
+    # 40 devices, certificates of 24 s: a fifth of the keyrings expired, so a few devices raise F0853.
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--lifecycle", "--devices", "40", "--lifetime", "24",
+         "--expired-keyrings", "0.2"],
+        cwd=ROOT, env={**EMBEDDED_ENV, "COLUMNS": "160"}, capture_output=True, text=True, timeout=150,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    milestones = [out.index(text) for text in (
+        "fleet enrolled: 40 of 40 devices enrolled over EST", "CA bundle pushed: version 2 on 40 devices",
+        "F0853 on ", "keyrings regenerated, every F0853 cleared", "renewals: 40 of 40 renewed on their own")]
+    assert milestones == sorted(milestones), out
+    raised = re.search(r"F0853 on (\d+) devices: default Keyring's certificate is invalid, reason: expired", out)
+    assert 1 <= int(raised[1]) < 40
+    rows = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip("│ \n").split("│")] for line in out.splitlines() if line.startswith("│"))}
+    assert [rows[step][-1] for step in ("enrollment", "CA bundle", "F0853 raised", "F0853 cleared", "renewal")] == [
+        "yes"] * 5, out
+
+
 def test_up_serves_the_api_and_writes_an_admin_token(tmp_path):
     port = free_port()
     up = Proc("up", ["up", "--devices", "5", "--port", str(port), "--state-dir", str(tmp_path / "state")],
