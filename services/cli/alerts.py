@@ -77,7 +77,8 @@ def list_alerts(args: argparse.Namespace) -> int:
 
     shown = f"{len(alerts)} of {total}" if len(alerts) < total else str(total)
     table = Table(title=f"Alerts ({args.state}): {shown}, newest first (times in UTC)")
-    for column in ("ID", "Severity", "Code", "State", "About", "Description", "Last seen"):
+    table.add_column("ID", no_wrap=True, min_width=36)  # whole, to copy into certfleet alerts ack
+    for column in ("Severity", "Code", "State", "About", "Description", "Last seen"):
         table.add_column(column, overflow="fold")
     for alert in alerts:
         about = alert["device_name"] or alert["resource"]
