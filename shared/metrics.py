@@ -15,6 +15,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.enums import AlertCode, Severity
+
 ENROLLMENTS = Counter(
     "certfleet_enrollments",
     "Enrollment exchanges finished, by enrollment method and outcome.",
@@ -150,6 +152,15 @@ class FleetCollector(Collector):
         on_bundle.add_metric(["current"], snap.devices_on_bundle.get("current", 0))
         on_bundle.add_metric(["older"], snap.devices_on_bundle.get("older", 0))
         yield on_bundle
+        alerts = GaugeMetricFamily(
+            "certfleet_alerts_active",
+            "Open alerts (active or acknowledged) by code and severity; every pair is a series, zeros included.",
+            labels=["code", "severity"],
+        )
+        for code in AlertCode:
+            for severity in Severity:
+                alerts.add_metric([code.value, severity.value], snap.alerts_open.get((code.value, severity.value), 0))
+        yield alerts
         if snap.earliest_expiry is not None:
             yield GaugeMetricFamily(
                 "certfleet_certificate_earliest_expiry_timestamp_seconds",
@@ -171,6 +182,7 @@ class FleetSnapshot:
         ca_bundle_sha256: str = "",
         ca_bundle_last_modified: float | None = None,
         devices_on_bundle: dict[str, int] | None = None,
+        alerts_open: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.statuses = statuses
         self.expiring_within = expiring_within
@@ -181,6 +193,8 @@ class FleetSnapshot:
         self.ca_bundle_version, self.ca_bundle_sha256 = ca_bundle_version, ca_bundle_sha256
         self.ca_bundle_last_modified = ca_bundle_last_modified
         self.devices_on_bundle = devices_on_bundle or {}
+        #: Open (active or acknowledged) alerts by (code, severity).
+        self.alerts_open = alerts_open or {}
 
     def statuses_total(self, side: str, status: str) -> int:
         """Trustpoints whose CA (``side`` "ca") or identity status is ``status``."""

@@ -218,6 +218,19 @@ class CertfleetClient:
     def export_audit(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
         return list(self._pages(f"/domains/{domain_id}/audit/exports", **filters))
 
+    # --- alerts ---------------------------------------------------------------------------
+    def alerts_page(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, offset: int = 0, limit: int = 100,
+                    **filters: str) -> dict:
+        """One page of the domain's alerts (newest last_seen first); filters: state, code, severity, device_id."""
+        params = {key: value for key, value in filters.items() if value is not None}
+        return self._call("GET", f"/domains/{domain_id}/alerts", params={**params, "offset": offset, "limit": limit})
+
+    def alert_summary(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("GET", f"/domains/{domain_id}/alerts/summary")
+
+    def acknowledge_alert(self, alert_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("POST", f"/domains/{domain_id}/alerts/{alert_id}/acknowledge")
+
     def wait_for_job(
         self, job_id: str, *, timeout: float = 60, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID
     ) -> dict:

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(devices, "import", "services.cli.devices", "register a fleet's devices in a domain",
             add="add_import_arguments", main="import_devices")
 
+    alerts = group(sub, "alerts", "health alerts: list, acknowledge")
+    command(alerts, "list", "services.cli.alerts", "list a domain's alerts, newest first (open ones by default)",
+            add="add_list_arguments", main="list_alerts")
+    command(alerts, "ack", "services.cli.alerts", "acknowledge an alert: someone is on it",
+            add="add_ack_arguments", main="acknowledge")
+
     # certfleet trustpoint show|csr|import|export|re-enroll|refresh|delete, certfleet device weak-crypto
     import_module("services.cli.operator").add_commands(sub)
     return parser

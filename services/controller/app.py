@@ -15,6 +15,7 @@ from sqlmodel import Session
 from services.controller.api import problems
 from services.controller.api.auth import TokenCache
 from services.controller.api.routers import (
+    alerts,
     audit,
     bulk_actions,
     bulk_enrollments,
@@ -114,7 +115,7 @@ def create_app(
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
-                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update):
+                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts):
         api.include_router(module.router)
     app.include_router(api)
     return app

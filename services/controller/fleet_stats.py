@@ -2,7 +2,8 @@
 
 A few aggregate queries whatever the fleet's size: trustpoints counted by status pair and, of
 those due for renewal, by method (GROUP BY); identity certificates counted per expiry window in
-one pass (SUM of CASE); the schedules' last runs. The result is a fixed, small set of series.
+one pass (SUM of CASE); the schedules' last runs; open alerts by code and severity (GROUP BY).
+The result is a fixed, small set of series.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func
 from sqlmodel import Session, select
 
+from services.controller.alerts.queries import count_open
 from shared.enums import CertificateRole
 from shared.metrics import EXPIRY_WINDOWS_DAYS, FleetSnapshot
 from shared.models import CaBundleState, Certificate, Device, Schedule, Trustpoint
@@ -58,4 +60,5 @@ def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
         expiring_within={days: int(n) for days, n in zip(EXPIRY_WINDOWS_DAYS, within, strict=True)},
         expired=int(expired),
         earliest_expiry=earliest.timestamp() if earliest is not None else None,
+        alerts_open=count_open(session),
     )

@@ -117,6 +117,11 @@ class CaGate(Protocol):
         circuit's backoff)."""
         ...
 
+    def open_circuits(self) -> dict[str, float]:
+        """Endpoint -> when it went down (epoch ms), for each endpoint whose circuit is open:
+        opened since the CA's last success, whether or not a probe may start yet."""
+        ...
+
 
 def circuit_backoff_ms(openings: int, *, cap_ms: float, jitter: float) -> float:
     """Open time after the ``openings``-th opening (1 for the first): equal jitter in
@@ -193,3 +198,7 @@ class MemoryCaGate:
             is_open = now < e.open_until
             return Circuit(open=is_open, retry_in_ms=max(0.0, e.open_until - now) if is_open else 0.0,
                            down_since_ms=e.down_since)
+
+    def open_circuits(self) -> dict[str, float]:
+        with self._lock:
+            return {endpoint: e.down_since for endpoint, e in self._endpoints.items() if e.openings > 0}

@@ -28,8 +28,9 @@ from services.worker.ca_gate import (
     Decision,
     Outcome,
 )
+from shared.ca_circuits import GATE_PREFIX, open_circuits
 
-PREFIX = "certfleet:ca"
+PREFIX = GATE_PREFIX
 
 
 def _now(arg: int) -> str:
@@ -144,3 +145,6 @@ class RedisCaGate:
             STATE_TTL_MS, self._now(),
         ])
         return Circuit(open=bool(int(is_open)), retry_in_ms=float(retry_in), down_since_ms=float(down_since))
+
+    def open_circuits(self) -> dict[str, float]:
+        return open_circuits(self.client, prefix=self.prefix)

@@ -64,6 +64,14 @@ def _revocation_scan(ctx: RunContext) -> str:
     return run_revocation_scan(ctx.session, now=ctx.now, fence=ctx.fence).describe()
 
 
+def _alert_conditions(ctx: RunContext) -> str:
+    from services.controller.alerts.conditions import gate_circuits, run_alert_conditions
+
+    with gate_circuits(ctx.settings) as circuits:
+        return run_alert_conditions(ctx.session, now=ctx.now, settings=ctx.settings, circuits=circuits,
+                                    fence=ctx.fence)
+
+
 def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
     """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
     :mod:`services.controller.ca_bundles.auto_update`)."""
@@ -76,6 +84,8 @@ def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> 
                      "push the current CA bundle to devices that do not hold it"),
         ScheduleSpec("revocation-scan", Timing(interval_seconds=settings.revocation_scan_seconds), _revocation_scan,
                      "ask the CAs whether installed identity certificates are revoked, and mark those that are"),
+        ScheduleSpec("alert-conditions", Timing(interval_seconds=settings.alert_conditions_seconds),
+                     _alert_conditions, "raise, update and clear alerts from what certfleet knows"),
     ]
 
 

@@ -182,6 +182,7 @@ def test_alert_expressions_use_real_metrics(rule):
         'certfleet_enrollments_total{outcome="failed"}',
         "certfleet_reconciler_republished_total",
         'up{job="certfleet-worker"}',
+        'certfleet_alerts_active{code="F0853"}',
     ],
 )
 def test_every_promised_alert_exists(needle):
