@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import AutoString, Field, SQLModel
 
@@ -232,6 +232,9 @@ class Trustpoint(SQLModel, table=True):
         Index("ix_trustpoint_statuses", "ca_status", "identity_status"),
         # The renewal pass reads the due trustpoints of the methods certfleet renews, oldest first.
         Index("ix_trustpoint_renewal", "enrollment_type", "renewal_due_at"),
+        # The alert pass reads the few trustpoints whose renewal failed.
+        Index("ix_trustpoint_renewal_failed", "renewal_failures", sqlite_where=text("renewal_failures > 0"),
+              postgresql_where=text("renewal_failures > 0")),
     )
 
 

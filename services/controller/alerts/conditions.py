@@ -151,7 +151,9 @@ def certificates_revoked(session: Session) -> list[AlertCondition]:
 
 def enrollments_failed(session: Session) -> list[AlertCondition]:
     """ENROLLMENT_FAILED: trustpoints whose CA or identity certificate failed, with the error."""
-    query = _trustpoints(or_(Trustpoint.ca_status == Status.FAILED.value, _identity_is(Status.FAILED)))
+    # A trustpoint whose renewal failed is RENEWAL_FAILED's (its installed certificate still works).
+    query = _trustpoints(or_(Trustpoint.ca_status == Status.FAILED.value, _identity_is(Status.FAILED)),
+                         Trustpoint.renewal_failures == 0)
     found = []
     for tp, device_name in session.exec(query).all():
         which = "CA certificate" if tp.ca_status == Status.FAILED.value else "identity certificate"

@@ -1,6 +1,7 @@
 """Health alerts: the alerts themselves, their change events (the outbox the relay moves to the
 Redis stream and to webhooks), domains' webhooks and their delivery log; each device's default
-keyring as the last health check read it; the per-domain policy that regenerates expired keyrings.
+keyring as the last health check read it; the per-domain policy that regenerates expired keyrings;
+an index for the alert pass's read of trustpoints whose renewal failed.
 
 Revision ID: 0006
 Revises: 0005
@@ -110,9 +111,12 @@ def upgrade() -> None:
     op.add_column("device", sa.Column("health_error", sa.String(length=512), nullable=True))
     op.create_index("ix_device_keyring_valid", "device", ["keyring_valid"], unique=False)
     op.add_column("domain", sa.Column("auto_regenerate_keyring", sa.Boolean(), nullable=True))
+    op.create_index("ix_trustpoint_renewal_failed", "trustpoint", ["renewal_failures"], unique=False,
+                    sqlite_where=sa.text("renewal_failures > 0"), postgresql_where=sa.text("renewal_failures > 0"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_trustpoint_renewal_failed", table_name="trustpoint")
     op.drop_column("domain", "auto_regenerate_keyring")
     op.drop_index("ix_device_keyring_valid", table_name="device")
     for column in ("health_error", "health_checked_at", "keyring_not_after", "keyring_reason", "keyring_valid"):

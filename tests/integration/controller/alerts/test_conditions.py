@@ -173,8 +173,10 @@ def test_a_failed_enrollment_raises_with_its_error_and_clears_on_success_or_dele
 @ON_BOTH
 def test_failed_renewals_raise_until_a_renewal_succeeds(db_engine, clock):
     dev = rows.device(db_engine, "fw-1")
+    # The failed renewal also marked the trustpoint failed: it is one alert, the renewal's.
     tp = rows.trustpoint(db_engine, dev, "vpn", renewal_failures=1, renewal_error_code="ca_unavailable",
-                         renewal_error_message="the CA did not answer", renewal_due_at=clock() + timedelta(hours=1))
+                         renewal_error_message="the CA did not answer", renewal_due_at=clock() + timedelta(hours=1),
+                         identity_status="failed", error_code="ca_unavailable")
     run(db_engine, clock)
     [alert] = open_alerts(db_engine)
     assert (alert.code, alert.severity, alert.trustpoint_id) == ("CF-RENEW-FAILED", "major", tp.id)
@@ -184,7 +186,8 @@ def test_failed_renewals_raise_until_a_renewal_succeeds(db_engine, clock):
     run(db_engine, clock)
     assert "failed 2 time(s)" in open_alerts(db_engine)[0].description
     assert changes(db_engine, alert.id) == ["raised", "updated"]
-    rows.update(db_engine, Trustpoint, tp.id, renewal_failures=0, renewal_error_code=None, renewal_error_message=None)
+    rows.update(db_engine, Trustpoint, tp.id, renewal_failures=0, renewal_error_code=None, renewal_error_message=None,
+                identity_status="available", error_code=None)
     run(db_engine, clock)
     assert open_alerts(db_engine) == []
 
@@ -352,7 +355,9 @@ def test_the_condition_queries_can_use_the_indexes(db_engine, clock):
         conditions.certificates_expiring(session, now=clock(), within_days=30)
         conditions.certificates_revoked(session)
         conditions.enrollments_failed(session)
+        conditions.renewals_failed(session)
         conditions.bundle_update_failed(session)
-    for plan, table in zip(seen, ("device", "certificate", "trustpoint", "trustpoint", "ca_bundle_update"),
+    for plan, table in zip(seen, ("device", "certificate", "trustpoint", "trustpoint", "trustpoint",
+                                  "ca_bundle_update"),
                            strict=True):
         assert f"Seq Scan on {table}" not in plan, plan
