@@ -75,6 +75,17 @@ RECONCILER_REPUBLISHED = Counter(
     "certfleet_reconciler_republished",
     "Jobs the reconciler re-published because their lease expired or their message was lost.",
 )
+ALERT_DELIVERIES = Counter(
+    "certfleet_alert_deliveries",
+    "Alert events handed to consumers by the alert relay, by channel (stream, webhook) and outcome: delivered; "
+    "failed (an attempt that will be retried, or a stream write that failed); dead (a webhook delivery's last "
+    "attempt failed: given up).",
+    ["channel", "outcome"],
+)
+#: Every series exists from the start, at 0: a dashboard's rate() sees the first failure.
+for _channel in ("stream", "webhook"):
+    for _outcome in ("delivered", "failed", "dead"):
+        ALERT_DELIVERIES.labels(channel=_channel, outcome=_outcome)
 
 #: Enrollment methods, each a series of certfleet_certificates_renewal_due (a fixed set).
 RENEWAL_METHODS = ("self_signed", "est", "scep", "manual", "pkcs12")

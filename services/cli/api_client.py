@@ -231,6 +231,26 @@ class CertfleetClient:
     def acknowledge_alert(self, alert_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("POST", f"/domains/{domain_id}/alerts/{alert_id}/acknowledge")
 
+    # --- webhooks for alert events -------------------------------------------------------
+    def create_webhook(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **fields) -> dict:
+        return self._call("POST", f"/domains/{domain_id}/webhooks", json=fields)
+
+    def webhooks(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> list[dict]:
+        return list(self._pages(f"/domains/{domain_id}/webhooks"))
+
+    def delete_webhook(self, webhook_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> None:
+        self._call("DELETE", f"/domains/{domain_id}/webhooks/{webhook_id}")
+
+    def webhook_deliveries(self, webhook_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+                           state: str | None = None, limit: int = 100) -> dict:
+        """The newest ``limit`` entries of the webhook's delivery log (a page: items and total)."""
+        params = {"limit": limit, **({"state": state} if state else {})}
+        return self._call("GET", f"/domains/{domain_id}/webhooks/{webhook_id}/deliveries", params=params)
+
+    def retry_webhook_delivery(self, webhook_id: str, delivery_id: str, *,
+                               domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("POST", f"/domains/{domain_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/retry")
+
     def wait_for_job(
         self, job_id: str, *, timeout: float = 60, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID
     ) -> dict:

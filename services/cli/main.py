@@ -69,11 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     command(devices, "import", "services.cli.devices", "register a fleet's devices in a domain",
             add="add_import_arguments", main="import_devices")
 
-    alerts = group(sub, "alerts", "health alerts: list, acknowledge")
+    alerts = group(sub, "alerts", "health alerts: list, acknowledge, watch")
     command(alerts, "list", "services.cli.alerts", "list a domain's alerts, newest first (open ones by default)",
             add="add_list_arguments", main="list_alerts")
     command(alerts, "ack", "services.cli.alerts", "acknowledge an alert: someone is on it",
             add="add_ack_arguments", main="acknowledge")
+    command(alerts, "watch", "services.cli.alert_watch", "print alert events from the Redis stream as they come "
+            "(a consumer group: at least once, resumes after a restart)")
+    command(sub, "webhooks", "services.cli.webhooks", "webhooks for alert events: add, list, deliveries, retry, delete")
 
     # certfleet trustpoint show|csr|import|export|re-enroll|refresh|delete, certfleet device weak-crypto
     import_module("services.cli.operator").add_commands(sub)

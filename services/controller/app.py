@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from services.controller.alerts.relay import AlertRelay
 from services.controller.api import problems
 from services.controller.api.auth import TokenCache
 from services.controller.api.routers import (
@@ -29,6 +30,7 @@ from services.controller.api.routers import (
     peer_validation,
     schedules,
     trustpoints,
+    webhooks,
 )
 from services.controller.fleet_stats import read_fleet_stats
 from services.controller.queueing.reconciler import Reconciler
@@ -73,6 +75,8 @@ def create_app(
         if start_reconciler else None
     )
     scheduler = Scheduler(engine, broker, settings) if start_scheduler else None
+    # The alert relay runs wherever the scheduler does; like it, one leads among the controllers.
+    alert_relay = AlertRelay(engine, settings) if start_scheduler else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -80,9 +84,13 @@ def create_app(
             reconciler.start()
         if scheduler is not None:
             scheduler.start()
+        if alert_relay is not None:
+            alert_relay.start()
         try:
             yield
         finally:
+            if alert_relay is not None:
+                alert_relay.stop()
             if scheduler is not None:
                 scheduler.stop()
             if reconciler is not None:
@@ -106,6 +114,7 @@ def create_app(
     app.state.broker = broker
     app.state.reconciler = reconciler
     app.state.scheduler = scheduler
+    app.state.alert_relay = alert_relay
     app.state.devices = device_client
     app.state.secret_box = SecretBox(settings.secret_key)
     app.state.token_cache = TokenCache()
@@ -115,7 +124,7 @@ def create_app(
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
-                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts):
+                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -52,9 +52,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_alone(settings: Settings, start, describe) -> int:
+def _run_alone(settings: Settings, start, describe, *, beside=None) -> int:
     """Run one periodic role without the API until SIGINT or SIGTERM: ``start(engine, broker)``
-    starts it, ``describe(role)`` is the line printed once it runs."""
+    starts it, ``describe(role)`` is the line printed once it runs; ``beside(engine)``, if given,
+    starts more roles that run and stop with it."""
     from shared.broker import make_broker
     from shared.db import init_db, make_engine
 
@@ -64,10 +65,13 @@ def _run_alone(settings: Settings, start, describe) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    others = beside(engine) if beside is not None else []
     role = start(engine, broker)
     print(describe(role), flush=True)
     done.wait()
     role.stop()
+    for other in others:
+        other.stop()
     broker.close()
     engine.dispose()
     return 0
@@ -89,7 +93,9 @@ def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def scheduler_main(args: argparse.Namespace) -> int:
-    """Run the scheduler alone (no API): it leads when no other controller holds the lease."""
+    """Run the scheduler alone (no API): it leads when no other controller holds the lease. The
+    alert relay runs beside it, leading under its own lease."""
+    from services.controller.alerts.relay import AlertRelay
     from services.controller.scheduling.scheduler import Scheduler
     from shared.logging import configure_logging
 
@@ -99,6 +105,7 @@ def scheduler_main(args: argparse.Namespace) -> int:
         settings, lambda engine, broker: Scheduler(engine, broker, settings).start(),
         lambda scheduler: f"scheduler running as {scheduler.holder}: {len(scheduler.specs)} schedules, "
                           f"lease {settings.scheduler_lease_seconds:g} s",
+        beside=lambda engine: [AlertRelay(engine, settings).start()],
     )
 
 

@@ -1,0 +1,180 @@
+"""``certfleet alerts watch`` against real Redis (database 0, a prefixed stream key) fed by the alert
+relay, as separate processes: a watcher killed with SIGKILL mid-way, started again (or replaced by
+another consumer of its group that claims what it held), misses no event; and ``certfleet
+webhooks`` against the controller's API over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.cli.main import main
+from services.controller.alerts.relay import AlertRelay
+from shared.http_thread import ServerThread
+from shared.models import GLOBAL_DOMAIN_ID
+from shared.settings import Settings
+from tests.support.alert_consumers import STREAM_REDIS, raise_alerts, read_stream, stream_key
+from tests.support.api import GLOBAL
+from tests.support.procs import ROOT
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.redis
+
+EVENTS = 400
+
+
+@pytest.fixture
+def stream(sqlite_engine) -> Iterator[tuple[str, set[str]]]:
+    """A stream holding EVENTS alert events, put there by the relay; and their CloudEvent ids."""
+    with stream_key() as key:
+        settings = Settings(database_url=str(sqlite_engine.url), broker_url=STREAM_REDIS, alert_stream_key=key)
+        raise_alerts(sqlite_engine, GLOBAL_DOMAIN_ID, EVENTS)
+        relay = AlertRelay(sqlite_engine, settings)
+        try:
+            assert relay.run_once().relayed == EVENTS
+        finally:
+            relay.stop()
+        yield key, {e["id"] for e in read_stream(key)}
+
+
+def watch(key: str, *args: str, stdout) -> subprocess.Popen:
+    env = {**os.environ, "CERTFLEET_BROKER_URL": STREAM_REDIS, "CERTFLEET_ALERT_STREAM_KEY": key}
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "alerts", "watch", "--json", "--group", "g",
+                             *args], cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE)
+
+
+def killed_mid_way(key: str, consumer: str) -> set[str]:
+    """A watcher whose output nobody reads: it blocks writing once the pipe is full, holding a
+    batch it was given and has not acknowledged. It is killed there; the ids it printed."""
+    proc = watch(key, "--consumer", consumer, "--from-start", stdout=subprocess.PIPE)
+    try:
+        wait_until(lambda: pending(key) > 0, what="entries handed to the watcher")
+        time.sleep(0.5)  # let it fill the pipe and block
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=10)
+    lines = out.decode().splitlines()
+    assert 0 < len(lines) < EVENTS
+    return {json.loads(line)["id"] for line in lines}
+
+
+def pending(key: str) -> int:
+    """Entries of group "g" handed to a consumer and not acknowledged (0 before the group exists)."""
+    client = redis.Redis.from_url(STREAM_REDIS)
+    try:
+        return client.xpending(key, "g")["pending"]
+    except redis.ResponseError:  # NOGROUP
+        return 0
+    finally:
+        client.close()
+
+
+def printed(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def stopped_with_sigterm(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0, proc.stderr.read().decode()
+
+
+def test_a_watcher_killed_mid_way_and_started_again_misses_nothing(stream, tmp_path):
+    key, ids = stream
+    first = killed_mid_way(key, "c1")
+    out = tmp_path / "second.out"
+    with out.open("w") as sink:
+        second = watch(key, "--consumer", "c1", stdout=sink)
+        wait_until(lambda: first | set(printed(out)) == ids, what="every event across both runs")
+        stopped_with_sigterm(second)
+    again = printed(out)
+    assert len(again) == len(set(again))  # each once in a run
+    assert ids - first <= set(again)
+
+
+def test_another_consumer_claims_what_a_dead_one_held(stream, tmp_path):
+    key, ids = stream
+    first = killed_mid_way(key, "c1")
+    held = pending(key)
+    assert held > 0  # given to c1, never acknowledged: only a claim brings them back
+    out = tmp_path / "claimer.out"
+    with out.open("w") as sink:
+        claimer = watch(key, "--consumer", "c2", "--claim-idle-seconds", "0.5", stdout=sink)
+        wait_until(lambda: first | set(printed(out)) == ids, what="every event across both consumers")
+        wait_until(lambda: pending(key) == 0, what="every entry acknowledged")
+        stopped_with_sigterm(claimer)
+
+
+def test_watch_needs_redis(monkeypatch, capsys):
+    monkeypatch.setenv("CERTFLEET_BROKER_URL", "")
+    assert main(["alerts", "watch"]) == 2
+    assert capsys.readouterr().err.startswith("error: no_alert_stream: the alert stream lives in Redis")
+
+
+def test_watch_prints_a_line_per_event_for_people(stream, monkeypatch, capsys):
+    key, ids = stream
+    monkeypatch.setenv("CERTFLEET_BROKER_URL", STREAM_REDIS)
+    monkeypatch.setenv("CERTFLEET_ALERT_STREAM_KEY", key)
+    assert main(["alerts", "watch", "--from-start", "--group", "people", "--count", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert "raised" in lines[0] and "F0853" in lines[0] and "major" in lines[0] and "fw-0/default" in lines[0]
+    assert lines[0].endswith("default Keyring's certificate is invalid, reason: expired")
+
+
+@pytest.fixture
+def cli_api(api, monkeypatch) -> Iterator[str]:
+    server = ServerThread(api.client.app).start()
+    monkeypatch.setenv("CERTFLEET_API_URL", server.url)
+    monkeypatch.setenv("CERTFLEET_TOKEN", api.tokens["admin"])
+    monkeypatch.delenv("CERTFLEET_WEBHOOK_SECRET", raising=False)
+    yield server.url
+    server.stop()
+
+
+def test_webhooks_add_list_deliveries_and_delete(api, cli_api, capsys):
+    branch = api.domain("Branch")
+    assert main(["webhooks", "add", "https://hooks.example.com/a", "--name", "pager", "--code", "F0853",
+                 "--severity", "major", "--secret", "0123456789abcdef-given", "--domain", "Branch"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("webhook ") and "alert events of F0853, major to https://hooks.example.com/a" in said
+    assert "0123456789abcdef-given" not in said
+
+    assert main(["webhooks", "add", "https://hooks.example.com/b"]) == 0
+    said = capsys.readouterr().out
+    secret = said.split("secret: ", 1)[1].split()[0]  # made up, shown this once
+    assert len(secret) == 64
+
+    assert main(["webhooks", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {(w["name"], w["domain_id"]) for w in listed} == {("pager", branch), ("", GLOBAL)}
+    assert secret not in json.dumps(listed)
+    assert main(["webhooks", "list", "--domain", "Branch", "--json"]) == 0
+    assert [w["name"] for w in json.loads(capsys.readouterr().out)] == ["pager"]
+    assert main(["webhooks", "list"]) == 0
+    assert "hooks.example.com/a" in capsys.readouterr().out
+
+    pager = next(w for w in listed if w["name"] == "pager")
+    assert main(["webhooks", "deliveries", pager["id"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 0
+    assert main(["webhooks", "deliveries", pager["id"], "--state", "dead"]) == 0
+    assert "Deliveries of webhook" in capsys.readouterr().out
+
+    assert main(["webhooks", "add", "ftp://hooks.example.com/c", "--secret", "0123456789abcdef"]) == 1
+    assert capsys.readouterr().err.startswith("error: webhook_url_invalid: ")
+    assert main(["webhooks", "add", "https://hooks.example.com/c", "--secret", "short"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: webhook_secret_too_short: ") and "short" not in err.split(":", 2)[2][:8]
+
+    assert main(["webhooks", "delete", pager["id"], "--domain", GLOBAL]) == 0
+    assert capsys.readouterr().out.strip() == f"webhook {pager['id']} deleted"
+    assert main(["webhooks", "delete", pager["id"]]) == 1
+    assert capsys.readouterr().err.startswith("error: webhook_not_found: ")
