@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlmodel import Session
 
 from services.cli.main import main
 from services.controller.alerts.relay import AlertRelay
@@ -67,11 +68,11 @@ def killed_mid_way(key: str, consumer: str) -> set[str]:
     return {json.loads(line)["id"] for line in lines}
 
 
-def pending(key: str) -> int:
-    """Entries of group "g" handed to a consumer and not acknowledged (0 before the group exists)."""
+def pending(key: str, group: str = "g") -> int:
+    """Entries of ``group`` handed to a consumer and not acknowledged (0 before the group exists)."""
     client = redis.Redis.from_url(STREAM_REDIS)
     try:
-        return client.xpending(key, "g")["pending"]
+        return client.xpending(key, group)["pending"]
     except redis.ResponseError:  # NOGROUP
         return 0
     finally:
@@ -178,3 +179,62 @@ def test_webhooks_add_list_deliveries_and_delete(api, cli_api, capsys):
     assert capsys.readouterr().out.strip() == f"webhook {pager['id']} deleted"
     assert main(["webhooks", "delete", pager["id"]]) == 1
     assert capsys.readouterr().err.startswith("error: webhook_not_found: ")
+
+
+def test_the_sample_consumer_reads_every_event_once_and_acknowledges_it(stream, tmp_path):
+    key, ids = stream
+    out = tmp_path / "sample.out"
+    env = {**os.environ, "REDIS_URL": STREAM_REDIS, "STREAM": key}
+    with out.open("w") as sink:
+        sample = subprocess.Popen([sys.executable, str(ROOT / "examples" / "alert_consumer.py"), "sample", "s1"],
+                                  env=env, stdout=sink, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: len(out.read_text().splitlines()) >= EVENTS, what="every event at the sample")
+            wait_until(lambda: pending(key, "sample") == 0, what="every entry acknowledged")
+        finally:
+            sample.kill()
+            sample.wait(10)
+    lines = out.read_text().splitlines()
+    assert len(lines) == EVENTS
+    assert lines[0].split()[1:5] == ["raised", "F0853", "major", "fw-0/default"]
+
+
+def test_the_sample_webhook_receiver_takes_signed_deliveries_and_refuses_others(sqlite_engine, tmp_path):
+    import httpx
+
+    from services.controller.alerts.sender import signed_headers
+    from shared.models import Webhook
+    from shared.secrets import SecretBox
+    from tests.support.procs import free_port
+
+    secret, port = "sample-receiver-secret-0123", free_port()
+    out = tmp_path / "receiver.out"
+    env = {**os.environ, "WEBHOOK_SECRET": secret}
+    with out.open("w") as sink:
+        sample = subprocess.Popen([sys.executable, str(ROOT / "examples" / "webhook_receiver.py"), str(port)],
+                                  env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: "listening" in out.read_text(), what="the sample receiver to listen")
+            url = f"http://127.0.0.1:{port}/alerts"
+            body = b'{"id":"x"}'
+            forged = signed_headers("not-the-secret-at-all", event_id="x", body=body, timestamp=int(time.time()))
+            assert httpx.post(url, content=body, headers=forged).status_code == 401
+            stale = signed_headers(secret, event_id="x", body=body, timestamp=int(time.time()) - 3600)
+            assert httpx.post(url, content=body, headers=stale).status_code == 401
+
+            settings = Settings(database_url=str(sqlite_engine.url), broker_url="", secret_key="sample-key")
+            with Session(sqlite_engine) as session:
+                session.add(Webhook(domain_id=GLOBAL_DOMAIN_ID, url=url,
+                                    secret_blob=SecretBox("sample-key").seal(secret.encode())))
+                session.commit()
+            raise_alerts(sqlite_engine, GLOBAL_DOMAIN_ID, 5)
+            relay = AlertRelay(sqlite_engine, settings)
+            try:
+                wait_until(lambda: (relay.run_once(), len(out.read_text().splitlines()) >= 6)[1],
+                           what="the events at the sample receiver")
+            finally:
+                relay.stop()
+        finally:
+            sample.kill()
+            sample.wait(10)
+    assert [line.split()[1:3] for line in out.read_text().splitlines()[1:]] == [["raised", "F0853"]] * 5
