@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 
 from services.controller.alerts.relay import ALERT_RELAY, AlertRelay
 from services.controller.scheduling import lease
+from shared.clock import aware, utcnow
 from shared.enums import AlertCode, Severity
 from shared.metrics import ALERT_DELIVERIES
 from shared.models import GLOBAL_DOMAIN_ID, AlertEvent, LeaderLease, Webhook, WebhookDelivery
@@ -354,3 +355,28 @@ def test_a_backlog_of_several_pages_reaches_the_stream_in_order_and_the_webhook_
     run_until(one, lambda: len(hook.event_ids()) == 1200, what="every event at the webhook")
     assert [e["id"] for e in read_stream(settings.alert_stream_key)] == [str(e.id) for e in outbox(db_engine)]
     assert all(got.verified for got in hook.got)
+
+
+def test_the_controller_runs_the_relay_beside_its_scheduler_and_hands_its_lease_back(db_engine, settings,
+                                                                                     stub_broker, receivers):
+    from fastapi.testclient import TestClient
+
+    from services.controller.app import create_app
+
+    hook = receiver(receivers)
+    add_webhook(db_engine, hook.url)
+    app = create_app(settings, engine=db_engine, broker=stub_broker, start_scheduler=True)
+    assert isinstance(app.state.alert_relay, AlertRelay)
+    assert create_app(settings, engine=db_engine, broker=stub_broker).state.alert_relay is None
+    with TestClient(app):
+        raise_alerts(db_engine, GLOBAL_DOMAIN_ID, 3)
+        # (The scheduler's alert-conditions pass may clear these made-up alerts meanwhile: more events.)
+        raised = {str(e.id) for e in outbox(db_engine) if e.type == "io.certfleet.alert.raised"}
+        assert len(raised) == 3
+        wait_until(lambda: raised <= hook.event_ids(), what="the events at the webhook")
+        wait_until(lambda: raised <= {e["id"] for e in read_stream(settings.alert_stream_key)},
+                   what="the events on the stream")
+    with Session(db_engine) as session:
+        relay_lease = session.get(LeaderLease, ALERT_RELAY)
+        assert relay_lease.holder == app.state.alert_relay.holder
+        assert aware(relay_lease.expires_at) < utcnow()  # given up at the stop: another controller leads at once
