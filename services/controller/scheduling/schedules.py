@@ -64,6 +64,12 @@ def _revocation_scan(ctx: RunContext) -> str:
     return run_revocation_scan(ctx.session, now=ctx.now, fence=ctx.fence).describe()
 
 
+def _device_health(ctx: RunContext) -> str:
+    from services.controller.scheduling.health_pass import run_health_pass
+
+    return run_health_pass(ctx.session, ctx.broker, settings=ctx.settings).describe()
+
+
 def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
     """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
     :mod:`services.controller.ca_bundles.auto_update`)."""
@@ -76,6 +82,8 @@ def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> 
                      "push the current CA bundle to devices that do not hold it"),
         ScheduleSpec("revocation-scan", Timing(interval_seconds=settings.revocation_scan_seconds), _revocation_scan,
                      "ask the CAs whether installed identity certificates are revoked, and mark those that are"),
+        ScheduleSpec("device-health", Timing(interval_seconds=settings.health_check_seconds), _device_health,
+                     "read every device's default keyring (the workers, a batch of devices per message)"),
     ]
 
 
