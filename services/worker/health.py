@@ -26,7 +26,7 @@ on the bulk queue after the commit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -114,7 +114,7 @@ def read_keyring(client: DeviceClient, device: DeviceAddress, device_id: uuid.UU
         return KeyringReading.failed(device_id, "health_check_failed", f"unexpected {type(exc).__name__}")
 
 
-def record_readings(session: Session, readings: Iterable[KeyringReading], *, now: datetime) -> None:
+def record_readings(session: Session, readings: Sequence[KeyringReading], *, now: datetime) -> None:
     """Write the readings on their devices (not committed); gone devices match no row."""
     ok, failed = [], []
     for r in sorted(readings, key=lambda r: r.device_id):  # one lock order: concurrent batches never deadlock
@@ -123,6 +123,10 @@ def record_readings(session: Session, readings: Iterable[KeyringReading], *, now
                        "checked_at": now})
         else:
             failed.append({"device_id": r.device_id, "error": r.error, "checked_at": now})
+    if ok and failed:
+        # Two statements would lock the rows in two runs; one lock in id order keeps every writer's order the same.
+        session.connection().execute(select(DEVICE.c.id).where(DEVICE.c.id.in_(sorted(
+            r.device_id for r in readings))).order_by(DEVICE.c.id).with_for_update())
     # Executed on the connection: the session's ORM bulk-update handling is not wanted for a Core table.
     if ok:
         session.connection().execute(_RECORD_READ, ok)

@@ -38,15 +38,16 @@ from tests.support.waiting import wait_until
 DEVICES = 16
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sim() -> Iterator[RunningSim]:
+    """A fleet of its own per test: tests regenerate keyrings on it."""
     with start_in_thread(SimConfig(devices=DEVICES, seed=5, expired_keyrings=0.4)) as running:
         yield running
 
 
 @pytest.fixture
-def world(sqlite_engine, stub_broker, sim) -> Iterator[World]:
-    made = make_world(sqlite_engine, stub_broker, sim)
+def world(db_engine, stub_broker, sim) -> Iterator[World]:
+    made = make_world(db_engine, stub_broker, sim)
     yield made
     made.ctx.close()
 
@@ -77,6 +78,7 @@ def set_offline(sim: RunningSim, serials: list[str]) -> None:
     httpx.put(f"{sim.url}/api/offline", json={"serials": serials}).raise_for_status()
 
 
+@pytest.mark.parametrize("db_engine", ["sqlite", "postgres"], indirect=True)
 def test_a_health_check_records_every_device_s_keyring_and_an_unreachable_one_keeps_its_last(world, checker):
     fleet = register_fleet(world)
     expired = expired_serials(world.sim)
@@ -230,6 +232,7 @@ def test_a_regeneration_of_a_removed_device_fails_saying_so(world):
     assert (outcome.result, outcome.code) == ("failed", "device_gone")
 
 
+@pytest.mark.parametrize("db_engine", ["sqlite", "postgres"], indirect=True)
 def test_a_domain_policy_regenerates_an_invalid_keyring_once_while_its_job_is_unfinished(world, checker, stub_broker):
     emea = world.add(Domain(name="EMEA", parent_id=GLOBAL_DOMAIN_ID, auto_regenerate_keyring=True))
     paris = world.add(Domain(name="Paris", parent_id=emea.id))  # inherits EMEA's policy
