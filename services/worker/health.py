@@ -26,10 +26,11 @@ on the bulk queue after the commit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from sqlalchemy import bindparam, insert, update
@@ -92,6 +93,11 @@ class KeyringReading:
     def failed(cls, device_id: uuid.UUID, code: str, message: str) -> KeyringReading:
         return cls(device_id=device_id, error=f"{code}: {message}"[:_ERROR_LENGTH])
 
+    @property
+    def invalid(self) -> bool:
+        """Read and found invalid (a failed read says nothing about the keyring)."""
+        return self.error is None and self.valid is False
+
     def describe(self) -> str:
         """For a job's step."""
         if self.error is not None:
@@ -140,6 +146,13 @@ class InvalidKeyring:
     domain_id: uuid.UUID
     serial: str
     reason: str
+
+
+def invalid_keyrings(pairs: Iterable[tuple[Any, KeyringReading]]) -> list[InvalidKeyring]:
+    """The (device, reading) pairs whose reading found the keyring invalid; a device has ``id``,
+    ``domain_id`` and ``serial``."""
+    return [InvalidKeyring(device.id, device.domain_id, device.serial, reading.reason or "invalid")
+            for device, reading in pairs if reading.invalid]
 
 
 def regenerate_by_policy(session: Session, invalid: Sequence[InvalidKeyring], *, settings: Settings,
@@ -222,8 +235,7 @@ class HealthChecker:
                 select(Device.id, Device.domain_id, Device.serial, Device.management_url).where(Device.id.in_(ids))
             ).all()
         readings = list(self.pool.map(lambda d: read_keyring(self.ctx.devices, d, d.id), devices))
-        invalid = [InvalidKeyring(d.id, d.domain_id, d.serial, r.reason or "invalid")
-                   for d, r in zip(devices, readings, strict=True) if r.error is None and r.valid is False]
+        invalid = invalid_keyrings(zip(devices, readings, strict=True))
         with session_scope(self.ctx.engine) as session:
             now = self.ctx.clock()
             record_readings(session, readings, now=now)

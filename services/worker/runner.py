@@ -238,8 +238,7 @@ class _JobRun:
         # The device is at hand: its health is read too. A failed read is recorded, not raised.
         keyring = health.read_keyring(self.ctx.devices, device, device.id)
         self.steps.add("keyring", f"device {device.serial}: {keyring.describe()}")
-        invalid = [health.InvalidKeyring(device.id, device.domain_id, device.serial, keyring.reason or "invalid")
-                   ] if keyring.error is None and keyring.valid is False else []
+        invalid = health.invalid_keyrings([(device, keyring)])
         policy_jobs: list[uuid.UUID] = []
 
         def write(session: Session, locked: Trustpoint) -> None:
