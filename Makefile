@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/revocation.py --revoked 100000 --scan-certificates 50000
 	$(PY) bench/renewal.py --trustpoints 10000 --trustpoints 100000
 	$(PY) bench/alert_fanout.py --alerts 2500
+	$(PY) bench/health.py --devices 50000
 
 bench-self-signed: $(STAMP)
 	$(PY) bench/fleet.py --devices 5000

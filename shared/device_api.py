@@ -142,10 +142,16 @@ class PeerValidation(_Wire):
 
 
 class KeyringState(_Wire):
+    """The device's default keyring: whether its certificate is valid now (``reason`` says why
+    not, e.g. "expired"), and the certificate's validity. A device that does not say its
+    validity leaves the two dates out."""
+
     name: str = "default"
     valid: bool
     reason: str | None = None
     certificate_pem: str
+    not_valid_before: datetime | None = None
+    not_valid_after: datetime | None = None
 
 
 class CaBundleUpload(_Wire):

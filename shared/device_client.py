@@ -77,6 +77,8 @@ class DeviceClient(Protocol):
 
     def get_keyring(self, device: DeviceAddress) -> KeyringState: ...
 
+    def regenerate_keyring(self, device: DeviceAddress) -> KeyringState: ...
+
     def install_identity_certificate(
         self, device: DeviceAddress, name: str, certificate_pem: str, ca_certificate_pem: str | None = None
     ) -> TrustpointState: ...
@@ -166,6 +168,11 @@ class HttpDeviceClient:
 
     def get_keyring(self, device: DeviceAddress) -> KeyringState:
         return self._call(device, "GET", "/keyring/default", KeyringState)
+
+    def regenerate_keyring(self, device: DeviceAddress) -> KeyringState:
+        """A new key pair and certificate for the default keyring (the device's ``system support
+        regenerate-security-keyring default``); the keyring as it is afterwards."""
+        return self._call(device, "POST", "/keyring/default/regenerate", KeyringState)
 
     def install_identity_certificate(
         self, device: DeviceAddress, name: str, certificate_pem: str, ca_certificate_pem: str | None = None

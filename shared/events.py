@@ -22,7 +22,12 @@ ACTOR_FOR_KIND: dict[JobKind, str] = {
     JobKind.DELETE: "delete_trustpoint",
     JobKind.INSTALL_IDENTITY: "install_identity_certificate",
     JobKind.BUNDLE_UPDATE: "push_ca_bundle",
+    JobKind.REGENERATE_KEYRING: "regenerate_security_keyring",
 }
+
+#: The health check of a batch of devices (their default keyrings): no job row, a message of
+#: device ids on the bulk queue (see :func:`health_message`).
+HEALTH_ACTOR = "check_device_health"
 
 
 def job_message(kind: JobKind | str, job_id: uuid.UUID, *, queue: str = JOBS_QUEUE) -> Message:
@@ -50,3 +55,15 @@ def publish_job(
     message = job_message(kind, job_id, queue=queue)
     broker.enqueue(message, delay=delay_ms)
     EVENTS_PUBLISHED.labels(actor=message.actor_name).inc()
+
+
+def health_message(device_ids: list[uuid.UUID], *, max_age_ms: int | None = None) -> Message:
+    """A health check of these devices: their ids, nothing else. ``max_age_ms``: a message that
+    waited longer is dropped by the worker (the next health pass checks the devices again)."""
+    return Message(
+        queue_name=BULK_QUEUE,
+        actor_name=HEALTH_ACTOR,
+        args=([str(device_id) for device_id in device_ids],),
+        kwargs={},
+        options={} if max_age_ms is None else {"max_age": max_age_ms},
+    )

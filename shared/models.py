@@ -269,7 +269,7 @@ class Job(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     # No foreign keys: a job is also the record of what happened to a trustpoint or
     # device that has since been deleted.
-    kind: str = Field(max_length=16)
+    kind: str = Field(max_length=32)
     trustpoint_id: uuid.UUID | None = Field(default=None, index=True)
     device_id: uuid.UUID = Field(index=True)
     domain_id: uuid.UUID
@@ -307,7 +307,7 @@ class Batch(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     domain_id: uuid.UUID = Field(foreign_key="domain.id", index=True)
     #: ``enroll`` for a bulk enrollment, else the trustpoint action (a JobKind value).
-    action: str = Field(default="enroll", max_length=16)
+    action: str = Field(default="enroll", max_length=32)
     #: The enrollment object installed, or the one whose trustpoints an action selects; none for
     #: a CA-bundle push (``bundle_update``), which is about devices.
     enrollment_object_id: uuid.UUID | None = Field(default=None, foreign_key="enrollment_object.id")

@@ -162,6 +162,21 @@ class CertfleetClient:
             "selection": selection, "weak_crypto": weak_crypto, "confirm": confirm,
         })
 
+    # --- default keyrings -----------------------------------------------------------------
+    def regenerate_keyring(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        """``{"device": …, "job": …}``: the regeneration of the device's default keyring, started."""
+        return self._call("POST", f"/domains/{domain_id}/devices/{device_id}/keyring/default/regenerate")
+
+    def start_keyring_regeneration(
+        self, *, device_ids: list[str] | None = None, all_expired: bool = False,
+        domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID,
+    ) -> dict:
+        body: dict[str, Any] = {"all_expired": True} if all_expired else {"device_ids": device_ids or []}
+        return self._call("POST", f"/domains/{domain_id}/keyring-regenerations", json=body)
+
+    def keyring_regeneration(self, batch_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("GET", f"/domains/{domain_id}/keyring-regenerations/{batch_id}")
+
     def trustpoint(self, device_id: str, name: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("GET", f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}")
 

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     command(weak_crypto, "disable", "services.cli.bulk", "disable weak-crypto",
             add="add_weak_crypto_arguments", main="weak_crypto_disable")
 
+    support = group(group(sub, "system", "device system commands"), "support", "device support commands")
+    command(support, "regenerate-security-keyring", "services.cli.keyrings",
+            "regenerate devices' default keyring (fixes F0853: the keyring's certificate is invalid)")
+
     token = group(sub, "token", "API tokens")
     command(token, "create", "services.controller.cli", "create a token and print it",
             add="add_token_arguments", main="token_create")

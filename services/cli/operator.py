@@ -8,6 +8,7 @@ certificate actions against the controller's API, one device's trustpoint at a t
     certfleet trustpoint validate DEVICE NAME --cert PEER [--chain FILE] [--usage USE]
     certfleet trustpoint re-enroll|refresh|delete DEVICE NAME [--wait]
     certfleet device weak-crypto DEVICE --enable [--yes] | --disable
+    certfleet device show DEVICE                   details, and the default keyring's health
 
 DEVICE is a device id, name or serial; --domain a domain id or name (default Global). The API
 URL and token come from ``--api-url`` and ``--token`` or ``CERTFLEET_API_URL`` and
@@ -94,6 +95,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     weak.add_argument("--yes", action="store_true", help="enable without asking for confirmation")
     _common(weak)
     weak.set_defaults(func=_on_device(_weak_crypto))
+    show = settings.add_parser("show", help="the device's details and its default keyring's health")
+    show.add_argument("device", metavar="DEVICE", help="device id, name or serial")
+    _common(show)
+    show.set_defaults(func=_on_device(_device_show))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -306,3 +311,45 @@ def _weak_crypto(client: CertfleetClient, args: argparse.Namespace, device: dict
     client.update_device(device["id"], domain_id=args.domain, weak_crypto=True, confirm=True)
     print(f"weak-crypto enabled on {device['name']}; re-enroll its trustpoints refused for weak crypto")
     return 0
+
+
+def _device_show(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
+    from rich.table import Table
+
+    device = client.device(device["id"], domain_id=args.domain)
+    table = Table(title=f"device {device['name']}", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in (("serial", device["serial"]), ("model", device["model"]),
+                         ("IP address", device["ip_address"]), ("FQDN", device["fqdn"]),
+                         ("management URL", device["management_url"]), ("id", device["id"]),
+                         ("weak-crypto", "enabled" if device["weak_crypto"] else "disabled"),
+                         ("CA bundle", device["bundle_version"] or "none yet")):
+        if value:
+            table.add_row(label, value)
+    for label, value in keyring_rows(device.get("keyring") or {}, device=args.device):
+        table.add_row(label, value)
+    _console().print(table)
+    return 0
+
+
+def _utc(value: str) -> str:
+    return value.replace("T", " ")[:19] + " UTC"
+
+
+def keyring_rows(keyring: dict, *, device: str) -> list[tuple[str, str]]:
+    """The default keyring as the last health check read it, in rows of (label, text)."""
+    if keyring.get("valid") is None:
+        state = "not read yet: the next health check reads it"
+    elif keyring["valid"]:
+        state = "valid" + (f" until {_utc(keyring['not_after'])}" if keyring.get("not_after") else "")
+    else:
+        ended = f" (certificate ended {_utc(keyring['not_after'])})" if keyring.get("not_after") else ""
+        state = (f"invalid, reason: {keyring.get('reason') or 'unknown'}{ended}; regenerate it: certfleet system "
+                 f"support regenerate-security-keyring default --device {device}")
+    rows = [("default keyring", state)]
+    if keyring.get("checked_at"):
+        rows.append(("health checked", _utc(keyring["checked_at"])))
+    if keyring.get("error"):
+        rows.append(("health check failed", keyring["error"] + " (the keyring above is from the check before)"))
+    return rows

@@ -26,6 +26,7 @@ from services.controller.api.routers import (
     domains,
     enrollment_objects,
     jobs,
+    keyrings,
     ops,
     peer_validation,
     schedules,
@@ -124,7 +125,8 @@ def create_app(
     app.include_router(ops.router)
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
-                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks):
+                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks,
+                   keyrings):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -53,4 +53,5 @@ def trustpoint_state(trustpoint: Trustpoint) -> TrustpointState:
 
 def keyring_state(keyring: Keyring, *, now: datetime) -> KeyringState:
     valid, reason = keyrings.validity(keyring, now=now)
-    return KeyringState(name=keyrings.NAME, valid=valid, reason=reason, certificate_pem=keyring.pem)
+    return KeyringState(name=keyrings.NAME, valid=valid, reason=reason, certificate_pem=keyring.pem,
+                        not_valid_before=keyring.not_valid_before, not_valid_after=keyring.not_valid_after)

@@ -6,6 +6,7 @@
     parameters.py     enrollment object -> trustpoint configuration
     jobstore.py       claiming and fencing job rows
     persist.py        certificates and statuses from what the device reports
+    health.py         devices' default keyrings read in batches (no job rows) and recorded; the keyring policy
     ca_waiting.py     enrollments through their CA's gate; waiting for a CA without failing
     ca_gate.py        the CA gate's rules (concurrency, rate, outage), kept in the process
     ca_gate_redis.py  the same rules in Redis, shared by every worker process

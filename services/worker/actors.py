@@ -1,4 +1,5 @@
-"""The Dramatiq actors: one per job kind, each taking a job id and nothing else.
+"""The Dramatiq actors: one per job kind, each taking a job id and nothing else; and the health
+check of a batch of devices, taking their ids (``check_device_health``, no job row).
 
 Actors are declared on a broker made at runtime (:func:`shared.broker.make_broker`), not
 at import, so tests and the embedded stack can each have their own broker.
@@ -18,10 +19,11 @@ from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
 from services.worker.context import WorkerContext
+from services.worker.health import HealthChecker
 from services.worker.log_context import LogContext
 from services.worker.runner import run_job
 from shared.enums import JobKind
-from shared.events import ACTOR_FOR_KIND, BULK_QUEUE, JOBS_QUEUE
+from shared.events import ACTOR_FOR_KIND, BULK_QUEUE, HEALTH_ACTOR, JOBS_QUEUE
 
 #: Dramatiq's own retries are for the unexpected (a dropped database connection): the job
 #: was released, so a redelivery can claim it. Expected failures are retried by the runner.
@@ -44,7 +46,21 @@ def declare_actors(broker: dramatiq.Broker, context: WorkerContext) -> dict[str,
             **ACTOR_OPTIONS,
         )
     broker.declare_queue(BULK_QUEUE)
+    actors[HEALTH_ACTOR] = _health_actor(broker, context)
     return actors
+
+
+def _health_actor(broker: dramatiq.Broker, context: WorkerContext) -> dramatiq.Actor:
+    """``check_device_health(device_ids)`` on the bulk queue: a batch of devices' keyrings read and
+    recorded (:mod:`.health`). No job row: a message lost is checked again by the next health pass."""
+    checker = HealthChecker(context, broker=broker)
+
+    def check_device_health(device_ids: list[str]) -> None:
+        checker.check(device_ids)
+
+    # A batch that outlasts the interval is overtaken by the next pass's messages anyway.
+    return dramatiq.actor(check_device_health, actor_name=HEALTH_ACTOR, queue_name=BULK_QUEUE, broker=broker,
+                          time_limit=context.settings.health_check_seconds * 1000, **ACTOR_OPTIONS)
 
 
 def _handler(broker: dramatiq.Broker, context: WorkerContext, kind: JobKind) -> Callable[[str], None]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.worker.steps import StepLog
-from shared.device_api import TrustpointState
+from shared.device_api import KeyringState, TrustpointState
 from shared.device_client import DeviceAddress, DeviceClient
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole, EnrollmentType
@@ -256,3 +256,19 @@ def push_ca_bundle(client: DeviceClient, device: DeviceAddress, *, version: str,
 
 def _certificates(count: int) -> str:
     return f"{count} certificate{'s' if count != 1 else ''}"
+
+
+def regenerate_keyring(client: DeviceClient, device: DeviceAddress, *, steps: StepLog) -> KeyringState:
+    """Have the device make its default keyring a new key pair and certificate (its ``system support
+    regenerate-security-keyring default``); the keyring as it is afterwards, which must be valid."""
+    serial = device.serial
+    state = client.regenerate_keyring(device)
+    if not state.valid:
+        raise PermanentError(
+            f"device {serial} regenerated its default keyring but reports it invalid, reason: "
+            f"{state.reason or 'none given'}; check the device's clock",
+            code="keyring_still_invalid",
+        )
+    until = f", certificate valid until {state.not_valid_after:%Y-%m-%d %H:%M} UTC" if state.not_valid_after else ""
+    steps.add("keyring_regenerated", f"device {serial} made a new default keyring{until}")
+    return state

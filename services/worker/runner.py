@@ -4,12 +4,15 @@ The sequence for every kind:
 
 1. claim the job (one conditional UPDATE) and load its trustpoint, device and enrollment
    object (for a CA-bundle push, which is about a device alone: the device and certfleet's
-   current CA bundle), in one transaction committed at once;
+   current CA bundle; for a keyring regeneration, the device), in one transaction committed at once;
 2. run the exchange for the job's kind with the device; no database connection is held
    meanwhile;
 3. in one transaction fenced by the claim's attempt number: record the outcome on the job
-   and the trustpoint (certificates, statuses) or the device (its CA bundle version), then
-   commit.
+   and the trustpoint (certificates, statuses) or the device (its CA bundle version, its
+   default keyring), then commit.
+
+A refresh also reads the device's default keyring and records it as a health check does
+(:mod:`.health`); a keyring that cannot be read is recorded as such and does not fail the refresh.
 
 A transient error below the job's attempt limit puts the job back to queued and
 re-publishes its message with a backoff delay; at the limit, or on a permanent error, the
@@ -28,7 +31,7 @@ from typing import Literal
 import dramatiq
 from sqlmodel import Session, select
 
-from services.worker import exchanges, job_metrics, jobstore, persist, renewal_state
+from services.worker import exchanges, health, job_metrics, jobstore, persist, renewal_state
 from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
 from services.worker.context import WorkerContext
 from services.worker.exchanges import DeviceReport
@@ -59,8 +62,8 @@ def log():
 
 #: The row of certfleet's own CA bundle, the one a CA-bundle push gives every device.
 CA_BUNDLE_NAME = "certfleet"
-#: Kinds whose permanent failure is also the trustpoint's (a delete, an import and a CA-bundle
-#: push leave the trustpoint's certificates as they were).
+#: Kinds whose permanent failure is also the trustpoint's (a delete, an import, a CA-bundle push
+#: and a keyring regeneration leave the trustpoint's certificates as they were).
 MARKS_TRUSTPOINT = frozenset({JobKind.ENROLL, JobKind.RE_ENROLL, JobKind.REFRESH})
 
 Result = Literal["succeeded", "failed", "retry_scheduled", "waiting_for_ca", "skipped"]
@@ -124,10 +127,12 @@ def run_job(
 
 def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
     """The job's trustpoint with its device and enrollment object, in one query; for a CA-bundle
-    push, the device and the current bundle."""
+    push, the device and the current bundle; for a keyring regeneration, the device."""
     if claimed.kind is JobKind.BUNDLE_UPDATE:
         return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None,
                        bundle=session.get(CaBundleState, CA_BUNDLE_NAME))
+    if claimed.kind is JobKind.REGENERATE_KEYRING:
+        return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None)
     if claimed.trustpoint_id is not None:
         row = session.exec(
             select(Trustpoint, Device, EnrollmentObject)
@@ -182,7 +187,12 @@ class _JobRun:
                 return self._install_identity()
             if self.kind is JobKind.BUNDLE_UPDATE:
                 return self._push_bundle()
-            return self._delete()
+            if self.kind is JobKind.REGENERATE_KEYRING:
+                return self._regenerate_keyring()
+            if self.kind is JobKind.DELETE:
+                return self._delete()
+            raise PermanentError(f"this worker cannot run a {self.kind.value} job; upgrade the workers",
+                                 code="unknown_job_kind")
         except CaWait as wait:
             return self._park(wait)
         except TransientError as exc:
@@ -225,6 +235,11 @@ class _JobRun:
         trustpoint, device, _ = self._require()
         report = exchanges.refresh(self.ctx.devices, device, trustpoint.name, steps=self.steps)
         self.steps.add("synced", "trustpoint marked missing" if report is None else _installed(report))
+        # The device is at hand: its health is read too. A failed read is recorded, not raised.
+        keyring = health.read_keyring(self.ctx.devices, device, device.id)
+        self.steps.add("keyring", f"device {device.serial}: {keyring.describe()}")
+        invalid = health.invalid_keyrings([(device, keyring)])
+        policy_jobs: list[uuid.UUID] = []
 
         def write(session: Session, locked: Trustpoint) -> None:
             now = self.ctx.clock()
@@ -232,8 +247,12 @@ class _JobRun:
                 persist.mark_missing(session, locked, serial=device.serial, now=now)
             else:
                 persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
+            health.record_readings(session, [keyring], now=now)
+            policy_jobs.extend(health.regenerate_by_policy(session, invalid, settings=self.ctx.settings, now=now))
 
-        return self._succeed(write)
+        outcome = self._succeed(write)
+        health.publish_policy_jobs(self.broker, policy_jobs if outcome.result == "succeeded" else [])
+        return outcome
 
     def _install_identity(self) -> JobOutcome:
         trustpoint, device, obj = self._require()
@@ -280,6 +299,15 @@ class _JobRun:
         version = bundle.version
         exchanges.push_ca_bundle(self.ctx.devices, device, version=version, pem=bundle.pem, steps=self.steps)
         return self._commit_success(lambda session: persist.record_bundle_version(session, device.id, version))
+
+    def _regenerate_keyring(self) -> JobOutcome:
+        device = self.subject.device
+        if device is None:
+            raise PermanentError("the device was removed before its default keyring was regenerated",
+                                 code="device_gone")
+        state = exchanges.regenerate_keyring(self.ctx.devices, device, steps=self.steps)
+        reading = health.KeyringReading.of(device.id, state)
+        return self._commit_success(lambda session: health.record_readings(session, [reading], now=self.ctx.clock()))
 
     # --- outcomes --------------------------------------------------------------------------------
 

@@ -34,14 +34,18 @@ def chunks(items: Sequence[T], size: int = INSERT_CHUNK) -> Iterator[Sequence[T]
 
 #: Batch.action of a CA-bundle push to devices: neither an enrollment nor a trustpoint action.
 BUNDLE_UPDATE = JobKind.BUNDLE_UPDATE.value
+#: Batch.action of a regeneration of devices' default keyrings: about devices too.
+REGENERATE_KEYRING = JobKind.REGENERATE_KEYRING.value
+#: Batches about devices, not trustpoints: neither bulk enrollments nor bulk actions.
+DEVICE_BATCHES = (BUNDLE_UPDATE, REGENERATE_KEYRING)
 
 
 def _of_kind(enrollments: bool):
-    return Batch.action == ENROLL if enrollments else Batch.action.not_in((ENROLL, BUNDLE_UPDATE))
+    return Batch.action == ENROLL if enrollments else Batch.action.not_in((ENROLL, *DEVICE_BATCHES))
 
 
 def _is_kind(batch: Batch, enrollments: bool) -> bool:
-    return batch.action == ENROLL if enrollments else batch.action not in (ENROLL, BUNDLE_UPDATE)
+    return batch.action == ENROLL if enrollments else batch.action not in (ENROLL, *DEVICE_BATCHES)
 
 
 def _kind_name(enrollments: bool) -> str:

@@ -26,14 +26,15 @@ def list_domains(session: Session, *, offset: int, limit: int) -> tuple[list[Dom
     return list(rows), total
 
 
-def create_domain(session: Session, *, name: str, parent_id: uuid.UUID | None) -> Domain:
+def create_domain(session: Session, *, name: str, parent_id: uuid.UUID | None,
+                  auto_regenerate_keyring: bool | None = None) -> Domain:
     name = name.strip()
     if not name:
         raise ValidationError("a domain needs a name", code="invalid_name")
     parent = get_domain(session, domain_id=parent_id or GLOBAL_DOMAIN_ID)
     if session.exec(select(Domain.id).where(Domain.parent_id == parent.id, Domain.name == name)).first():
         raise ConflictError(f"domain {parent.name} already has a child named {name!r}", code="duplicate_name")
-    domain = Domain(name=name, parent_id=parent.id)
+    domain = Domain(name=name, parent_id=parent.id, auto_regenerate_keyring=auto_regenerate_keyring)
     session.add(domain)
     try:
         session.flush()
@@ -42,4 +43,12 @@ def create_domain(session: Session, *, name: str, parent_id: uuid.UUID | None) -
         raise ConflictError(
             f"domain {parent.name} already has a child named {name!r}", code="duplicate_name"
         ) from None
+    return domain
+
+
+def set_keyring_policy(session: Session, *, domain_id: uuid.UUID, auto_regenerate_keyring: bool | None) -> Domain:
+    """Set the domain's own keyring policy (None: follow the parent again); not committed."""
+    domain = get_domain(session, domain_id=domain_id)
+    domain.auto_regenerate_keyring = auto_regenerate_keyring
+    session.add(domain)
     return domain

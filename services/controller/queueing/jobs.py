@@ -17,7 +17,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from services.controller.rules.scope import DomainScope
-from shared.enums import JobKind, JobState
+from shared.enums import JobKind, JobReason, JobState
 from shared.errors import ConflictError, NotFoundError
 from shared.events import publish_job
 from shared.logging import get_logger
@@ -96,7 +96,7 @@ def get_job(session: Session, *, scope: DomainScope, job_id: uuid.UUID) -> Job:
 
 def list_jobs(
     session: Session, *, scope: DomainScope, offset: int, limit: int, state: JobState | None = None,
-    kind: JobKind | None = None, device_id: uuid.UUID | None = None,
+    kind: JobKind | None = None, device_id: uuid.UUID | None = None, reason: JobReason | None = None,
 ) -> tuple[list[Job], int]:
     conditions = [] if scope.is_root else [Job.domain_id.in_(scope.subtree)]
     if state is not None:
@@ -105,6 +105,8 @@ def list_jobs(
         conditions.append(Job.kind == JobKind(kind).value)
     if device_id is not None:
         conditions.append(Job.device_id == device_id)
+    if reason is not None:
+        conditions.append(Job.reason == JobReason(reason).value)
     total = session.exec(select(func.count()).select_from(Job).where(*conditions)).one()
     rows = session.exec(
         select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)

@@ -64,15 +64,19 @@ def _lost_queued(now: datetime, cutoffs: dict[str, datetime] | None = None):
                     and_(_on_bulk_queue(), expired(BULK_QUEUE))))
 
 
+#: Jobs nobody asked for one at a time: the scheduler's renewals, a domain policy's keyring regenerations.
+_BULK_REASONS = (JobReason.RENEWAL.value, JobReason.POLICY.value)
+
+
 def _on_bulk_queue():
-    """Bulk operations' jobs and the scheduler's renewals are on the bulk queue, behind no
-    operator's single action; the others on the jobs queue."""
-    return or_(Job.batch_id.is_not(None), Job.reason == JobReason.RENEWAL.value)
+    """Bulk operations' jobs, the scheduler's renewals and policies' jobs are on the bulk queue, behind
+    no operator's single action; the others on the jobs queue."""
+    return or_(Job.batch_id.is_not(None), Job.reason.in_(_BULK_REASONS))
 
 
 def queue_of(*, batch_id: uuid.UUID | None, reason: str) -> str:
     """The queue a job's messages go to (see :func:`_on_bulk_queue`)."""
-    return BULK_QUEUE if batch_id is not None or reason == JobReason.RENEWAL.value else JOBS_QUEUE
+    return BULK_QUEUE if batch_id is not None or reason in _BULK_REASONS else JOBS_QUEUE
 
 
 def queue_cutoffs(broker: dramatiq.Broker, *, lease_seconds: float) -> dict[str, datetime]:

@@ -72,6 +72,12 @@ def _alert_conditions(ctx: RunContext) -> str:
                                     fence=ctx.fence)
 
 
+def _device_health(ctx: RunContext) -> str:
+    from services.controller.scheduling.health_pass import run_health_pass
+
+    return run_health_pass(ctx.session, ctx.broker, settings=ctx.settings).describe()
+
+
 def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
     """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
     :mod:`services.controller.ca_bundles.auto_update`)."""
@@ -86,6 +92,8 @@ def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> 
                      "ask the CAs whether installed identity certificates are revoked, and mark those that are"),
         ScheduleSpec("alert-conditions", Timing(interval_seconds=settings.alert_conditions_seconds),
                      _alert_conditions, "raise, update and clear alerts from what certfleet knows"),
+        ScheduleSpec("device-health", Timing(interval_seconds=settings.health_check_seconds), _device_health,
+                     "read every device's default keyring (the workers, a batch of devices per message)"),
     ]
 
 

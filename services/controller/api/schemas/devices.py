@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.controller.api.schemas.common import InputModel
 
@@ -28,6 +29,20 @@ class DeviceUpdate(InputModel):
     confirm: bool = False
 
 
+class DeviceKeyring(BaseModel):
+    """The device's default keyring as the last health check (or refresh, or regeneration) read it."""
+
+    #: Whether its certificate is valid; null until first read.
+    valid: bool | None = None
+    #: Why not ("expired", "not yet valid"), else null.
+    reason: str | None = None
+    not_after: datetime | None = None
+    #: When the device was last asked, and why that failed (e.g. "device_unreachable: …"), if it did:
+    #: the other fields then hold what the read before found.
+    checked_at: datetime | None = None
+    error: str | None = None
+
+
 class DevicePublic(BaseModel):
     id: uuid.UUID
     domain_id: uuid.UUID
@@ -40,7 +55,19 @@ class DevicePublic(BaseModel):
     weak_crypto: bool
     #: The version of certfleet's CA bundle the device last confirmed ("" for none yet).
     bundle_version: str = ""
+    keyring: DeviceKeyring = Field(default_factory=DeviceKeyring)
     created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        """A device row's health columns, gathered under ``keyring``."""
+        if isinstance(data, dict) or not hasattr(data, "health_checked_at"):
+            return data
+        fields = {name: getattr(data, name) for name in cls.model_fields if name != "keyring"}
+        return {**fields, "keyring": DeviceKeyring(
+            valid=data.keyring_valid, reason=data.keyring_reason, not_after=data.keyring_not_after,
+            checked_at=data.health_checked_at, error=data.health_error)}
 
 
 class InventoryImport(InputModel):

@@ -29,7 +29,7 @@ class JobPublic(BaseModel):
     error_message: str | None
     steps: list[JobStep]
     batch_id: uuid.UUID | None
-    #: operator, bulk or renewal (the scheduler's)
+    #: operator, bulk, renewal (the scheduler's) or policy (a domain's, e.g. keyring regeneration)
     reason: JobReason = JobReason.OPERATOR
     created_at: datetime
     started_at: datetime | None

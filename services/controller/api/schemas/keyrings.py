@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, Field
+
+from services.controller.api.schemas.bulk_enrollments import BatchProgress
+from services.controller.api.schemas.common import InputModel
+from services.controller.api.schemas.devices import DevicePublic
+from services.controller.api.schemas.jobs import JobPublic
+
+
+class KeyringRegenerationCreate(InputModel):
+    """Which devices' default keyrings to regenerate: ``device_ids``, or ``all_expired`` (every
+    device of the domain subtree with an open F0853 alert or a keyring read invalid)."""
+
+    device_ids: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+    all_expired: bool = False
+
+
+class KeyringRegenerationPublic(BatchProgress):
+    """A batch of keyring regenerations: ``selected`` devices, ``skipped`` those with a regeneration
+    already unfinished."""
+
+    #: About devices: no enrollment object.
+    enrollment_object_id: uuid.UUID | None = None
+    action: str
+
+
+class KeyringRegenerationAccepted(BaseModel):
+    """One device's regeneration: the device as it is now, and the job that regenerates its keyring."""
+
+    device: DevicePublic
+    job: JobPublic
