@@ -14,8 +14,10 @@ real devices can replace it without touching the actors or the API:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -115,6 +117,13 @@ class DeviceTransientError(TransientError):
         return self._text(f" after {attempts} attempt{'s' if attempts != 1 else ''}")
 
 
+@cache
+def _default_tls() -> ssl.SSLContext:
+    """The system's trust store, loaded once per process: loading it costs tens of milliseconds,
+    and every device client of a process verifies HTTPS the same way."""
+    return ssl.create_default_context()
+
+
 class HttpDeviceClient:
     """One pooled, thread-safe ``httpx.Client`` for every device a worker process talks to.
 
@@ -136,6 +145,7 @@ class HttpDeviceClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"accept": "application/json"},
             transport=transport,
+            verify=_default_tls(),
         )
 
     @classmethod

@@ -29,6 +29,11 @@ class Periodic:
     def pass_failed(self) -> None:
         """Called after a pass raised (and was logged): forget what the pass left half-known."""
 
+    def wait_after(self, result: object) -> float:
+        """Seconds to wait after a pass that returned ``result``; a subclass may slow down when
+        its passes find nothing to do."""
+        return self.every_seconds
+
     def start(self):
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -44,10 +49,11 @@ class Periodic:
 
     def _loop(self) -> None:
         while True:
+            wait = self.every_seconds
             try:
-                self.run_once()
+                wait = self.wait_after(self.run_once())
             except Exception:  # the next pass retries
                 log.error(f"{self.thread_name} pass failed", exc_info=True)
                 self.pass_failed()
-            if self._stop.wait(self.every_seconds):
+            if self._stop.wait(wait):
                 return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -16,9 +17,7 @@ class SecretBox:
     def __init__(self, secret_key: str) -> None:
         if not secret_key:
             raise ConfigurationError("CERTFLEET_SECRET_KEY must not be empty")
-        # A fixed salt is fine here: the input is a server key, not a user password.
-        raw = hashlib.pbkdf2_hmac("sha256", secret_key.encode(), b"certfleet-secrets-v1", 100_000)
-        self._fernet = Fernet(base64.urlsafe_b64encode(raw))
+        self._fernet = Fernet(_fernet_key(secret_key))
 
     def seal(self, plaintext: bytes) -> bytes:
         return self._fernet.encrypt(plaintext)
@@ -31,3 +30,12 @@ class SecretBox:
                 "a stored secret cannot be decrypted: CERTFLEET_SECRET_KEY differs from the key "
                 "it was stored with"
             ) from exc
+
+
+@lru_cache(maxsize=4)
+def _fernet_key(secret_key: str) -> bytes:
+    """The Fernet key stretched from the server key; a process derives it once, not once per
+    component that seals or opens secrets. A fixed salt is fine: the input is a server key, not
+    a user password."""
+    raw = hashlib.pbkdf2_hmac("sha256", secret_key.encode(), b"certfleet-secrets-v1", 100_000)
+    return base64.urlsafe_b64encode(raw)

@@ -94,8 +94,11 @@ class Settings:
     alert_stream_maxlen: int = 100_000
     #: Days alert events stay in the database after they were relayed.
     alert_event_retention_days: int = 30
-    #: Seconds between the alert relay's passes (events to the stream, deliveries to webhooks).
+    #: Seconds between the alert relay's passes (events to the stream, deliveries to webhooks)
+    #: while it has work, and after a pass that found none: an idle installation polls its
+    #: database less often, an event waits at most the idle interval.
     alert_relay_interval_seconds: float = 0.25
+    alert_relay_idle_seconds: float = 1.0
     #: Webhook deliveries: one attempt's timeout, attempts before a delivery is dead-lettered, and
     #: the wait after a failed attempt (doubled per attempt, with jitter, up to the cap).
     webhook_timeout_seconds: float = 5.0
@@ -147,7 +150,8 @@ class Settings:
                      "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds",
                      "ca_bundle_drift_seconds", "revocation_scan_seconds", "health_check_seconds",
                      "health_batch_size", "alert_conditions_seconds", "alert_expiring_days", "alert_stream_maxlen",
-                     "alert_event_retention_days", "alert_relay_interval_seconds", "webhook_timeout_seconds",
+                     "alert_event_retention_days", "alert_relay_interval_seconds", "alert_relay_idle_seconds",
+                     "webhook_timeout_seconds",
                      "webhook_max_attempts", "webhook_backoff_seconds", "webhook_backoff_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
@@ -157,6 +161,10 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}SCHEDULER_LEASE_SECONDS must be at least twice {PREFIX}SCHEDULER_TICK_SECONDS: "
                 "the leader renews its lease every tick")
+        if self.alert_relay_idle_seconds < self.alert_relay_interval_seconds:
+            raise ConfigurationError(
+                f"{PREFIX}ALERT_RELAY_IDLE_SECONDS must be at least {PREFIX}ALERT_RELAY_INTERVAL_SECONDS: it is "
+                "the relay's pace when it has nothing to do")
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigurationError(f"{PREFIX}WORKER_METRICS_PORT must be a port number, 0 to 65535")
         if self.log_level.upper() not in LOG_LEVELS:

@@ -69,12 +69,14 @@ def api(db_engine, stub_broker):
 
 #: The files that take longest (each tens of seconds, mostly waiting on the services they
 #: start), longest first. They are handed out first, so no process is left running one of
-#: them alone at the end of the suite while the others are idle.
+#: them alone at the end of the suite while the others are idle. (``--no-loadscope-reorder``
+#: in pyproject keeps xdist from handing files out by their number of tests instead.)
 SLOWEST_FIRST = (
-    "tests/e2e/test_renewal.py", "tests/e2e/test_health_alerts.py", "tests/e2e/test_fault_tolerance.py",
-    "tests/e2e/test_ca_fairness.py",
-    "tests/e2e/test_ca_bundle_updates.py", "tests/e2e/test_bench_fleet.py", "tests/e2e/test_revocation_scan.py",
-    "tests/e2e/test_est.py", "tests/e2e/test_scep.py", "tests/e2e/test_demo.py", "tests/e2e/test_fleet.py",
+    "tests/e2e/test_renewal.py", "tests/e2e/test_fault_tolerance.py", "tests/e2e/test_demo.py",
+    "tests/e2e/test_ca_fairness.py", "tests/e2e/test_ca_bundle_updates.py", "tests/e2e/test_health_alerts.py",
+    "tests/e2e/test_scep.py", "tests/e2e/test_est.py", "tests/e2e/test_revocation_scan.py",
+    "tests/integration/controller/api/test_api.py", "tests/e2e/test_operator_cli.py",
+    "tests/e2e/test_bulk_cli.py", "tests/e2e/test_fleet.py", "tests/e2e/test_bench_fleet.py",
 )
 
 

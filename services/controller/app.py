@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 
 import dramatiq
 from fastapi import APIRouter, FastAPI
@@ -123,10 +124,18 @@ def create_app(
 
     problems.install(app)
     app.include_router(ops.router)
+    app.include_router(_api_router())
+    return app
+
+
+@cache
+def _api_router() -> APIRouter:
+    """Every route under the API prefix. Built once per process: FastAPI analyses a router's
+    routes (parameters, dependencies, models) the first time it is included somewhere, and the
+    routes only read the app's state, so every app of a process can share them."""
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
                    bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks,
                    keyrings):
         api.include_router(module.router)
-    app.include_router(api)
-    return app
+    return api

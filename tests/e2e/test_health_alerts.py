@@ -52,10 +52,11 @@ F0853_TEXT = "default Keyring's certificate is invalid, reason: expired"
 @dataclass
 class Receiver:
     """What the webhook receiver got: every delivery, whether its signature verified, and how many
-    it refused while it was "down"."""
+    it refused while it was "down": for ``down_seconds`` from the first delivery it was sent."""
 
     url: str = ""
-    down_until: float = 0.0
+    down_seconds: float = 0.0
+    down_until: float | None = None
     refused: int = 0
     events: list[dict] = field(default_factory=list)
     bad_signatures: list[str] = field(default_factory=list)
@@ -70,6 +71,8 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver.lock:
+                    if receiver.down_until is None:
+                        receiver.down_until = time.monotonic() + receiver.down_seconds
                     if time.monotonic() < receiver.down_until:
                         receiver.refused += 1
                         status = 500
@@ -187,7 +190,7 @@ def test_every_expired_keyring_raises_one_f0853_and_every_consumer_gets_it_raise
     webhook = client.create_webhook(name="e2e receiver", url=receiver.url, codes=["F0853"], secret=WEBHOOK_SECRET,
                                     domain_id=GLOBAL)
     assert WEBHOOK_SECRET not in json.dumps(webhook)
-    receiver.down_until = time.monotonic() + RECEIVER_DOWN_SECONDS
+    receiver.down_seconds = RECEIVER_DOWN_SECONDS
     first = bed.consumer("watch-1")
 
     assert client.import_devices(bed.stack.sim_url)["imported"] == DEVICES

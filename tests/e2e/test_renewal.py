@@ -1,5 +1,5 @@
 """Certificates renew themselves, end to end: ``certfleet ca serve --validity-seconds`` issuing
-certificates of 30 seconds, two controllers that both run the scheduler, two worker processes
+certificates of 60 seconds, two controllers that both run the scheduler, two worker processes
 and the device simulator, each its own process (PostgreSQL, Redis).
 
 300 devices, half over EST and half over SCEP (P-256 keys), enrolled by two bulk enrollments,
@@ -32,8 +32,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 REDIS_URL = "redis://127.0.0.1:6379/2"
 DEVICES = 300
 USER, PASSWORD, CHALLENGE = "ftd-renewer", "Renew-Est-Secret-19", "Renew-Scep-Challenge-23"
-#: Seconds every issued certificate lasts; the CA starts it a tenth of that before issuance.
-VALIDITY = 30
+#: Seconds every issued certificate lasts; the CA starts it a tenth of that before issuance. Long
+#: enough that the last trustpoint due still has some 20 s to renew on a machine busy with
+#: other tests: what is checked is that renewal runs before expiry, not how fast a loaded
+#: machine turns 300 exchanges round.
+VALIDITY = 60
 LIFETIME = timedelta(seconds=VALIDITY * 1.1)
 #: The renewal window is the last half of the lifetime; renewal times spread over 40 % of it.
 FRACTION, SPREAD = 0.5, 0.4
@@ -130,7 +133,7 @@ def pid_of(holder: str) -> int:
 
 def wait_for_renewals(world: World, count: int, *, jobs: bool = False) -> None:
     """Until ``count`` trustpoints are renewed, or with ``jobs`` until ``count`` renewal jobs exist.
-    Generous: a certificate comes due some 20 s after it was issued, at the latest."""
+    Generous: a certificate comes due some 40 s after it was issued, at the latest."""
     deadline = time.monotonic() + 3 * VALIDITY
     while (len(renewal_jobs(world)) if jobs else renewed_once(world)) < count:
         assert time.monotonic() < deadline, f"fewer than {count} renewals in {3 * VALIDITY} s\n{world.logs()}"

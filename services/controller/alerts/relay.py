@@ -234,6 +234,14 @@ class AlertRelay(Periodic):
 
     # --- the thread ----------------------------------------------------------------------------
 
+    def wait_after(self, result: object) -> float:
+        """The short interval while there is work (events relayed, deliveries sent or still in
+        flight); the idle one after a pass that found none, or as a relay that does not lead."""
+        report = result if isinstance(result, PassReport) else PassReport()
+        working = report.leading and (report.relayed or report.queued or report.sent or report.delivered
+                                      or report.failed or report.dead or self.sender.busy())
+        return self.every_seconds if working else self.settings.alert_relay_idle_seconds
+
     def pass_failed(self) -> None:
         self.leadership = None  # a failed pass may have lost the lease: take it again first
         self.sender.forget()

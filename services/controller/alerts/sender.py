@@ -101,6 +101,11 @@ class WebhookSender:
             spare_threads = self.threads - sum(self._lanes.values())
             return max(0, min(allowed - self._lanes.get(webhook_id, 0), spare_threads))
 
+    def busy(self) -> bool:
+        """Whether any delivery is in flight or finished and not yet released."""
+        with self._lock:
+            return any(self._in_flight.values())
+
     def in_flight(self, webhook_id: uuid.UUID) -> frozenset[uuid.UUID]:
         with self._lock:
             return frozenset(self._in_flight.get(webhook_id, ()))

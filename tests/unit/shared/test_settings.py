@@ -69,6 +69,7 @@ def test_sqlite_url_is_used_as_given():
         ("CERTFLEET_WORKER_METRICS_PORT", "70000", "must be a port number"),
         ("CERTFLEET_LOG_LEVEL", "LOUD", "must be one of DEBUG, INFO"),
         ("CERTFLEET_LOG_FORMAT", "xml", "must be json or console"),
+        ("CERTFLEET_ALERT_RELAY_IDLE_SECONDS", "0.1", "must be at least CERTFLEET_ALERT_RELAY_INTERVAL_SECONDS"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value, says):

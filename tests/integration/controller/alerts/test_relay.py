@@ -269,6 +269,26 @@ def test_of_two_relays_one_leads_and_a_deposed_one_writes_nothing(db_engine, set
         assert session.get(LeaderLease, ALERT_RELAY).holder == "a"
 
 
+def test_the_relay_keeps_its_short_pace_while_it_has_work_and_slows_down_when_idle(db_engine, settings, relays,
+                                                                                 receivers):
+    settings = replace(settings, alert_relay_interval_seconds=0.25, alert_relay_idle_seconds=1.5)
+    clock = ManualClock()
+    a = relay(relays, db_engine, settings, clock=clock, holder="a")
+    b = relay(relays, db_engine, settings, clock=clock, holder="b")
+    assert a.wait_after(a.run_once()) == 1.5  # leading, nothing to do
+    assert b.wait_after(b.run_once()) == 1.5  # not leading: it only asks for the lease again
+
+    hook = receiver(receivers)
+    add_webhook(db_engine, hook.url)
+    raise_alerts(db_engine, GLOBAL_DOMAIN_ID, 2)
+    working = a.run_once()
+    assert working.relayed == 2 and working.sent == 2 and a.wait_after(working) == 0.25
+    run_until(a, lambda: all(d.state == "delivered" for d in deliveries(db_engine)),
+              what="the deliveries written as delivered")
+    # Their outcomes written, nothing is left in flight: the next pass is idle.
+    assert a.wait_after(a.run_once()) == 1.5
+
+
 def test_without_redis_events_still_go_to_webhooks(db_engine, settings, relays, receivers):
     from structlog.testing import capture_logs
 
