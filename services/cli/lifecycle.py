@@ -52,6 +52,9 @@ class Snapshot:
     alerts_cleared: int = 0
     devices_on_bundle: int = 0
     devices_checked: int = 0
+    #: Trustpoints whose last renewal attempt failed, and one of their errors.
+    renewals_failing: int = 0
+    renewal_error: str | None = None
 
 
 def observe(engine: Engine, *, bundle_version: str) -> Snapshot:
@@ -74,12 +77,17 @@ def observe(engine: Engine, *, bundle_version: str) -> Snapshot:
         checked = session.exec(select(func.count()).select_from(Device)
                                .where(Device.health_checked_at.is_not(None))).one()
         devices = session.exec(select(func.count()).select_from(Device)).one()
+        failing = session.exec(select(func.count()).select_from(Trustpoint)
+                               .where(Trustpoint.renewal_failures > 0)).one()
+        error = session.exec(select(Trustpoint.renewal_error_code, Trustpoint.renewal_error_message)
+                             .where(Trustpoint.renewal_failures > 0).limit(1)).first()
     return Snapshot(devices=devices, trustpoints=total, renewed=renewed, first_renewal=first, last_renewal=last,
                     f0853_open=open_by_code.get(AlertCode.KEYRING_EXPIRED.value, 0),
                     alerts_open=sum(open_by_code.values()),
                     alerts_raised=by_type.get("io.certfleet.alert.raised", 0),
                     alerts_cleared=by_type.get("io.certfleet.alert.cleared", 0),
-                    devices_on_bundle=on_bundle, devices_checked=checked)
+                    devices_on_bundle=on_bundle, devices_checked=checked, renewals_failing=failing,
+                    renewal_error=f"{error[0]}: {error[1]}" if error else None)
 
 
 def renewal_news(before: Snapshot, now: Snapshot, *, started: datetime) -> str | None:
@@ -271,6 +279,10 @@ def _renewals(run: Lifecycle, lifetime: int) -> None:
     else:
         step.what = f"{snapshot.renewed} of {snapshot.trustpoints} renewed"
     run.say(f"renewals: {step.what}")
+    if not step.ok and snapshot.renewals_failing:
+        # Said so the reader knows why, not only that: certfleet retries these with a backoff.
+        run.say(f"[red]{snapshot.renewals_failing} renewal(s) failing, retried with a backoff; one said: "
+                f"{snapshot.renewal_error}[/red]")
 
 
 def summary_table(steps: list[Step], last: Snapshot):
