@@ -1,5 +1,5 @@
 """EST end to end, as an operator runs it: ``certfleet ca serve`` (on 127.0.0.1 and ::1), the
-controller, two worker processes and the device simulator (trusting the CA's TLS root), each
+controller, a worker process and the device simulator (trusting the CA's TLS root), each
 its own process, with real Redis and PostgreSQL. 60 devices enroll over EST through the API;
 every certificate is checked against the CA; re-enroll, refresh and delete follow; then 20
 devices enroll again with the enrollment URL as the IPv6 literal https://[::1]:P/."""
@@ -61,7 +61,7 @@ def world(tmp_path_factory):
         urls = ca_ready_urls(ca)["est"]
         redis.Redis.from_url(REDIS_URL).flushdb()
         with fresh_database() as database_url:
-            with Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=logs, devices=DEVICES,
+            with Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=logs, devices=DEVICES, workers=1,
                        sim_args=["--trust-anchor", str(ca_dir / "tls-ca.pem")]) as stack:
                 w = EstWorld(ca, ca_dir, urls, stack)
                 assert w.client.import_devices(stack.sim_url)["imported"] == DEVICES

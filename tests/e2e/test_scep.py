@@ -1,5 +1,5 @@
 """SCEP end to end, as an operator runs it: ``certfleet ca serve --scep-port`` (on 127.0.0.1 and
-::1), the controller, two worker processes and the device simulator, each its own process, with
+::1), the controller, a worker process and the device simulator, each its own process, with
 real Redis and PostgreSQL.
 
 60 devices enroll over SCEP through the API (the CA certificate first, then the identity);
@@ -76,7 +76,7 @@ def world(tmp_path_factory):
         urls = ca_ready_urls(ca)["scep"]
         redis.Redis.from_url(REDIS_URL).flushdb()
         with fresh_database() as database_url:
-            with Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=logs, devices=DEVICES,
+            with Stack(database_url=database_url, broker_url=REDIS_URL, log_dir=logs, devices=DEVICES, workers=1,
                        sim_args=["--scep-minute-seconds", MINUTE, "--ca-wait-seconds", "1"]) as stack:
                 w = ScepWorld(ca, ca_dir, urls, stack)
                 assert w.client.import_devices(stack.sim_url)["imported"] == DEVICES
