@@ -19,7 +19,12 @@ if [ -z "${CERTFLEET_DATABASE_URL:-}" ]; then
     echo "make-secrets.sh: set CERTFLEET_DATABASE_URL (postgresql://USER:PASSWORD@HOST:5432/DB) first" >&2
     exit 2
 fi
-key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+# 32 random bytes, from Python where it is installed, else from OpenSSL.
+key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' 2>/dev/null || openssl rand -base64 32)
+if [ -z "$key" ]; then
+    echo "make-secrets.sh: neither python3 nor openssl could make a random key" >&2
+    exit 1
+fi
 umask 077
 printf 'CERTFLEET_SECRET_KEY=%s\nCERTFLEET_DATABASE_URL=%s\n' "$key" "$CERTFLEET_DATABASE_URL" > "$out"
 echo "wrote $PWD/$out (readable by you only)"
