@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.cli.main import main
+from services.cli.main import build_parser, main
 from services.worker.cli import INSECURE_DEV_KEY_ENV, worker_environment
 from shared.settings import MAKE_A_KEY, Settings
 
@@ -43,3 +43,9 @@ def test_the_worker_processes_learn_whether_the_development_key_was_allowed():
     base = {INSECURE_DEV_KEY_ENV: "1", "PATH": "/usr/bin"}  # not inherited from whoever started the command
     assert INSECURE_DEV_KEY_ENV not in worker_environment(Settings(), "/tmp/m", base)
     assert worker_environment(Settings(), "/tmp/m", {}, insecure_dev_key=True)[INSECURE_DEV_KEY_ENV] == "1"
+
+
+@pytest.mark.parametrize("argv", [["controller"], ["controller", "--reconciler-only"], ["scheduler"], ["worker"]])
+def test_every_service_takes_insecure_dev_key(argv):
+    assert build_parser().parse_args([*argv, "--insecure-dev-key"]).insecure_dev_key
+    assert not build_parser().parse_args(argv).insecure_dev_key
