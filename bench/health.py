@@ -52,7 +52,7 @@ from shared.events import BULK_QUEUE  # noqa: E402
 from shared.models import GLOBAL_DOMAIN_ID, Device  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
-from tests.support.procs import ROOT, Proc, free_port  # noqa: E402
+from tests.support.procs import ROOT, TEST_SECRET_KEY, Proc, free_port  # noqa: E402
 
 REDIS_URL = os.environ.get("CERTFLEET_BENCH_HEALTH_REDIS_URL", "redis://127.0.0.1:6379/0")
 NAMESPACE = "bench-health"
@@ -203,7 +203,8 @@ def run(devices: int, *, expired: float, processes: int, threads: int, passes: i
         engine = make_engine(settings)
         cleanup.callback(engine.dispose)
         init_db(engine)
-        env = {**os.environ, "CERTFLEET_DATABASE_URL": database_url, "CERTFLEET_BROKER_URL": REDIS_URL,
+        env = {**os.environ, "CERTFLEET_SECRET_KEY": TEST_SECRET_KEY,
+               "CERTFLEET_DATABASE_URL": database_url, "CERTFLEET_BROKER_URL": REDIS_URL,
                "CERTFLEET_LOG_LEVEL": "WARNING", "BENCH_HEALTH_NAMESPACE": NAMESPACE, "PYTHONPATH": str(ROOT)}
         sim = Proc("device-sim", ["device-sim", "--devices", str(devices), "--port", str(free_port()),
                                   "--expired-keyrings", str(expired)], env, Path(logs))

@@ -23,13 +23,20 @@ class SecretBox:
         return self._fernet.encrypt(plaintext)
 
     def open(self, token: bytes) -> bytes:
-        try:
-            return self._fernet.decrypt(token)
-        except InvalidToken as exc:
+        plaintext = self.try_open(token)
+        if plaintext is None:
             raise ConfigurationError(
                 "a stored secret cannot be decrypted: CERTFLEET_SECRET_KEY differs from the key "
                 "it was stored with"
-            ) from exc
+            )
+        return plaintext
+
+    def try_open(self, token: bytes) -> bytes | None:
+        """The plaintext, or None when ``token`` was not sealed with this box's key (or is damaged)."""
+        try:
+            return self._fernet.decrypt(token)
+        except InvalidToken:
+            return None
 
 
 @lru_cache(maxsize=4)

@@ -6,6 +6,7 @@ own with :meth:`Settings.from_env` and an explicit mapping.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -15,6 +16,12 @@ from shared.errors import ConfigurationError
 
 PREFIX = "CERTFLEET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The secret key when CERTFLEET_SECRET_KEY is not set. Anyone can read it here, so it protects
+#: nothing: only the embedded, local-only stacks (``certfleet demo``, ``certfleet up``) use it
+#: silently; the services refuse it unless started with ``--insecure-dev-key``.
+DEVELOPMENT_SECRET_KEY = "certfleet-development-key-change-me"
+#: How an operator makes a key of their own, named wherever certfleet asks for one.
+MAKE_A_KEY = "export CERTFLEET_SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +35,7 @@ class Settings:
     broker_namespace: str = "dramatiq"
     #: Key material for encrypting secrets at rest (EST passwords, SCEP challenges,
     #: PKCS#12 files). Any string; it is stretched into a Fernet key.
-    secret_key: str = "certfleet-development-key-change-me"
+    secret_key: str = DEVELOPMENT_SECRET_KEY
     #: Seconds a worker may hold a job before the reconciler hands it to another.
     job_lease_seconds: int = 60
     #: Attempts for a job whose errors are transient (timeouts, 5xx, refused connections).
@@ -173,12 +180,35 @@ class Settings:
             raise ConfigurationError(f"{PREFIX}LOG_FORMAT must be json or console")
 
     @property
+    def uses_development_key(self) -> bool:
+        return self.secret_key == DEVELOPMENT_SECRET_KEY
+
+    @property
     def sqlalchemy_url(self) -> str:
         """The URL with the driver SQLAlchemy should use (psycopg 3 for PostgreSQL)."""
         url = self.database_url
         if url.startswith("postgresql://"):
             return "postgresql+psycopg://" + url.removeprefix("postgresql://")
         return url
+
+
+def require_own_secret_key(settings: Settings, *, service: str, insecure_dev_key: bool = False) -> None:
+    """Refuse to run ``service`` (a controller, worker or scheduler) with the development key: the
+    secrets it stores would be readable by anyone with certfleet's source. ``insecure_dev_key``
+    (the services' ``--insecure-dev-key``) allows it for a local trial, with a warning."""
+    if not settings.uses_development_key:
+        return
+    if insecure_dev_key:
+        logging.getLogger("certfleet.settings").warning(
+            "%s runs with the development secret key (--insecure-dev-key): stored secrets are not protected",
+            service)
+        return
+    raise ConfigurationError(
+        f"{PREFIX}SECRET_KEY is not set, so the {service} would encrypt stored secrets (EST passwords, SCEP "
+        f"challenges, PKCS#12 files, webhook secrets) with the public development key. Set a key of your own, "
+        f"the same for every controller, worker and scheduler, and keep it: {MAKE_A_KEY}. For a local trial "
+        "only, --insecure-dev-key starts it with the development key.",
+        code="development_secret_key")
 
 
 @lru_cache(maxsize=1)

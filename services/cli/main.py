@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     command(support, "regenerate-security-keyring", "services.cli.keyrings",
             "regenerate devices' default keyring (fixes F0853: the keyring's certificate is invalid)")
 
+    secrets = group(sub, "secrets", "the secrets stored encrypted in the database")
+    command(secrets, "rotate", "services.cli.secret_keys", "re-encrypt every stored secret under a new "
+            "CERTFLEET_SECRET_KEY (stop the services first)", add="add_rotate_arguments", main="rotate_command")
+
     token = group(sub, "token", "API tokens")
     command(token, "create", "services.controller.cli", "create a token and print it",
             add="add_token_arguments", main="token_create")

@@ -37,6 +37,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"certfleet is up: API {stack.api_url}/api/v1  device simulator {stack.sim.url} "
               f"({imported} new devices imported into Global)", flush=True)
         print(f"admin token: {stack.admin_token}  (also in {token_file})", flush=True)
+        if stack.settings.uses_development_key:
+            # Fine for this local stack; said so that nobody keeps real secrets under a public key.
+            print("stored secrets are encrypted with the development key: set CERTFLEET_SECRET_KEY for "
+                  "real ones", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
-"""The controller's FastAPI application: the REST API under /api/v1, health, metrics and,
-optionally, the reconciler and the scheduler running beside it."""
+"""The controller's FastAPI application: the REST API under /api/v1, health, metrics, the API's
+documentation (served without a CDN) and, optionally, the reconciler and the scheduler running
+beside it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.controller.alerts.relay import AlertRelay
-from services.controller.api import problems
+from services.controller.api import docs, problems
 from services.controller.api.auth import TokenCache
 from services.controller.api.routers import (
     alerts,
@@ -109,6 +110,9 @@ def create_app(
         description="Certificate lifecycle for device fleets: the Devices > Certificates screen as an API.",
         version="0.1.0",
         openapi_url="/openapi.json",
+        # FastAPI's own pages load Swagger UI and ReDoc from a public CDN; docs.install serves them locally.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -124,6 +128,7 @@ def create_app(
 
     problems.install(app)
     app.include_router(ops.router)
+    docs.install(app, api_prefix=API_PREFIX)
     app.include_router(_api_router())
     return app
 

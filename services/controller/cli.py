@@ -1,12 +1,14 @@
 """``certfleet controller``, ``certfleet scheduler`` and ``certfleet token create``.
 
     certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only] [--no-scheduler]
-    certfleet scheduler
+                         [--insecure-dev-key]
+    certfleet scheduler [--insecure-dev-key]
     certfleet token create --role admin|network_admin|read_only [--name NAME]
 
 Both read the database and broker from the ``CERTFLEET_*`` environment. A refusal is a shared
 error (:mod:`shared.failures` prints it): exit 2 for settings or a database that must change
-first (e.g. ``certfleet db upgrade``).
+first (e.g. ``certfleet db upgrade``), or for the development secret key (CERTFLEET_SECRET_KEY
+unset), which only ``--insecure-dev-key`` allows.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ import sys
 import threading
 
 from shared.enums import Role
-from shared.settings import Settings
+from shared.settings import Settings, require_own_secret_key
+
+
+def add_insecure_dev_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--insecure-dev-key", action="store_true",
+                        help="run without CERTFLEET_SECRET_KEY, with the public development key: a local trial "
+                             "only, stored secrets are not protected")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="run the reconciler alone, without the API")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not run the scheduler here (another controller or `certfleet scheduler` does)")
+    add_insecure_dev_key_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,6 +47,8 @@ def main(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    require_own_secret_key(settings, service="reconciler" if args.reconciler_only else "controller",
+                           insecure_dev_key=args.insecure_dev_key)
     if args.reconciler_only:
         return _run_reconciler(settings)
 
@@ -89,7 +100,8 @@ def _run_reconciler(settings: Settings) -> int:
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
-    """``certfleet scheduler`` takes its settings from the environment only."""
+    """``certfleet scheduler`` takes its settings from the environment."""
+    add_insecure_dev_key_argument(parser)
 
 
 def scheduler_main(args: argparse.Namespace) -> int:
@@ -101,6 +113,7 @@ def scheduler_main(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    require_own_secret_key(settings, service="scheduler", insecure_dev_key=args.insecure_dev_key)
     return _run_alone(
         settings, lambda engine, broker: Scheduler(engine, broker, settings).start(),
         lambda scheduler: f"scheduler running as {scheduler.holder}: {len(scheduler.specs)} schedules, "

@@ -8,7 +8,9 @@ directory, the metrics address, the queue prefetch) and runs the dramatiq CLI on
 SIGHUP) stops the workers gracefully: running jobs finish, prefetched messages go back to Redis.
 
 A refusal is a shared error (:mod:`shared.failures` prints it): exit 2 for settings or a
-database that must change first.
+database that must change first, among them the development secret key (CERTFLEET_SECRET_KEY
+unset), which only ``--insecure-dev-key`` allows; the worker processes learn that it was allowed
+from :data:`INSECURE_DEV_KEY_ENV`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from shared.errors import ConfigurationError
-from shared.settings import Settings
+from shared.settings import Settings, require_own_secret_key
 
 if TYPE_CHECKING:
     import dramatiq
@@ -33,11 +35,17 @@ if TYPE_CHECKING:
     from services.worker.context import WorkerContext
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Set to "1" for the worker processes when ``certfleet worker --insecure-dev-key`` allowed the
+#: development key (they check the key again: ``dramatiq services.worker.main`` can be run alone).
+INSECURE_DEV_KEY_ENV = "CERTFLEET_INSECURE_DEV_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads per process (default 8)")
+    parser.add_argument("--insecure-dev-key", action="store_true",
+                        help="run without CERTFLEET_SECRET_KEY, with the public development key: a local trial "
+                             "only, stored secrets are not protected")
 
 
 def dramatiq_command(*, processes: int, threads: int) -> list[str]:
@@ -50,8 +58,12 @@ def dramatiq_command(*, processes: int, threads: int) -> list[str]:
     ]
 
 
-def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, str]) -> dict[str, str]:
+def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, str], *,
+                       insecure_dev_key: bool = False) -> dict[str, str]:
     env = dict(base)
+    env.pop(INSECURE_DEV_KEY_ENV, None)
+    if insecure_dev_key:
+        env[INSECURE_DEV_KEY_ENV] = "1"
     env.update(
         PROMETHEUS_MULTIPROC_DIR=metrics_dir,
         dramatiq_prom_db=metrics_dir,
@@ -67,6 +79,7 @@ def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, 
 
 def main(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    require_own_secret_key(settings, service="worker", insecure_dev_key=args.insecure_dev_key)
     if args.processes < 1 or args.threads < 1:
         raise ConfigurationError("--processes and --threads must be at least 1", code="bad_worker_count")
     if not settings.broker_url:
@@ -79,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         child = subprocess.Popen(
             dramatiq_command(processes=args.processes, threads=args.threads),
-            env=worker_environment(settings, metrics_dir, os.environ),
+            env=worker_environment(settings, metrics_dir, os.environ, insecure_dev_key=args.insecure_dev_key),
             # Its own process group: a signal to ours reaches dramatiq once, through us
             # (dramatiq kills its workers outright on a second SIGTERM).
             process_group=0,

@@ -17,15 +17,17 @@ from services.worker.context import WorkerContext
 from shared.errors import ConfigurationError
 from shared.heap import freeze_startup_objects
 from shared.logging import configure_logging
-from shared.settings import get_settings
+from shared.settings import get_settings, require_own_secret_key
 
 
 def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
     from services.worker.actors import declare_actors
+    from services.worker.cli import INSECURE_DEV_KEY_ENV
     from shared.broker import make_broker
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    require_own_secret_key(settings, service="worker", insecure_dev_key=os.environ.get(INSECURE_DEV_KEY_ENV) == "1")
     # The dramatiq CLI logs at INFO; a line per device request would cost more than the request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not settings.broker_url:

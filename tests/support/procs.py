@@ -17,6 +17,13 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The secret key of the services tests start: they refuse to run with the development key.
+TEST_SECRET_KEY = "certfleet-test-suite-secret-key"
+
+
+def with_test_key(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with :data:`TEST_SECRET_KEY` unless it names a key of its own."""
+    return {"CERTFLEET_SECRET_KEY": TEST_SECRET_KEY, **env}
 
 
 def free_port() -> int:
@@ -35,13 +42,15 @@ class Proc:
     """
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        """``env`` is the command's whole environment; without CERTFLEET_SECRET_KEY it gets
+        :data:`TEST_SECRET_KEY`."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.log = self.log_path.open("wb")
         try:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", *args],
-                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT, env=with_test_key(env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except BaseException:
             self.log.close()
@@ -194,7 +203,7 @@ def wait_ready(checks: list[tuple[Proc, Callable[[], bool]]], timeout: float = 6
 
 def run_cli(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=with_test_key(env),
         capture_output=True, text=True, timeout=60,
     )
     if done.returncode:
@@ -231,6 +240,7 @@ class Stack:
                  extra_env: dict[str, str] | None = None, controllers: int = 1) -> None:
         self.env = {
             **os.environ,
+            "CERTFLEET_SECRET_KEY": TEST_SECRET_KEY,
             "CERTFLEET_DATABASE_URL": database_url,
             "CERTFLEET_BROKER_URL": broker_url,
             "CERTFLEET_LOG_LEVEL": "WARNING",

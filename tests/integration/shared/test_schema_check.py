@@ -18,6 +18,7 @@ from shared.db import init_db, make_engine
 from shared.errors import ConfigurationError
 from shared.schema import FIRST_REVISION, VERSION_TABLE, alembic_config, upgrade_to_head
 from shared.settings import Settings
+from tests.support.procs import with_test_key
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,7 +68,8 @@ def test_the_controller_command_refuses_an_outdated_database(tmp_path):
     engine.dispose()
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "controller", "--port", "0"], cwd=ROOT, capture_output=True,
-        text=True, timeout=60, env={**os.environ, "CERTFLEET_DATABASE_URL": url, "CERTFLEET_BROKER_URL": ""},
+        text=True, timeout=60,
+        env=with_test_key({**os.environ, "CERTFLEET_DATABASE_URL": url, "CERTFLEET_BROKER_URL": ""}),
     )
     assert done.returncode == 2, done.stderr
     assert "error: database_schema_outdated:" in done.stderr

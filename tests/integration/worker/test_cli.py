@@ -27,7 +27,7 @@ from shared.events import BULK_QUEUE, publish_job
 from shared.models import GLOBAL_DOMAIN_ID, Device, EnrollmentObject, Job, Trustpoint
 from shared.settings import Settings
 from tests.support.pg import fresh_database, postgres_or_skip
-from tests.support.procs import ROOT, free_port
+from tests.support.procs import ROOT, free_port, with_test_key
 
 pytestmark = pytest.mark.redis
 
@@ -52,7 +52,7 @@ def clean_redis():
 def certfleet_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "worker", "--processes", "1", "--threads", "4"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env=with_test_key(env), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 
 
@@ -149,7 +149,7 @@ def refused_worker(database_url: str | None = None, *args: str) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if k not in ("CERTFLEET_BROKER_URL", "CERTFLEET_DATABASE_URL")}
     if database_url is not None:
         env.update(CERTFLEET_DATABASE_URL=database_url, CERTFLEET_BROKER_URL=REDIS_URL)
-    return subprocess.run([sys.executable, "-m", "services.cli", "worker", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "services.cli", "worker", *args], cwd=ROOT, env=with_test_key(env),
                           capture_output=True, text=True, timeout=60)
 
 

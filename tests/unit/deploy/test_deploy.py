@@ -324,14 +324,52 @@ def test_kustomization_lists_every_manifest():
 
 
 def test_secret_key_is_a_secret_and_config_holds_no_secret():
-    secret = k8s("Secret", "certfleet-secrets")
-    assert "CERTFLEET_SECRET_KEY" in secret["stringData"]
+    [generated] = load_yaml(K8S / "kustomization.yaml")["secretGenerator"]
+    assert generated["name"] == "certfleet-secrets"
     config = k8s("ConfigMap", "certfleet-config")["data"]
     assert not [k for k in config if re.search(r"SECRET|PASSWORD|DATABASE_URL", k)]
     for name in ("certfleet-controller", "certfleet-worker"):
         for container in pod_containers(k8s("Deployment", name)["spec"]["template"]["spec"]):
             refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
             assert refs == {"certfleet-config", "certfleet-secrets"}, f"{name} {container['name']}"
+
+
+def test_the_manifests_ship_no_secret_key():
+    """A key in the repository protects nothing: the Secret comes from a file make-secrets.sh writes
+    with a random key, which git ignores, and no manifest holds a key of its own."""
+    assert not [o for o in k8s_objects() if o["kind"] == "Secret"]
+    for path in K8S.iterdir():
+        if path.suffix in (".yaml", ".yml"):
+            assert not re.search(r"^\s*CERTFLEET_SECRET_KEY\s*[:=]", path.read_text(), re.MULTILINE), path.name
+    [generated] = load_yaml(K8S / "kustomization.yaml")["secretGenerator"]
+    assert generated["envs"] == ["certfleet-secrets.env"]
+    assert "certfleet-secrets.env" in (K8S / ".gitignore").read_text().split()
+    tracked = subprocess.run(["git", "ls-files", str(K8S)], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "certfleet-secrets.env" not in tracked
+
+
+def make_secrets(directory: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(directory / "make-secrets.sh")], capture_output=True, text=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", **env})
+
+
+def test_make_secrets_writes_a_random_key_once(tmp_path):
+    directory = tmp_path / "kubernetes"
+    shutil.copytree(K8S, directory)
+    assert make_secrets(directory).returncode == 2  # no database URL: nothing written
+    assert not (directory / "certfleet-secrets.env").exists()
+
+    url = "postgresql://certfleet:pw@postgres:5432/certfleet"
+    assert make_secrets(directory, CERTFLEET_DATABASE_URL=url).returncode == 0
+    written = directory / "certfleet-secrets.env"
+    values = dict(line.split("=", 1) for line in written.read_text().splitlines())
+    assert values["CERTFLEET_DATABASE_URL"] == url
+    assert len(values["CERTFLEET_SECRET_KEY"]) >= 40
+    assert written.stat().st_mode & 0o077 == 0
+
+    again = make_secrets(directory, CERTFLEET_DATABASE_URL=url)  # would lose the key of stored secrets
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert dict(line.split("=", 1) for line in written.read_text().splitlines()) == values
 
 
 def test_worker_deployment_is_autoscaler_friendly():
@@ -361,11 +399,30 @@ def test_services_select_their_pods():
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-def test_kustomize_builds():
-    done = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+def test_kustomize_builds_only_once_the_secrets_are_made(tmp_path):
+    directory = tmp_path / "kubernetes"
+    shutil.copytree(K8S, directory)
+    (directory / "certfleet-secrets.env").unlink(missing_ok=True)
+    refused = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "certfleet-secrets.env" in refused.stderr
+
+    assert make_secrets(directory, CERTFLEET_DATABASE_URL="postgresql://u:p@db:5432/certfleet").returncode == 0
+    done = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(done.stdout))
+    objects = list(yaml.safe_load_all(done.stdout))
+    kinds = sorted(doc["kind"] for doc in objects)
     assert kinds.count("Deployment") == 3 and "HorizontalPodAutoscaler" in kinds
+    [secret] = [doc for doc in objects if doc["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("certfleet-secrets")
+    assert set(secret["data"]) == {"CERTFLEET_SECRET_KEY", "CERTFLEET_DATABASE_URL"}
+    # The pods use the generated Secret under its generated name.
+    services = [doc for doc in objects if doc["kind"] == "Deployment"
+                and doc["metadata"]["name"] in ("certfleet-controller", "certfleet-worker")]
+    assert len(services) == 2
+    for deployment in services:
+        for container in pod_containers(deployment["spec"]["template"]["spec"]):
+            refs = {ref["secretRef"]["name"] for ref in container["envFrom"] if "secretRef" in ref}
+            assert refs == {secret["metadata"]["name"]}, deployment["metadata"]["name"]
 
 
 # --- the commands containers run ----------------------------------------------------------------

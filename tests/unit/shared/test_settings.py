@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.settings import Settings
+from shared.settings import DEVELOPMENT_SECRET_KEY, MAKE_A_KEY, Settings, require_own_secret_key
 
 
 def test_defaults_without_any_variable():
@@ -93,3 +93,27 @@ def test_settings_are_frozen():
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.database_url = "sqlite:///other.db"  # type: ignore[misc]
+
+
+def test_without_a_secret_key_the_development_key_is_used_and_said_so():
+    assert Settings.from_env({}).uses_development_key
+    assert not Settings.from_env({"CERTFLEET_SECRET_KEY": "an operator's own key"}).uses_development_key
+
+
+def test_a_service_refuses_the_development_key_and_says_how_to_make_one():
+    with pytest.raises(ConfigurationError) as info:
+        require_own_secret_key(Settings(), service="worker")
+    assert info.value.code == "development_secret_key"
+    assert "the worker would encrypt stored secrets" in info.value.message
+    assert MAKE_A_KEY in info.value.message and "--insecure-dev-key" in info.value.message
+    # Set to the development key's value by hand is no better than unset.
+    with pytest.raises(ConfigurationError):
+        require_own_secret_key(Settings.from_env({"CERTFLEET_SECRET_KEY": DEVELOPMENT_SECRET_KEY}), service="worker")
+
+
+def test_insecure_dev_key_allows_the_development_key_with_a_warning(caplog):
+    require_own_secret_key(Settings(), service="controller", insecure_dev_key=True)
+    assert "controller runs with the development secret key" in caplog.text
+    caplog.clear()
+    require_own_secret_key(Settings(secret_key="own"), service="controller")
+    assert caplog.text == ""
