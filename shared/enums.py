@@ -67,15 +67,28 @@ class CertificateRole(StrEnum):
 
 
 class Role(StrEnum):
-    """API roles. Admin and Network Admin may manage certificates; Read Only may only read."""
+    """API roles, each able to do everything the ones below it can. Admin manages domains, tokens,
+    webhooks and the installation's settings; Network Admin manages devices, enrollment objects and
+    trustpoints; Read Only only reads."""
 
     ADMIN = "admin"
     NETWORK_ADMIN = "network_admin"
     READ_ONLY = "read_only"
 
     @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+    def includes(self, other: Role) -> bool:
+        """Whether this role may do everything ``other`` may."""
+        return self.rank >= Role(other).rank
+
+    @property
     def can_write(self) -> bool:
-        return self is not Role.READ_ONLY
+        return self.includes(Role.NETWORK_ADMIN)
+
+
+_ROLE_RANK = {Role.READ_ONLY: 0, Role.NETWORK_ADMIN: 1, Role.ADMIN: 2}
 
 
 class AlertCode(StrEnum):

@@ -528,7 +528,10 @@ class WebhookDelivery(SQLModel, table=True):
 
 
 class ApiToken(SQLModel, table=True):
-    """An API bearer token, stored as its SHA-256 hash."""
+    """An API bearer token, stored as its SHA-256 hash.
+
+    It acts in its home domain and the domains below it, with its role, until it expires or is
+    revoked. Rows are kept after revocation, so the token list says who revoked what when."""
 
     __tablename__ = "api_token"
 
@@ -536,4 +539,9 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True)
     role: str = Field(max_length=16)
     name: str = Field(default="", max_length=128)
+    domain_id: uuid.UUID = Field(default=GLOBAL_DOMAIN_ID, foreign_key="domain.id", index=True)
     created_at: datetime = _ts()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    revoked_at: datetime | None = _ts(nullable=True)
+    #: When the token was last accepted, to the minute (it is written at most once a minute).
+    last_used_at: datetime | None = _ts(nullable=True)

@@ -22,6 +22,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEVELOPMENT_SECRET_KEY = "certfleet-development-key-change-me"
 #: How an operator makes a key of their own, named wherever certfleet asks for one.
 MAKE_A_KEY = "export CERTFLEET_SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+#: The longest lifetime an API token may be given: ten years.
+MAX_TOKEN_LIFETIME_DAYS = 3650
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +114,8 @@ class Settings:
     webhook_max_attempts: int = 12
     webhook_backoff_seconds: float = 1.0
     webhook_backoff_max_seconds: float = 300.0
+    #: Days an API token is valid when its creator names no lifetime.
+    token_lifetime_days: int = 90
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -162,6 +166,10 @@ class Settings:
                      "webhook_max_attempts", "webhook_backoff_seconds", "webhook_backoff_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
+        if not 1 <= self.token_lifetime_days <= MAX_TOKEN_LIFETIME_DAYS:
+            raise ConfigurationError(
+                f"{PREFIX}TOKEN_LIFETIME_DAYS must be between 1 and {MAX_TOKEN_LIFETIME_DAYS} (days a new API "
+                "token is valid)")
         if not 0 <= self.renewal_spread <= 1:
             raise ConfigurationError(f"{PREFIX}RENEWAL_SPREAD must be between 0 and 1 (a share of the window)")
         if self.scheduler_tick_seconds * 2 > self.scheduler_lease_seconds:

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     token = group(sub, "token", "API tokens")
     command(token, "create", "services.controller.cli", "create a token and print it",
             add="add_token_arguments", main="token_create")
+    command(token, "list", "services.controller.cli", "list the tokens (never the tokens themselves)",
+            add="add_token_list_arguments", main="token_list")
+    command(token, "revoke", "services.controller.cli", "revoke a token at once, on every controller",
+            add="add_token_revoke_arguments", main="token_revoke")
 
     devices = group(sub, "devices", "the fleet's devices")
     command(devices, "import", "services.cli.devices", "register a fleet's devices in a domain",

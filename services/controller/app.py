@@ -16,7 +16,6 @@ from sqlmodel import Session
 
 from services.controller.alerts.relay import AlertRelay
 from services.controller.api import docs, problems
-from services.controller.api.auth import TokenCache
 from services.controller.api.routers import (
     alerts,
     audit,
@@ -32,6 +31,7 @@ from services.controller.api.routers import (
     ops,
     peer_validation,
     schedules,
+    tokens,
     trustpoints,
     webhooks,
 )
@@ -123,7 +123,6 @@ def create_app(
     app.state.alert_relay = alert_relay
     app.state.devices = device_client
     app.state.secret_box = SecretBox(settings.secret_key)
-    app.state.token_cache = TokenCache()
     app.state.fleet_registry = _fleet_registry(engine)
 
     problems.install(app)
@@ -141,6 +140,6 @@ def _api_router() -> APIRouter:
     api = APIRouter(prefix=API_PREFIX)
     for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
                    bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks,
-                   keyrings):
+                   keyrings, tokens):
         api.include_router(module.router)
     return api

@@ -3,9 +3,11 @@
     certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only] [--no-scheduler]
                          [--insecure-dev-key]
     certfleet scheduler [--insecure-dev-key]
-    certfleet token create --role admin|network_admin|read_only [--name NAME]
+    certfleet token create --role admin|network_admin|read_only [--name NAME] [--domain D] [--days N]
+    certfleet token list
+    certfleet token revoke ID
 
-Both read the database and broker from the ``CERTFLEET_*`` environment. A refusal is a shared
+All read the database and broker from the ``CERTFLEET_*`` environment. A refusal is a shared
 error (:mod:`shared.failures` prints it): exit 2 for settings or a database that must change
 first (e.g. ``certfleet db upgrade``), or for the development secret key (CERTFLEET_SECRET_KEY
 unset), which only ``--insecure-dev-key`` allows.
@@ -124,24 +126,126 @@ def scheduler_main(args: argparse.Namespace) -> int:
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", required=True, choices=[r.value for r in Role],
-                        help="admin and network_admin may make changes; read_only may only read")
+                        help="admin manages domains, tokens and webhooks; network_admin devices, enrollment "
+                             "objects and trustpoints; read_only only reads")
     parser.add_argument("--name", default="", help="what the token is for (shown in job history)")
+    parser.add_argument("--domain", default=None,
+                        help="its home domain, by id or name: it reaches that domain and those below it "
+                             "(default Global: every domain)")
+    parser.add_argument("--days", type=int, default=None,
+                        help="days it is valid (default CERTFLEET_TOKEN_LIFETIME_DAYS, 90)")
 
 
-def token_create(args: argparse.Namespace) -> int:
-    """Create a token and print it: the only time it is shown."""
-    from services.controller.api.auth import create_token
+def add_token_list_arguments(parser: argparse.ArgumentParser) -> None:
+    """``certfleet token list`` takes no arguments: it lists every token."""
+
+
+def add_token_revoke_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="the token's id, as `certfleet token list` shows it")
+
+
+def _with_session(work):
+    """Run ``work(session, settings)`` on the database the environment names, and commit."""
     from shared.db import init_db, make_engine, session_scope
 
-    engine = make_engine(Settings.from_env())
+    settings = Settings.from_env()
+    engine = make_engine(settings)
     try:
         init_db(engine)
         with session_scope(engine) as session:
-            token = create_token(session, role=Role(args.role), name=args.name)
+            result = work(session, settings)
             session.commit()
     finally:
         engine.dispose()
-    print(token)
+    return result
+
+
+def _home_domain(session, ref: str | None):
+    """The domain ``--domain`` names (by id or unique name); Global when none is named."""
+    import uuid
+
+    from sqlmodel import select
+
+    from services.controller.api.deps import load_scope
+    from shared.errors import ValidationError
+    from shared.models import GLOBAL_DOMAIN_ID, Domain
+
+    if ref is None:
+        return load_scope(session, GLOBAL_DOMAIN_ID)
+    try:
+        return load_scope(session, uuid.UUID(ref))
+    except ValueError:
+        pass
+    matches = session.exec(select(Domain.id).where(Domain.name == ref)).all()
+    if len(matches) != 1:
+        why = "no domain" if not matches else f"{len(matches)} domains"
+        raise ValidationError(f"{why} named {ref!r}; name the domain by its id", code="unknown_domain")
+    return load_scope(session, matches[0])
+
+
+def token_create(args: argparse.Namespace) -> int:
+    """Create a token and print it: the only time it is shown. Works on the database directly, so
+    the first admin token needs no API."""
+    from datetime import timedelta
+
+    from services.controller.crud.tokens import issue_token
+    from shared.clock import utcnow
+    from shared.errors import ValidationError
+    from shared.settings import MAX_TOKEN_LIFETIME_DAYS
+
+    if args.days is not None and not 1 <= args.days <= MAX_TOKEN_LIFETIME_DAYS:
+        raise ValidationError(f"--days must be between 1 and {MAX_TOKEN_LIFETIME_DAYS}", code="invalid_lifetime")
+
+    def create(session, settings):
+        token, _ = issue_token(session, role=Role(args.role), name=args.name, home=_home_domain(session, args.domain),
+                               lifetime=timedelta(days=args.days or settings.token_lifetime_days), now=utcnow(),
+                               issuer=None)
+        return token
+
+    print(_with_session(create))
+    return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    """Every token, newest first: id, state, role, home domain, expiry, last use and name (never the token)."""
+    from sqlmodel import select
+
+    from services.controller.crud.tokens import list_tokens, state_of
+    from shared.clock import utcnow
+    from shared.models import Domain
+
+    def rows(session, settings):
+        tokens, _ = list_tokens(session, reach=None, offset=0, limit=1_000_000)
+        names = {d.id: d.name for d in session.exec(select(Domain)).all()}
+        now = utcnow()
+        return [(str(t.id), state_of(t, now=now), t.role, names.get(t.domain_id, str(t.domain_id)),
+                 f"{t.expires_at:%Y-%m-%d %H:%M}", f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never",
+                 t.name) for t in tokens]
+
+    lines = _with_session(rows)
+    header = ("ID", "STATE", "ROLE", "DOMAIN", "EXPIRES (UTC)", "LAST USED", "NAME")
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    for row in [header, *lines]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token: it is refused from its next request on, by every controller."""
+    import uuid
+
+    from services.controller.crud.tokens import revoke_token
+    from shared.clock import utcnow
+    from shared.errors import ValidationError
+
+    try:
+        token_id = uuid.UUID(args.id)
+    except ValueError:
+        raise ValidationError(f"{args.id!r} is not a token id; `certfleet token list` shows them",
+                              code="invalid_token_id") from None
+    row = _with_session(lambda session, settings: revoke_token(session, token_id=token_id, reach=None,
+                                                               now=utcnow()))
+    print(f"token {row.id} ({row.name or 'unnamed'}) revoked")
     return 0
 
 

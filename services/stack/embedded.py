@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from services.ca_sim.service import RunningCa
@@ -75,7 +76,8 @@ class EmbeddedStack:
                          start_scheduler=True)
         self.api = ServerThread(app, host=self.api_host, port=self.api_port).start()
         with session_scope(self.engine) as session:
-            self.admin_token = create_token(session, role=Role.ADMIN, name="embedded stack")
+            self.admin_token = create_token(session, role=Role.ADMIN, name="embedded stack",
+                                            lifetime=timedelta(days=self.settings.token_lifetime_days))
             session.commit()
         return self
 

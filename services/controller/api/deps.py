@@ -4,7 +4,6 @@ domain a request is scoped to, and list paging."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dramatiq
@@ -12,15 +11,14 @@ from fastapi import Depends, Query, Request
 from sqlalchemy import select
 from sqlmodel import Session
 
+from services.controller.api.auth import Principal, authenticate
 from services.controller.api.schemas.common import DEFAULT_PAGE, MAX_PAGE
+from services.controller.api.session import get_session
 from services.controller.rules.scope import DomainScope, build_scope
 from shared.models import Domain
 from shared.settings import Settings
 
-
-def get_session(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine, expire_on_commit=False) as session:
-        yield session
+__all__ = ["Paging", "get_broker", "get_paging", "get_scope", "get_session", "get_settings", "load_scope"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -31,14 +29,18 @@ def get_broker(request: Request) -> dramatiq.Broker:
     return request.app.state.broker
 
 
-def load_scope(session: Session, domain_id: uuid.UUID) -> DomainScope:
-    """The scope of ``domain_id`` (404 when it does not exist). Domains are few: one small query."""
+def load_scope(session: Session, domain_id: uuid.UUID, *, within: uuid.UUID | None = None) -> DomainScope:
+    """The scope of ``domain_id`` (404 when it does not exist, or is not ``within`` or below it).
+    Domains are few: one small query."""
     pairs = session.execute(select(Domain.id, Domain.parent_id)).all()
-    return build_scope(((row[0], row[1]) for row in pairs), domain_id)
+    return build_scope(((row[0], row[1]) for row in pairs), domain_id, within=within)
 
 
-def get_scope(domain_id: uuid.UUID, session: Session = Depends(get_session)) -> DomainScope:
-    return load_scope(session, domain_id)
+def get_scope(domain_id: uuid.UUID, session: Session = Depends(get_session),
+              principal: Principal = Depends(authenticate)) -> DomainScope:
+    """The path's domain, as the caller may reach it: a domain outside the token's home subtree
+    answers 404, like one that does not exist, and so does everything addressed through it."""
+    return load_scope(session, domain_id, within=principal.domain_id)
 
 
 @dataclass(frozen=True)

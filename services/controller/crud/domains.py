@@ -19,9 +19,12 @@ def get_domain(session: Session, *, domain_id: uuid.UUID) -> Domain:
     return domain
 
 
-def list_domains(session: Session, *, offset: int, limit: int) -> tuple[list[Domain], int]:
-    total = session.exec(select(func.count()).select_from(Domain)).one()
-    query = select(Domain).order_by(Domain.created_at, Domain.id).offset(offset).limit(limit)
+def list_domains(session: Session, *, offset: int, limit: int,
+                 among: frozenset[uuid.UUID] | None = None) -> tuple[list[Domain], int]:
+    """Domains oldest first; only those ``among`` when given (a caller's subtree)."""
+    conditions = [] if among is None else [Domain.id.in_(among)]
+    total = session.exec(select(func.count()).select_from(Domain).where(*conditions)).one()
+    query = select(Domain).where(*conditions).order_by(Domain.created_at, Domain.id).offset(offset).limit(limit)
     rows = session.exec(query).all()
     return list(rows), total
 

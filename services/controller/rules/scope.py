@@ -2,7 +2,9 @@
 
 A domain sees devices and trustpoints of itself and its descendants (an enrollment in a
 leaf domain is visible to its parent), and may use enrollment objects of itself and its
-ancestors. Pure: built from (id, parent_id) pairs.
+ancestors. An API token reaches its home domain and the domains below it: a request addressed
+to any other domain is answered as if that domain did not exist. Pure: built from
+(id, parent_id) pairs.
 """
 
 from __future__ import annotations
@@ -36,10 +38,20 @@ class DomainScope:
         return domain_id in self.ancestors
 
 
-def build_scope(pairs: Iterable[tuple[uuid.UUID, uuid.UUID | None]], domain_id: uuid.UUID) -> DomainScope:
+def build_scope(pairs: Iterable[tuple[uuid.UUID, uuid.UUID | None]], domain_id: uuid.UUID, *,
+                within: uuid.UUID | None = None) -> DomainScope:
+    """The scope of ``domain_id``; 404 when it does not exist or, with ``within`` (the caller's
+    home domain), when it is not ``within`` or below it."""
     parent_of = dict(pairs)
     if domain_id not in parent_of:
         raise NotFoundError(f"domain {domain_id} not found")
+    scope = _scope(parent_of, domain_id)
+    if within is not None and within not in scope.ancestors:
+        raise NotFoundError(f"domain {domain_id} not found")
+    return scope
+
+
+def _scope(parent_of: dict[uuid.UUID, uuid.UUID | None], domain_id: uuid.UUID) -> DomainScope:
     children: dict[uuid.UUID, list[uuid.UUID]] = {}
     for child, parent in parent_of.items():
         if parent is not None:

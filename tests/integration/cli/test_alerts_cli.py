@@ -75,7 +75,8 @@ def test_acknowledging_an_alert_and_the_refusals(cli, capsys):
     [edge] = json.loads(capsys.readouterr().out)["items"]
 
     assert cli("alerts", "ack", edge["id"], role="read_only") == 1
-    assert capsys.readouterr().err.startswith("error: forbidden: role read_only may only read")
+    assert capsys.readouterr().err.startswith("error: forbidden: role read_only may not make this change; this needs "
+                                           "role network_admin")
     assert cli("alerts", "ack", edge["id"], "--domain", "Branch", role="network_admin") == 0
     out = capsys.readouterr().out
     assert out.startswith(f"alert {edge['id']} (F0853, major) acknowledged by test network_admin (network_admin) at ")

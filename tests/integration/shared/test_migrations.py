@@ -22,7 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
 from sqlmodel import SQLModel, select
 
-from services.controller.api.auth import create_token, hash_token
+from services.controller.api.auth import hash_token, new_token
 from shared import models, pki, schema
 from shared.db import init_db, make_engine, session_scope
 from shared.enrollment import EnrollmentParameters, SubjectFields
@@ -218,7 +218,8 @@ def fill(engine) -> Fleet:
         session.add(models.ExportAudit(domain_id=paris.id, device_id=devices[0].id, device_name="fw-paris-1",
                                        trustpoint_id=installed.id, trustpoint_name="vpn-selfsigned",
                                        format="pkcs12", requested_by="token ops (admin)", role="admin"))
-        token = create_token(session, role=Role.ADMIN, name="ops")
+        token, token_row = new_token(role=Role.ADMIN, name="ops", lifetime=timedelta(days=90), now=now)
+        insert_rows(session, [token_row])
         session.commit()
     return Fleet(est_object_id=est.id, est_password="est-password", pkcs12_object_id=upload.id,
                  pkcs12_file=pkcs12_file, pkcs12_passphrase="p12-passphrase", certificate_id=certificate.id,
@@ -269,7 +270,10 @@ def assert_the_fleet_still_works(engine, fleet: Fleet) -> None:
         assert box.open(upload.pkcs12_blob) == fleet.pkcs12_file
         assert box.open(upload.secret_blob).decode() == fleet.pkcs12_passphrase
         token = session.exec(select(models.ApiToken).where(models.ApiToken.token_hash == hash_token(fleet.token)))
-        assert token.one().role == Role.ADMIN.value
+        token = token.one()
+        # A token from before tokens had domains reaches every domain, and still works for a while.
+        assert (token.role, token.domain_id, token.revoked_at) == (Role.ADMIN.value, models.GLOBAL_DOMAIN_ID, None)
+        assert token.expires_at > datetime.now(UTC) + timedelta(days=89)
         assert session.get(models.Certificate, fleet.certificate_id).pem == fleet.certificate_pem
 
 

@@ -70,6 +70,8 @@ def test_sqlite_url_is_used_as_given():
         ("CERTFLEET_LOG_LEVEL", "LOUD", "must be one of DEBUG, INFO"),
         ("CERTFLEET_LOG_FORMAT", "xml", "must be json or console"),
         ("CERTFLEET_ALERT_RELAY_IDLE_SECONDS", "0.1", "must be at least CERTFLEET_ALERT_RELAY_INTERVAL_SECONDS"),
+        ("CERTFLEET_TOKEN_LIFETIME_DAYS", "0", "must be between 1 and 3650"),
+        ("CERTFLEET_TOKEN_LIFETIME_DAYS", "36500", "must be between 1 and 3650"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value, says):

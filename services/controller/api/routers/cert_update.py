@@ -1,5 +1,6 @@
 """``/api/v1/cert-update``: certfleet's CA bundle, its tests and updates, and its daily automatic
-update. Admin only: the bundle decides which servers certfleet and every device trust. Every
+update. An admin homed at Global only: the bundle decides which servers certfleet and every
+device trust. Every
 test and update is audited (``GET /cert-update/audit``)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from services.controller.api.auth import Principal, require_admin
+from services.controller.api.auth import Principal, require_installation_admin
 from services.controller.api.deps import Paging, get_broker, get_paging, get_session, get_settings
 from services.controller.api.schemas.cert_update import (
     AutoUpdate,
@@ -29,7 +30,8 @@ from shared.clock import utcnow
 from shared.models import CaBundleUpdate, Device, Schedule
 from shared.settings import Settings
 
-router = APIRouter(prefix="/cert-update", tags=["CA bundle"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/cert-update", tags=["CA bundle"],
+                   dependencies=[Depends(require_installation_admin)])
 
 
 def _default_cron(session: Session) -> str:
@@ -57,7 +59,7 @@ def show(session: Session = Depends(get_session)):
 
 @router.post("/test", response_model=CertUpdateResult)
 def test(session: Session = Depends(get_session), settings: Settings = Depends(get_settings),
-         principal: Principal = Depends(require_admin)):
+         principal: Principal = Depends(require_installation_admin)):
     """Compare the installed bundle with the latest; when out of date, check connections with it."""
     return CertUpdateResult.model_validate(
         test_update(session, settings, now=utcnow(), requested_by=principal.describe()), from_attributes=True)
@@ -66,7 +68,7 @@ def test(session: Session = Depends(get_session), settings: Settings = Depends(g
 @router.post("/run-now", response_model=CertUpdateResult)
 def run_now(body: RunNow | None = None, session: Session = Depends(get_session),
             settings: Settings = Depends(get_settings), broker: dramatiq.Broker = Depends(get_broker),
-            principal: Principal = Depends(require_admin)):
+            principal: Principal = Depends(require_installation_admin)):
     """Replace the bundle with the latest when every connection check passes (or when forced) and
     push it to every device."""
     result = run_update(session, broker, settings, now=utcnow(), force=bool(body and body.force),

@@ -3,14 +3,14 @@ went; ``PUT /api/v1/schedules/{name}``: change a schedule's timing or switch it 
 ``POST /api/v1/schedules/{name}/run``: run it at the scheduler's next tick instead of waiting.
 
 Schedules are the whole installation's, not a domain's: any valid token may read them, only
-an admin may change them."""
+an admin homed at Global may change them."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from sqlmodel import Session, select
 
-from services.controller.api.auth import authorize, require_admin
+from services.controller.api.auth import authenticate, require_installation_admin
 from services.controller.api.deps import get_session, get_settings
 from services.controller.api.schemas.schedules import SchedulePublic, ScheduleUpdate
 from services.controller.scheduling.schedules import ScheduleSpec, installation_schedules
@@ -20,7 +20,7 @@ from shared.errors import ConflictError, NotFoundError
 from shared.models import Schedule
 from shared.settings import Settings
 
-router = APIRouter(prefix="/schedules", tags=["schedules"], dependencies=[Depends(authorize)])
+router = APIRouter(prefix="/schedules", tags=["schedules"], dependencies=[Depends(authenticate)])
 
 
 def _public(name: str, spec: ScheduleSpec | None, row: Schedule | None) -> SchedulePublic:
@@ -58,7 +58,10 @@ def _row(session: Session, spec: ScheduleSpec, now) -> Schedule:
     return row
 
 
-@router.put("/{name}", response_model=SchedulePublic, dependencies=[Depends(require_admin)])
+_ADMIN = [Depends(require_installation_admin)]
+
+
+@router.put("/{name}", response_model=SchedulePublic, dependencies=_ADMIN)
 def update_schedule(name: str, body: ScheduleUpdate, session: Session = Depends(get_session),
                     settings: Settings = Depends(get_settings)):
     """Change a schedule's timing or switch it on or off (admin). A new timing counts its next
@@ -77,7 +80,7 @@ def update_schedule(name: str, body: ScheduleUpdate, session: Session = Depends(
     return _public(name, specs[name], row)
 
 
-@router.post("/{name}/run", response_model=SchedulePublic, status_code=202, dependencies=[Depends(require_admin)])
+@router.post("/{name}/run", response_model=SchedulePublic, status_code=202, dependencies=_ADMIN)
 def run_schedule_now(name: str, session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
     """Run a schedule at the leading scheduler's next tick (admin); its later runs keep their
     timing. A run already under way is not started twice; a disabled schedule is refused."""

@@ -2,8 +2,7 @@
 domain's subtree, and each webhook's delivery log.
 
 A domain sees its own webhooks and its subdomains'; a sibling's answer 404, as if they did not
-exist. Writers (admin, network_admin) add, delete and retry; every role reads. The secret is
-write-only."""
+exist. Admins add, delete and retry; every role reads. The secret is write-only."""
 
 from __future__ import annotations
 
@@ -12,18 +11,20 @@ import uuid
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlmodel import Session
 
-from services.controller.api.auth import Principal, authorize
+from services.controller.api.auth import Principal, writes_need
 from services.controller.api.deps import Paging, get_paging, get_scope, get_session
 from services.controller.api.schemas.common import Page
 from services.controller.api.schemas.webhooks import DeliveryPublic, WebhookCreate, WebhookPublic
 from services.controller.crud import webhooks as crud
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
-from shared.enums import DeliveryState
+from shared.enums import DeliveryState, Role
 from shared.models import Webhook, WebhookDelivery
 from shared.secrets import SecretBox
 
-router = APIRouter(prefix="/domains/{domain_id}/webhooks", tags=["webhooks"], dependencies=[Depends(authorize)])
+authorize_webhooks = writes_need(Role.ADMIN)
+router = APIRouter(prefix="/domains/{domain_id}/webhooks", tags=["webhooks"],
+                   dependencies=[Depends(authorize_webhooks)])
 
 
 def get_secret_box(request: Request) -> SecretBox:
@@ -45,7 +46,7 @@ def delivery_public(delivery: WebhookDelivery) -> DeliveryPublic:
 @router.post("", response_model=WebhookPublic, status_code=201)
 def create_webhook(body: WebhookCreate, scope: DomainScope = Depends(get_scope),
                    session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box),
-                   principal: Principal = Depends(authorize)):
+                   principal: Principal = Depends(authorize_webhooks)):
     """Send the alert events of this domain and its subdomains (those the codes and severities let
     through; empty lists let everything through) to ``url``, signed with ``secret``."""
     webhook = crud.create_webhook(session, scope=scope, data=body, box=box, created_by=principal.describe(),

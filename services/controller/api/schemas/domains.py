@@ -10,7 +10,7 @@ from services.controller.api.schemas.common import InputModel
 
 class DomainCreate(InputModel):
     name: str = Field(min_length=1, max_length=128)
-    #: Defaults to the Global domain.
+    #: Defaults to the caller's home domain (Global for most tokens).
     parent_id: uuid.UUID | None = None
     #: Regenerate invalid default keyrings of the domain's devices without an operator; null: as the
     #: parent domain says (off at Global unless set).
