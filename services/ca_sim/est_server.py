@@ -33,6 +33,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from services.ca_sim import admin
 from services.ca_sim.authority import CertificateAuthority
+from services.ca_sim.issuance import renewal_name_change
 from services.ca_sim.pending import ISSUED, PENDING, EnrollmentRequest, RequestStore
 from services.ca_sim.problems import problem_middleware
 from services.ca_sim.profiles import PROFILES, CertificateProfile, get_profile
@@ -123,14 +124,6 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def _sans(obj: x509.Certificate | x509.CertificateSigningRequest) -> set[str]:
-    try:
-        ext = obj.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return set()
-    return {f"{type(n).__name__}:{n.value}" for n in ext.value}
-
-
 class EstService:
     """Request handlers over one CA, its pending-request store and the EST settings."""
 
@@ -206,15 +199,15 @@ class EstService:
         if not profile.manual_approval:
             return self._issue(csr, profile, renewal=renewal, old=old)
         held = self.store.find(profile.label, csr)
-        if held is None or (held.status == ISSUED and not _still_answers(held, csr)):
+        if held is None or (held.status == ISSUED and not _still_answers(held)):
             held = self.store.submit(profile.label, csr)
             log.info("request pending", request_id=held.id, profile=profile.label, subject=held.subject)
         if held.status == PENDING:
             return self._pending(held)
         if held.status == ISSUED:
             return _pkcs7(encode_certs_only([held.certificate()]))  # the answer the client lost
-        # APPROVED: issue now, with the CA key this process holds.
-        return self._issue(csr, profile, renewal=renewal, request_id=held.id, old=old)
+        # APPROVED: issue the request the operator approved, with the CA key this process holds.
+        return self._issue(held.csr(), profile, renewal=renewal, request_id=held.id, old=old)
 
     def _issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *, renewal: bool,
                request_id: str | None = None, old: x509.Certificate | None = None) -> web.Response:
@@ -236,26 +229,18 @@ class EstService:
         return web.Response(status=202, text=text, headers={"Retry-After": retry})
 
 
-def _still_answers(held: EnrollmentRequest, csr: x509.CertificateSigningRequest) -> bool:
+def _still_answers(held: EnrollmentRequest) -> bool:
     """An issued request answers a repeat of itself (a client that lost the response), as long
-    as the certificate is still valid and for the same subject."""
+    as the certificate is still valid."""
     cert = held.certificate()
-    return cert is not None and cert.subject == csr.subject and cert.not_valid_after_utc > utcnow()
+    return cert is not None and cert.not_valid_after_utc > utcnow()
 
 
 def _check_same_identity(csr: x509.CertificateSigningRequest, old: x509.Certificate) -> None:
     """RFC 7030 4.2.2: a renewal keeps the subject and subjectAltName of the certificate."""
-    if csr.subject != old.subject:
-        raise EstError(
-            f"the re-enrollment request's subject {csr.subject.rfc4514_string()!r} differs from the "
-            f"certificate being renewed ({old.subject.rfc4514_string()!r}); keep the subject, or enroll anew",
-            code="subject_mismatch",
-        )
-    if _sans(csr) and _sans(csr) != _sans(old):
-        raise EstError(
-            "the re-enrollment request's subjectAltNames differ from the certificate being renewed",
-            code="subject_mismatch",
-        )
+    change = renewal_name_change(csr, old)
+    if change:
+        raise EstError(change, code="subject_mismatch")
 
 
 async def _read_request(request: web.Request) -> bytes:

@@ -251,6 +251,40 @@ def requested_sans(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName
     return [name for name in ext.value if isinstance(name, SAN_TYPES)]
 
 
+def certified_sans(cert: x509.Certificate) -> list[x509.GeneralName]:
+    """The subjectAltNames a certificate carries (of the kinds this CA issues)."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [name for name in ext.value if isinstance(name, SAN_TYPES)]
+
+
+def requested_names(csr: x509.CertificateSigningRequest) -> tuple[x509.Name, frozenset[x509.GeneralName]]:
+    """What a certificate issued from the request is for: its subject and subjectAltNames."""
+    return csr.subject, frozenset(requested_sans(csr))
+
+
+def renewal_name_change(csr: x509.CertificateSigningRequest, old: x509.Certificate) -> str | None:
+    """Why a renewal request may not be issued: it asks for names the certificate it renews
+    does not hold (a renewal is authenticated by that certificate, so it vouches for those
+    names only). None when the request keeps them; a request without subjectAltNames keeps
+    them too (the certificate then names fewer)."""
+    if csr.subject != old.subject:
+        return (f"the renewal asks for subject {csr.subject.rfc4514_string()!r} but renews "
+                f"{old.subject.rfc4514_string()!r}; keep the subject, or enroll anew")
+    asked = frozenset(requested_sans(csr))
+    held = frozenset(certified_sans(old))
+    if asked and asked != held:
+        return (f"the renewal asks for subjectAltNames {_names(asked)} but renews a certificate for "
+                f"{_names(held) or 'none'}; keep the subjectAltNames, or enroll anew")
+    return None
+
+
+def _names(names: frozenset[x509.GeneralName]) -> str:
+    return ", ".join(sorted(str(name.value) for name in names))
+
+
 def backdate_for(validity: timedelta) -> timedelta:
     """How far before issuance a certificate valid ``validity`` from now starts."""
     return min(BACKDATE, validity * BACKDATE_SHARE)

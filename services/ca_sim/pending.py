@@ -2,7 +2,9 @@
 
 Kept in SQLite inside the state directory, so ``certfleet ca approve`` in another process
 approves a request the running server holds. A device re-sends the same request while it
-waits, so a request is found again by its profile and the hash of its public key.
+waits, so a request is found again by its profile, the hash of its public key and the names
+it asks for; what is issued on approval is the request stored here, the one the operator
+approved.
 
     pending ──approve──► approved ──(the device asks again: certificate issued)──► issued
 """
@@ -20,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.ca_sim.authority import CaPaths
+from services.ca_sim.issuance import requested_names
 from services.ca_sim.sqlite_store import SqliteStore
 from shared.clock import utcnow
 from shared.errors import NotFoundError
@@ -62,6 +65,10 @@ class EnrollmentRequest:
     csr_pem: str
     cert_pem: str | None = None
 
+    def csr(self) -> x509.CertificateSigningRequest:
+        """The request as it was submitted: what an approval lets through."""
+        return x509.load_pem_x509_csr(self.csr_pem.encode())
+
     def certificate(self) -> x509.Certificate | None:
         return x509.load_pem_x509_certificate(self.cert_pem.encode()) if self.cert_pem else None
 
@@ -79,13 +86,16 @@ class RequestStore(SqliteStore):
         return EnrollmentRequest(**data)
 
     def find(self, profile: str, csr: x509.CertificateSigningRequest) -> EnrollmentRequest | None:
-        """The latest request of this profile for the request's key, if any."""
+        """The latest request of this profile for the request's key and names, if any: a copy
+        of the request signed anew finds it, a request for other names under the same key does
+        not (an approval is of the names the operator saw)."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT * FROM requests WHERE profile = ? AND key_id = ? ORDER BY created_at DESC LIMIT 1",
+            rows = db.execute(
+                "SELECT * FROM requests WHERE profile = ? AND key_id = ? ORDER BY created_at DESC",
                 (profile, key_id(csr)),
-            ).fetchone()
-        return self._row(row) if row else None
+            ).fetchall()
+        names = requested_names(csr)
+        return next((held for held in map(self._row, rows) if requested_names(held.csr()) == names), None)
 
     def submit(self, profile: str, csr: x509.CertificateSigningRequest, *,
                now: datetime | None = None) -> EnrollmentRequest:

@@ -3,7 +3,8 @@ the CertRep, with no HTTP in sight (that is :mod:`.scep_server`).
 
 - PKCSReq needs a challenge password: the static one, or a one-time one (used up only when
   the request is accepted, so a bad request does not burn it). RenewalReq is signed by a
-  valid certificate this CA issued, for the same subject, and needs no password.
+  valid certificate this CA issued, and needs no password; it keeps that certificate's
+  subject and subjectAltNames (the certificate vouches for those names only), or is refused.
 - A profile with manual approval holds the request (PENDING) until ``certfleet ca approve``;
   CertPoll (GetCertInitial) then gets the certificate.
 - One transactionID, one certificate: a repeat or a poll gets the certificate already issued.
@@ -29,6 +30,7 @@ from cryptography import x509
 from services.ca_sim.authority import CertificateAuthority
 from services.ca_sim.challenges import ChallengeStore, challenge_db
 from services.ca_sim.crl import CrlPublisher
+from services.ca_sim.issuance import renewal_name_change
 from services.ca_sim.pending import APPROVED, ISSUED, PENDING, RequestStore
 from services.ca_sim.scep_dialects import DIALECTS, ScepDialect, get_dialect
 from services.ca_sim.scep_identity import ScepIdentity, load_identity
@@ -180,9 +182,9 @@ class ScepService:
             if reason:
                 raise _refuse(f"{reason}; sign a RenewalReq with a valid certificate this CA issued, or enroll "
                               "anew with PKCSReq and a challenge password")
-            if csr.subject != old.subject:
-                raise _refuse(f"the renewal asks for {csr.subject.rfc4514_string()!r} but renews "
-                              f"{old.subject.rfc4514_string()!r}; keep the subject, or enroll anew")
+            change = renewal_name_change(csr, old)
+            if change:
+                raise _refuse(change)
             renews = format(old.serial_number, "x")
         key_id = public_key_id(csr.public_key())
         held = self.transactions.find(dialect.label, request.transaction_id, renews=renews)
@@ -264,7 +266,7 @@ class ScepService:
             if waiting.status == ISSUED and waiting.certificate() is not None:
                 cert = waiting.certificate()
             elif waiting.status == APPROVED:
-                cert = self.ca.issue(x509.load_pem_x509_csr(waiting.csr_pem.encode()),
+                cert = self.ca.issue(waiting.csr(),
                                      get_dialect(held.label).profile, now=now)
                 self.requests.record_issued(waiting.id, cert, now=now)
                 log.info("certificate issued", profile=held.label, subject=cert.subject.rfc4514_string(),

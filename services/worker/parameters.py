@@ -12,11 +12,34 @@ from typing import Any
 
 from shared.enrollment import EnrollmentParameters, SubjectFields
 from shared.enums import EnrollmentType
+from shared.errors import PermanentError
 from shared.models import Device, EnrollmentObject
 from shared.secrets import SecretBox
 
 #: Where an enrollment type's secret goes in the configuration (the device uses it with the CA).
 SECRET_OPTION = {EnrollmentType.EST: "password", EnrollmentType.SCEP: "challenge"}
+
+
+def check_secret_present(obj: EnrollmentObject, *, renewal: bool) -> None:
+    """Refuse, before anything is sent, an enrollment whose CA wants a secret the object lacks:
+    an EST object with a username but no password, or a first SCEP enrollment (PKCSReq) without
+    a challenge password. A renewal authenticates with the current certificate instead. The
+    object loses its secret when its CA URL, trust settings or username change without a new
+    one, so this is where the operator learns to give it again."""
+    kind = EnrollmentType(obj.enrollment_type)
+    if obj.secret_blob is not None or renewal:
+        return
+    where = f"PUT /api/v1/domains/{obj.domain_id}/enrollment-objects/{obj.id}"
+    dropped = ("(a stored secret is dropped when the enrollment URL, fingerprint, ignore_server_validation or "
+               "username change without a new one)")
+    if kind is EnrollmentType.EST and obj.username:
+        raise PermanentError(
+            f"enrollment object {obj.name} has username {obj.username!r} but no password {dropped}; give the "
+            f"password ({where} with \"password\"), then enroll again", code="enrollment_secret_missing")
+    if kind is EnrollmentType.SCEP:
+        raise PermanentError(
+            f"enrollment object {obj.name} has no challenge password {dropped}; give the CA's challenge password "
+            f"({where} with \"challenge_password\"), then enroll again", code="enrollment_secret_missing")
 
 
 def trustpoint_configuration(

@@ -36,7 +36,7 @@ from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
 from services.worker.context import WorkerContext
 from services.worker.exchanges import DeviceReport
 from services.worker.jobstore import ClaimedJob
-from services.worker.parameters import trustpoint_configuration
+from services.worker.parameters import check_secret_present, trustpoint_configuration
 from services.worker.steps import StepLog
 from shared.db import session_scope
 from shared.device_client import DeviceTransientError
@@ -219,6 +219,7 @@ class _JobRun:
 
     def _enroll(self) -> JobOutcome:
         trustpoint, device, obj = self._require()
+        check_secret_present(obj, renewal=self.kind is JobKind.RE_ENROLL)
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
         with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock):

@@ -33,9 +33,12 @@ def name(common_name: str) -> x509.Name:
     ])
 
 
-def csr_for(key, common_name: str, *, challenge: str | None = None,
-            subject: x509.Name | None = None) -> x509.CertificateSigningRequest:
+def csr_for(key, common_name: str, *, challenge: str | None = None, subject: x509.Name | None = None,
+            sans: Sequence[str] = ()) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject or name(common_name))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]),
+                                        critical=False)
     if challenge is not None:
         builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
     return builder.sign(key, hashes.SHA256())

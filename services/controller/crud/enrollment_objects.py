@@ -11,9 +11,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate, EnrollmentObjectUpdate
-from services.controller.rules.enrollment_objects import object_columns, secret_of
+from services.controller.rules.enrollment_objects import (
+    changes_where_secret_goes,
+    check_admin_only_settings,
+    object_columns,
+    secret_of,
+)
 from services.controller.rules.scope import DomainScope
-from shared.enums import EnrollmentType
+from shared.enums import EnrollmentType, Role
 from shared.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from shared.models import EnrollmentObject, Trustpoint
 from shared.secrets import SecretBox
@@ -82,8 +87,10 @@ def _trustpoints_using(session: Session, object_id: uuid.UUID) -> int:
 
 
 def create_object(
-    session: Session, *, scope: DomainScope, data: EnrollmentObjectCreate, box: SecretBox
+    session: Session, *, scope: DomainScope, data: EnrollmentObjectCreate, box: SecretBox, role: Role
 ) -> EnrollmentObject:
+    """``role``: the caller's, for the settings only an admin may make."""
+    check_admin_only_settings(data, role)
     columns = object_columns(data)
     _ensure_unique_name(session, domain_id=scope.domain_id, name=data.name, other_than=None)
     secret = secret_of(data)
@@ -96,9 +103,10 @@ def create_object(
 
 def replace_object(
     session: Session, *, scope: DomainScope, object_id: uuid.UUID, data: EnrollmentObjectUpdate,
-    box: SecretBox, now: datetime,
+    box: SecretBox, now: datetime, role: Role,
 ) -> EnrollmentObject:
     obj = _editable(session, scope=scope, object_id=object_id)
+    check_admin_only_settings(data, role, stored=obj)
     columns = object_columns(data)
     changes_identity = columns["name"] != obj.name or columns["enrollment_type"] != obj.enrollment_type
     if changes_identity and (in_use := _trustpoints_using(session, obj.id)):
@@ -112,6 +120,8 @@ def replace_object(
     secret = secret_of(data)
     if columns["enrollment_type"] != obj.enrollment_type:
         obj.secret_blob = None  # a secret belongs to the type it was given for
+    elif secret is None and changes_where_secret_goes(obj, columns):
+        obj.secret_blob = None  # never sent to a CA, or through a trust, it was not given for
     if secret is not None:
         obj.secret_blob = box.seal(secret.encode()) if secret else None
     for key, value in columns.items():

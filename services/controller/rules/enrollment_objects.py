@@ -13,8 +13,8 @@ from typing import Any
 from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate
 from services.controller.rules.checks import check_fingerprint, check_http_url
 from shared.enrollment import EnrollmentParameters, SubjectFields
-from shared.enums import EnrollmentType
-from shared.errors import ValidationError
+from shared.enums import EnrollmentType, Role
+from shared.errors import ForbiddenError, ValidationError
 from shared.pki import load_certificates
 from shared.renewal import check_policy
 
@@ -133,3 +133,44 @@ def secret_of(data: EnrollmentObjectCreate) -> str | None:
     kind = EnrollmentType(data.enrollment_type)
     secret = {EnrollmentType.EST: data.password, EnrollmentType.SCEP: data.challenge_password}.get(kind)
     return secret.get_secret_value() if secret is not None else None
+
+
+#: The settings that say to whom a stored EST password or SCEP challenge is sent: the CA's URL,
+#: how its server is trusted, and the user it is the password of.
+SECRET_BOUND_FIELDS = ("enrollment_url", "fingerprint", "ignore_server_validation", "username")
+
+
+def changes_where_secret_goes(stored: Any, columns: dict[str, Any]) -> bool:
+    """Whether new column values would send a stored EST password or SCEP challenge elsewhere
+    than it was given for (another CA, a CA trusted otherwise, another user). Such a change
+    drops the secret unless a new one comes with it. A PKCS#12 passphrase opens a file kept
+    here and goes to no CA: it stays."""
+    if EnrollmentType(columns["enrollment_type"]) not in _URL_TYPES:
+        return False
+    return any(columns[field] != getattr(stored, field) for field in SECRET_BOUND_FIELDS)
+
+
+#: Settings only an admin may change: turning off the check of the CA's server certificate, and
+#: the limits that protect a CA endpoint shared by every object naming it.
+ADMIN_ONLY_SETTINGS = {
+    "ignore_server_validation": "it turns off the check of the CA's server certificate",
+    "ca_concurrency_limit": "it overrides how many enrollments a CA endpoint takes at once, for every object naming it",
+    "ca_rate_limit": "it overrides how many enrollments a CA endpoint starts per second, for every object naming it",
+}
+
+
+def check_admin_only_settings(data: EnrollmentObjectCreate, role: Role, stored: Any = None) -> None:
+    """Refuse a non-admin turning on ``ignore_server_validation`` or setting, changing or clearing
+    a CA limit. What ``stored`` (the object a PUT replaces) already holds may be kept, and the
+    server check turned back on, so any writer may still edit an object an admin set up."""
+    if role is Role.ADMIN:
+        return
+    for field, why in ADMIN_ONLY_SETTINGS.items():
+        value, before = getattr(data, field), getattr(stored, field, None)
+        if field == "ignore_server_validation":
+            refused, keep = value and not before, "leave it false"
+        else:
+            refused, keep = value != before, "leave it out" if before is None else f"keep it at {before}"
+        if refused:
+            raise ForbiddenError(f"only admin may set {field} ({why}); role {role.value} may not: {keep}, "
+                                 "or ask an admin")

@@ -255,6 +255,37 @@ def test_manual_approval_over_the_admin_endpoint(http, ca):
     assert est_codec.decode_certs_only(enroll(http, csr, path=path).content) == [cert]
 
 
+def test_an_approval_issues_the_request_the_operator_approved_not_a_later_one_for_the_same_key(http, ca):
+    """The attack: the operator approves a request for the device's own name; the device then
+    sends, under the same key, a request for another subject and subjectAltName. It gets no
+    certificate for those names: that is a new request waiting for approval, and the approved
+    one is issued exactly as approved."""
+    path = f"{EST}/ms2012-manual/simpleenroll"
+    admin = {"Authorization": f"Bearer {ca.admin_token}"}
+    key, approved_csr = p256_csr("fw-approved.example.net", sans=["fw-approved.example.net"])
+    assert enroll(http, approved_csr, path=path).status_code == 202
+    (held,) = [r for r in list_requests(ca.state_dir) if "fw-approved" in r.subject]
+    assert http.post(f"/admin/requests/{held.id}/approve", headers=admin).status_code == 200
+
+    _, other_csr = p256_csr("bank.example.com", sans=["bank.example.com"], key=key)
+    _, more_sans = p256_csr("fw-approved.example.net", sans=["fw-approved.example.net", "bank.example.com"], key=key)
+    for csr in (other_csr, more_sans):
+        refused = enroll(http, csr, path=path)
+        assert refused.status_code == 202, refused.text  # waits for its own approval
+        assert held.id not in refused.text
+    waiting = {r.subject for r in list_requests(ca.state_dir) if r.key_id == held.key_id}
+    assert waiting == {"CN=bank.example.com,O=certfleet tests", "CN=fw-approved.example.net,O=certfleet tests"}
+
+    # The approved request, asked for again (signed anew), is issued with the approved names.
+    _, again = p256_csr("fw-approved.example.net", sans=["fw-approved.example.net"], key=key)
+    issued = enroll(http, again, path=path)
+    assert issued.status_code == 200, issued.text
+    (cert,) = est_codec.decode_certs_only(issued.content)
+    assert cert.subject == approved_csr.subject and spki(cert.public_key()) == spki(key.public_key())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["fw-approved.example.net"]
+
+
 BAD_SIGNATURE = bytearray(p256_csr("tampered")[1].public_bytes(serialization.Encoding.DER))
 BAD_SIGNATURE[-1] ^= 1
 

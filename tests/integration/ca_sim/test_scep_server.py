@@ -434,6 +434,33 @@ def test_renewal_needs_a_certificate_of_this_ca_and_the_same_subject(ca, http, k
     assert rep.fail_info is FailInfo.BAD_REQUEST and "not issued by this CA" in rep.fail_info_text
 
 
+def test_a_renewal_cannot_add_names_the_renewed_certificate_does_not_hold(ca, http, keys):
+    """The attack: a device holding a certificate for its own name signs a RenewalReq for the
+    same subject but another host's subjectAltName. The certificate vouches for its own names
+    only: the renewal is refused (badRequest, saying which names); keeping them is issued."""
+    device = Device(ca.ca.issuing, http, keys[1])
+    own = device.answer(device.post(device.pkcs_req(
+        csr_for(keys[1], "fw-sans.example.net", challenge=CHALLENGE, sans=["fw-sans.example.net"]),
+        transaction_id="sans-0"))).certs[0]
+    renewing = scep.Requester(key=keys[1], cert=own, recipient=ca.ca.issuing)
+
+    def renew(csr, transaction_id: str) -> scep.CertRep:
+        message = scep.build_renewal_req(renewing, csr, transaction_id=transaction_id,
+                                         sender_nonce=scep.new_nonce(), now=now())
+        return scep.parse_cert_rep(http.post("/scep?operation=PKIOperation", content=message).content, renewing)
+
+    for i, sans in enumerate((["bank.example.com"], ["fw-sans.example.net", "bank.example.com"])):
+        rep = renew(csr_for(keys[2], "fw-sans.example.net", sans=sans), f"sans-attack-{i}")
+        assert rep.status is PkiStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST and not rep.certs
+        assert "bank.example.com" in rep.fail_info_text and "keep the subjectAltNames" in rep.fail_info_text
+    rep = renew(csr_for(keys[2], "fw-sans.example.net", sans=["fw-sans.example.net"]), "sans-kept")
+    assert rep.status is PkiStatus.SUCCESS
+    renewed = rep.certs[0]
+    assert renewed.subject == own.subject and spki(renewed.public_key()) == spki(keys[2].public_key())
+    assert renewed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == \
+        own.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+
 FUZZ_SEED = 8894
 
 

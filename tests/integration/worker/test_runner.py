@@ -301,6 +301,30 @@ def test_a_job_whose_trustpoint_or_device_went_away_fails_saying_which(world):
     assert world.row(Job, orphan).error_message == "the device of trustpoint vpn was removed before the job ran"
 
 
+@pytest.mark.parametrize(("fields", "missing"), [
+    ({"enrollment_type": "est", "enrollment_url": "https://127.0.0.1:1/.well-known/est/", "username": "fw"},
+     'has username \'fw\' but no password'),
+    ({"enrollment_type": "scep", "enrollment_url": "http://127.0.0.1:1/scep"}, "has no challenge password"),
+])
+def test_an_enrollment_whose_object_lost_its_secret_fails_asking_for_it_before_anything_is_sent(
+        world, fields, missing):
+    """An object loses its secret when its CA URL, trust or username change without a new one:
+    its next enrollment asks for the secret instead of going to the CA without it."""
+    device = world.device(f"FTD-SECRET-{fields['enrollment_type']}")
+    trustpoint = world.trustpoint(device, **fields)
+    job_id = world.job("enroll", trustpoint)
+    requests_before = sum(world.sim.sim.requests.values())
+
+    outcome = world.run(job_id)
+
+    assert (outcome.result, outcome.code) == ("failed", "enrollment_secret_missing")
+    job = world.row(Job, job_id)
+    assert job.error_message.startswith(f"enrollment object vpn {missing} (a stored secret is dropped when")
+    assert f"PUT /api/v1/domains/{GLOBAL_DOMAIN_ID}/enrollment-objects/" in job.error_message
+    assert sum(world.sim.sim.requests.values()) == requests_before  # the device was left alone
+    assert world.row(Trustpoint, trustpoint.id).error_code == "enrollment_secret_missing"
+
+
 def test_a_job_whose_earlier_holders_all_stopped_midway_fails_instead_of_looping(world):
     device = world.device("FTD-000007")
     trustpoint = world.trustpoint(device)

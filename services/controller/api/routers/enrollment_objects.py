@@ -5,7 +5,7 @@ import uuid
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlmodel import Session
 
-from services.controller.api.auth import authorize
+from services.controller.api.auth import Principal, authorize
 from services.controller.api.deps import Paging, get_paging, get_scope, get_session
 from services.controller.api.schemas.common import Page
 from services.controller.api.schemas.enrollment_objects import (
@@ -54,8 +54,11 @@ def list_objects(
 
 @router.post("", response_model=EnrollmentObjectPublic, status_code=201)
 def create_object(body: EnrollmentObjectCreate, scope: DomainScope = Depends(get_scope),
-                  session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):
-    obj = crud.create_object(session, scope=scope, data=body, box=box)
+                  session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box),
+                  principal: Principal = Depends(authorize)):
+    """``ignore_server_validation`` and the CA limits (``ca_concurrency_limit``, ``ca_rate_limit``)
+    are for admin only."""
+    obj = crud.create_object(session, scope=scope, data=body, box=box, role=principal.role)
     session.commit()
     return public(obj)
 
@@ -105,8 +108,12 @@ def get_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
 @router.put("/{object_id}", response_model=EnrollmentObjectPublic)
 def replace_object(object_id: uuid.UUID, body: EnrollmentObjectUpdate,
                    scope: DomainScope = Depends(get_scope), session: Session = Depends(get_session),
-                   box: SecretBox = Depends(get_secret_box)):
-    obj = crud.replace_object(session, scope=scope, object_id=object_id, data=body, box=box, now=utcnow())
+                   box: SecretBox = Depends(get_secret_box), principal: Principal = Depends(authorize)):
+    """Replace every field. A stored password or challenge is dropped when the enrollment URL,
+    fingerprint, ignore_server_validation or username change and no new one is given. Only admin
+    may turn on ``ignore_server_validation`` or change the CA limits."""
+    obj = crud.replace_object(session, scope=scope, object_id=object_id, data=body, box=box, now=utcnow(),
+                              role=principal.role)
     session.commit()
     return public(obj)
 

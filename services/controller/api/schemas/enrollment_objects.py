@@ -22,7 +22,9 @@ class EnrollmentObjectCreate(EnrollmentObjectFields, InputModel):
 
 class EnrollmentObjectUpdate(EnrollmentObjectCreate):
     """A PUT replaces every field. A secret left out (or null) is kept while the enrollment
-    type stays the same; an empty string removes it."""
+    type stays the same, and the CA's URL, its trust (fingerprint, ignore_server_validation)
+    and the username stay as well: changing any of them drops it, so an old secret never
+    goes to another CA. An empty string removes it."""
 
 
 class EnrollmentObjectPublic(EnrollmentObjectFields):
