@@ -13,6 +13,7 @@ from services.cli.api_client import CertfleetClient
 from services.cli.main import main
 from services.stack.embedded import EmbeddedStack
 from services.worker.health import HealthChecker
+from shared.logging import configure_logging
 from shared.settings import Settings
 
 
@@ -41,6 +42,9 @@ class Cli:
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory) -> Iterator[Cli]:
+    # The stack's worker threads share this process's standard error with the command under test:
+    # at WARNING they stay quiet, so what the command itself wrote is what the tests read.
+    configure_logging("WARNING")
     stack = EmbeddedStack(Settings(log_level="WARNING"), devices=6, worker_threads=4, seed=5,
                           sim_options={"expired_keyrings": 0.5},
                           state_dir=tmp_path_factory.mktemp("keyring-cli") / "state").start()
