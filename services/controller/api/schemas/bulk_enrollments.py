@@ -5,6 +5,12 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Most distinct devices one selection may name by id.
+MAX_DEVICE_IDS = 100_000
+#: Largest body of a request carrying a selection: a hundred thousand ids as JSON, even pretty-printed,
+#: fit (about 40 bytes each). Larger than the controller's general cap, which it overrides for these routes.
+MAX_SELECTION_BODY = 5 << 20
+
 
 class DeviceSelection(BaseModel):
     """Which devices of the domain subtree: all of them, a list of ids, or a filter."""
