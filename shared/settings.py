@@ -24,6 +24,8 @@ DEVELOPMENT_SECRET_KEY = "certfleet-development-key-change-me"
 MAKE_A_KEY = "export CERTFLEET_SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
 #: The longest lifetime an API token may be given: ten years.
 MAX_TOKEN_LIFETIME_DAYS = 3650
+#: The smallest request-body cap the controller accepts.
+MIN_REQUEST_BYTES = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +118,9 @@ class Settings:
     webhook_backoff_max_seconds: float = 300.0
     #: Days an API token is valid when its creator names no lifetime.
     token_lifetime_days: int = 90
+    #: Largest request body the controller reads, in bytes; a larger one is refused (413) unread.
+    #: Routes that need more (bulk selections) have their own, larger cap.
+    max_request_bytes: int = 1 << 20
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -180,6 +185,10 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}ALERT_RELAY_IDLE_SECONDS must be at least {PREFIX}ALERT_RELAY_INTERVAL_SECONDS: it is "
                 "the relay's pace when it has nothing to do")
+        if self.max_request_bytes < MIN_REQUEST_BYTES:
+            raise ConfigurationError(
+                f"{PREFIX}MAX_REQUEST_BYTES must be at least {MIN_REQUEST_BYTES} (4 KiB): a smaller cap refuses "
+                "ordinary API requests")
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigurationError(f"{PREFIX}WORKER_METRICS_PORT must be a port number, 0 to 65535")
         if self.log_level.upper() not in LOG_LEVELS:

@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from services.controller.alerts.relay import AlertRelay
 from services.controller.api import docs, problems
+from services.controller.api.body_limit import BodyLimit, route_limits
 from services.controller.api.routers import (
     alerts,
     audit,
@@ -47,6 +48,8 @@ from shared.secrets import SecretBox
 from shared.settings import Settings
 
 API_PREFIX = "/api/v1"
+_API_MODULES = (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation, bulk_enrollments,
+                bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks, keyrings, tokens)
 
 
 def _fleet_registry(engine: Engine) -> CollectorRegistry:
@@ -129,6 +132,8 @@ def create_app(
     app.include_router(ops.router)
     docs.install(app, api_prefix=API_PREFIX)
     app.include_router(_api_router())
+    # Outermost (added last): an oversized body is refused before routing, authentication or parsing.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, routes=_body_limits())
     return app
 
 
@@ -138,8 +143,12 @@ def _api_router() -> APIRouter:
     routes (parameters, dependencies, models) the first time it is included somewhere, and the
     routes only read the app's state, so every app of a process can share them."""
     api = APIRouter(prefix=API_PREFIX)
-    for module in (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation,
-                   bulk_enrollments, bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks,
-                   keyrings, tokens):
+    for module in _API_MODULES:
         api.include_router(module.router)
     return api
+
+
+@cache
+def _body_limits() -> list:
+    """The API routes that accept bodies larger than the general cap, or that keep their own."""
+    return route_limits(API_PREFIX, [module.router for module in _API_MODULES])

@@ -1,15 +1,19 @@
 """Registering a fleet from a device-management inventory.
 
 Pages through ``{inventory_url}/api/inventory?offset=&limit=`` (see
-:class:`shared.device_api.Inventory`) and inserts the devices into a domain with batched
+:class:`shared.device_api.Inventory`), within limits on pages, bytes and time
+(:class:`InventoryLimits`), and inserts the devices into a domain with batched
 INSERTs, skipping serials already registered: fifty thousand devices take seconds.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pydantic
@@ -31,6 +35,21 @@ PAGE_SIZE = 5000
 BATCH = 1000
 
 
+@dataclass(frozen=True)
+class InventoryLimits:
+    """How much of an inventory one import reads at most: a server that never stops paging, answers
+    without end or drips its answer byte by byte is refused, not followed."""
+
+    #: Requests (pages) per import.
+    max_pages: int = 1000
+    #: Bytes of page bodies per import, all pages together (fifty thousand devices take about 15 MB).
+    max_bytes: int = 64 << 20
+    #: Seconds the whole paging may take.
+    deadline_seconds: float = 300.0
+    #: Seconds one request may wait for the server's next bytes.
+    timeout_seconds: float = 30.0
+
+
 def _unreachable(url: str, why: str) -> ExchangeError:
     return ExchangeError(f"inventory at {url} unreachable: {why}", code="inventory_unreachable")
 
@@ -39,23 +58,101 @@ def _invalid(url: str, why: str) -> ExchangeError:
     return ExchangeError(f"inventory at {url} is not a device inventory: {why}", code="inventory_invalid")
 
 
+def inventory_base(inventory_url: str) -> str:
+    """The inventory's base URL, checked before any request: http(s), a host, no user:password@, and
+    nothing after the path (the import adds its own path and query)."""
+    base = check_http_url(inventory_url, field="inventory_url")
+    parts = urlsplit(base)
+    if parts.query or parts.fragment or base.endswith(("?", "#")):
+        raise ValidationError(
+            f"inventory_url {base!r} has a query or fragment: send the device-management API's base URL only, "
+            f"e.g. {urlunsplit((parts.scheme, parts.netloc, parts.path, '', ''))!r}; the import asks for "
+            "/api/inventory?offset=&limit= itself", code="invalid_url")
+    return base.rstrip("/")
+
+
+class _Budget:
+    """What is left of an import's limits, spent as pages and bytes arrive."""
+
+    def __init__(self, base: str, limits: InventoryLimits, clock: Callable[[], float]) -> None:
+        self.base, self.limits, self.clock = base, limits, clock
+        self.pages, self.bytes = 0, 0
+        self.deadline = clock() + limits.deadline_seconds
+
+    def timed_out(self) -> ExchangeError:
+        return ExchangeError(
+            f"inventory at {self.base} took longer than {self.limits.deadline_seconds:g} s to page through "
+            f"({self.pages} pages, {self.bytes} bytes read): the server is too slow; nothing was imported",
+            code="inventory_timeout")
+
+    def remaining_seconds(self) -> float:
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise self.timed_out()
+        return left
+
+    def page(self) -> None:
+        if self.pages >= self.limits.max_pages:
+            raise ExchangeError(
+                f"inventory at {self.base} has more than {self.limits.max_pages} pages: the server does not stop "
+                "paging (its total, or an empty page, should end it); nothing was imported",
+                code="inventory_too_many_pages")
+        self.pages += 1
+
+    def check(self, size: int) -> None:
+        """Refuse ``size`` more bytes if they would pass the byte limit."""
+        if self.bytes + size > self.limits.max_bytes:
+            raise ExchangeError(
+                f"inventory at {self.base} is larger than {self.limits.max_bytes} bytes "
+                f"({self.limits.max_bytes >> 20} MiB), the most one import reads; nothing was imported",
+                code="inventory_too_large")
+
+    def spend(self, size: int) -> None:
+        self.check(size)
+        self.bytes += size
+
+
+def _read_page(client: httpx.Client, endpoint: str, params: dict, budget: _Budget) -> bytes:
+    """One page's body, read as it streams so the limits hold mid-answer."""
+    budget.page()
+    left = budget.remaining_seconds()
+    timeout = min(budget.limits.timeout_seconds, left)
+    try:
+        with client.stream("GET", endpoint, params=params, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise _unreachable(budget.base, f"GET {endpoint} answered HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit():
+                budget.check(int(declared))  # a body said to be too large is not read at all
+            chunks = []
+            for chunk in response.iter_bytes():
+                budget.spend(len(chunk))
+                budget.remaining_seconds()  # a server dripping bytes keeps each read short, not the whole
+                chunks.append(chunk)
+    except httpx.TimeoutException:
+        if timeout < budget.limits.timeout_seconds:  # the deadline, not the server's silence, cut it short
+            raise budget.timed_out() from None
+        raise
+    return b"".join(chunks)
+
+
 def fetch_inventory(
-    inventory_url: str, *, timeout: float = 30.0, page_size: int = PAGE_SIZE
+    inventory_url: str, *, limits: InventoryLimits = InventoryLimits(), page_size: int = PAGE_SIZE,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[list[DeviceInfo]]:
-    """Yield the inventory page by page; errors name the URL and what went wrong."""
-    base = check_http_url(inventory_url, field="inventory_url").rstrip("/")
+    """Yield the inventory page by page within ``limits``; errors name the URL and what went wrong."""
+    base = inventory_base(inventory_url)
     endpoint = f"{base}/api/inventory"
+    budget = _Budget(base, limits, clock)
     offset = 0
-    with httpx.Client(timeout=timeout) as client:
+    with httpx.Client(timeout=limits.timeout_seconds) as client:
         while True:
             try:
-                response = client.get(endpoint, params={"offset": offset, "limit": page_size})
+                body = _read_page(client, endpoint, {"offset": offset, "limit": page_size}, budget)
             except httpx.HTTPError as exc:
                 raise _unreachable(base, str(exc) or type(exc).__name__) from None
-            if response.status_code != 200:
-                raise _unreachable(base, f"GET {endpoint} answered HTTP {response.status_code}")
             try:
-                page = Inventory.model_validate_json(response.content)
+                page = Inventory.model_validate_json(body)
             except pydantic.ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -90,11 +187,12 @@ def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime) -> 
 
 
 def import_inventory(
-    session: Session, *, scope: DomainScope, inventory_url: str, now: datetime
+    session: Session, *, scope: DomainScope, inventory_url: str, now: datetime,
+    limits: InventoryLimits = InventoryLimits(),
 ) -> tuple[int, int]:
     """Insert the inventory's new devices into the scope's domain; return (imported, skipped).
     Nothing is committed here: the caller commits the whole import at once."""
-    pages = fetch_inventory(inventory_url)
+    pages = fetch_inventory(inventory_url, limits=limits)
     if session.get_bind().dialect.name == "sqlite":
         # Fetch everything first: the write transaction (which blocks other writers on SQLite)
         # then lasts only as long as the inserts, not the HTTP paging.

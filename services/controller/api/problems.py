@@ -29,7 +29,8 @@ log = get_logger(__name__)
 MEDIA_TYPE = "application/problem+json"
 
 #: Codes for the HTTP errors the framework raises itself (unknown route, wrong method).
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden",
+               413: "request_too_large"}
 
 
 def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from services.controller.api.schemas.bulk_enrollments import FailureGroup
+from services.controller.api.schemas.bulk_enrollments import FailureGroup, selection_summary
 from services.controller.rules.scope import DomainScope
 from services.controller.short_cache import ShortCache
 from shared.enums import JobKind, JobState
@@ -118,7 +118,7 @@ def progress_fields(session: Session, batch: Batch, *, now: datetime) -> dict[st
         eta = round((total - done) * elapsed / done, 1)
     return dict(
         id=batch.id, domain_id=batch.domain_id, enrollment_object_id=batch.enrollment_object_id,
-        trustpoint_name=batch.trustpoint_name, selection=batch.selection, selected=batch.selected,
+        trustpoint_name=batch.trustpoint_name, selection=selection_summary(batch.selection), selected=batch.selected,
         skipped=batch.skipped, total=total, queued=counts.get(JobState.QUEUED.value, 0),
         running=counts.get(JobState.RUNNING.value, 0), succeeded=counts.get(JobState.SUCCEEDED.value, 0),
         failed=counts.get(JobState.FAILED.value, 0), finished=finished, failures=failures,

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, update
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.bulk_actions import BulkActionPublic, TrustpointFilters
-from services.controller.api.schemas.bulk_enrollments import DeviceSelection
+from services.controller.api.schemas.bulk_enrollments import DeviceSelection, selection_summary
 from services.controller.crud import batches
 from services.controller.crud.batches import chunks
 from services.controller.crud.bulk_enrollments import device_filters, select_devices
@@ -117,7 +117,7 @@ def create_action_batch(
             code="empty_selection",
         )
     check_confirmed(action, confirm=confirm, name=obj.name, count=len(candidates))
-    stored = selection.model_dump(mode="json", exclude_none=True)
+    stored = selection_summary(selection.model_dump(mode="json", exclude_defaults=True))
     if given := filters.model_dump(mode="json", exclude_none=True):
         stored["filters"] = given
     batch = Batch(domain_id=scope.domain_id, action=action.name, enrollment_object_id=obj.id,
@@ -164,7 +164,7 @@ def list_batches(session: Session, *, scope: DomainScope, offset: int, limit: in
 def progress(session: Session, batch: Batch, *, now: datetime) -> BulkActionPublic:
     """The batch's counts, failures by error code and ETA, with its action and filters."""
     fields = batches.progress_fields(session, batch, now=now)
-    fields["selection"] = {k: v for k, v in batch.selection.items() if k != "filters"}
+    fields["selection"] = {k: v for k, v in fields["selection"].items() if k != "filters"}
     return BulkActionPublic(**fields, action=batch.action, filters=batch.selection.get("filters", {}))
 
 

@@ -13,7 +13,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from services.controller.api.schemas.bulk_enrollments import BulkEnrollmentPublic, DeviceSelection
+from services.controller.api.schemas.bulk_enrollments import (
+    MAX_DEVICE_IDS,
+    BulkEnrollmentPublic,
+    DeviceSelection,
+    selection_summary,
+)
 from services.controller.crud import batches
 from services.controller.crud.batches import INSERT_CHUNK, chunks
 from services.controller.crud.enrollment_objects import get_object
@@ -33,6 +38,10 @@ def like_pattern(glob: str) -> str:
 
 def select_devices(session: Session, *, scope: DomainScope, selection: DeviceSelection) -> list[tuple]:
     """(id, domain_id) of the selected devices in the scope's subtree, in name order."""
+    if selection.device_ids is not None and len(selection.device_ids) > MAX_DEVICE_IDS:
+        raise ValidationError(
+            f"the selection names {len(selection.device_ids)} distinct devices; at most {MAX_DEVICE_IDS} per request: "
+            'split it, or select with {"all": true} or a name_pattern/model filter', code="selection_too_large")
     query = select(Device.id, Device.domain_id)
     if not scope.is_root:
         query = query.where(Device.domain_id.in_(scope.subtree))
@@ -77,9 +86,10 @@ def create_batch(
         already.update(session.exec(
             select(Trustpoint.device_id).where(Trustpoint.device_id.in_(chunk), Trustpoint.name == obj.name)
         ).all())
+    stored = selection_summary(selection.model_dump(mode="json", exclude_defaults=True))
     batch = Batch(domain_id=scope.domain_id, enrollment_object_id=obj.id, trustpoint_name=obj.name,
-                  selection=selection.model_dump(mode="json", exclude_none=True), selected=len(devices),
-                  skipped=len(already), requested_by=requested_by, created_at=now)
+                  selection=stored, selected=len(devices), skipped=len(already), requested_by=requested_by,
+                  created_at=now)
     session.add(batch)
     session.flush()
     lease_until = now + timedelta(seconds=settings.job_lease_seconds)

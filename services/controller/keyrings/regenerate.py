@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, func, insert, or_
 from sqlmodel import Session, select
 
-from services.controller.api.schemas.bulk_enrollments import DeviceSelection
+from services.controller.api.schemas.bulk_enrollments import DeviceSelection, selection_summary
 from services.controller.api.schemas.keyrings import KeyringRegenerationPublic
 from services.controller.crud import batches
 from services.controller.crud.batches import REGENERATE_KEYRING, chunks
@@ -126,9 +126,10 @@ def start_batch(
             raise ValidationError("device_ids is empty: name the devices whose default keyring to regenerate",
                                   code="empty_selection")
         # 404 devices_not_found for ids outside the domain's subtree, as any device selection.
-        rows = select_devices(session, scope=scope, selection=DeviceSelection(device_ids=device_ids))
+        chosen = DeviceSelection(device_ids=device_ids)
+        rows = select_devices(session, scope=scope, selection=chosen)
         candidates = sorted(row[0] for row in rows)
-        selection = {"device_ids": [str(d) for d in device_ids]}
+        selection = selection_summary(chosen.model_dump(mode="json", include={"device_ids"}))
     batch = Batch(domain_id=scope.domain_id, action=REGENERATE_KEYRING, selection=selection,
                   selected=len(candidates), requested_by=requested_by, created_at=now)
     session.add(batch)

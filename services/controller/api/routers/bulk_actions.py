@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Response
 from sqlmodel import Session
 
 from services.controller.api.auth import Principal, authorize
+from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import Paging, get_broker, get_paging, get_scope, get_session, get_settings
 from services.controller.api.schemas.bulk_actions import (
     BulkActionCreate,
@@ -14,6 +15,7 @@ from services.controller.api.schemas.bulk_actions import (
     BulkWeakCrypto,
     BulkWeakCryptoResult,
 )
+from services.controller.api.schemas.bulk_enrollments import MAX_SELECTION_BODY
 from services.controller.api.schemas.common import Page
 from services.controller.crud import bulk_actions as crud
 from services.controller.queueing.publishing import publish_jobs
@@ -26,7 +28,8 @@ from shared.settings import Settings
 router = APIRouter(prefix="/domains/{domain_id}", tags=["bulk actions"], dependencies=[Depends(authorize)])
 
 
-@router.post("/bulk-actions", response_model=BulkActionPublic, status_code=202)
+@router.post("/bulk-actions", response_model=BulkActionPublic, status_code=202,
+             openapi_extra=accepts_body(MAX_SELECTION_BODY))
 def start_bulk_action(
     body: BulkActionCreate,
     response: Response,
@@ -68,7 +71,7 @@ def get_bulk_action(batch_id: uuid.UUID, scope: DomainScope = Depends(get_scope)
     return crud.progress(session, crud.get_batch(session, scope=scope, batch_id=batch_id), now=utcnow())
 
 
-@router.post("/bulk-weak-crypto", response_model=BulkWeakCryptoResult)
+@router.post("/bulk-weak-crypto", response_model=BulkWeakCryptoResult, openapi_extra=accepts_body(MAX_SELECTION_BODY))
 def set_weak_crypto(body: BulkWeakCrypto, scope: DomainScope = Depends(get_scope),
                     session: Session = Depends(get_session)):
     """Enable or disable weak-crypto on the selected devices; enabling needs ``"confirm": true``."""

@@ -7,8 +7,13 @@ from fastapi import APIRouter, Depends, Response
 from sqlmodel import Session
 
 from services.controller.api.auth import Principal, authorize
+from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import Paging, get_broker, get_paging, get_scope, get_session, get_settings
-from services.controller.api.schemas.bulk_enrollments import BulkEnrollmentCreate, BulkEnrollmentPublic
+from services.controller.api.schemas.bulk_enrollments import (
+    MAX_SELECTION_BODY,
+    BulkEnrollmentCreate,
+    BulkEnrollmentPublic,
+)
 from services.controller.api.schemas.common import Page
 from services.controller.crud import bulk_enrollments as crud
 from services.controller.queueing.publishing import publish_jobs
@@ -22,7 +27,7 @@ router = APIRouter(prefix="/domains/{domain_id}/bulk-enrollments", tags=["bulk e
                    dependencies=[Depends(authorize)])
 
 
-@router.post("", response_model=BulkEnrollmentPublic, status_code=202)
+@router.post("", response_model=BulkEnrollmentPublic, status_code=202, openapi_extra=accepts_body(MAX_SELECTION_BODY))
 def start_bulk_enrollment(
     body: BulkEnrollmentCreate,
     response: Response,

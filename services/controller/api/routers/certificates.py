@@ -11,10 +11,16 @@ from sqlmodel import Session
 
 from services.controller import exports
 from services.controller.api.auth import Principal, authorize
+from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import get_broker, get_scope, get_session, get_settings
 from services.controller.api.routers.trustpoints import _DEVICE_TRUSTPOINTS, _accepted
 from services.controller.api.schemas.trustpoints import ExportRequest, IdentityCertificateImport, TrustpointAccepted
-from services.controller.api.uploads import CERTIFICATE_TYPES, UploadedCertificate, certificate_upload
+from services.controller.api.uploads import (
+    CERTIFICATE_TYPES,
+    MAX_CERTIFICATE_BODY,
+    UploadedCertificate,
+    certificate_upload,
+)
 from services.controller.crud import identity_imports
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
@@ -49,10 +55,10 @@ def get_csr(device_id: uuid.UUID, name: str, scope: DomainScope = Depends(get_sc
 
 @router.post(
     _TRUSTPOINT + "/identity-certificate", response_model=TrustpointAccepted, status_code=202,
-    openapi_extra={"requestBody": {"required": True, "content": {
+    openapi_extra=accepts_body(MAX_CERTIFICATE_BODY, requestBody={"required": True, "content": {
         **{t: {"schema": {"type": "string", "format": "binary"}} for t in CERTIFICATE_TYPES},
         "application/json": {"schema": IdentityCertificateImport.model_json_schema()},
-    }}},
+    }}),
 )
 def import_identity_certificate(
     device_id: uuid.UUID,

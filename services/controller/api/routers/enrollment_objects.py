@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlmodel import Session
 
 from services.controller.api.auth import Principal, authorize
+from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import Paging, get_paging, get_scope, get_session
 from services.controller.api.schemas.common import Page
 from services.controller.api.schemas.enrollment_objects import (
@@ -17,7 +18,7 @@ from services.controller.api.schemas.enrollment_objects import (
 )
 from services.controller.api.uploads import UploadedPkcs12, pkcs12_upload
 from services.controller.crud import enrollment_objects as crud
-from services.controller.rules.pkcs12_upload import check_file, trustpoint_name
+from services.controller.rules.pkcs12_upload import MAX_UPLOAD_BODY, check_file, trustpoint_name
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
 from shared.enums import EnrollmentType
@@ -65,14 +66,14 @@ def create_object(body: EnrollmentObjectCreate, scope: DomainScope = Depends(get
 
 @router.post(
     "/pkcs12", response_model=EnrollmentObjectPublic, status_code=201,
-    openapi_extra={"requestBody": {"required": True, "content": {
+    openapi_extra=accepts_body(MAX_UPLOAD_BODY, requestBody={"required": True, "content": {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["file", "passphrase"],
             "properties": {"file": {"type": "string", "format": "binary"}, "passphrase": {"type": "string"},
                            "name": {"type": "string"}, "description": {"type": "string"}},
         }},
         "application/json": {"schema": Pkcs12Upload.model_json_schema()},
-    }}},
+    }}),
 )
 def upload_pkcs12(upload: UploadedPkcs12 = Depends(pkcs12_upload), scope: DomainScope = Depends(get_scope),
                   session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box)):

@@ -16,7 +16,9 @@ from fastapi import APIRouter, Depends, Path, Response
 from sqlmodel import Session
 
 from services.controller.api.auth import Principal, authorize
+from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import Paging, get_broker, get_paging, get_scope, get_session, get_settings
+from services.controller.api.schemas.bulk_enrollments import MAX_SELECTION_BODY
 from services.controller.api.schemas.common import Page
 from services.controller.api.schemas.devices import DevicePublic
 from services.controller.api.schemas.jobs import JobPublic
@@ -63,7 +65,8 @@ def regenerate_device_keyring(
                                        job=JobPublic.of(job))
 
 
-@router.post(BATCHES, response_model=KeyringRegenerationPublic, status_code=202)
+@router.post(BATCHES, response_model=KeyringRegenerationPublic, status_code=202,
+             openapi_extra=accepts_body(MAX_SELECTION_BODY))
 def start_keyring_regeneration(
     body: KeyringRegenerationCreate,
     response: Response,

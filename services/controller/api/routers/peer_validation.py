@@ -10,11 +10,12 @@ from sqlmodel import Session
 
 from services.controller import peer_validation
 from services.controller.api.auth import authenticate
+from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import get_scope, get_session
 from services.controller.api.routers.certificates import get_devices
 from services.controller.api.routers.trustpoints import _DEVICE_TRUSTPOINTS
 from services.controller.api.schemas.trustpoints import PeerValidationRequest, PeerValidationResult
-from services.controller.api.uploads import peer_validation_request
+from services.controller.api.uploads import MAX_PEER_VALIDATION_BODY, peer_validation_request
 from services.controller.rules.scope import DomainScope
 from shared.device_client import DeviceClient
 
@@ -23,8 +24,8 @@ router = APIRouter(prefix="/domains/{domain_id}", tags=["trustpoints"], dependen
 
 @router.post(
     _DEVICE_TRUSTPOINTS + "/{name}/validate", response_model=PeerValidationResult,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": PeerValidationRequest.model_json_schema()}}}},
+    openapi_extra=accepts_body(MAX_PEER_VALIDATION_BODY, requestBody={"required": True, "content": {
+        "application/json": {"schema": PeerValidationRequest.model_json_schema()}}}),
 )
 def validate_peer_certificate(
     device_id: uuid.UUID,

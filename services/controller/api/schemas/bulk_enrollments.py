@@ -3,7 +3,31 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Most distinct devices one selection may name by id.
+MAX_DEVICE_IDS = 100_000
+#: Largest body of a request carrying a selection: a hundred thousand ids as JSON, even pretty-printed,
+#: fit (about 40 bytes each). Larger than the controller's general cap, which it overrides for these routes.
+MAX_SELECTION_BODY = 5 << 20
+#: Ids a batch's stored selection keeps as examples of a selection by id.
+SHOWN_DEVICE_IDS = 10
+
+
+def distinct(ids: list[uuid.UUID] | None) -> list[uuid.UUID] | None:
+    """The ids without repeats, in the order first given: an id sent twice selects its device once."""
+    return None if ids is None else list(dict.fromkeys(ids))
+
+
+def selection_summary(selection: dict) -> dict:
+    """A selection as a batch keeps and shows it: a list of ids becomes its number of distinct
+    devices (``device_count``) and the first few of them, so a batch of a hundred thousand
+    devices is not a hundred thousand ids long. Other selections are small already."""
+    ids = selection.get("device_ids")
+    if not isinstance(ids, list) or "device_count" in selection:
+        return selection
+    ids = list(dict.fromkeys(ids))
+    return {**selection, "device_ids": ids[:SHOWN_DEVICE_IDS], "device_count": len(ids)}
 
 
 class DeviceSelection(BaseModel):
@@ -12,10 +36,13 @@ class DeviceSelection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     all: bool = False
-    device_ids: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+    #: Repeats are dropped; at most MAX_DEVICE_IDS distinct ids (422 selection_too_large).
+    device_ids: list[uuid.UUID] | None = None
     #: Shell-style pattern on the device name: '*' any run of characters, '?' one character.
     name_pattern: str | None = Field(default=None, min_length=1, max_length=128)
     model: str | None = Field(default=None, min_length=1, max_length=64)
+
+    _distinct = field_validator("device_ids")(distinct)
 
     @model_validator(mode="after")
     def _one_kind(self) -> DeviceSelection:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, field_validator
 
-from services.controller.api.schemas.bulk_enrollments import BatchProgress
+from services.controller.api.schemas.bulk_enrollments import BatchProgress, distinct
 from services.controller.api.schemas.common import InputModel
 from services.controller.api.schemas.devices import DevicePublic
 from services.controller.api.schemas.jobs import JobPublic
@@ -14,8 +14,11 @@ class KeyringRegenerationCreate(InputModel):
     """Which devices' default keyrings to regenerate: ``device_ids``, or ``all_expired`` (every
     device of the domain subtree with an open F0853 alert or a keyring read invalid)."""
 
-    device_ids: list[uuid.UUID] | None = Field(default=None, max_length=100_000)
+    #: Repeats are dropped; at most 100,000 distinct ids (422 selection_too_large).
+    device_ids: list[uuid.UUID] | None = None
     all_expired: bool = False
+
+    _distinct = field_validator("device_ids")(distinct)
 
 
 class KeyringRegenerationPublic(BatchProgress):

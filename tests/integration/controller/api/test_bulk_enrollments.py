@@ -91,6 +91,36 @@ def test_bad_selections_are_refused_with_codes(api):
             404, "devices_not_found")
 
 
+def test_a_hundred_thousand_copies_of_one_id_select_one_device_and_are_kept_as_a_summary(api):
+    devices = fleet(api, 12)
+    obj = api.enrollment_object("copies")
+    path = f"/domains/{GLOBAL}/bulk-enrollments"
+    copies = [devices[3]["id"]] * 100_000  # about 4 MB of JSON: over the general cap, within the bulk routes'
+    batch = start(api, {"enrollment_object_id": obj["id"], "selection": {"device_ids": copies}})
+    assert (batch["selected"], batch["total"]) == (1, 1)
+    assert batch["selection"] == {"device_ids": [devices[3]["id"]], "device_count": 1}
+    with Session(api.engine) as session:
+        assert session.get(Batch, uuid.UUID(batch["id"])).selection == batch["selection"]
+        assert len(session.exec(select(Job).where(Job.batch_id == uuid.UUID(batch["id"]))).all()) == 1
+
+    # Many distinct ids: the count and the first ten, in the order sent, repeats dropped.
+    other = api.enrollment_object("many")
+    chosen = [d["id"] for d in reversed(devices)]
+    many = start(api, {"enrollment_object_id": other["id"], "selection": {"device_ids": chosen + chosen}})
+    assert many["selection"] == {"device_ids": chosen[:10], "device_count": 12}
+    assert api.ok("GET", f"{path}/{many['id']}")["selection"] == many["selection"]
+    assert [b["selection"] for b in api.ok("GET", path)["items"]] == [many["selection"], batch["selection"]]
+
+
+def test_a_selection_of_more_distinct_ids_than_the_cap_is_refused(api):
+    obj = api.enrollment_object("too-many")
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(100_001)]
+    refused = problem(api.post(f"/domains/{GLOBAL}/bulk-enrollments",
+                               {"enrollment_object_id": obj["id"], "selection": {"device_ids": ids}}),
+                      422, "selection_too_large")
+    assert "100001 distinct devices; at most 100000" in refused["detail"]
+
+
 def test_progress_comes_from_the_jobs(api):
     fleet(api, 4)
     obj = api.enrollment_object("progress")

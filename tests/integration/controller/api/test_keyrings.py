@@ -165,7 +165,7 @@ def test_a_selection_names_devices_of_the_domain_s_subtree(api):
 
     batch = api.ok("POST", path, {"device_ids": [mine["id"]]}, status=202)
     assert (batch["selected"], batch["skipped"], batch["total"], batch["selection"]) == (
-        1, 0, 1, {"device_ids": [mine["id"]]})
+        1, 0, 1, {"device_ids": [mine["id"]], "device_count": 1})
     again = api.ok("POST", path, {"device_ids": [mine["id"]]}, status=202)  # its job is still queued
     assert (again["selected"], again["skipped"], again["total"], again["finished"]) == (1, 1, 0, True)
 
