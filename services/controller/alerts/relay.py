@@ -47,7 +47,11 @@ from shared.periodic import Periodic
 from shared.secrets import SecretBox
 from shared.settings import Settings
 
-log = get_logger(__name__)
+
+def log():
+    # A logger per use follows the logging configuration in force: structlog would pin a
+    # module-level logger to the configuration of its first use.
+    return get_logger(__name__)
 
 #: The relay's lease (one relay leads among the controllers).
 ALERT_RELAY = "alert-relay"
@@ -92,7 +96,7 @@ class AlertRelay(Periodic):
         self._redis_down = False
         self._unreadable: set[uuid.UUID] = set()
         if self.stream is None:
-            log.info("alert relay without Redis (CERTFLEET_BROKER_URL is empty): alert events go to webhooks only, "
+            log().info("alert relay without Redis (CERTFLEET_BROKER_URL is empty): alert events go to webhooks only, "
                      "there is no alert stream")
         super().__init__(every_seconds=settings.alert_relay_interval_seconds)
 
@@ -106,11 +110,11 @@ class AlertRelay(Periodic):
         previous, self.leadership = self.leadership, held
         if held is None:
             if previous is not None:
-                log.warning("alert relay lease lost to another controller", holder=self.holder)
+                log().warning("alert relay lease lost to another controller", holder=self.holder)
                 self.sender.forget()
             return PassReport()
         if previous is None or previous.token != held.token:
-            log.info("leading the alert relay", holder=self.holder, token=held.token)
+            log().info("leading the alert relay", holder=self.holder, token=held.token)
         return self.lead()
 
     def lead(self) -> PassReport:
@@ -125,7 +129,7 @@ class AlertRelay(Periodic):
                 self._prune(session, report)
             except lease.LeadershipLost:
                 session.rollback()
-                log.warning("alert relay pass dropped: the lease went to another controller", holder=self.holder)
+                log().warning("alert relay pass dropped: the lease went to another controller", holder=self.holder)
                 report.leading, self.leadership = False, None
                 self.sender.forget()
         return report
@@ -147,7 +151,7 @@ class AlertRelay(Periodic):
         for outcome, count in (("delivered", tally.delivered), ("failed", tally.failed), ("dead", tally.dead)):
             ALERT_DELIVERIES.labels(channel="webhook", outcome=outcome).inc(count)
         if tally.dead:
-            log.warning("webhook deliveries dead after their last attempt", count=tally.dead,
+            log().warning("webhook deliveries dead after their last attempt", count=tally.dead,
                         max_attempts=self.policy.max_attempts)
 
     def _relay(self, session: Session, report: PassReport) -> None:
@@ -180,12 +184,12 @@ class AlertRelay(Periodic):
         except redis.RedisError as exc:
             ALERT_DELIVERIES.labels(channel="stream", outcome="failed").inc(len(bodies))
             if not self._redis_down:  # once per outage: the next passes try again quietly
-                log.warning("alert stream unreachable: alert events wait in the database until Redis answers",
+                log().warning("alert stream unreachable: alert events wait in the database until Redis answers",
                             key=self.stream.key, error=f"{type(exc).__name__}: {exc}")
             self._redis_down = True
             return False
         if self._redis_down:
-            log.info("alert stream reachable again", key=self.stream.key)
+            log().info("alert stream reachable again", key=self.stream.key)
             self._redis_down = False
         return True
 
@@ -212,7 +216,7 @@ class AlertRelay(Periodic):
             secret = self.box.open(webhook.secret_blob).decode()
         except ConfigurationError as exc:
             if webhook.id not in self._unreadable:
-                log.error("webhook secret unreadable: its deliveries wait", webhook_id=str(webhook.id),
+                log().error("webhook secret unreadable: its deliveries wait", webhook_id=str(webhook.id),
                           error=exc.message)
                 self._unreadable.add(webhook.id)
             return None
@@ -229,7 +233,7 @@ class AlertRelay(Periodic):
             session, before=now - timedelta(days=self.settings.alert_event_retention_days))
         session.commit()
         if report.pruned_events or report.pruned_deliveries:
-            log.info("alert events and webhook deliveries pruned", events=report.pruned_events,
+            log().info("alert events and webhook deliveries pruned", events=report.pruned_events,
                      deliveries=report.pruned_deliveries, retention_days=self.settings.alert_event_retention_days)
 
     # --- the thread ----------------------------------------------------------------------------
@@ -256,7 +260,7 @@ class AlertRelay(Periodic):
                     self._record(session, PassReport())
                     lease.release(session, self.leadership, now=self.clock())
             except Exception:  # the lease then simply runs out; unwritten outcomes are sent again
-                log.warning("could not hand the alert relay lease back", exc_info=True)
+                log().warning("could not hand the alert relay lease back", exc_info=True)
             self.leadership = None
         self.sender.close()
         if self.stream is not None:
