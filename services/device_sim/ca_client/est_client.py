@@ -7,7 +7,8 @@ One enrollment:
 2. a new key pair made on the device and a request for the trustpoint's subject and names;
 3. ``simpleenroll`` with HTTP basic auth (the enrollment object's username and password), or
    for a re-enrollment ``simplereenroll`` authenticated by the current certificate as TLS
-   client certificate (when the CA issued it and the subject stays the same);
+   client certificate (when the CA issued it and the subject stays the same); should the CA
+   refuse that certificate (401: it expired on the way, say), ``simpleenroll`` with the password;
 4. while the CA answers 202 the device asks again as its Retry-After says, for a few seconds
    (:attr:`services.device_sim.tasks.CaClientSettings.wait_seconds`); then it reports the
    identity certificate pending and keeps the request: the simulator keeps polling in the
@@ -97,6 +98,10 @@ def enroll_est(task: EnrollmentTask) -> Outcome:
         return Refused(code=exc.code, message=exc.message, ca_certificates=enrollment.ca_slots)
 
 
+class _RenewalRefused(Exception):
+    """The CA refused a re-enrollment's client certificate, and the device has a password."""
+
+
 class _EstEnrollment:
     """One enrollment's conversation with the CA."""
 
@@ -114,7 +119,14 @@ class _EstEnrollment:
             if pinned is None and identity is None:
                 return self._enroll(first, chain, identity=None)
         with self._session(pinned=pinned, identity=identity) as second:
-            return self._enroll(second, chain, identity=identity)
+            try:
+                return self._enroll(second, chain, identity=identity)
+            except _RenewalRefused:
+                pass
+        # The CA would not take the current certificate (it may have expired between the device's
+        # look at it and the CA's): enroll anew with the password, as a device without one does.
+        with self._session(pinned=pinned, identity=None) as third:
+            return self._enroll(third, chain, identity=None)
 
     # --- trusting the server -----------------------------------------------------------------
 
@@ -192,6 +204,8 @@ class _EstEnrollment:
             answer = session.post_csr(operation, body, auth=auth)
             if answer.status == 200:
                 break
+            if answer.status == 401 and identity is not None and self.options.username:
+                raise _RenewalRefused
             if answer.status != 202:
                 raise session.http_failure(answer, operation, renewing=identity is not None,
                                            sent_password=auth is not None)

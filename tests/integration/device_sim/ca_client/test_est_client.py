@@ -166,6 +166,27 @@ def test_re_enrollment_renews_with_a_new_key_over_the_current_certificate(ca, si
                    untrusted=write_pem(tmp_path / "issuing.pem", ca.ca.issuing))
 
 
+def test_a_renewal_the_ca_refuses_for_an_expired_certificate_enrolls_anew_with_the_password(ca, sim, monkeypatch):
+    device = Device(sim, "FTD-000003")
+    device.configure("late", f"{ca.est_url}/")
+    first = certificates(device.enroll("late"))["identity", 0]
+    # The certificate ends between the device's look at it and the CA's: the CA refuses it (401).
+    refused = []
+
+    def expired_for_the_ca(authority, cert, *, now=None):
+        refused.append(cert.serial_number)
+        return f"the certificate {cert.subject.rfc4514_string()} has expired or is not valid yet"
+
+    monkeypatch.setattr(type(ca.ca), "issued_by_us", expired_for_the_ca)
+    state = device.enroll("late", mode="re_enroll")
+
+    assert refused == [first.serial_number]  # simplereenroll was tried with the current certificate
+    assert (state.ca_status, state.identity_status) == ("available", "available"), state.error_message
+    second = certificates(state)["identity", 0]
+    assert second.serial_number != first.serial_number and second.subject == first.subject
+    assert spki(second.public_key()) == spki(device.key_of("late").public_key())
+
+
 # --- failures a person can act on ----------------------------------------------------------------
 
 def failed(state: TrustpointState, code: str, *, retryable: bool = False) -> str:
