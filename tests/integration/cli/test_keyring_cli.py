@@ -53,6 +53,7 @@ def cli(tmp_path_factory) -> Iterator[Cli]:
     yield Cli(stack, client)
     client.close()
     stack.stop()
+    configure_logging()  # the default level again for the tests that follow in this process
 
 
 def test_device_show_prints_the_keyring_and_one_device_s_keyring_is_regenerated(cli, capsys):

@@ -292,9 +292,12 @@ def test_the_relay_keeps_its_short_pace_while_it_has_work_and_slows_down_when_id
 def test_without_redis_events_still_go_to_webhooks(db_engine, settings, relays, receivers):
     from structlog.testing import capture_logs
 
+    from shared.logging import configure_logging
+
     hook = receiver(receivers)
     add_webhook(db_engine, hook.url)
     raise_alerts(db_engine, GLOBAL_DOMAIN_ID, 3)
+    configure_logging("INFO")  # another test of this process may have left the level at WARNING
     with capture_logs() as logs:
         one = relay(relays, db_engine, replace(settings, broker_url=""))
     assert one.stream is None
