@@ -4,8 +4,9 @@ beside it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from functools import cache
 
 import dramatiq
@@ -65,10 +66,12 @@ def _fleet_registry(engine: Engine) -> CollectorRegistry:
 def create_app(
     settings: Settings, *, engine: Engine | None = None, broker: dramatiq.Broker | None = None,
     start_reconciler: bool = False, start_scheduler: bool = False, device_client: DeviceClient | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> FastAPI:
     """Build the app. An engine, broker or device client passed in stays the caller's to close;
     those made here are closed when the app shuts down. The device client serves the one
-    synchronous device call, the PKCS#12 export."""
+    synchronous device call, the PKCS#12 export. ``clock`` is the time tokens are judged by
+    (their expiry, when they were last used)."""
     owns_engine, owns_broker, owns_devices = engine is None, broker is None, device_client is None
     engine = engine if engine is not None else make_engine(settings)
     init_db(engine)
@@ -119,6 +122,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.clock = clock
     app.state.engine = engine
     app.state.broker = broker
     app.state.reconciler = reconciler

@@ -26,6 +26,7 @@ from services.cli.api_client import CertfleetClient
 from tests.support.batch_checks import World, fault_world, poll
 from tests.support.ca_peers import spki
 from tests.support.procs import Proc, ca_ready_urls
+from tests.support.token_checks import assert_revocation_holds_on_every_controller
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
@@ -177,6 +178,8 @@ def test_a_fleet_renews_itself_once_each_while_the_scheduler_leader_is_killed(tm
     sim_args = ["--trust-anchor", str(tmp_path / "ca" / "tls-ca.pem"), "--ca-wait-seconds", "1"]
     with fault_world(tmp_path, devices=DEVICES, sim_args=sim_args, env=SCHEDULER_ENV, controllers=2,
                      redis_url=REDIS_URL) as world:
+        # Replicas share one token table: a revocation through one holds at once on the other.
+        assert_revocation_holds_on_every_controller(world.stack.api_urls, world.stack.token)
         first = enroll_fleet(world, ca)
         # Each trustpoint got its renewal time in its certificate's jitter window, spread over it.
         assert all(was.due_at is not None for was in first.values())

@@ -4,6 +4,7 @@ database, tokens for every role, and helpers to check problem answers and finish
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,7 @@ from sqlmodel import Session, select
 
 from services.controller.api.auth import create_token
 from services.controller.app import create_app
+from shared.clock import utcnow
 from shared.enrollment import EnrollmentParameters
 from shared.enums import Role
 from shared.events import JOBS_QUEUE
@@ -99,10 +101,13 @@ def make_settings(engine) -> Settings:
     )
 
 
-def start_api(engine, broker, settings: Settings | None = None) -> tuple[TestClient, dict[str, str]]:
-    app = create_app(settings or make_settings(engine), engine=engine, broker=broker)
+def start_api(engine, broker, settings: Settings | None = None, *,
+              clock: Callable[[], datetime] = utcnow) -> tuple[TestClient, dict[str, str]]:
+    """A controller app on ``engine`` and a token per role, made at ``clock``'s time."""
+    app = create_app(settings or make_settings(engine), engine=engine, broker=broker, clock=clock)
     with Session(engine) as session:
-        tokens = {role.value: create_token(session, role=role, name=f"test {role.value}") for role in Role}
+        tokens = {role.value: create_token(session, role=role, name=f"test {role.value}", now=clock())
+                  for role in Role}
         session.commit()
     return TestClient(app, raise_server_exceptions=False), tokens
 

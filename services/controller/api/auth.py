@@ -120,6 +120,7 @@ def _note_use(session: Session, token_id: uuid.UUID, *, now: datetime) -> None:
 
 
 def authenticate(
+    request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     session: Session = Depends(get_session),
 ) -> Principal:
@@ -127,7 +128,7 @@ def authenticate(
     peer certificate), which every role may call."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise AuthError("an API token is required: send 'Authorization: Bearer <token>'")
-    return check_token(session, credentials.credentials, now=utcnow())
+    return check_token(session, credentials.credentials, now=request.app.state.clock())
 
 
 def _needs(principal: Principal, role: Role, what: str) -> None:

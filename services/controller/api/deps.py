@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import dramatiq
 from fastapi import Depends, Query, Request
@@ -18,11 +19,16 @@ from services.controller.rules.scope import DomainScope, build_scope
 from shared.models import Domain
 from shared.settings import Settings
 
-__all__ = ["Paging", "get_broker", "get_paging", "get_scope", "get_session", "get_settings", "load_scope"]
+__all__ = ["Paging", "get_broker", "get_now", "get_paging", "get_scope", "get_session", "get_settings", "load_scope"]
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_now(request: Request) -> datetime:
+    """The app's clock (real time, unless a test injected one)."""
+    return request.app.state.clock()
 
 
 def get_broker(request: Request) -> dramatiq.Broker:

@@ -292,25 +292,30 @@ def test_a_token_is_issued_only_within_its_subtree_and_never_above_its_role(api)
     assert api.client.delete(f"{V1}/tokens/{global_token['id']}", headers=auth).status_code == 404
 
 
-def test_an_expired_or_revoked_token_is_refused_saying_which_and_what_to_do(api):
-    from sqlalchemy import update
+def test_a_token_expires_at_the_end_of_its_lifetime_saying_so_and_what_to_do(db_engine, stub_broker):
+    from tests.support.api import start_api
+    from tests.support.clock import ManualClock
 
-    from shared.models import ApiToken
+    clock = ManualClock()
+    client, tokens = start_api(db_engine, stub_broker, clock=clock)
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    with client:
+        made = client.post(f"{V1}/tokens", json={"name": "short", "role": "read_only", "lifetime_days": 2},
+                           headers=admin).json()
+        assert made["expires_at"] == (clock() + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+        auth = {"Authorization": f"Bearer {made['token']}"}
+        assert client.get(f"{V1}/domains", headers=auth).status_code == 200
+        listed = {t["id"]: t for t in client.get(f"{V1}/tokens", headers=admin).json()["items"]}
+        assert listed[made["id"]]["last_used_at"] is not None and listed[made["id"]]["state"] == "active"
 
-    made = api.ok("POST", "/tokens", {"name": "short", "role": "read_only"}, status=201)
-    auth = {"Authorization": f"Bearer {made['token']}"}
-    assert api.client.get(f"{V1}/domains", headers=auth).status_code == 200
-    listed = {t["id"]: t for t in api.ok("GET", "/tokens")["items"]}
-    assert listed[made["id"]]["last_used_at"] is not None
-
-    with Session(api.engine) as session:
-        session.execute(update(ApiToken).where(ApiToken.id == uuid.UUID(made["id"]))
-                        .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
-        session.commit()
-    expired = api.client.get(f"{V1}/domains", headers=auth)
-    assert expired.status_code == 401 and expired.json()["code"] == "token_expired"
-    assert "expired" in expired.json()["detail"] and "certfleet token create" in expired.json()["detail"]
-    assert {t["id"]: t for t in api.ok("GET", "/tokens")["items"]}[made["id"]]["state"] == "expired"
+        clock.advance(2 * 86400 - 1)  # its last second
+        assert client.get(f"{V1}/domains", headers=auth).status_code == 200
+        clock.advance(1)
+        expired = client.get(f"{V1}/domains", headers=auth)
+        assert expired.status_code == 401 and expired.json()["code"] == "token_expired"
+        assert "expired" in expired.json()["detail"] and "certfleet token create" in expired.json()["detail"]
+        listed = {t["id"]: t for t in client.get(f"{V1}/tokens", headers=admin).json()["items"]}
+        assert listed[made["id"]]["state"] == "expired"
 
 
 def test_a_revocation_holds_at_once_on_every_controller(api, db_engine, stub_broker):
