@@ -121,6 +121,11 @@ class Settings:
     #: Largest request body the controller reads, in bytes; a larger one is refused (413) unread.
     #: Routes that need more (bulk selections) have their own, larger cap.
     max_request_bytes: int = 1 << 20
+    #: What one device-inventory import reads at most: pages (requests), bytes of all pages
+    #: together, and seconds for the whole paging; an inventory beyond them is refused, not followed.
+    inventory_max_pages: int = 1000
+    inventory_max_bytes: int = 64 << 20
+    inventory_deadline_seconds: float = 300.0
     #: Messages a worker process fetches ahead from Redis.
     queue_prefetch: int = 64
     #: Log level and format ("json" or "console").
@@ -167,7 +172,8 @@ class Settings:
                      "ca_bundle_drift_seconds", "revocation_scan_seconds", "health_check_seconds",
                      "health_batch_size", "alert_conditions_seconds", "alert_expiring_days", "alert_stream_maxlen",
                      "alert_event_retention_days", "alert_relay_interval_seconds", "alert_relay_idle_seconds",
-                     "webhook_timeout_seconds",
+                     "webhook_timeout_seconds", "inventory_max_pages", "inventory_max_bytes",
+                     "inventory_deadline_seconds",
                      "webhook_max_attempts", "webhook_backoff_seconds", "webhook_backoff_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")

@@ -26,6 +26,7 @@ from shared.device_api import DeviceInfo, Inventory
 from shared.errors import ExchangeError, ValidationError
 from shared.logging import get_logger
 from shared.models import Device
+from shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -48,6 +49,11 @@ class InventoryLimits:
     deadline_seconds: float = 300.0
     #: Seconds one request may wait for the server's next bytes.
     timeout_seconds: float = 30.0
+
+
+def limits_from(settings: Settings) -> InventoryLimits:
+    return InventoryLimits(max_pages=settings.inventory_max_pages, max_bytes=settings.inventory_max_bytes,
+                           deadline_seconds=settings.inventory_deadline_seconds)
 
 
 def _unreachable(url: str, why: str) -> ExchangeError:

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from services.controller.api.auth import authorize
-from services.controller.api.deps import Paging, get_paging, get_scope, get_session
+from services.controller.api.deps import Paging, get_paging, get_scope, get_session, get_settings
 from services.controller.api.schemas.common import Page
 from services.controller.api.schemas.devices import (
     DeviceCreate,
@@ -17,10 +17,11 @@ from services.controller.api.schemas.devices import (
     InventoryImport,
 )
 from services.controller.crud import devices as crud
-from services.controller.inventory import import_inventory
+from services.controller.inventory import import_inventory, limits_from
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
 from shared.errors import ConflictError
+from shared.settings import Settings
 
 router = APIRouter(prefix="/domains/{domain_id}/devices", tags=["devices"], dependencies=[Depends(authorize)])
 
@@ -55,10 +56,10 @@ def create_device(body: DeviceCreate, scope: DomainScope = Depends(get_scope),
 
 @router.post("/import", response_model=ImportResult)
 def import_devices(body: InventoryImport, scope: DomainScope = Depends(get_scope),
-                   session: Session = Depends(get_session)):
+                   session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
     try:
         imported, skipped = import_inventory(session, scope=scope, inventory_url=body.inventory_url,
-                                             now=utcnow())
+                                             now=utcnow(), limits=limits_from(settings))
         session.commit()
     except IntegrityError:
         session.rollback()

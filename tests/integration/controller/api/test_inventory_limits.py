@@ -167,3 +167,17 @@ def test_the_api_answers_the_limits_with_their_codes(api):
         body = problem(api.post(path, {"inventory_url": inventory.url + "/?offset=0"}), 422, "invalid_url")
         assert "query or fragment" in body["detail"] and inventory.requests == 0
     assert api.ok("GET", f"/domains/{GLOBAL}/devices")["total"] == 0
+
+
+def test_the_limits_are_the_installations_settings(db_engine, stub_broker):
+    from dataclasses import replace
+
+    from tests.support.api import make_settings, start_api
+
+    settings = replace(make_settings(db_engine), inventory_max_pages=3)
+    client, tokens = start_api(db_engine, stub_broker, settings)
+    with client, BadInventory("endless-pages") as inventory:
+        answer = client.post(f"/api/v1/domains/{GLOBAL}/devices/import", json={"inventory_url": inventory.url},
+                             headers={"Authorization": f"Bearer {tokens['admin']}"})
+        body = problem(answer, 502, "inventory_too_many_pages")
+        assert "more than 3 pages" in body["detail"] and inventory.requests == 3
