@@ -1,6 +1,7 @@
 """Fixtures any test may use. Each gives a real component and cleans up after itself:
 
-- ``sqlite_engine``: an initialised SQLite database in a file of the test's temp folder;
+- ``sqlite_engine``: an initialised SQLite database in a file of the test's temp folder (a copy
+  of one made per test process);
 - ``pg_engine``: an initialised PostgreSQL database made for the test and dropped after
   (skips without a server, fails under ``CI=true``);
 - ``db_engine``: parametrise with ``indirect=True`` and "sqlite" or "postgres" to run a test
@@ -11,7 +12,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import dramatiq
 import pytest
@@ -24,10 +27,23 @@ from tests.support.api import Api, start_api
 from tests.support.pg import fresh_database, postgres_or_skip
 
 
-@pytest.fixture
-def sqlite_engine(tmp_path) -> Iterator[Engine]:
-    engine = make_engine(Settings(database_url=f"sqlite:///{tmp_path / 'certfleet.db'}"))
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory) -> Path:
+    """A database at the head revision, made once per test process: each test gets a copy of
+    the file (a few milliseconds) instead of creating the tables again (tens)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "certfleet.db"
+    engine = make_engine(Settings(database_url=f"sqlite:///{path}"))
     init_db(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path, _sqlite_template) -> Iterator[Engine]:
+    path = tmp_path / "certfleet.db"
+    shutil.copyfile(_sqlite_template, path)
+    engine = make_engine(Settings(database_url=f"sqlite:///{path}"))
+    init_db(engine)  # checks the copy is at the head, as start-up does
     yield engine
     engine.dispose()
 
