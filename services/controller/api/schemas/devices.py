@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from services.controller.api.schemas.common import InputModel
+from services.controller.rules.checks import HTTP_URL_PATTERN, url_pattern
 
 
 class DeviceCreate(InputModel):
@@ -16,7 +17,7 @@ class DeviceCreate(InputModel):
     ip_address: str = Field(default="", max_length=64)
     fqdn: str = Field(default="", max_length=255)
     #: Base URL of the device's management API (http or https).
-    management_url: str = Field(min_length=1, max_length=512)
+    management_url: str = Field(min_length=1, max_length=512, json_schema_extra={"pattern": HTTP_URL_PATTERN})
 
 
 class DeviceUpdate(InputModel):
@@ -72,7 +73,8 @@ class DevicePublic(BaseModel):
 
 class InventoryImport(InputModel):
     #: A device-management API base URL serving ``/api/inventory``.
-    inventory_url: str = Field(min_length=1, max_length=512)
+    #: No query or fragment: the import adds its own.
+    inventory_url: str = Field(min_length=1, max_length=512, json_schema_extra={"pattern": url_pattern(query=False)})
 
 
 class ImportResult(BaseModel):
