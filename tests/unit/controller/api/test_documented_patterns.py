@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.controller.api.schemas.schedules import CRON_PATTERN
-from services.controller.rules.checks import HTTP_URL_PATTERN, check_http_url, url_pattern
+from services.controller.rules.checks import (
+    FQDN_PATTERN,
+    HTTP_URL_PATTERN,
+    IP_ADDRESS_PATTERN,
+    check_fqdn,
+    check_http_url,
+    check_ip_address,
+    url_pattern,
+)
 from services.controller.scheduling.timing import Timing
 
 CHECKED = settings(max_examples=150, derandomize=True, database=None, deadline=None)
@@ -26,6 +34,13 @@ def test_every_url_the_document_allows_passes_the_check(url):
 @given(st.from_regex(url_pattern(query=False), fullmatch=True))
 def test_a_base_url_has_no_query_or_fragment(url):
     assert check_http_url(url, field="inventory_url") == url and "?" not in url and "#" not in url
+
+
+@CHECKED
+@given(st.from_regex(FQDN_PATTERN, fullmatch=True), st.from_regex(IP_ADDRESS_PATTERN, fullmatch=True))
+def test_every_host_name_and_address_the_document_allows_passes_the_check(fqdn, address):
+    assert check_fqdn(fqdn) == fqdn
+    check_ip_address(address)
 
 
 @CHECKED
