@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.controller.alerts.relay import AlertRelay
-from services.controller.api import docs, problems
+from services.controller.api import docs, openapi_docs, problems
 from services.controller.api.body_limit import BodyLimit, route_limits
 from services.controller.api.routers import (
     alerts,
@@ -136,6 +136,7 @@ def create_app(
     app.include_router(ops.router)
     docs.install(app, api_prefix=API_PREFIX)
     app.include_router(_api_router())
+    openapi_docs.install(app, api_prefix=API_PREFIX)  # every answer in /openapi.json, problems included
     # Outermost (added last): an oversized body is refused before routing, authentication or parsing.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, routes=_body_limits())
     return app

@@ -55,8 +55,12 @@ class Paging:
     limit: int
 
 
+#: Most items a list may skip: past any real list, and within what a database takes as an OFFSET.
+MAX_OFFSET = 2**31 - 1
+
+
 def get_paging(
-    offset: int = Query(0, ge=0, description="items to skip"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="items to skip"),
     limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description=f"page size, at most {MAX_PAGE}"),
 ) -> Paging:
     return Paging(offset=offset, limit=limit)

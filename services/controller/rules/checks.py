@@ -31,6 +31,39 @@ _CREDENTIALS_GO = {
 }
 
 
+# The URLs check_http_url takes, as the OpenAPI document states them (a JSON Schema pattern):
+# http(s), a host name whose last label starts with a letter, an IPv4 address or an IPv6 one in
+# brackets, an optional port, then printable ASCII. Every URL it matches passes the check (a test
+# generates them); the check stays the authority and keeps its codes and messages.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?"
+#: A host name's last label starts with a letter (all digits would be an address).
+_LAST = r"[A-Za-z](?:[A-Za-z0-9-]{0,29}[A-Za-z0-9])?"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_IPV6 = (rf"(?:(?:{_H16}:){{7}}{_H16}|(?:{_H16}:){{1,3}}:(?:{_H16}(?::{_H16}){{0,3}})?"
+         rf"|::(?:{_H16}(?::{_H16}){{0,6}})?)")
+_HOST = rf"(?:(?:{_NAME}\.){{0,4}}{_LAST}|{_OCTET}(?:\.{_OCTET}){{3}}|\[{_IPV6}\])"
+_PORT = r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+_PATH = r"[-A-Za-z0-9._~%!$&'()*+,;=:@/]"
+_QUERY = r"[-A-Za-z0-9._~%!$&'()*+,;=:@/?]"
+
+
+def url_pattern(*, schemes: str = "https?", query: bool = True) -> str:
+    """The JSON Schema pattern of the URLs :func:`check_http_url` takes: ``schemes`` a regular
+    expression of the schemes allowed (``http``, ``https``), ``query`` whether ``?…`` and ``#…``
+    may follow the path."""
+    tail = rf"(?:/{_PATH}*)?" + (rf"(?:\?{_QUERY}*)?(?:#{_QUERY}*)?" if query else "")
+    return rf"^(?:{schemes})://{_HOST}{_PORT}{tail}$"
+
+
+#: An http:// or https:// URL, as the OpenAPI document states it.
+HTTP_URL_PATTERN = url_pattern()
+#: A host name as check_fqdn takes it, or nothing.
+FQDN_PATTERN = rf"^(?:(?:{_NAME}\.){{0,4}}{_LAST})?$"
+#: An IPv4 or IPv6 address as check_ip_address takes it, or nothing.
+IP_ADDRESS_PATTERN = rf"^(?:{_OCTET}(?:\.{_OCTET}){{3}}|{_IPV6})?$"
+
+
 def check_http_url(value: str, *, field: str) -> str:
     """An http(s) URL with a host and no user:password@; IPv6 literals must be in brackets
     (https://[2001:db8::5]/)."""

@@ -46,7 +46,8 @@ BATCHES = "/keyring-regenerations"
 def regenerate_device_keyring(
     device_id: uuid.UUID,
     response: Response,
-    keyring: str = Path(max_length=64, description="the keyring's name: default"),
+    keyring: str = Path(max_length=64, description="the keyring's name: default",
+                        json_schema_extra={"enum": [regenerate.DEFAULT_KEYRING]}),
     scope: DomainScope = Depends(get_scope),
     session: Session = Depends(get_session),
     settings: Settings = Depends(get_settings),

@@ -9,12 +9,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
-from services.controller.api.problems import problem
+from services.controller.api.problems import MEDIA_TYPE, problem
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {"description": "the database does not answer: database_unavailable",
+                                         "content": {MEDIA_TYPE: {}}}})
 def healthz(request: Request):
     try:
         with request.app.state.engine.connect() as conn:

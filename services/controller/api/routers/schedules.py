@@ -16,7 +16,7 @@ from services.controller.api.schemas.schedules import SchedulePublic, ScheduleUp
 from services.controller.scheduling.schedules import ScheduleSpec, installation_schedules
 from services.controller.scheduling.timing import Timing
 from shared.clock import utcnow
-from shared.errors import ConflictError, NotFoundError
+from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.models import Schedule
 from shared.settings import Settings
 
@@ -67,6 +67,9 @@ def update_schedule(name: str, body: ScheduleUpdate, session: Session = Depends(
     """Change a schedule's timing or switch it on or off (admin). A new timing counts its next
     run from now."""
     specs = _specs(session, settings, name)
+    if body.cron is not None and not body.cron.strip():
+        raise ValidationError("cron is empty: give a cron expression, or leave cron out and give interval_seconds",
+                              code="cron_invalid")
     now = utcnow()
     row = _row(session, specs[name], now)
     if body.cron is not None or body.interval_seconds is not None:

@@ -20,7 +20,8 @@ class TrustpointFilters(InputModel):
 
 class BulkActionCreate(InputModel):
     #: Checked against the known actions, so an unknown one is refused with its own code.
-    action: str = Field(min_length=1, max_length=32, description=f"one of {', '.join(ACTIONS)}")
+    action: str = Field(min_length=1, max_length=32, description=f"one of {', '.join(ACTIONS)}",
+                        json_schema_extra={"enum": list(ACTIONS)})
     #: The trustpoints acted on are this object's, on the selected devices.
     enrollment_object_id: uuid.UUID
     selection: DeviceSelection

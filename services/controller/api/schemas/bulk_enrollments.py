@@ -5,6 +5,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.controller.api.schemas.common import InputModel
+
 #: Most distinct devices one selection may name by id.
 MAX_DEVICE_IDS = 100_000
 #: Largest body of a request carrying a selection: a hundred thousand ids as JSON, even pretty-printed,
@@ -30,10 +32,24 @@ def selection_summary(selection: dict) -> dict:
     return {**selection, "device_ids": ids[:SHOWN_DEVICE_IDS], "device_count": len(ids)}
 
 
-class DeviceSelection(BaseModel):
+_NOT_SENT = {"type": "null"}
+#: The three ways to select, for the OpenAPI document (the validator below is the check).
+_ONE_SELECTION = {"oneOf": [
+    {"title": "all", "required": ["all"], "properties": {
+        "all": {"const": True}, "device_ids": _NOT_SENT, "name_pattern": _NOT_SENT, "model": _NOT_SENT}},
+    {"title": "by id", "required": ["device_ids"], "properties": {
+        "all": {"const": False}, "device_ids": {"type": "array", "minItems": 1}, "name_pattern": _NOT_SENT,
+        "model": _NOT_SENT}},
+    {"title": "by filter", "properties": {"all": {"const": False}, "device_ids": _NOT_SENT}, "anyOf": [
+        {"required": ["name_pattern"], "properties": {"name_pattern": {"type": "string"}}},
+        {"required": ["model"], "properties": {"model": {"type": "string"}}}]},
+]}
+
+
+class DeviceSelection(InputModel):
     """Which devices of the domain subtree: all of them, a list of ids, or a filter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_SELECTION)
 
     all: bool = False
     #: Repeats are dropped; at most MAX_DEVICE_IDS distinct ids (422 selection_too_large).
@@ -55,9 +71,7 @@ class DeviceSelection(BaseModel):
         return self
 
 
-class BulkEnrollmentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BulkEnrollmentCreate(InputModel):
     enrollment_object_id: uuid.UUID
     selection: DeviceSelection
 

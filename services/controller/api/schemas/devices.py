@@ -7,16 +7,17 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from services.controller.api.schemas.common import InputModel
+from services.controller.rules.checks import FQDN_PATTERN, HTTP_URL_PATTERN, IP_ADDRESS_PATTERN, url_pattern
 
 
 class DeviceCreate(InputModel):
     name: str = Field(min_length=1, max_length=128)
     model: str = Field(default="", max_length=64)
     serial: str = Field(min_length=1, max_length=64)
-    ip_address: str = Field(default="", max_length=64)
-    fqdn: str = Field(default="", max_length=255)
+    ip_address: str = Field(default="", max_length=64, json_schema_extra={"pattern": IP_ADDRESS_PATTERN})
+    fqdn: str = Field(default="", max_length=255, json_schema_extra={"pattern": FQDN_PATTERN})
     #: Base URL of the device's management API (http or https).
-    management_url: str = Field(min_length=1, max_length=512)
+    management_url: str = Field(min_length=1, max_length=512, json_schema_extra={"pattern": HTTP_URL_PATTERN})
 
 
 class DeviceUpdate(InputModel):
@@ -72,7 +73,8 @@ class DevicePublic(BaseModel):
 
 class InventoryImport(InputModel):
     #: A device-management API base URL serving ``/api/inventory``.
-    inventory_url: str = Field(min_length=1, max_length=512)
+    #: No query or fragment: the import adds its own.
+    inventory_url: str = Field(min_length=1, max_length=512, json_schema_extra={"pattern": url_pattern(query=False)})
 
 
 class ImportResult(BaseModel):

@@ -6,13 +6,24 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
 from services.controller.api.schemas.common import InputModel
 from shared.models import EnrollmentObjectFields
 
 
 class EnrollmentObjectCreate(EnrollmentObjectFields, InputModel):
+    model_config = ConfigDict(json_schema_extra={
+        # Rules between fields that JSON Schema cannot state, checked by the API (422 with their codes).
+        "x-checked-beyond-schema": [
+            "the fields an enrollment type uses: enrollment_url (https for EST, http for SCEP) and username for EST "
+            "and SCEP, password for EST, challenge_password for SCEP, ca_certificate_pem and ca_only for manual",
+            "the key size the key type takes; the subject the name and validity make",
+            "renew_before_days or renew_before_fraction within validity_days",
+            "ca_certificate_pem holds CA certificates; revocation needs a CRL source",
+        ],
+    })
+
     # SecretStr: a secret stays hidden even if the request model is printed or logged.
     #: EST password. Write-only: stored encrypted, never shown again.
     password: SecretStr | None = Field(default=None, max_length=256)
@@ -45,7 +56,8 @@ class Pkcs12Upload(InputModel):
 
     #: The file's name, e.g. "vpn-gateway.p12": the object is named "vpn-gateway".
     filename: str = Field(min_length=1, max_length=255)
-    pkcs12_base64: str = Field(min_length=1)
+    pkcs12_base64: str = Field(min_length=1, json_schema_extra={"contentEncoding": "base64",
+                                                                "contentMediaType": "application/x-pkcs12"})
     passphrase: SecretStr = Field(max_length=1024)
     #: Another name than the file's, e.g. when the file's name cannot be a trustpoint name.
     name: str | None = Field(default=None, min_length=1, max_length=64)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from services.controller.api.schemas.bulk_enrollments import BatchProgress, distinct
 from services.controller.api.schemas.common import InputModel
@@ -15,6 +15,12 @@ class KeyringRegenerationCreate(InputModel):
     device of the domain subtree with an open F0853 alert or a keyring read invalid)."""
 
     #: Repeats are dropped; at most 100,000 distinct ids (422 selection_too_large).
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["device_ids"], "properties": {"device_ids": {"type": "array", "minItems": 1},
+                                                    "all_expired": {"const": False}}},
+        {"required": ["all_expired"], "properties": {"all_expired": {"const": True}, "device_ids": {"type": "null"}}},
+    ]})
+
     device_ids: list[uuid.UUID] | None = None
     all_expired: bool = False
 

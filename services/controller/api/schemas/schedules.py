@@ -4,6 +4,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.controller.api.schemas.common import InputModel
+from services.controller.scheduling.timing import MAX_INTERVAL, MIN_INTERVAL
+
 
 class SchedulePublic(BaseModel):
     """A schedule of the scheduler, as ``GET /api/v1/schedules`` shows it."""
@@ -24,11 +27,22 @@ class SchedulePublic(BaseModel):
     running: bool
 
 
-class ScheduleUpdate(BaseModel):
+# The cron expressions the document offers: five fields of numbers, '*' or '*/step', days of the
+# month to 28 (so every month has them). timing.check_timing takes more (croniter's whole syntax)
+# and stays the check, with its codes.
+_STEP = r"(?:/[1-9][0-9]?)?"
+CRON_PATTERN = (rf"^(?:\*{_STEP}|[1-5]?[0-9]) (?:\*{_STEP}|1?[0-9]|2[0-3]) (?:\*|[1-9]|1[0-9]|2[0-8]) "
+                r"(?:\*|[1-9]|1[0-2]) (?:\*|[0-6])$")
+
+
+class ScheduleUpdate(InputModel):
     """Change a schedule: its timing (a cron expression or an interval, not both) and whether it runs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {
+        "required": ["cron", "interval_seconds"],
+        "properties": {"cron": {"type": "string"}, "interval_seconds": {"type": "integer"}}}})
 
-    cron: str | None = Field(default=None, max_length=128)
-    interval_seconds: int | None = None
+    cron: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": CRON_PATTERN})
+    interval_seconds: int | None = Field(default=None, json_schema_extra={"minimum": MIN_INTERVAL,
+                                                                          "maximum": MAX_INTERVAL})
     enabled: bool | None = None

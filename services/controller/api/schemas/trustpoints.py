@@ -94,12 +94,17 @@ class TrustpointAccepted(BaseModel):
     job: JobPublic
 
 
+#: A field holding certificates in PEM (JSON Schema's contentMediaType): content the schema cannot
+#: check, the API parses it.
+PEM = {"contentMediaType": "application/x-pem-file"}
+
+
 class IdentityCertificateImport(InputModel):
     """The JSON form of an identity certificate import (a raw PEM or DER body works too)."""
 
-    certificate_pem: str = Field(min_length=1, max_length=65536)
+    certificate_pem: str = Field(min_length=1, max_length=65536, json_schema_extra=PEM)
     #: The CA certificate(s) that issued it, when the trustpoint has no CA certificate yet.
-    ca_certificate_pem: str | None = Field(default=None, max_length=65536)
+    ca_certificate_pem: str | None = Field(default=None, max_length=65536, json_schema_extra=PEM)
 
 
 class ExportRequest(InputModel):
@@ -115,9 +120,10 @@ class PeerValidationRequest(InputModel):
     """A peer's certificate for the device to validate with the trustpoint's CA, as it would a
     VPN peer's (JSON, at most 64 KiB)."""
 
-    certificate_pem: str = Field(min_length=1, max_length=65536)
+    # Together within the route's 64 KiB body cap (uploads.MAX_PEER_VALIDATION_BODY), even JSON-escaped.
+    certificate_pem: str = Field(min_length=1, max_length=8192, json_schema_extra=PEM)
     #: Intermediate CA certificates the peer sends with its certificate (PEM).
-    chain_pem: str | None = Field(default=None, max_length=65536)
+    chain_pem: str | None = Field(default=None, max_length=20480, json_schema_extra=PEM)
     #: What the peer is validated for; left out: any use the trustpoint allows.
     usage: Literal["ipsec_client", "ssl_client", "ssl_server"] | None = None
 

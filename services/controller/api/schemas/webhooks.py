@@ -9,6 +9,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field, SecretStr
 
 from services.controller.api.schemas.common import InputModel
+from services.controller.rules.checks import HTTP_URL_PATTERN
 from shared.enums import AlertCode, DeliveryState, Severity
 
 #: A webhook secret's length, in characters.
@@ -17,7 +18,7 @@ SECRET_MIN, SECRET_MAX = 16, 256
 
 class WebhookCreate(InputModel):
     #: Where the alert events are POSTed: an http:// or https:// URL.
-    url: str = Field(max_length=512)
+    url: str = Field(max_length=512, json_schema_extra={"pattern": HTTP_URL_PATTERN})
     name: str | None = Field(default=None, max_length=128)
     #: Alert codes to send; empty or left out: every code.
     codes: list[AlertCode] = Field(default_factory=list)
@@ -26,7 +27,7 @@ class WebhookCreate(InputModel):
     # SecretStr: hidden should the request model be printed or logged. The minimum is checked
     # by the webhook rules, for a stable error code.
     #: The HMAC-SHA256 key of the deliveries' signature, 16 to 256 characters. Write-only.
-    secret: SecretStr = Field(max_length=SECRET_MAX)
+    secret: SecretStr = Field(max_length=SECRET_MAX, json_schema_extra={"minLength": SECRET_MIN})
     enabled: bool = True
 
 
