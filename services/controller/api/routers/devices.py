@@ -17,6 +17,7 @@ from services.controller.api.schemas.devices import (
     InventoryImport,
 )
 from services.controller.crud import devices as crud
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.inventory import import_inventory, limits_from
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
@@ -49,6 +50,7 @@ def list_devices(
 @router.post("", response_model=DevicePublic, status_code=201)
 def create_device(body: DeviceCreate, scope: DomainScope = Depends(get_scope),
                   session: Session = Depends(get_session)):
+    ensure_not_being_deleted(session, scope.domain_id, what="registering a device")
     device = crud.create_device(session, scope=scope, data=body)
     session.commit()
     return _public(device)
@@ -57,6 +59,7 @@ def create_device(body: DeviceCreate, scope: DomainScope = Depends(get_scope),
 @router.post("/import", response_model=ImportResult)
 def import_devices(body: InventoryImport, scope: DomainScope = Depends(get_scope),
                    session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
+    ensure_not_being_deleted(session, scope.domain_id, what="importing devices")
     try:
         imported, skipped = import_inventory(session, scope=scope, inventory_url=body.inventory_url,
                                              now=utcnow(), limits=limits_from(settings))
