@@ -19,9 +19,10 @@ from services.controller.queueing.jobs import ensure_no_unfinished_job, new_job
 from services.controller.rules.scope import DomainScope
 from services.controller.rules.trustpoint_actions import action_of
 from services.controller.short_cache import ShortCache
+from shared import object_reach
 from shared.enums import EnrollmentType, JobKind
 from shared.errors import ConflictError, NotFoundError
-from shared.models import Certificate, Device, Job, Trustpoint
+from shared.models import Certificate, Device, EnrollmentObject, Job, Trustpoint
 from shared.settings import Settings
 from shared.states import Status, transition
 
@@ -167,9 +168,17 @@ def add_trustpoint(
 
 def ensure_deployable(session: Session, trustpoint: Trustpoint, device: Device, *, what: str) -> None:
     """Refuse an action that deploys the trustpoint's enrollment object to the device (re-enroll,
-    installing an imported certificate) in a domain being deleted. Refresh and delete only read or
-    remove what the device has: they stay allowed."""
+    installing an imported certificate) in a domain being deleted, or once the device's domain may
+    no longer use the object (it was moved): 409 enrollment_object_not_usable, saying what to do.
+    Refresh and delete only read or remove what the device has: they stay allowed."""
     ensure_not_being_deleted(session, trustpoint.domain_id, what=f"{what} trustpoint {trustpoint.name}")
+    obj = session.get(EnrollmentObject, trustpoint.enrollment_object_id)
+    if obj is None:
+        return
+    why = object_reach.refusal(session, trustpoint=trustpoint.name, device=device.name, object_name=obj.name,
+                               object_domain_id=obj.domain_id, domain_id=trustpoint.domain_id)
+    if why is not None:
+        raise ConflictError(why, code=object_reach.CODE)
 
 
 def start_action(
