@@ -127,6 +127,10 @@ def test_a_leaf_domain_goes_once_delete_jobs_removed_its_devices_trustpoints(api
         body = problem(refused, 409, "domain_being_deleted")
         assert "Branch-7 is being deleted" in body["detail"] and f"/api/v1/domains/{branch}" in body["detail"]
     problem(api.call("DELETE", f"/domains/{branch}"), 409, "domain_deletion_running")
+    # A bulk enrollment from above leaves its devices out, counted as skipped.
+    from_above = api.ok("POST", f"/domains/{region}/bulk-enrollments",
+                        {"enrollment_object_id": shared["id"], "selection": {"all": True}}, status=202)
+    assert (from_above["selected"], from_above["skipped"], from_above["total"]) == (2, 2, 0)
     assert run_schedule(api, clock) == "0 domain(s) deleted; 1 waiting: Branch-7 (removing_trustpoints)"
 
     worker()
