@@ -50,6 +50,7 @@ CATALOGUE: dict[AlertCode, CodeInfo] = {
     AlertCode.RENEWAL_FAILED: CodeInfo(Severity.MAJOR, "renewal failed"),
     AlertCode.CA_UNREACHABLE: CodeInfo(Severity.MAJOR, "CA unreachable"),
     AlertCode.CA_BUNDLE_UPDATE_FAILED: CodeInfo(Severity.MINOR, "CA bundle update failed"),
+    AlertCode.OBJECT_OUT_OF_DOMAIN: CodeInfo(Severity.MAJOR, "enrollment object not usable in the device's domain"),
 }
 
 

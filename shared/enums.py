@@ -102,6 +102,8 @@ class AlertCode(StrEnum):
     RENEWAL_FAILED = "CF-RENEW-FAILED"
     CA_UNREACHABLE = "CF-CA-UNREACHABLE"
     CA_BUNDLE_UPDATE_FAILED = "CF-BUNDLE-FAILED"
+    #: A moved device's trustpoint whose enrollment object the device's new domain may not use.
+    OBJECT_OUT_OF_DOMAIN = "CF-OBJECT-OUT-OF-DOMAIN"
 
 
 class Severity(StrEnum):

@@ -66,6 +66,15 @@ class Domain(SQLModel, table=True):
     #: (off at Global unless set).
     auto_regenerate_keyring: bool | None = None
     created_at: datetime = _ts()
+    # A deletion under way (see services/controller/domains/deletion.py): set while the domain's
+    # devices lose their trustpoints; nothing new is made in the domain meanwhile. The row goes
+    # when the deletion completes.
+    deletion_requested_at: datetime | None = _ts(nullable=True)
+    deletion_requested_by: str = Field(default="", max_length=255)
+    #: Where the devices go. No foreign key: should that domain be deleted first, they go to the parent.
+    deletion_target_id: uuid.UUID | None = None
+    #: The batch of delete jobs of the latest attempt (a retry starts a new one).
+    deletion_batch_id: uuid.UUID | None = None
 
     __table_args__ = (UniqueConstraint("parent_id", "name"),)
 

@@ -98,6 +98,8 @@ class Settings:
     health_batch_size: int = 200
     #: Seconds between passes that raise, update and clear alerts from what certfleet knows.
     alert_conditions_seconds: int = 30
+    #: Seconds between passes that complete the domain deletions whose devices' trustpoints are removed.
+    domain_deletion_seconds: int = 15
     #: An identity certificate ending within this many days raises a certificate-expiring alert.
     alert_expiring_days: float = 30.0
     #: The Redis stream alert events go to (CloudEvents JSON), and about how many entries it keeps.
@@ -171,6 +173,7 @@ class Settings:
                      "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds",
                      "ca_bundle_drift_seconds", "revocation_scan_seconds", "health_check_seconds",
                      "health_batch_size", "alert_conditions_seconds", "alert_expiring_days", "alert_stream_maxlen",
+                     "domain_deletion_seconds",
                      "alert_event_retention_days", "alert_relay_interval_seconds", "alert_relay_idle_seconds",
                      "webhook_timeout_seconds", "inventory_max_pages", "inventory_max_bytes",
                      "inventory_deadline_seconds",

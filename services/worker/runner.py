@@ -38,6 +38,7 @@ from services.worker.exchanges import DeviceReport
 from services.worker.jobstore import ClaimedJob
 from services.worker.parameters import check_secret_present, trustpoint_configuration
 from services.worker.steps import StepLog
+from shared import object_reach
 from shared.db import session_scope
 from shared.device_client import DeviceTransientError
 from shared.enums import CertificateRole, JobKind
@@ -66,6 +67,10 @@ CA_BUNDLE_NAME = "certfleet"
 #: and a keyring regeneration leave the trustpoint's certificates as they were).
 MARKS_TRUSTPOINT = frozenset({JobKind.ENROLL, JobKind.RE_ENROLL, JobKind.REFRESH})
 
+#: Kinds that send the enrollment object's values (and secrets) to the device: each checks first that
+#: the device's domain may still use the object.
+DEPLOYS_OBJECT = frozenset({JobKind.ENROLL, JobKind.RE_ENROLL, JobKind.INSTALL_IDENTITY})
+
 Result = Literal["succeeded", "failed", "retry_scheduled", "waiting_for_ca", "skipped"]
 
 
@@ -88,6 +93,9 @@ class Subject:
     enrollment_object: EnrollmentObject | None
     #: certfleet's CA bundle, for a CA-bundle push (None: there is none yet).
     bundle: CaBundleState | None = None
+    #: Why the enrollment object may not be deployed to the device (its domain may not use it
+    #: since the device moved), for the kinds that deploy it; None when it may.
+    not_usable: str | None = None
 
 
 def run_job(
@@ -141,7 +149,13 @@ def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
             .where(Trustpoint.id == claimed.trustpoint_id)
         ).first()
         if row is not None:
-            return Subject(trustpoint=row[0], device=row[1], enrollment_object=row[2])
+            trustpoint, device, obj = row
+            not_usable = None
+            if claimed.kind in DEPLOYS_OBJECT:
+                not_usable = object_reach.refusal(
+                    session, trustpoint=trustpoint.name, device=device.name, object_name=obj.name,
+                    object_domain_id=obj.domain_id, domain_id=trustpoint.domain_id)
+            return Subject(trustpoint=trustpoint, device=device, enrollment_object=obj, not_usable=not_usable)
     return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None)
 
 
@@ -217,8 +231,16 @@ class _JobRun:
             )
         return s.trustpoint, s.device, s.enrollment_object
 
+    def _require_deployable(self) -> tuple[Trustpoint, Device, EnrollmentObject]:
+        """As :meth:`_require`, and the device's domain may still use the object (a job queued before
+        the device moved finds out here, before anything is sent)."""
+        found = self._require()
+        if self.subject.not_usable is not None:
+            raise PermanentError(self.subject.not_usable, code=object_reach.CODE)
+        return found
+
     def _enroll(self) -> JobOutcome:
-        trustpoint, device, obj = self._require()
+        trustpoint, device, obj = self._require_deployable()
         check_secret_present(obj, renewal=self.kind is JobKind.RE_ENROLL)
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
@@ -256,7 +278,7 @@ class _JobRun:
         return outcome
 
     def _install_identity(self) -> JobOutcome:
-        trustpoint, device, obj = self._require()
+        trustpoint, device, obj = self._require_deployable()
         if not trustpoint.pending_identity_pem:
             raise PermanentError(
                 f"trustpoint {trustpoint.name} of device {device.serial} has no imported identity "

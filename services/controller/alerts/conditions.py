@@ -21,7 +21,7 @@ from typing import Protocol
 from sqlalchemy import and_, false, or_
 from sqlmodel import Session, select
 
-from services.controller.alerts import store
+from services.controller.alerts import moves, store
 from shared.alerts import AlertCondition, keyring_description
 from shared.domains import GLOBAL_DOMAIN_ID
 from shared.enums import AlertCode, CertificateRole, EnrollmentType, Severity
@@ -241,6 +241,8 @@ def run_alert_conditions(
         ((AlertCode.ENROLLMENT_FAILED, AlertCode.RENEWAL_FAILED),
          lambda: [*enrollments_failed(session), *renewals_failed(session)]),
         ((AlertCode.CA_BUNDLE_UPDATE_FAILED,), lambda: bundle_update_failed(session)),
+        # Raised by device moves; the pass clears those whose trustpoint or device is gone.
+        ((AlertCode.OBJECT_OUT_OF_DOMAIN,), lambda: moves.still_holding(session)),
     ]
     notes: list[str] = []
     if circuits is None:

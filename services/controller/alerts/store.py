@@ -50,23 +50,31 @@ def record_event(session: Session, alert: Alert, change: str, *, now: datetime) 
     return event
 
 
-def open_alerts(session: Session, codes: Iterable[AlertCode | str]) -> list[Alert]:
-    return list(session.exec(select(Alert).where(Alert.code.in_([str(c) for c in codes]),
-                                                 Alert.state.in_(catalogue.open_states()))).all())
+def open_alerts(session: Session, codes: Iterable[AlertCode | str], *,
+                device_id: uuid.UUID | None = None) -> list[Alert]:
+    """The open alerts of ``codes``; only the device's with ``device_id``."""
+    conditions = [Alert.code.in_([str(c) for c in codes]), Alert.state.in_(catalogue.open_states())]
+    if device_id is not None:
+        conditions.append(Alert.device_id == device_id)
+    return list(session.exec(select(Alert).where(*conditions)).all())
 
 
 def sync(session: Session, conditions: Iterable[AlertCondition], *, codes: Iterable[AlertCode],
-         now: datetime) -> SyncResult:
-    """Make the open alerts of ``codes`` match ``conditions`` (not committed)."""
+         now: datetime, device_id: uuid.UUID | None = None) -> SyncResult:
+    """Make the open alerts of ``codes`` match ``conditions`` (not committed). With ``device_id``,
+    the conditions are that device's alone, and only its alerts are raised, kept or cleared (a
+    change made to one device, such as a move, syncs its alerts in its own transaction)."""
     codes = set(codes)
     wanted: dict[str, AlertCondition] = {}
     for condition in conditions:
         if condition.code not in codes:
             raise ValueError(f"condition {condition.code} is outside the codes being synced")
+        if device_id is not None and condition.device_id != device_id:
+            raise ValueError(f"condition {condition.key} is about another device than the one being synced")
         wanted[condition.key] = condition
     result = SyncResult()
     touched: list[uuid.UUID] = []
-    for alert in open_alerts(session, codes):
+    for alert in open_alerts(session, codes, device_id=device_id):
         condition = wanted.pop(alert.condition_key or "", None)
         if condition is None:
             clear(session, alert, now=now)

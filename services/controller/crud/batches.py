@@ -38,14 +38,19 @@ BUNDLE_UPDATE = JobKind.BUNDLE_UPDATE.value
 REGENERATE_KEYRING = JobKind.REGENERATE_KEYRING.value
 #: Batches about devices, not trustpoints: neither bulk enrollments nor bulk actions.
 DEVICE_BATCHES = (BUNDLE_UPDATE, REGENERATE_KEYRING)
+#: Batch.action of a domain deletion's delete jobs (one per trustpoint of the domain's devices, over
+#: several enrollment objects): followed through the domain, not listed as a bulk action.
+DELETE_DOMAIN = "delete_domain"
+#: Batches that are neither bulk enrollments nor bulk actions.
+_OTHER_BATCHES = (*DEVICE_BATCHES, DELETE_DOMAIN)
 
 
 def _of_kind(enrollments: bool):
-    return Batch.action == ENROLL if enrollments else Batch.action.not_in((ENROLL, *DEVICE_BATCHES))
+    return Batch.action == ENROLL if enrollments else Batch.action.not_in((ENROLL, *_OTHER_BATCHES))
 
 
 def _is_kind(batch: Batch, enrollments: bool) -> bool:
-    return batch.action == ENROLL if enrollments else batch.action not in (ENROLL, *DEVICE_BATCHES)
+    return batch.action == ENROLL if enrollments else batch.action not in (ENROLL, *_OTHER_BATCHES)
 
 
 def _kind_name(enrollments: bool) -> str:

@@ -20,11 +20,12 @@ from services.controller.api.schemas.bulk_enrollments import DeviceSelection, se
 from services.controller.crud import batches
 from services.controller.crud.batches import chunks
 from services.controller.crud.bulk_enrollments import device_filters, select_devices
+from services.controller.crud.domains import being_deleted
 from services.controller.crud.enrollment_objects import get_object
 from services.controller.queueing.jobs import UNFINISHED
 from services.controller.rules.scope import DomainScope
 from services.controller.rules.trustpoint_actions import TrustpointAction, check_confirmed
-from shared.enums import CertificateRole, JobReason, JobState
+from shared.enums import CertificateRole, JobKind, JobReason, JobState
 from shared.errors import ConflictError, ValidationError
 from shared.models import Batch, Certificate, Device, Job, Trustpoint
 from shared.settings import Settings
@@ -80,7 +81,7 @@ def describe(selection: DeviceSelection, filters: TrustpointFilters) -> str:
     return ", ".join(parts)
 
 
-def _lock_idle(session: Session, ids: list[uuid.UUID]) -> list[tuple]:
+def lock_idle(session: Session, ids: list[uuid.UUID]) -> list[tuple]:
     """(id, device_id, domain_id, name) of the trustpoints of ``ids`` that still exist and have
     no unfinished job, locked until the transaction ends.
 
@@ -128,9 +129,11 @@ def create_action_batch(
     lease_until = now + timedelta(seconds=settings.job_lease_seconds)
     step = [{"at": now.isoformat(), "step": "requested",
              "detail": f"bulk {action.name} {batch.id}" + (f" by {requested_by}" if requested_by else "")}]
+    # A re-enrollment deploys the object again: not in a subdomain being deleted (skipped and counted).
+    deleting = being_deleted(session) if action.kind is JobKind.RE_ENROLL else frozenset()
     job_ids: list[uuid.UUID] = []
     for chunk in chunks(candidates):
-        idle = _lock_idle(session, list(chunk))
+        idle = [row for row in lock_idle(session, list(chunk)) if row[2] not in deleting]
         if not idle:
             continue
         if action.restarts_statuses:

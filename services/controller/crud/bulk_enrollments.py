@@ -21,6 +21,7 @@ from services.controller.api.schemas.bulk_enrollments import (
 )
 from services.controller.crud import batches
 from services.controller.crud.batches import INSERT_CHUNK, chunks
+from services.controller.crud.domains import being_deleted, ensure_not_being_deleted
 from services.controller.crud.enrollment_objects import get_object
 from services.controller.rules.scope import DomainScope
 from shared.enums import EnrollmentType, JobKind, JobReason, JobState
@@ -78,11 +79,14 @@ def create_batch(
     if obj.enrollment_type == EnrollmentType.PKCS12 and obj.pkcs12_blob is None:
         raise ConflictError(f"enrollment object {obj.name} has no PKCS12 file yet; upload it first",
                             code="pkcs12_file_missing")
+    ensure_not_being_deleted(session, scope.domain_id, what="a bulk enrollment")
     devices = select_devices(session, scope=scope, selection=selection)
     if not devices:
         raise ValidationError("the selection matches no device in this domain", code="empty_selection")
-    already = set()
-    for chunk in chunks([d[0] for d in devices], INSERT_CHUNK):
+    # Devices of a subdomain being deleted get nothing new: skipped, like those that have the trustpoint.
+    deleting = being_deleted(session)
+    already = {device_id for device_id, domain_id in devices if domain_id in deleting}
+    for chunk in chunks([d[0] for d in devices if d[0] not in already], INSERT_CHUNK):
         already.update(session.exec(
             select(Trustpoint.device_id).where(Trustpoint.device_id.in_(chunk), Trustpoint.name == obj.name)
         ).all())

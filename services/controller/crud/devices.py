@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from services.controller.alerts import moves
 from services.controller.api.schemas.devices import DeviceCreate, DeviceUpdate
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.queueing.jobs import ensure_no_unfinished_job
 from services.controller.rules.checks import check_fqdn, check_http_url, check_ip_address
 from services.controller.rules.scope import DomainScope
+from shared.alerts import open_states
+from shared.clock import utcnow
 from shared.errors import ConflictError, NotFoundError
-from shared.models import Certificate, Device, Trustpoint
+from shared.models import Alert, Certificate, Device, Trustpoint
 
 #: Shown until the operator confirms: weak-crypto is a security trade-off made on purpose.
 WEAK_CRYPTO_WARNING = (
@@ -75,7 +80,7 @@ def create_device(session: Session, *, scope: DomainScope, data: DeviceCreate) -
 
 
 def update_device(
-    session: Session, *, scope: DomainScope, device_id: uuid.UUID, data: DeviceUpdate
+    session: Session, *, scope: DomainScope, device_id: uuid.UUID, data: DeviceUpdate, now: datetime | None = None
 ) -> Device:
     device = get_device(session, scope=scope, device_id=device_id)
     if data.weak_crypto and not device.weak_crypto and not data.confirm:
@@ -89,13 +94,25 @@ def update_device(
     if data.domain_id is not None and data.domain_id != device.domain_id:
         if not scope.sees(data.domain_id):
             raise NotFoundError(f"domain {data.domain_id} not found in this domain's subtree")
-        device.domain_id = data.domain_id
-        # A device's trustpoints and certificates move to the new domain with it.
-        session.execute(
-            update(Trustpoint).where(Trustpoint.device_id == device.id).values(domain_id=data.domain_id)
-        )
+        move_device(session, device, data.domain_id, now=now or utcnow())
     session.add(device)
     return device
+
+
+def move_device(session: Session, device: Device, domain_id: uuid.UUID, *, now: datetime) -> None:
+    """Move the device to another domain (not committed). Its trustpoints and certificates go with
+    it, as do its open alerts; each trustpoint whose enrollment object the new domain may not use
+    raises an alert saying what to do (and the move back clears it). Refused out of or into a
+    domain being deleted."""
+    ensure_not_being_deleted(session, device.domain_id, what=f"moving device {device.name} out of it")
+    ensure_not_being_deleted(session, domain_id, what=f"moving device {device.name} into it")
+    device.domain_id = domain_id
+    session.add(device)
+    session.execute(update(Trustpoint).where(Trustpoint.device_id == device.id).values(domain_id=domain_id))
+    session.execute(update(Alert).where(Alert.device_id == device.id, Alert.state.in_(open_states()))
+                    .values(domain_id=domain_id).execution_options(synchronize_session=False))
+    session.flush()
+    moves.sync_device(session, device, now=now)
 
 
 def delete_device(session: Session, *, scope: DomainScope, device_id: uuid.UUID) -> None:

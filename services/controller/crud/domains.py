@@ -29,12 +29,37 @@ def list_domains(session: Session, *, offset: int, limit: int,
     return list(rows), total
 
 
+class DomainBeingDeleted(ConflictError):
+    code = "domain_being_deleted"
+
+    def __init__(self, domain: Domain, *, what: str) -> None:
+        by = f" by {domain.deletion_requested_by}" if domain.deletion_requested_by else ""
+        super().__init__(
+            f"domain {domain.name} is being deleted (asked on {domain.deletion_requested_at:%Y-%m-%d %H:%M} UTC{by}): "
+            f"{what} is refused until it is gone; GET /api/v1/domains/{domain.id} shows the deletion's progress"
+        )
+
+
+def ensure_not_being_deleted(session: Session, domain_id: uuid.UUID, *, what: str) -> None:
+    """Refuse (409 domain_being_deleted) to make ``what`` in a domain whose deletion is under way:
+    nothing new may appear in it while its devices lose their trustpoints."""
+    domain = session.get(Domain, domain_id)
+    if domain is not None and domain.deletion_requested_at is not None:
+        raise DomainBeingDeleted(domain, what=what)
+
+
+def being_deleted(session: Session) -> frozenset[uuid.UUID]:
+    """The domains whose deletion is under way (usually none): selections leave their devices out."""
+    return frozenset(session.exec(select(Domain.id).where(Domain.deletion_requested_at.is_not(None))).all())
+
+
 def create_domain(session: Session, *, name: str, parent_id: uuid.UUID | None,
                   auto_regenerate_keyring: bool | None = None) -> Domain:
     name = name.strip()
     if not name:
         raise ValidationError("a domain needs a name", code="invalid_name")
     parent = get_domain(session, domain_id=parent_id or GLOBAL_DOMAIN_ID)
+    ensure_not_being_deleted(session, parent.id, what="a new child domain")
     if session.exec(select(Domain.id).where(Domain.parent_id == parent.id, Domain.name == name)).first():
         raise ConflictError(f"domain {parent.name} already has a child named {name!r}", code="duplicate_name")
     domain = Domain(name=name, parent_id=parent.id, auto_regenerate_keyring=auto_regenerate_keyring)

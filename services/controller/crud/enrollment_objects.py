@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate, EnrollmentObjectUpdate
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.rules.enrollment_objects import (
     changes_where_secret_goes,
     check_admin_only_settings,
@@ -91,6 +92,7 @@ def create_object(
 ) -> EnrollmentObject:
     """``role``: the caller's, for the settings only an admin may make."""
     check_admin_only_settings(data, role)
+    ensure_not_being_deleted(session, scope.domain_id, what="a new enrollment object")
     columns = object_columns(data)
     _ensure_unique_name(session, domain_id=scope.domain_id, name=data.name, other_than=None)
     secret = secret_of(data)
@@ -138,6 +140,7 @@ def create_pkcs12_object(
 ) -> EnrollmentObject:
     """A PKCS12 enrollment object holding the (already checked) file and its passphrase,
     both encrypted: a failed enrollment is retried from them without a new upload."""
+    ensure_not_being_deleted(session, scope.domain_id, what="a new enrollment object")
     data = EnrollmentObjectCreate(name=name, enrollment_type=EnrollmentType.PKCS12, description=description)
     columns = object_columns(data)
     _ensure_unique_name(session, domain_id=scope.domain_id, name=name, other_than=None)

@@ -11,7 +11,7 @@ from cryptography import x509
 from sqlalchemy import update
 from sqlmodel import Session
 
-from services.controller.crud.trustpoints import certificates_of, get_trustpoint
+from services.controller.crud.trustpoints import certificates_of, ensure_deployable, get_trustpoint
 from services.controller.queueing.jobs import ensure_no_unfinished_job, new_job
 from services.controller.rules.scope import DomainScope
 from shared.certificate_import import check_identity_import, parse_upload
@@ -51,6 +51,7 @@ def import_identity(
     session.refresh(trustpoint)
     ensure_no_unfinished_job(session, trustpoint_id=trustpoint.id,
                              what=f"trustpoint {trustpoint.name} of device {device.name}")
+    ensure_deployable(session, trustpoint, device, what="importing an identity certificate into")
     waiting = (trustpoint.enrollment_type == EnrollmentType.MANUAL
                and trustpoint.identity_status == Status.PENDING)
     if not waiting or not trustpoint.csr_pem:

@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from services.controller.api.auth import new_token
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.rules.scope import DomainScope
 from shared.enums import Role
 from shared.errors import ForbiddenError, NotFoundError
@@ -45,6 +46,7 @@ def issue_token(session: Session, *, role: Role, name: str, home: DomainScope, l
         if not issuer.role.includes(role):
             raise ForbiddenError(f"a {issuer.role.value} token may not create a {Role(role).value} token; "
                                  f"this needs role {Role(role).value}")
+    ensure_not_being_deleted(session, home.domain_id, what="a new API token homed there")
     token, row = new_token(role=role, name=name, domain_id=home.domain_id, lifetime=lifetime, now=now)
     session.add(row)
     return token, row

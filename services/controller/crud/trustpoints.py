@@ -13,14 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from services.controller.crud.devices import get_device
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.crud.enrollment_objects import get_object
 from services.controller.queueing.jobs import ensure_no_unfinished_job, new_job
 from services.controller.rules.scope import DomainScope
 from services.controller.rules.trustpoint_actions import action_of
 from services.controller.short_cache import ShortCache
+from shared import object_reach
 from shared.enums import EnrollmentType, JobKind
 from shared.errors import ConflictError, NotFoundError
-from shared.models import Certificate, Device, Job, Trustpoint
+from shared.models import Certificate, Device, EnrollmentObject, Job, Trustpoint
 from shared.settings import Settings
 from shared.states import Status, transition
 
@@ -137,6 +139,7 @@ def add_trustpoint(
     settings: Settings, now: datetime, requested_by: str = "",
 ) -> tuple[Trustpoint, Device, Job]:
     device = get_device(session, scope=scope, device_id=device_id)
+    ensure_not_being_deleted(session, device.domain_id, what=f"adding a trustpoint to device {device.name}")
     obj = get_object(session, scope=scope, object_id=enrollment_object_id)
     if obj.enrollment_type == EnrollmentType.PKCS12 and obj.pkcs12_blob is None:
         raise ConflictError(
@@ -163,6 +166,21 @@ def add_trustpoint(
     return trustpoint, device, job
 
 
+def ensure_deployable(session: Session, trustpoint: Trustpoint, device: Device, *, what: str) -> None:
+    """Refuse an action that deploys the trustpoint's enrollment object to the device (re-enroll,
+    installing an imported certificate) in a domain being deleted, or once the device's domain may
+    no longer use the object (it was moved): 409 enrollment_object_not_usable, saying what to do.
+    Refresh and delete only read or remove what the device has: they stay allowed."""
+    ensure_not_being_deleted(session, trustpoint.domain_id, what=f"{what} trustpoint {trustpoint.name}")
+    obj = session.get(EnrollmentObject, trustpoint.enrollment_object_id)
+    if obj is None:
+        return
+    why = object_reach.refusal(session, trustpoint=trustpoint.name, device=device.name, object_name=obj.name,
+                               object_domain_id=obj.domain_id, domain_id=trustpoint.domain_id)
+    if why is not None:
+        raise ConflictError(why, code=object_reach.CODE)
+
+
 def start_action(
     session: Session, *, scope: DomainScope, device_id: uuid.UUID, name: str, kind: JobKind,
     settings: Settings, now: datetime, requested_by: str = "",
@@ -178,6 +196,8 @@ def start_action(
     session.refresh(trustpoint)
     ensure_no_unfinished_job(session, trustpoint_id=trustpoint.id,
                              what=f"trustpoint {trustpoint.name} of device {device.name}")
+    if JobKind(kind) is JobKind.RE_ENROLL:
+        ensure_deployable(session, trustpoint, device, what="re-enrolling")
     if action_of(kind).restarts_statuses:
         transition(trustpoint, now=now, ca=Status.IN_PROGRESS, identity=Status.IN_PROGRESS)
         session.add(trustpoint)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.webhooks import SECRET_MIN, WebhookCreate
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.rules.checks import check_http_url
 from services.controller.rules.scope import DomainScope
 from shared.enums import DeliveryState
@@ -33,6 +34,7 @@ def check_url(url: str) -> str:
 
 def create_webhook(session: Session, *, scope: DomainScope, data: WebhookCreate, box: SecretBox,
                    created_by: str, now: datetime) -> Webhook:
+    ensure_not_being_deleted(session, scope.domain_id, what="a new webhook")
     url = check_url(data.url)
     secret = data.secret.get_secret_value()
     if len(secret) < SECRET_MIN:

@@ -78,6 +78,12 @@ def _device_health(ctx: RunContext) -> str:
     return run_health_pass(ctx.session, ctx.broker, settings=ctx.settings).describe()
 
 
+def _domain_deletions(ctx: RunContext) -> str:
+    from services.controller.domains.deletion import run_pass
+
+    return run_pass(ctx.session, now=ctx.now, fence=ctx.fence)
+
+
 def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
     """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
     :mod:`services.controller.ca_bundles.auto_update`)."""
@@ -94,6 +100,8 @@ def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> 
                      _alert_conditions, "raise, update and clear alerts from what certfleet knows"),
         ScheduleSpec("device-health", Timing(interval_seconds=settings.health_check_seconds), _device_health,
                      "read every device's default keyring (the workers, a batch of devices per message)"),
+        ScheduleSpec("domain-deletions", Timing(interval_seconds=settings.domain_deletion_seconds), _domain_deletions,
+                     "complete the domain deletions whose devices' trustpoints are all removed"),
     ]
 
 

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from services.controller.alerts import store
 from services.controller.api.auth import authorize
-from services.controller.api.deps import Paging, get_paging, get_scope, get_session, get_settings
+from services.controller.api.deps import Paging, get_now, get_paging, get_scope, get_session, get_settings
+from services.controller.api.schemas.alerts import AlertPublic
 from services.controller.api.schemas.common import Page
 from services.controller.api.schemas.devices import (
+    DeviceChanged,
     DeviceCreate,
     DevicePublic,
     DeviceUpdate,
@@ -17,9 +21,11 @@ from services.controller.api.schemas.devices import (
     InventoryImport,
 )
 from services.controller.crud import devices as crud
+from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.inventory import import_inventory, limits_from
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
+from shared.enums import AlertCode
 from shared.errors import ConflictError
 from shared.settings import Settings
 
@@ -49,6 +55,7 @@ def list_devices(
 @router.post("", response_model=DevicePublic, status_code=201)
 def create_device(body: DeviceCreate, scope: DomainScope = Depends(get_scope),
                   session: Session = Depends(get_session)):
+    ensure_not_being_deleted(session, scope.domain_id, what="registering a device")
     device = crud.create_device(session, scope=scope, data=body)
     session.commit()
     return _public(device)
@@ -57,6 +64,7 @@ def create_device(body: DeviceCreate, scope: DomainScope = Depends(get_scope),
 @router.post("/import", response_model=ImportResult)
 def import_devices(body: InventoryImport, scope: DomainScope = Depends(get_scope),
                    session: Session = Depends(get_session), settings: Settings = Depends(get_settings)):
+    ensure_not_being_deleted(session, scope.domain_id, what="importing devices")
     try:
         imported, skipped = import_inventory(session, scope=scope, inventory_url=body.inventory_url,
                                              now=utcnow(), limits=limits_from(settings))
@@ -76,12 +84,17 @@ def get_device(device_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
     return _public(crud.get_device(session, scope=scope, device_id=device_id))
 
 
-@router.patch("/{device_id}", response_model=DevicePublic)
+@router.patch("/{device_id}", response_model=DeviceChanged)
 def update_device(device_id: uuid.UUID, body: DeviceUpdate, scope: DomainScope = Depends(get_scope),
-                  session: Session = Depends(get_session)):
-    device = crud.update_device(session, scope=scope, device_id=device_id, data=body)
+                  session: Session = Depends(get_session), now: datetime = Depends(get_now)):
+    """Rename the device, switch weak-crypto, or move it (``domain_id``) with its trustpoints and
+    certificates. A moved device's trustpoints whose enrollment object the new domain may not use
+    each raise an alert (``alerts`` in the answer): delete them, or move the device back."""
+    device = crud.update_device(session, scope=scope, device_id=device_id, data=body, now=now)
     session.commit()
-    return _public(device)
+    alerts = store.open_alerts(session, (AlertCode.OBJECT_OUT_OF_DOMAIN,), device_id=device.id)
+    return DeviceChanged(**_public(device).model_dump(),
+                         alerts=[AlertPublic.of(a) for a in sorted(alerts, key=lambda a: a.trustpoint_name)])
 
 
 @router.delete("/{device_id}", status_code=204, response_class=Response)

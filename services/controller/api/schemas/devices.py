@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.controller.api.schemas.alerts import AlertPublic
 from services.controller.api.schemas.common import InputModel
 from services.controller.rules.checks import FQDN_PATTERN, HTTP_URL_PATTERN, IP_ADDRESS_PATTERN, url_pattern
 
@@ -69,6 +70,13 @@ class DevicePublic(BaseModel):
         return {**fields, "keyring": DeviceKeyring(
             valid=data.keyring_valid, reason=data.keyring_reason, not_after=data.keyring_not_after,
             checked_at=data.health_checked_at, error=data.health_error)}
+
+
+class DeviceChanged(DevicePublic):
+    """A device after a change (``PATCH``), with its open alerts about trustpoints whose enrollment
+    object its domain may not use: a move raises one per such trustpoint, a move back clears them."""
+
+    alerts: list[AlertPublic] = Field(default_factory=list)
 
 
 class InventoryImport(InputModel):

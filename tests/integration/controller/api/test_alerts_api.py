@@ -152,7 +152,7 @@ def test_the_summary_counts_open_alerts_of_the_subtree(api, fleet):
 def test_the_metric_has_every_code_and_severity_and_counts_open_alerts(api, fleet):
     text = api.client.get("/metrics").text
     series = re.findall(r'^certfleet_alerts_active\{code="([^"]+)",severity="([^"]+)"\} (\S+)$', text, re.M)
-    assert len(series) == len(AlertCode) * len(Severity) == 32
+    assert len(series) == len(AlertCode) * len(Severity) == 36
     assert {(c, s) for c, s, _ in series} == {(c.value, s.value) for c in AlertCode for s in Severity}
     assert metric(text, "certfleet_alerts_active", code="F0853", severity="major") == 3
     assert metric(text, "certfleet_alerts_active", code="CF-CERT-EXPIRING", severity="warning") == 1

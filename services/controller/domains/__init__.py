@@ -1,0 +1,1 @@
+"""Domain-wide operations: deleting a leaf domain."""
