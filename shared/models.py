@@ -177,6 +177,9 @@ class EnrollmentObjectFields(SQLModel):
     #: or as days before it ends; at most one of the two is set.
     renew_before_fraction: float | None = Field(default=None, gt=0, lt=1)
     renew_before_days: int | None = Field(default=None, ge=1, le=36_500)
+    #: Whether descendant domains may override some of these values for their own trustpoints
+    #: (see :class:`EnrollmentOverride`).
+    allow_overrides: bool = False
 
 
 class EnrollmentObject(EnrollmentObjectFields, table=True):
@@ -199,6 +202,30 @@ class EnrollmentObject(EnrollmentObjectFields, table=True):
     updated_at: datetime = _ts()
 
     __table_args__ = (UniqueConstraint("domain_id", "name"),)
+
+
+class EnrollmentOverride(SQLModel, table=True):
+    """A descendant domain's own values for some fields of an enrollment object that allows
+    overrides: trustpoints of that domain (and of its descendants, unless a nearer override
+    applies) are deployed with them. Which fields may be overridden, and how the values merge,
+    is :mod:`shared.enrollment_overrides`; the values are checked like the object's own.
+
+    ``secret_blob`` is the override's own EST password or SCEP challenge, sealed like the object's
+    (never returned). Deleted with its object or its domain.
+    """
+
+    __tablename__ = "enrollment_override"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    enrollment_object_id: uuid.UUID = Field(foreign_key="enrollment_object.id", ondelete="CASCADE", index=True)
+    domain_id: uuid.UUID = Field(foreign_key="domain.id", ondelete="CASCADE", index=True)
+    #: Overridden field -> value, only the overridden ones.
+    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    secret_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+    __table_args__ = (UniqueConstraint("enrollment_object_id", "domain_id"),)
 
 
 class Trustpoint(SQLModel, table=True):

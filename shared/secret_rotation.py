@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, SQLModel, select
 
 from shared.errors import ConfigurationError
-from shared.models import EnrollmentObject, Webhook
+from shared.models import EnrollmentObject, EnrollmentOverride, Webhook
 from shared.secrets import SecretBox
 
 #: Every table that stores sealed secrets, what its rows are called, and its sealed columns.
 SEALED_COLUMNS: tuple[tuple[type[SQLModel], str, tuple[str, ...]], ...] = (
     (EnrollmentObject, "enrollment object", ("secret_blob", "pkcs12_blob")),
+    (EnrollmentOverride, "enrollment override", ("secret_blob",)),
     (Webhook, "webhook", ("secret_blob",)),
 )
 
@@ -48,6 +49,11 @@ class RotationReport:
         return line
 
 
+def _named(row: SQLModel) -> str:
+    name = getattr(row, "name", "")
+    return f" ({name!r})" if name else ""
+
+
 def rotate_secrets(session: Session, old: SecretBox, new: SecretBox) -> RotationReport:
     """Re-seal with ``new`` every secret sealed with ``old``, in ``session``'s transaction (the
     caller commits). Rows are locked for the transaction where the database can (PostgreSQL).
@@ -67,7 +73,7 @@ def rotate_secrets(session: Session, old: SecretBox, new: SecretBox) -> Rotation
                 plaintext = old.try_open(token)
                 if plaintext is None:
                     raise UnreadableSecret(
-                        f"the {column} of {what} {row.id} ({row.name!r}) opens with neither the old nor the "
+                        f"the {column} of {what} {row.id}{_named(row)} opens with neither the old nor the "
                         "new key: the old key given is not the one it was stored with. Nothing was changed.")
                 changes.append((row, column, plaintext))
                 report.rotated[table] += 1

@@ -13,25 +13,33 @@ from typing import Any
 from shared.enrollment import EnrollmentParameters, SubjectFields
 from shared.enums import EnrollmentType
 from shared.errors import PermanentError
-from shared.models import Device, EnrollmentObject
+from shared.models import Device, EnrollmentObject, EnrollmentOverride
 from shared.secrets import SecretBox
 
 #: Where an enrollment type's secret goes in the configuration (the device uses it with the CA).
 SECRET_OPTION = {EnrollmentType.EST: "password", EnrollmentType.SCEP: "challenge"}
 
 
-def check_secret_present(obj: EnrollmentObject, *, renewal: bool) -> None:
+def check_secret_present(obj: EnrollmentObject, *, renewal: bool, override: EnrollmentOverride | None = None) -> None:
     """Refuse, before anything is sent, an enrollment whose CA wants a secret the object lacks:
     an EST object with a username but no password, or a first SCEP enrollment (PKCSReq) without
     a challenge password. A renewal authenticates with the current certificate instead. The
     object loses its secret when its CA URL, trust settings or username change without a new
-    one, so this is where the operator learns to give it again."""
+    one, so this is where the operator learns to give it again.
+
+    ``obj`` is the object as the trustpoint's domain gets it; with an ``override``, the secret is the
+    override's own, or the object's only while the override keeps its CA, trust and username: the
+    operator is sent to the override."""
     kind = EnrollmentType(obj.enrollment_type)
     if obj.secret_blob is not None or renewal:
         return
     where = f"PUT /api/v1/domains/{obj.domain_id}/enrollment-objects/{obj.id}"
     dropped = ("(a stored secret is dropped when the enrollment URL, fingerprint, ignore_server_validation or "
                "username change without a new one)")
+    if override is not None:
+        where = f"PUT /api/v1/domains/{override.domain_id}/enrollment-objects/{obj.id}/override"
+        dropped = (f"(the trustpoint's domain gets the override of domain {override.domain_id}: its own secret, or "
+                   "the object's only while the override keeps the object's CA URL, fingerprint and username)")
     if kind is EnrollmentType.EST and obj.username:
         raise PermanentError(
             f"enrollment object {obj.name} has username {obj.username!r} but no password {dropped}; give the "

@@ -41,6 +41,7 @@ from services.worker.steps import StepLog
 from shared import object_reach
 from shared.db import session_scope
 from shared.device_client import DeviceTransientError
+from shared.enrollment_overrides import overridden_fields
 from shared.enums import CertificateRole, JobKind
 from shared.errors import (
     CertfleetError,
@@ -51,7 +52,8 @@ from shared.errors import (
 )
 from shared.events import JOBS_QUEUE, publish_job
 from shared.logging import get_logger
-from shared.models import CaBundleState, Device, EnrollmentObject, Trustpoint
+from shared.models import CaBundleState, Device, EnrollmentObject, EnrollmentOverride, Trustpoint
+from shared.override_lookup import applied_in
 from shared.states import Status
 
 
@@ -90,7 +92,10 @@ class Subject:
 
     trustpoint: Trustpoint | None
     device: Device | None
+    #: As the trustpoint's domain gets it: with the values (and secret) of the override that applies.
     enrollment_object: EnrollmentObject | None
+    #: The override applied, if any (its domain and fields, for the job's steps and errors).
+    override: EnrollmentOverride | None = None
     #: certfleet's CA bundle, for a CA-bundle push (None: there is none yet).
     bundle: CaBundleState | None = None
     #: Why the enrollment object may not be deployed to the device (its domain may not use it
@@ -155,7 +160,11 @@ def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
                 not_usable = object_reach.refusal(
                     session, trustpoint=trustpoint.name, device=device.name, object_name=obj.name,
                     object_domain_id=obj.domain_id, domain_id=trustpoint.domain_id)
-            return Subject(trustpoint=trustpoint, device=device, enrollment_object=obj, not_usable=not_usable)
+            # Every job of the trustpoint (enroll and re-enroll from an operator, a bulk action or the
+            # renewal pass, an import) sees the object as the trustpoint's domain gets it.
+            applied = applied_in(session, obj, trustpoint.domain_id)
+            return Subject(trustpoint=trustpoint, device=device, enrollment_object=applied.obj,
+                           override=applied.override, not_usable=not_usable)
     return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None)
 
 
@@ -239,9 +248,16 @@ class _JobRun:
             raise PermanentError(self.subject.not_usable, code=object_reach.CODE)
         return found
 
+    def _note_override(self) -> None:
+        override = self.subject.override
+        if override is not None:
+            self.steps.add("override", f"values of domain {override.domain_id}'s override: "
+                                       + ", ".join(overridden_fields(override.values)))
+
     def _enroll(self) -> JobOutcome:
         trustpoint, device, obj = self._require_deployable()
-        check_secret_present(obj, renewal=self.kind is JobKind.RE_ENROLL)
+        self._note_override()
+        check_secret_present(obj, renewal=self.kind is JobKind.RE_ENROLL, override=self.subject.override)
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
         with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock):

@@ -17,6 +17,7 @@ from services.controller.api.schemas.trustpoints import (
 from shared.clock import utcnow
 from shared.logging import get_logger
 from shared.models import Certificate, Trustpoint
+from shared.override_lookup import Applied
 from shared.pki import describe
 from shared.renewal import RENEWABLE
 
@@ -79,8 +80,10 @@ def certificate_public(cert: Certificate) -> CertificatePublic:
 
 
 def trustpoint_public(
-    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Certificate], now: datetime | None = None
+    trustpoint: Trustpoint, *, device_name: str, certificates: Iterable[Certificate], now: datetime | None = None,
+    applied: Applied | None = None,
 ) -> TrustpointPublic:
+    """``applied``: the trustpoint's enrollment object as its domain gets it, to show an override."""
     identity, cas = _split(certificates)
     return TrustpointPublic(
         **{name: getattr(trustpoint, name) for name in _TRUSTPOINT_FIELDS},
@@ -89,4 +92,6 @@ def trustpoint_public(
         identity_certificate=certificate_public(identity) if identity else None,
         ca_certificates=[certificate_public(c) for c in cas],
         csr_pem=trustpoint.csr_pem,
+        overridden_fields=applied.fields if applied is not None else [],
+        override_domain_id=applied.override_domain_id if applied is not None else None,
     )

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from sqlmodel import Session, select
 
 from shared.enums import EnrollmentType
-from shared.models import EnrollmentObject
+from shared.models import EnrollmentObject, EnrollmentOverride
 from shared.settings import Settings
 
 TIMEOUT_SECONDS = 5.0
@@ -64,6 +64,13 @@ def servers_to_check(session: Session, settings: Settings) -> list[Server]:
             EnrollmentObject.enrollment_type == EnrollmentType.EST.value,
             EnrollmentObject.ignore_server_validation.is_(False))
     ).all()
+    # Overrides naming another EST server: checked too (an override's CA is always validated).
+    overridden = session.exec(
+        select(EnrollmentOverride.values)
+        .join(EnrollmentObject, EnrollmentObject.id == EnrollmentOverride.enrollment_object_id)
+        .where(EnrollmentObject.enrollment_type == EnrollmentType.EST.value)
+    ).all()
+    targets += [values.get("enrollment_url", "") for values in overridden]
     targets += settings.connection_checks.split(",")
     return sorted({server for server in map(server_of, targets) if server is not None})
 

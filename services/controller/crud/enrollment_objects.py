@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate, EnrollmentObjectUpdate
 from services.controller.crud.domains import ensure_not_being_deleted
+from services.controller.crud.object_overrides import delete_overrides_of, follow_object_change
 from services.controller.rules.enrollment_objects import (
     changes_where_secret_goes,
     check_admin_only_settings,
@@ -119,6 +120,7 @@ def replace_object(
             code="object_in_use",
         )
     _ensure_unique_name(session, domain_id=obj.domain_id, name=data.name, other_than=obj.id)
+    follow_object_change(session, obj, columns)
     secret = secret_of(data)
     if columns["enrollment_type"] != obj.enrollment_type:
         obj.secret_blob = None  # a secret belongs to the type it was given for
@@ -177,4 +179,5 @@ def delete_object(session: Session, *, scope: DomainScope, object_id: uuid.UUID)
             f"enrollment object {obj.name} is used by {in_use} trustpoint(s); delete them first",
             code="object_in_use",
         )
+    delete_overrides_of(session, obj.id)
     session.delete(obj)

@@ -27,6 +27,7 @@ from sqlmodel import Session, select
 from shared.enums import CertificateRole
 from shared.metrics import REVOCATION_CHECKS
 from shared.models import Certificate, EnrollmentObject, Trustpoint
+from shared.override_lookup import OverrideIndex
 from shared.revocation_fetch import RevocationChecker
 from shared.states import Status, transition
 
@@ -70,6 +71,8 @@ def run_revocation_scan(
             return run_revocation_scan(session, now=now, checker=own, fence=fence, page=page)
     issuer_cert = aliased(Certificate)
     result = ScanResult()
+    # A trustpoint's revocation sources are its domain's: an override may name other OCSP or CRL URLs.
+    overrides = OverrideIndex.load(session)
     after: uuid.UUID | None = None
     while True:
         query = (
@@ -88,8 +91,8 @@ def run_revocation_scan(
         if not rows:
             return result
         for trustpoint, cert_pem, issuer_pem, obj in rows:
-            _check(session, trustpoint, cert_pem, issuer_pem, scan_settings(obj), checker=checker, now=now,
-                   result=result)
+            settings = scan_settings(overrides.applied_in(obj, trustpoint.domain_id).obj)
+            _check(session, trustpoint, cert_pem, issuer_pem, settings, checker=checker, now=now, result=result)
         after = rows[-1][0].id
         fence(session)
         session.commit()

@@ -13,6 +13,7 @@ from typing import Any
 from services.controller.api.schemas.enrollment_objects import EnrollmentObjectCreate
 from services.controller.rules.checks import check_fingerprint, check_http_url
 from shared.enrollment import EnrollmentParameters, SubjectFields
+from shared.enrollment_overrides import SECRET_BOUND_FIELDS as SECRET_BOUND
 from shared.enums import EnrollmentType, Role
 from shared.errors import ForbiddenError, ValidationError
 from shared.pki import load_certificates
@@ -135,9 +136,9 @@ def secret_of(data: EnrollmentObjectCreate) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-#: The settings that say to whom a stored EST password or SCEP challenge is sent: the CA's URL,
-#: how its server is trusted, and the user it is the password of.
-SECRET_BOUND_FIELDS = ("enrollment_url", "fingerprint", "ignore_server_validation", "username")
+#: The settings that say to whom a stored EST password or SCEP challenge is sent (one list for
+#: objects and their overrides).
+SECRET_BOUND_FIELDS = SECRET_BOUND
 
 
 def changes_where_secret_goes(stored: Any, columns: dict[str, Any]) -> bool:

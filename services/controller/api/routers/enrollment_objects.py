@@ -13,16 +13,20 @@ from services.controller.api.schemas.enrollment_objects import (
     EnrollmentObjectCreate,
     EnrollmentObjectPublic,
     EnrollmentObjectUpdate,
+    EnrollmentOverridePublic,
+    EnrollmentOverrideSet,
     PassphraseUpdate,
     Pkcs12Upload,
 )
 from services.controller.api.uploads import UploadedPkcs12, pkcs12_upload
 from services.controller.crud import enrollment_objects as crud
+from services.controller.crud import enrollment_overrides as overrides
 from services.controller.rules.pkcs12_upload import MAX_UPLOAD_BODY, check_file, trustpoint_name
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
 from shared.enums import EnrollmentType
-from shared.models import EnrollmentObject
+from shared.models import EnrollmentObject, EnrollmentOverride
+from shared.override_lookup import Applied
 from shared.secrets import SecretBox
 
 router = APIRouter(prefix="/domains/{domain_id}/enrollment-objects", tags=["enrollment objects"],
@@ -33,11 +37,24 @@ def get_secret_box(request: Request) -> SecretBox:
     return request.app.state.secret_box
 
 
-def public(obj: EnrollmentObject) -> EnrollmentObjectPublic:
-    data = {name: getattr(obj, name) for name in EnrollmentObjectPublic.model_fields
-            if name not in ("has_secret", "has_pkcs12_file")}
-    return EnrollmentObjectPublic(**data, has_secret=obj.secret_blob is not None,
-                                  has_pkcs12_file=obj.pkcs12_blob is not None)
+_DERIVED = ("has_secret", "has_pkcs12_file", "overridden_fields", "override_domain_id")
+
+
+def public(obj: EnrollmentObject, applied: Applied | None = None) -> EnrollmentObjectPublic:
+    """The object as its domain has it, or with ``applied``: as a descendant domain gets it (an
+    override's values, and the secret that would be used there)."""
+    shown = applied.obj if applied is not None else obj
+    data = {name: getattr(shown, name) for name in EnrollmentObjectPublic.model_fields if name not in _DERIVED}
+    return EnrollmentObjectPublic(**data, has_secret=shown.secret_blob is not None,
+                                  has_pkcs12_file=shown.pkcs12_blob is not None,
+                                  overridden_fields=applied.fields if applied is not None else [],
+                                  override_domain_id=applied.override_domain_id if applied is not None else None)
+
+
+def override_public(obj: EnrollmentObject, domain_id: uuid.UUID, row: EnrollmentOverride | None
+                    ) -> EnrollmentOverridePublic:
+    return EnrollmentOverridePublic(enrollment_object_id=obj.id, domain_id=domain_id,
+                                    **overrides.public_values(obj, row))
 
 
 @router.get("", response_model=Page[EnrollmentObjectPublic])
@@ -47,9 +64,12 @@ def list_objects(
     session: Session = Depends(get_session),
     paging: Paging = Depends(get_paging),
 ):
+    """The objects usable in the domain (its own and its ancestors'), with the values the domain's
+    overrides give them."""
     rows, total = crud.list_objects(session, scope=scope, offset=paging.offset, limit=paging.limit,
                                     enrollment_type=enrollment_type)
-    return Page[EnrollmentObjectPublic](items=[public(o) for o in rows], total=total,
+    applied = overrides.applied_for_scope(session, scope, rows)
+    return Page[EnrollmentObjectPublic](items=[public(o, applied[o.id]) for o in rows], total=total,
                                         offset=paging.offset, limit=paging.limit)
 
 
@@ -103,7 +123,10 @@ def set_passphrase(object_id: uuid.UUID, body: PassphraseUpdate, scope: DomainSc
 @router.get("/{object_id}", response_model=EnrollmentObjectPublic)
 def get_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
                session: Session = Depends(get_session)):
-    return public(crud.get_object(session, scope=scope, object_id=object_id))
+    """Read from a descendant domain: the values that domain's trustpoints are deployed with, the
+    overridden fields and the domain of the override they come from."""
+    obj = crud.get_object(session, scope=scope, object_id=object_id)
+    return public(obj, overrides.applied_for_scope(session, scope, [obj])[obj.id])
 
 
 @router.put("/{object_id}", response_model=EnrollmentObjectPublic)
@@ -123,5 +146,37 @@ def replace_object(object_id: uuid.UUID, body: EnrollmentObjectUpdate,
 def delete_object(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
                   session: Session = Depends(get_session)):
     crud.delete_object(session, scope=scope, object_id=object_id)
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/{object_id}/override", response_model=EnrollmentOverridePublic)
+def get_override(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+                 session: Session = Depends(get_session)):
+    """This domain's override of an ancestor domain's enrollment object (empty ``values``: none)."""
+    obj, row = overrides.get_override(session, scope=scope, object_id=object_id)
+    return override_public(obj, scope.domain_id, row)
+
+
+@router.put("/{object_id}/override", response_model=EnrollmentOverridePublic)
+def set_override(object_id: uuid.UUID, body: EnrollmentOverrideSet,  # type: ignore[valid-type]
+                 scope: DomainScope = Depends(get_scope), session: Session = Depends(get_session),
+                 box: SecretBox = Depends(get_secret_box)):
+    """Override some of an ancestor domain's enrollment object's values for this domain's trustpoints
+    (and those below it without a nearer override); the object must allow overrides (409
+    ``overrides_not_allowed``). Replaces the domain's previous override. The override's own secret
+    is write-only; without one, the object's is used only while the override keeps the object's CA,
+    trust and username (else its enrollments fail with ``enrollment_secret_missing``)."""
+    obj, row = overrides.set_override(session, scope=scope, object_id=object_id, data=body, box=box, now=utcnow())
+    session.commit()
+    return override_public(obj, scope.domain_id, row)
+
+
+@router.delete("/{object_id}/override", status_code=204, response_class=Response)
+def clear_override(object_id: uuid.UUID, scope: DomainScope = Depends(get_scope),
+                   session: Session = Depends(get_session)):
+    """Stop overriding: the domain's trustpoints get the object's values again from their next job.
+    Clearing an override the domain does not have changes nothing."""
+    overrides.clear_override(session, scope=scope, object_id=object_id)
     session.commit()
     return Response(status_code=204)

@@ -19,6 +19,7 @@ from services.controller.api.schemas.trustpoints import (
 from services.controller.api.views import trustpoint_public, trustpoint_summary
 from services.controller.crud import trustpoints as crud
 from services.controller.crud.devices import get_device
+from services.controller.crud.enrollment_overrides import applied_to_trustpoint
 from services.controller.queueing import jobs
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
@@ -49,7 +50,8 @@ def _accepted(session: Session, response: Response, scope: DomainScope, trustpoi
     response.headers["Location"] = f"/api/v1/domains/{scope.domain_id}/jobs/{job.id}"
     certificates = crud.certificates_of(session, trustpoint.id)
     return TrustpointAccepted(
-        trustpoint=trustpoint_public(trustpoint, device_name=device.name, certificates=certificates),
+        trustpoint=trustpoint_public(trustpoint, device_name=device.name, certificates=certificates,
+                                     applied=applied_to_trustpoint(session, trustpoint)),
         job=JobPublic.of(job),
     )
 
@@ -105,7 +107,8 @@ def get_trustpoint(device_id: uuid.UUID, name: str, scope: DomainScope = Depends
                    session: Session = Depends(get_session)):
     trustpoint, device = crud.get_trustpoint(session, scope=scope, device_id=device_id, name=name)
     return trustpoint_public(trustpoint, device_name=device.name,
-                             certificates=crud.certificates_of(session, trustpoint.id))
+                             certificates=crud.certificates_of(session, trustpoint.id),
+                             applied=applied_to_trustpoint(session, trustpoint))
 
 
 def _action(kind: JobKind):

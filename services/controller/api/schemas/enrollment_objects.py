@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+from sqlmodel.main import FieldInfoMetadata
 
 from services.controller.api.schemas.common import InputModel
+from shared.enrollment_overrides import OVERRIDABLE_FIELDS
 from shared.models import EnrollmentObjectFields
 
 
@@ -48,6 +51,10 @@ class EnrollmentObjectPublic(EnrollmentObjectFields):
     pkcs12_filename: str
     created_at: datetime
     updated_at: datetime
+    #: Read from a descendant domain: the fields whose values come from an override, and the
+    #: domain of that override (the nearest one between the domain read from and the object's).
+    overridden_fields: list[str] = []
+    override_domain_id: uuid.UUID | None = None
 
 
 class Pkcs12Upload(InputModel):
@@ -68,3 +75,51 @@ class PassphraseUpdate(InputModel):
     """Correct a PKCS#12 object's passphrase; the stored file is kept."""
 
     passphrase: SecretStr = Field(max_length=1024)
+
+
+def _overridable(name: str) -> tuple[Any, Any]:
+    """An override's field: the object's type and limits (its table's column definition), and
+    no default (left out: the object's value holds)."""
+    info = EnrollmentObjectFields.model_fields[name]
+    limits = [m for m in info.metadata if not isinstance(m, FieldInfoMetadata)]
+    annotation = Annotated[(info.annotation, *limits)] if limits else info.annotation
+    return annotation, Field(default=None, json_schema_extra=_no_default)
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+class _OverrideSecrets(InputModel):
+    #: The override's own EST password. Write-only. Left out: the stored one is kept unless the
+    #: override's CA, trust or username change; an empty string removes it.
+    password: SecretStr | None = Field(default=None, max_length=256)
+    #: The override's own SCEP challenge password, like ``password``.
+    challenge_password: SecretStr | None = Field(default=None, max_length=256)
+
+
+#: PUT …/enrollment-objects/{id}/override: the fields sent are overridden in the path's domain,
+#: the others keep the object's value. Each takes what the object's field takes.
+EnrollmentOverrideSet = create_model(
+    "EnrollmentOverrideSet", __base__=_OverrideSecrets,
+    __doc__="An override replaces the domain's previous one: the fields sent are overridden, the rest are "
+            "the enrollment object's. Only these fields may be overridden; null is a value only for the "
+            "renewal window (renew_before_fraction and renew_before_days, replaced together).",
+    **{name: _overridable(name) for name in OVERRIDABLE_FIELDS},
+)
+
+
+class EnrollmentOverridePublic(BaseModel):
+    """A domain's override of an enrollment object (``values`` empty: none; the object's values hold)."""
+
+    enrollment_object_id: uuid.UUID
+    domain_id: uuid.UUID
+    #: The overridden fields and their values.
+    values: dict[str, Any]
+    #: Whether the override has its own EST password or SCEP challenge (never shown).
+    has_secret: bool
+    #: Whether the object's own secret is used for this domain's enrollments: only while the override
+    #: keeps the object's CA, its trust and username, and has no secret of its own.
+    uses_object_secret: bool
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -85,6 +85,11 @@ class TrustpointPublic(TrustpointSummary):
     ca_certificates: list[CertificatePublic] = []
     #: The device's certificate request, while an operator must get it signed (manual enrollment).
     csr_pem: str | None = None
+    #: The enrollment object's fields whose values come from a domain's override (the nearest one
+    #: between the trustpoint's domain and the object's), and that domain; the trustpoint's jobs
+    #: deploy them.
+    overridden_fields: list[str] = []
+    override_domain_id: uuid.UUID | None = None
 
 
 class TrustpointAccepted(BaseModel):
