@@ -358,29 +358,55 @@ class Batch(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class ExportAudit(SQLModel, table=True):
-    """One export of a trustpoint's certificate: who, when, which trustpoint, which format.
+class AuditEntry(SQLModel, table=True):
+    """One change asked of certfleet, whether it was made or refused: when, who (an API token, or
+    an operator on the controller's host), the domain it was addressed to, what (a stable action
+    name, the route and the ids in its path) and how it ended.
 
-    No foreign keys: the record outlives the trustpoint and device it names. The passphrase
-    of a PKCS#12 export is never stored.
+    Never a request body or query string, so never a secret. No foreign keys: the record
+    outlives the token, device and domain it names.
     """
 
-    __tablename__ = "export_audit"
+    __tablename__ = "audit_entry"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    domain_id: uuid.UUID = Field(index=True)
-    device_id: uuid.UUID
-    device_name: str = Field(max_length=128)
-    trustpoint_id: uuid.UUID
-    trustpoint_name: str = Field(max_length=255)
-    format: str = Field(max_length=16)  # pkcs12 | pem
-    #: The API token's name and role, as Principal.describe() gives them.
-    requested_by: str = Field(default="", max_length=255)
+    at: datetime = _ts()
+    #: Where the entry is filed (who may read it): the domain the action was addressed to.
+    domain_id: uuid.UUID
+    #: "api" (an API token) or "cli" (a command on the database directly).
+    channel: str = Field(max_length=8)
+    #: The API token's id, name, role and home domain; empty when the token was not accepted.
+    token_id: uuid.UUID | None = None
+    token_name: str = Field(default="", max_length=128)
     role: str = Field(default="", max_length=16)
-    #: "succeeded", or "failed" with the error code (e.g. the device was unreachable).
-    outcome: str = Field(default="succeeded", max_length=16)
+    home_domain_id: uuid.UUID | None = None
+    #: For a command run on the controller's host: the operating-system user and host.
+    operator: str = Field(default="", max_length=255)
+    #: The route's name (``update_device``) or the command's (``token_revoke``).
+    action: str = Field(max_length=64)
+    method: str = Field(default="", max_length=8)
+    #: The route's path template, e.g. /api/v1/domains/{domain_id}/devices/{device_id}.
+    path: str = Field(default="", max_length=255)
+    #: The path's parameters (ids and names), as sent.
+    targets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The device the action was about, and its most specific other id (an object, job, token…, or
+    #: the id of what it created).
+    device_id: uuid.UUID | None = None
+    target_id: uuid.UUID | None = None
+    #: What a route adds that its path does not say (an export's format); never a secret.
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The HTTP status answered (None for a command), "ok" or "failed", and the problem's code.
+    status: int | None = None
+    outcome: str = Field(max_length=8)
     error_code: str | None = Field(default=None, max_length=64)
-    created_at: datetime = _ts(index=True)
+
+    __table_args__ = (
+        # A domain's log, newest first; the whole installation's (and the retention pass) by time.
+        Index("ix_audit_entry_domain_at", "domain_id", "at"),
+        Index("ix_audit_entry_at", "at"),
+        Index("ix_audit_entry_device_id", "device_id"),
+        Index("ix_audit_entry_target_id", "target_id"),
+    )
 
 
 class Schedule(SQLModel, table=True):

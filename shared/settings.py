@@ -118,6 +118,8 @@ class Settings:
     webhook_max_attempts: int = 12
     webhook_backoff_seconds: float = 1.0
     webhook_backoff_max_seconds: float = 300.0
+    #: Days the audit log keeps its entries; older ones are pruned by the ``audit-retention`` schedule.
+    audit_retention_days: int = 365
     #: Days an API token is valid when its creator names no lifetime.
     token_lifetime_days: int = 90
     #: Largest request body the controller reads, in bytes; a larger one is refused (413) unread.
@@ -177,7 +179,8 @@ class Settings:
                      "alert_event_retention_days", "alert_relay_interval_seconds", "alert_relay_idle_seconds",
                      "webhook_timeout_seconds", "inventory_max_pages", "inventory_max_bytes",
                      "inventory_deadline_seconds",
-                     "webhook_max_attempts", "webhook_backoff_seconds", "webhook_backoff_max_seconds"):
+                     "webhook_max_attempts", "webhook_backoff_seconds", "webhook_backoff_max_seconds",
+                     "audit_retention_days"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be greater than 0")
         if not 1 <= self.token_lifetime_days <= MAX_TOKEN_LIFETIME_DAYS:

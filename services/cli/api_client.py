@@ -230,8 +230,17 @@ class CertfleetClient:
         path = f"/domains/{domain_id}/devices/{device_id}/trustpoints/{name}/export"
         return self._request("POST", path, json=body).content
 
-    def export_audit(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
-        return list(self._pages(f"/domains/{domain_id}/audit/exports", **filters))
+    # --- the audit log ----------------------------------------------------------------------
+    def audit_page(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, offset: int = 0, limit: int = 100,
+                   **filters: str | None) -> dict:
+        """One page of the domain's audit log (newest first); filters: since, until, action, token_id,
+        outcome, device_id, target_id."""
+        params = {key: value for key, value in filters.items() if value is not None}
+        return self._call("GET", f"/domains/{domain_id}/audit", params={**params, "offset": offset, "limit": limit})
+
+    def audit(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **filters) -> list[dict]:
+        """Every entry of the domain's audit log that matches, newest first (e.g. action="export_certificate")."""
+        return list(self._pages(f"/domains/{domain_id}/audit", **filters))
 
     # --- alerts ---------------------------------------------------------------------------
     def alerts_page(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, offset: int = 0, limit: int = 100,

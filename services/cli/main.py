@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             add="add_ack_arguments", main="acknowledge")
     command(alerts, "watch", "services.cli.alert_watch", "print alert events from the Redis stream as they come "
             "(a consumer group: at least once, resumes after a restart)")
+    command(sub, "audit", "services.cli.audit", "the audit log: who changed what, when, and how it ended")
     command(sub, "webhooks", "services.cli.webhooks", "webhooks for alert events: add, list, deliveries, retry, delete")
 
     # certfleet trustpoint show|csr|import|export|re-enroll|refresh|delete, certfleet device weak-crypto

@@ -15,7 +15,8 @@ read what was rotated, and would store new secrets under the old key. Everything
 in one transaction; a secret that opens with neither key refuses the rotation before anything is
 written (exit 2, ``secret_key_mismatch``, naming its row). Running it again with the same keys is
 safe: secrets already under the new key are left as they are. Then start the services with
-CERTFLEET_SECRET_KEY set to the new key.
+CERTFLEET_SECRET_KEY set to the new key. The rotation is recorded in the audit log (at Global), in
+the same transaction, as done by the operating-system user who ran it, with its counts; never a key.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def add_rotate_arguments(rotate: argparse.ArgumentParser) -> None:
 def rotate_command(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from services.controller.audit.commands import record_command
     from shared.db import make_engine, session_scope
+    from shared.domains import GLOBAL_DOMAIN_ID
     from shared.schema import check_current, reason
     from shared.secret_rotation import rotate_secrets
     from shared.secrets import SecretBox
@@ -60,6 +63,9 @@ def rotate_command(args: argparse.Namespace) -> int:
         with session_scope(engine) as session:
             try:
                 report = rotate_secrets(session, SecretBox(old_key), SecretBox(new_key))
+                record_command(session, action="secrets_rotate", domain_id=GLOBAL_DOMAIN_ID,
+                               details={"rotated": sum(report.rotated.values()),
+                                        "already": sum(report.already.values())})
                 session.commit()
             except SQLAlchemyError as exc:
                 raise CliError("database_error", f"the rotation failed and was rolled back: {reason(exc)}") from None

@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from services.controller.alerts.relay import AlertRelay
 from services.controller.api import docs, openapi_docs, problems
+from services.controller.api.audit_trail import AuditTrail
 from services.controller.api.body_limit import BodyLimit, route_limits
 from services.controller.api.routers import (
     alerts,
@@ -37,6 +38,7 @@ from services.controller.api.routers import (
     trustpoints,
     webhooks,
 )
+from services.controller.audit.routes import audited_routes
 from services.controller.fleet_stats import read_fleet_stats
 from services.controller.queueing.reconciler import Reconciler
 from services.controller.scheduling.scheduler import Scheduler
@@ -139,6 +141,8 @@ def create_app(
     openapi_docs.install(app, api_prefix=API_PREFIX)  # every answer in /openapi.json, problems included
     # Outermost (added last): an oversized body is refused before routing, authentication or parsing.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, routes=_body_limits())
+    # Outside even that: every change asked, made or refused (the 413 too), leaves an audit entry.
+    app.add_middleware(AuditTrail, engine=engine, prefix=API_PREFIX, routes=_audited_routes())
     return app
 
 
@@ -151,6 +155,12 @@ def _api_router() -> APIRouter:
     for module in _API_MODULES:
         api.include_router(module.router)
     return api
+
+
+@cache
+def _audited_routes() -> list:
+    """Every API route, for naming each request in the audit log."""
+    return audited_routes(API_PREFIX, [module.router for module in _API_MODULES])
 
 
 @cache

@@ -1,4 +1,4 @@
-"""``certfleet controller``, ``certfleet scheduler`` and ``certfleet token create``.
+"""``certfleet controller``, ``certfleet scheduler`` and ``certfleet token create|list|revoke``.
 
     certfleet controller --host 127.0.0.1 --port 8000 [--no-reconciler | --reconciler-only] [--no-scheduler]
                          [--insecure-dev-key]
@@ -7,7 +7,8 @@
     certfleet token list
     certfleet token revoke ID
 
-All read the database and broker from the ``CERTFLEET_*`` environment. A refusal is a shared
+All read the database and broker from the ``CERTFLEET_*`` environment. The token commands record
+what they change in the audit log, as done by the operating-system user who ran them. A refusal is a shared
 error (:mod:`shared.failures` prints it): exit 2 for settings or a database that must change
 first (e.g. ``certfleet db upgrade``), or for the development secret key (CERTFLEET_SECRET_KEY
 unset), which only ``--insecure-dev-key`` allows.
@@ -188,6 +189,7 @@ def token_create(args: argparse.Namespace) -> int:
     the first admin token needs no API."""
     from datetime import timedelta
 
+    from services.controller.audit.commands import record_command
     from services.controller.crud.tokens import issue_token
     from shared.clock import utcnow
     from shared.errors import ValidationError
@@ -197,9 +199,13 @@ def token_create(args: argparse.Namespace) -> int:
         raise ValidationError(f"--days must be between 1 and {MAX_TOKEN_LIFETIME_DAYS}", code="invalid_lifetime")
 
     def create(session, settings):
-        token, _ = issue_token(session, role=Role(args.role), name=args.name, home=_home_domain(session, args.domain),
-                               lifetime=timedelta(days=args.days or settings.token_lifetime_days), now=utcnow(),
-                               issuer=None)
+        now = utcnow()
+        token, row = issue_token(session, role=Role(args.role), name=args.name,
+                                 home=_home_domain(session, args.domain),
+                                 lifetime=timedelta(days=args.days or settings.token_lifetime_days), now=now,
+                                 issuer=None)
+        record_command(session, action="token_create", domain_id=row.domain_id, target_id=row.id,
+                       details={"role": row.role, "name": row.name}, now=now)
         return token
 
     print(_with_session(create))
@@ -234,6 +240,7 @@ def token_revoke(args: argparse.Namespace) -> int:
     """Revoke a token: it is refused from its next request on, by every controller."""
     import uuid
 
+    from services.controller.audit.commands import record_command
     from services.controller.crud.tokens import revoke_token
     from shared.clock import utcnow
     from shared.errors import ValidationError
@@ -243,8 +250,13 @@ def token_revoke(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValidationError(f"{args.id!r} is not a token id; `certfleet token list` shows them",
                               code="invalid_token_id") from None
-    row = _with_session(lambda session, settings: revoke_token(session, token_id=token_id, reach=None,
-                                                               now=utcnow()))
+    def revoke(session, settings):
+        now = utcnow()
+        row = revoke_token(session, token_id=token_id, reach=None, now=now)
+        record_command(session, action="token_revoke", domain_id=row.domain_id, target_id=row.id, now=now)
+        return row
+
+    row = _with_session(revoke)
     print(f"token {row.id} ({row.name or 'unnamed'}) revoked")
     return 0
 

@@ -3,8 +3,9 @@ identity certificate and whole chain). The key never leaves the device except
 inside the passphrase-encrypted PKCS#12 the device makes, so that export asks the device,
 synchronously, through the same device client the workers use.
 
-Every export is recorded in the audit log (who, when, which trustpoint, which format); a
-PKCS#12 passphrase is never stored or logged.
+Every export is in the audit log, as every POST is (who, when, which device and trustpoint, and
+how it ended); the export adds its format, the device's name and the trustpoint's id to the entry.
+A PKCS#12 passphrase is never stored or logged.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func
 from sqlmodel import Session, select
 
 from services.controller.api.auth import Principal
@@ -25,7 +25,7 @@ from shared.device_client import DeviceClient, DeviceTransientError
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, ConflictError, ExchangeError, ValidationError
 from shared.logging import get_logger
-from shared.models import Certificate, Device, ExportAudit, Trustpoint
+from shared.models import Certificate, Device, Trustpoint
 
 log = get_logger(__name__)
 
@@ -53,10 +53,13 @@ class ExportedFile:
 
 def export_certificate(
     session: Session, *, scope: DomainScope, device_id: uuid.UUID, name: str, fmt: str,
-    passphrase: str | None, devices: DeviceClient, principal: Principal, now: datetime,
+    passphrase: str | None, devices: DeviceClient, principal: Principal, audit: dict[str, Any],
 ) -> ExportedFile:
-    """Make the export and record it (the caller commits, whatever the outcome)."""
+    """Make the export; ``audit`` gets what the audit log records of it besides its route (never the
+    passphrase)."""
+    audit["format"] = fmt
     trustpoint, device = get_trustpoint(session, scope=scope, device_id=device_id, name=name)
+    audit.update(device_name=device.name, trustpoint_id=str(trustpoint.id))
     if fmt == "pkcs12" and not passphrase:
         raise ValidationError(
             "a PKCS12 export needs a passphrase: it encrypts the private key, and you need it to import "
@@ -72,24 +75,25 @@ def export_certificate(
         )
     filename = f"{trustpoint.name}.{EXTENSIONS[fmt]}"
     if fmt == "pem":
-        _record(session, trustpoint, device, fmt=fmt, principal=principal, now=now)
+        _log(trustpoint, device, fmt=fmt, principal=principal)
         return ExportedFile(filename, MEDIA_TYPES[fmt], identity.pem.encode())
     try:
         answer = devices.export_trustpoint(device, trustpoint.name, "pkcs12", passphrase)
         content = base64.b64decode(answer.content_base64, validate=True)
     except DeviceTransientError as exc:
-        _record(session, trustpoint, device, fmt=fmt, principal=principal, now=now, error_code=exc.code)
+        _log(trustpoint, device, fmt=fmt, principal=principal, error_code=exc.code)
         raise DeviceProblem(f"{exc.message}; try the export again", code=exc.code) from None
     except ExchangeError as exc:  # the device refused (4xx) or answered outside the contract
-        _record(session, trustpoint, device, fmt=fmt, principal=principal, now=now, error_code=exc.code)
+        _log(trustpoint, device, fmt=fmt, principal=principal, error_code=exc.code)
+        audit["device_code"] = exc.code
         raise DeviceProblem(f"the device could not export trustpoint {name}: {exc.message}",
                             code="device_error", device_code=exc.code) from None
     except (binascii.Error, ValueError):
-        _record(session, trustpoint, device, fmt=fmt, principal=principal, now=now,
-                error_code="device_bad_response")
+        _log(trustpoint, device, fmt=fmt, principal=principal, error_code="device_bad_response")
+        audit["device_code"] = "device_bad_response"
         raise DeviceProblem(f"device {device.serial} sent an export that is not base64",
                             code="device_error", device_code="device_bad_response") from None
-    _record(session, trustpoint, device, fmt=fmt, principal=principal, now=now)
+    _log(trustpoint, device, fmt=fmt, principal=principal)
     return ExportedFile(filename, MEDIA_TYPES[fmt], content)
 
 
@@ -101,29 +105,8 @@ def _identity_certificate(session: Session, trustpoint: Trustpoint) -> Certifica
     ).first()
 
 
-def _record(session: Session, trustpoint: Trustpoint, device: Device, *, fmt: str, principal: Principal,
-            now: datetime, error_code: str | None = None) -> None:
-    session.add(ExportAudit(
-        domain_id=trustpoint.domain_id, device_id=device.id, device_name=device.name[:128],
-        trustpoint_id=trustpoint.id, trustpoint_name=trustpoint.name, format=fmt,
-        requested_by=principal.describe()[:255], role=principal.role.value,
-        outcome="failed" if error_code else "succeeded", error_code=error_code, created_at=now,
-    ))
+def _log(trustpoint: Trustpoint, device: Device, *, fmt: str, principal: Principal,
+         error_code: str | None = None) -> None:
     log.info("certificate exported" if error_code is None else "certificate export failed",
              device=device.name, trustpoint=trustpoint.name, format=fmt, requested_by=principal.describe(),
              error_code=error_code)
-
-
-def list_exports(
-    session: Session, *, scope: DomainScope, offset: int, limit: int, device_id: uuid.UUID | None = None
-) -> tuple[list[ExportAudit], int]:
-    """The audit log of the domain's subtree, newest first."""
-    conditions = [] if scope.is_root else [ExportAudit.domain_id.in_(scope.subtree)]
-    if device_id is not None:
-        conditions.append(ExportAudit.device_id == device_id)
-    total = session.exec(select(func.count()).select_from(ExportAudit).where(*conditions)).one()
-    rows = session.exec(
-        select(ExportAudit).where(*conditions)
-        .order_by(ExportAudit.created_at.desc(), ExportAudit.id).offset(offset).limit(limit)
-    ).all()
-    return list(rows), total

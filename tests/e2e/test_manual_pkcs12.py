@@ -30,7 +30,7 @@ from structlog.testing import capture_logs
 
 from services.cli.api_client import ApiError, CertfleetClient
 from services.stack.embedded import EmbeddedStack
-from shared.models import Device, EnrollmentObject, ExportAudit, Job
+from shared.models import AuditEntry, Device, EnrollmentObject, Job
 from shared.pkcs12 import MAX_PKCS12_BYTES
 from shared.settings import Settings
 from tests.support.openssl_pki import OpensslCa, openssl, pkcs12_algorithms, read_pkcs12
@@ -431,14 +431,18 @@ def test_exports_pkcs12_with_the_whole_chain_and_pem_and_audits_them(world):
             "passphrase_required")
     problem(w.export(device, "vpn-export", {"format": "der"}), 422, "validation_error")
 
-    audit = w.client.export_audit(device_id=device["id"])
-    assert [(a["trustpoint_name"], a["format"], a["outcome"]) for a in audit] == [
-        ("vpn-export", "pem", "succeeded"), ("vpn-export", "pkcs12", "succeeded")]
-    assert all(a["requested_by"] == "embedded stack (admin)" and a["device_name"] == device["name"]
-               for a in audit)
+    # Every export asked is in the audit log, newest first, refusals too; the format when it was read.
+    audit = w.client.audit(action="export_certificate", device_id=device["id"])
+    assert [(a["targets"]["name"], a["details"].get("format"), a["outcome"], a["error_code"]) for a in audit] == [
+        ("vpn-export", None, "failed", "validation_error"),
+        ("vpn-export", "pkcs12", "failed", "passphrase_required"),
+        ("vpn-export", "pkcs12", "failed", "passphrase_required"),
+        ("vpn-export", "pem", "ok", None), ("vpn-export", "pkcs12", "ok", None)]
+    assert all((a["token_name"], a["role"]) == ("embedded stack", "admin") for a in audit)
+    assert all(a["details"]["device_name"] == device["name"] for a in audit if a["outcome"] == "ok")
     assert "Export-Pass-9" not in str(audit)
     with Session(w.stack.engine) as session:
-        assert "Export-Pass-9" not in str([r.model_dump() for r in session.exec(select(ExportAudit)).all()])
+        assert "Export-Pass-9" not in str([r.model_dump() for r in session.exec(select(AuditEntry)).all()])
 
 
 def test_an_unreachable_device_fails_the_export_with_502_and_an_audit_row(world):
@@ -457,8 +461,9 @@ def test_an_unreachable_device_fails_the_export_with_502_and_an_audit_row(world)
             session.execute(update(Device).where(Device.id == uuid.UUID(device["id"]))
                             .values(management_url=device["management_url"]))
             session.commit()
-    latest = w.client.export_audit(device_id=device["id"])[0]
-    assert (latest["outcome"], latest["error_code"]) == ("failed", "device_unreachable")
+    latest = w.client.audit(action="export_certificate", device_id=device["id"])[0]
+    assert (latest["outcome"], latest["status"], latest["error_code"]) == ("failed", 502, "device_unreachable")
+    assert latest["details"]["format"] == "pkcs12"
 
 
 def test_read_only_tokens_may_read_the_audit_but_not_export(world):
@@ -469,7 +474,7 @@ def test_read_only_tokens_may_read_the_audit_but_not_export(world):
         token = create_token(session, role=Role.READ_ONLY, name="auditor")
         session.commit()
     with CertfleetClient(world.stack.api_url, token) as reader:
-        assert reader.export_audit()
+        assert reader.audit(action="export_certificate")
         with pytest.raises(ApiError) as refused:
             reader.export_trustpoint(world.devices[7]["id"], "vpn-export", "pem")
         assert refused.value.status == 403
@@ -512,7 +517,7 @@ def test_manual_pkcs12_and_export_on_postgres_and_redis(tmp_path):
             _, certificates = read_pkcs12(exported, "pgx")
             assert {fingerprint(c) for c in certificates} == {fingerprint(load(signed.read_text())),
                                                               fingerprint(w.ca.certificate)}
-            assert [a["format"] for a in w.client.export_audit()] == ["pkcs12"]
+            assert [a["details"]["format"] for a in w.client.audit(action="export_certificate")] == ["pkcs12"]
         finally:
             w.client.close()
             w.stack.stop()

@@ -107,8 +107,8 @@ def test_manual_enrollment_csr_import_show_and_export(cli):
     cli.fails("passphrase_required", "trustpoint", "export", device["name"], "cli-vpn", "--format", "pkcs12",
               "-o", str(cli.dir / "none.p12"), status=2)
     assert not (cli.dir / "none.p12").exists()
-    audit = cli.client.export_audit(device_id=device["id"])
-    assert [a["format"] for a in audit] == ["pem", "pkcs12", "pkcs12"]
+    audit = cli.client.audit(action="export_certificate", device_id=device["id"], outcome="ok")
+    assert [a["details"]["format"] for a in audit] == ["pem", "pkcs12", "pkcs12"]
 
 
 def test_re_enroll_refresh_delete_and_errors(cli):

@@ -29,6 +29,7 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from services.controller.api import audit_trail
 from services.controller.api.session import get_session
 from shared.clock import utcnow
 from shared.domains import GLOBAL_DOMAIN_ID
@@ -125,10 +126,13 @@ def authenticate(
     session: Session = Depends(get_session),
 ) -> Principal:
     """A valid token, whatever its role: for the few POST routes that only read (validating a
-    peer certificate), which every role may call."""
+    peer certificate), which every role may call. The audit log names it from here on."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise AuthError("an API token is required: send 'Authorization: Bearer <token>'")
-    return check_token(session, credentials.credentials, now=request.app.state.clock())
+    principal = check_token(session, credentials.credentials, now=request.app.state.clock())
+    audit_trail.identify(request, token_id=principal.token_id, name=principal.name, role=principal.role,
+                         home_domain_id=principal.domain_id)
+    return principal
 
 
 def _needs(principal: Principal, role: Role, what: str) -> None:

@@ -38,12 +38,12 @@ from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.models import (
     Alert,
     ApiToken,
+    AuditEntry,
     Batch,
     Certificate,
     Device,
     Domain,
     EnrollmentObject,
-    ExportAudit,
     Job,
     Trustpoint,
     Webhook,
@@ -279,7 +279,7 @@ def complete(session: Session, *, domain_id: uuid.UUID, now: datetime,
                         .execution_options(synchronize_session=False))
     moved = session.execute(update(Device).where(Device.domain_id == domain.id).values(domain_id=target.id)
                             .execution_options(synchronize_session=False)).rowcount
-    for model in (Alert, ExportAudit):
+    for model in (Alert, AuditEntry):  # their history stays visible from the target
         session.execute(update(model).where(model.domain_id == domain.id).values(domain_id=target.id)
                         .execution_options(synchronize_session=False))
     revoked = session.execute(update(ApiToken).where(ApiToken.domain_id == domain.id, ApiToken.revoked_at.is_(None))

@@ -17,6 +17,9 @@ from services.controller.scheduling.renewal_pass import run_renewal_pass
 from services.controller.scheduling.timing import Timing
 from shared.settings import Settings
 
+#: How often the audit log is pruned: hourly, so each pass deletes about an hour's entries.
+AUDIT_RETENTION_SECONDS = 3600
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -84,6 +87,16 @@ def _domain_deletions(ctx: RunContext) -> str:
     return run_pass(ctx.session, now=ctx.now, fence=ctx.fence)
 
 
+def _audit_retention(ctx: RunContext) -> str:
+    from datetime import timedelta
+
+    from services.controller.audit.store import prune
+
+    days = ctx.settings.audit_retention_days
+    pruned = prune(ctx.session, before=ctx.now - timedelta(days=days), fence=ctx.fence)
+    return f"{pruned} audit entries older than {days} days pruned"
+
+
 def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> list[ScheduleSpec]:
     """``bundle_cron``: the daily CA-bundle update's time, chosen once per installation (see
     :mod:`services.controller.ca_bundles.auto_update`)."""
@@ -102,6 +115,8 @@ def default_schedules(settings: Settings, *, bundle_cron: str = "0 3 * * *") -> 
                      "read every device's default keyring (the workers, a batch of devices per message)"),
         ScheduleSpec("domain-deletions", Timing(interval_seconds=settings.domain_deletion_seconds), _domain_deletions,
                      "complete the domain deletions whose devices' trustpoints are all removed"),
+        ScheduleSpec("audit-retention", Timing(interval_seconds=AUDIT_RETENTION_SECONDS), _audit_retention,
+                     "delete audit entries older than CERTFLEET_AUDIT_RETENTION_DAYS"),
     ]
 
 

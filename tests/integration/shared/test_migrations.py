@@ -117,12 +117,14 @@ class Fleet:
     certificate_id: uuid.UUID
     certificate_pem: str
     token: str
+    #: The export recorded before the audit log, which must become its entry.
+    export: dict
 
 
 def fill(engine) -> Fleet:
     """A small fleet as the services leave it: domains, devices, enrollment objects of each type
     with their secrets sealed, trustpoints, installed certificates, jobs, a batch, an export
-    audit and an API token."""
+    audit (the audit log's predecessor) and an API token."""
     box = SecretBox(SECRET_KEY)
     now = datetime(2031, 3, 1, 9, 30, tzinfo=UTC)
     key = pki.generate_private_key(KeyType.ECDSA, 256)
@@ -215,15 +217,25 @@ def fill(engine) -> Fleet:
             fingerprint_sha256=info.fingerprint_sha256,
         )
         insert_rows(session, [certificate, batch, enroll, retrying, deleted])
-        session.add(models.ExportAudit(domain_id=paris.id, device_id=devices[0].id, device_name="fw-paris-1",
-                                       trustpoint_id=installed.id, trustpoint_name="vpn-selfsigned",
-                                       format="pkcs12", requested_by="token ops (admin)", role="admin"))
+        # The export audit of the revisions before the audit log (no model any more: a table clause).
+        export_audit = sa.table("export_audit", *(sa.column(name, sa.Uuid()) for name in (
+            "id", "domain_id", "device_id", "trustpoint_id")), *(sa.column(name, sa.String()) for name in (
+                "device_name", "trustpoint_name", "format", "requested_by", "role", "outcome", "error_code")),
+            sa.column("created_at", models.UTCDateTime()))
+        export_id = uuid.uuid4()
+        session.execute(sa.insert(export_audit).values(
+            id=export_id, domain_id=paris.id, device_id=devices[0].id, device_name="fw-paris-1",
+            trustpoint_id=installed.id, trustpoint_name="vpn-selfsigned", format="pkcs12",
+            requested_by="token ops (admin)", role="admin", outcome="failed", error_code="device_unreachable",
+            created_at=now))
         token, token_row = new_token(role=Role.ADMIN, name="ops", lifetime=timedelta(days=90), now=now)
         insert_rows(session, [token_row])
         session.commit()
     return Fleet(est_object_id=est.id, est_password="est-password", pkcs12_object_id=upload.id,
                  pkcs12_file=pkcs12_file, pkcs12_passphrase="p12-passphrase", certificate_id=certificate.id,
-                 certificate_pem=pki.to_pem(cert), token=token)
+                 certificate_pem=pki.to_pem(cert), token=token,
+                 export=dict(id=export_id, at=now, domain_id=paris.id, device_id=devices[0].id,
+                             trustpoint_id=installed.id))
 
 
 def insert_rows(session, rows) -> None:
@@ -275,6 +287,19 @@ def assert_the_fleet_still_works(engine, fleet: Fleet) -> None:
         assert (token.role, token.domain_id, token.revoked_at) == (Role.ADMIN.value, models.GLOBAL_DOMAIN_ID, None)
         assert token.expires_at > datetime.now(UTC) + timedelta(days=89)
         assert session.get(models.Certificate, fleet.certificate_id).pem == fleet.certificate_pem
+        # The export audit is in the audit log, as the export route records an export now.
+        export = session.get(models.AuditEntry, fleet.export["id"])
+        assert (export.at, export.domain_id, export.device_id, export.target_id) == (
+            fleet.export["at"], fleet.export["domain_id"], fleet.export["device_id"], fleet.export["device_id"])
+        assert (export.channel, export.token_name, export.role, export.action, export.method) == (
+            "api", "token ops", "admin", "export_certificate", "POST")
+        assert export.path == "/api/v1/domains/{domain_id}/devices/{device_id}/trustpoints/{name}/export"
+        assert export.targets == {"domain_id": str(fleet.export["domain_id"]),
+                                  "device_id": str(fleet.export["device_id"]), "name": "vpn-selfsigned"}
+        assert export.details == {"format": "pkcs12", "device_name": "fw-paris-1",
+                                  "trustpoint_id": str(fleet.export["trustpoint_id"])}
+        assert (export.status, export.outcome, export.error_code) == (502, "failed", "device_unreachable")
+    assert not sa.inspect(engine).has_table("export_audit")
 
 
 # --- the revisions and the models ---------------------------------------------------------------

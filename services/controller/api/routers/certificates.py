@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlmodel import Session
 
 from services.controller import exports
+from services.controller.api import audit_trail
 from services.controller.api.auth import Principal, authorize
 from services.controller.api.body_limit import accepts_body
 from services.controller.api.deps import get_broker, get_scope, get_session, get_settings
@@ -25,7 +26,6 @@ from services.controller.crud import identity_imports
 from services.controller.rules.scope import DomainScope
 from shared.clock import utcnow
 from shared.device_client import DeviceClient
-from shared.errors import CertfleetError
 from shared.settings import Settings
 
 router = APIRouter(prefix="/domains/{domain_id}", tags=["trustpoints"], dependencies=[Depends(authorize)])
@@ -86,6 +86,7 @@ def import_identity_certificate(
     responses={200: {"content": {"application/x-pkcs12": {}, _PEM: {}}, "description": "the exported file"}},
 )
 def export_certificate(
+    request: Request,
     device_id: uuid.UUID,
     name: str,
     body: ExportRequest,
@@ -95,15 +96,11 @@ def export_certificate(
     principal: Principal = Depends(authorize),
 ) -> Response:
     """Export: ``{"format": "pkcs12", "passphrase": …}`` gives key, identity certificate and CA chain
-    (AES-256, PBKDF2); ``{"format": "pem"}`` the identity certificate only. Recorded in the audit log."""
+    (AES-256, PBKDF2); ``{"format": "pem"}`` the identity certificate only. Recorded in the audit log
+    with its format (``GET …/audit?action=export_certificate``)."""
     passphrase = body.passphrase.get_secret_value() if body.passphrase is not None else None
-    try:
-        exported = exports.export_certificate(
-            session, scope=scope, device_id=device_id, name=name, fmt=body.format, passphrase=passphrase,
-            devices=devices, principal=principal, now=utcnow(),
-        )
-    except CertfleetError:
-        session.commit()  # a failed export's audit row stands too
-        raise
-    session.commit()
+    exported = exports.export_certificate(
+        session, scope=scope, device_id=device_id, name=name, fmt=body.format, passphrase=passphrase,
+        devices=devices, principal=principal, audit=audit_trail.notes(request),
+    )
     return _attachment(exported.content, exported.media_type, exported.filename)

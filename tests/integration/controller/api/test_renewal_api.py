@@ -67,7 +67,7 @@ def test_a_trustpoint_shows_its_renewal_and_a_warning_only_where_an_operator_mus
 def test_schedules_are_read_by_any_role_and_changed_by_an_admin_only(api):
     listed = {s["name"]: s for s in api.ok("GET", "/schedules", role="read_only")}
     assert set(listed) == {"renewal", "ca-bundle-update", "ca-bundle-drift", "revocation-scan", "alert-conditions",
-                           "device-health", "domain-deletions"}
+                           "device-health", "domain-deletions", "audit-retention"}
     assert (listed["renewal"]["timing"], listed["renewal"]["last_run_at"], listed["renewal"]["running"]) == (
         "every 60 s", None, False)
     assert listed["ca-bundle-update"]["timing"].startswith("cron ")
