@@ -25,7 +25,7 @@ client interface. All paths are relative to a device's management URL,
 Before certfleet sends a device a secret (an EST password, a SCEP challenge, a PKCS#12 file and
 its passphrase) the device proves it holds its endpoint credential: ``authenticate`` answers a
 fresh nonce with HMAC-SHA256(credential, nonce || serial) in hex (:mod:`shared.device_auth`).
-A device without a credential answers 409 ``no_credential``.
+A device that cannot answer refuses with a 4xx, which certfleet takes as not authenticated.
 
 A device trusts, for HTTPS CA servers (EST), its own trust anchors plus the CA bundle certfleet
 pushed to it (``ca-bundle``): a version label and a set of PEM certificates, replaced whole by
