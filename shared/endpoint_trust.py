@@ -146,6 +146,8 @@ def trust_basis(device: ApprovedDevice, rules: list[EndpointRule] | tuple[Endpoi
     holds for the URL approved only: a device whose URL changed since needs approving again."""
     if device.endpoint_approved_url and device.endpoint_approved_url == device.management_url:
         return TrustBasis.APPROVED
+    if not rules:
+        return None
     endpoint = Endpoint.of(device.management_url)
     if endpoint is not None and any(rule.matches(endpoint) for rule in rules):
         return TrustBasis.ALLOW_LIST

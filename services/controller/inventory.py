@@ -182,17 +182,12 @@ def fetch_inventory(
 
 
 def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime, trust: ImportTrust | None) -> dict:
-    """A device row from an inventory entry, checked as strictly as a device created by hand."""
+    """A device row from an inventory entry, checked as strictly as a device created by hand; under an
+    admin's ``trust``, approved at its management URL with its credential sealed."""
     try:
         if not 1 <= len(info.serial) <= 64 or not 1 <= len(info.name) <= 128 or len(info.model) > 64:
             raise ValidationError("serial, name or model is empty or too long")
-        credential = info.endpoint_credential.get_secret_value() if info.endpoint_credential is not None else ""
-        if credential and not 16 <= len(credential) <= 256:
-            raise ValidationError("its endpoint credential must be 16 to 256 characters")
-        management_url = check_http_url(info.management_url, field="management_url")
-        vouched = approval(trust.principal, management_url, now) if trust is not None else {}
-        sealed = trust.box.seal(credential.encode()) if trust is not None and credential else None
-        return {**vouched, "endpoint_credential_blob": sealed, **{
+        row = {
             "id": uuid.uuid4(),
             "domain_id": domain_id,
             "name": info.name,
@@ -200,10 +195,20 @@ def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime, tru
             "serial": info.serial,
             "ip_address": check_ip_address(info.ip_address),
             "fqdn": check_fqdn(info.fqdn),
-            "management_url": management_url,
+            "management_url": check_http_url(info.management_url, field="management_url"),
             "weak_crypto": info.weak_crypto,
             "created_at": now,
-        }}
+            "endpoint_credential_blob": None,
+        }
+        if trust is None:
+            return row  # another role's import: no approval, and the credentials it lists are not kept
+        row.update(approval(trust.principal, row["management_url"], now))
+        credential = info.endpoint_credential.get_secret_value() if info.endpoint_credential is not None else ""
+        if credential:
+            if not 16 <= len(credential) <= 256:
+                raise ValidationError("its endpoint credential must be 16 to 256 characters")
+            row["endpoint_credential_blob"] = trust.box.seal(credential.encode())
+        return row
     except ValidationError as exc:
         raise _invalid(url, f"device {info.serial[:64]!r}: {exc.message}") from None
 
