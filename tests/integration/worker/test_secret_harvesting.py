@@ -202,13 +202,18 @@ def test_an_approved_or_allowed_endpoint_that_cannot_prove_the_credential_never_
     a, net, device = attack
     est = global_est_object(api)
     # An admin approves the device with the credential the real device holds; the host does not have it.
-    approved = api.ok("POST", f"/domains/{a}/devices/{device['id']}/trust", {"credential": CREDENTIAL})
-    trust = approved["endpoint_trust"]
+    with capture_logs() as logs:
+        approved = api.post(f"/domains/{a}/devices/{device['id']}/trust", {"credential": CREDENTIAL})
+        added = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints",
+                     {"enrollment_object_id": est["id"]})
+        job = run(worker, api, added.json()["job"]["id"])
+    trust = approved.json()["endpoint_trust"]
     assert (trust["trusted"], trust["basis"], trust["approved_by"], trust["has_credential"]) == (
         True, "approved", "test admin (admin)", True)
-    added = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints",
-                 {"enrollment_object_id": est["id"]})
-    job = run(worker, api, added.json()["job"]["id"])
+    seen = approved.text + added.text + str(logs) + json.dumps([m.asdict() for m in published(api.broker)])
+    seen += json.dumps(job.steps) + job.error_message
+    assert any(e.get("code") == "device_endpoint_unauthenticated" for e in logs)  # the logs were read
+    assert CREDENTIAL not in seen and EST_PASSWORD not in seen
 
     assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
     assert "did not prove it holds its endpoint credential" in job.error_message
@@ -287,6 +292,7 @@ def test_the_simulated_device_an_admin_imported_with_its_credential_gets_its_pkc
     with Session(api.engine) as session:
         stored = session.get(Device, uuid.UUID(devices[0]["id"]))
         assert SecretBox(SECRET_KEY).open(stored.endpoint_credential_blob).decode() == credentials[0]
+    assert any(e.get("event") == "inventory imported" and e.get("credentials") == 4 for e in logs)
     for secret in (*credentials, passphrase):
         assert secret not in listed and secret not in queued and secret not in str(logs)
         assert secret not in json.dumps(job.steps)
