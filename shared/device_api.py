@@ -20,6 +20,12 @@ client interface. All paths are relative to a device's management URL,
     POST   ./keyring/default/regenerate        KeyringState
     GET    ./ca-bundle                         DeviceCaBundle
     PUT    ./ca-bundle                         CaBundleUpload -> DeviceCaBundle
+    POST   ./authenticate                      AuthChallenge -> AuthProof
+
+Before certfleet sends a device a secret (an EST password, a SCEP challenge, a PKCS#12 file and
+its passphrase) the device proves it holds its endpoint credential: ``authenticate`` answers a
+fresh nonce with HMAC-SHA256(credential, nonce || serial) in hex (:mod:`shared.device_auth`).
+A device that cannot answer refuses with a 4xx, which certfleet takes as not authenticated.
 
 A device trusts, for HTTPS CA servers (EST), its own trust anchors plus the CA bundle certfleet
 pushed to it (``ca-bundle``): a version label and a set of PEM certificates, replaced whole by
@@ -34,7 +40,8 @@ passphrase-encrypted PKCS#12 file ``export`` makes (AES-256-CBC, PBKDF2, HMAC-SH
 A PKCS#12 enrollment carries the file and its passphrase in the trustpoint configuration's
 options (``pkcs12_base64``, ``passphrase``), like an EST password: to the device only.
 
-The fleet's inventory is at ``{base}/api/inventory?offset=&limit=`` -> Inventory.
+The fleet's inventory is at ``{base}/api/inventory?offset=&limit=`` -> Inventory; each entry may
+carry the device's endpoint credential, which certfleet stores when an admin imports it.
 Errors come as ``{"code": ..., "message": ...}`` with a 4xx or 5xx status; a 5xx (or no
 answer) is worth retrying, a 4xx is not.
 """
@@ -44,7 +51,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer
 
 
 class _Wire(BaseModel):
@@ -61,6 +68,13 @@ class DeviceInfo(_Wire):
     weak_crypto: bool = False
     #: The version of the CA bundle the device holds ("" for none).
     ca_bundle_version: str = ""
+    #: The credential the device proves it holds before it is sent a secret (inventory only; a
+    #: secret: hidden from repr, written out only in JSON).
+    endpoint_credential: SecretStr | None = None
+
+    @field_serializer("endpoint_credential", when_used="json-unless-none")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
 
 
 class Inventory(_Wire):
@@ -167,6 +181,16 @@ class DeviceCaBundle(_Wire):
     version: str = ""
     certificates: int = 0
     sha256: str = ""
+
+
+class AuthChallenge(_Wire):
+    #: A fresh random nonce, base64 (at least 16 bytes).
+    nonce: str
+
+
+class AuthProof(_Wire):
+    #: HMAC-SHA256(credential, nonce || serial), hex.
+    proof: str
 
 
 class ErrorBody(_Wire):

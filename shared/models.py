@@ -103,7 +103,33 @@ class Device(SQLModel, table=True):
     health_checked_at: datetime | None = _ts(nullable=True)
     #: The last health read's failure (e.g. "device_unreachable: …"); None when it succeeded.
     health_error: str | None = Field(default=None, max_length=512)
+    # Trust in the management endpoint (see shared.endpoint_trust): an admin's approval holds for the
+    # management URL it was given for; None when no admin vouched for the device.
+    endpoint_approved_url: str | None = Field(default=None, max_length=512)
+    endpoint_approved_by: str | None = Field(default=None, max_length=255)
+    endpoint_approved_at: datetime | None = _ts(nullable=True)
+    #: The credential the device proves it holds before a secret is sent to it (shared.device_auth),
+    #: sealed: never returned, never on a queue.
+    endpoint_credential_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     created_at: datetime = _ts()
+
+
+class ManagementEndpoint(SQLModel, table=True):
+    """An entry of the installation's allow-list of device management endpoints: devices whose
+    management URL matches one are trusted with secrets (after authenticating). ``host`` is a DNS
+    name or an IP network in CIDR form; ``port`` 0 matches any port."""
+
+    __tablename__ = "management_endpoint"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    scheme: str = Field(max_length=8)
+    host: str = Field(max_length=253)
+    port: int = 0
+    description: str = Field(default="", max_length=255)
+    created_by: str = Field(default="", max_length=255)
+    created_at: datetime = _ts()
+
+    __table_args__ = (UniqueConstraint("scheme", "host", "port"),)
 
 
 class EnrollmentObjectFields(SQLModel):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, SQLModel, select
 
 from shared.errors import ConfigurationError
-from shared.models import EnrollmentObject, EnrollmentOverride, Webhook
+from shared.models import Device, EnrollmentObject, EnrollmentOverride, Webhook
 from shared.secrets import SecretBox
 
 #: Every table that stores sealed secrets, what its rows are called, and its sealed columns.
@@ -24,6 +24,7 @@ SEALED_COLUMNS: tuple[tuple[type[SQLModel], str, tuple[str, ...]], ...] = (
     (EnrollmentObject, "enrollment object", ("secret_blob", "pkcs12_blob")),
     (EnrollmentOverride, "enrollment override", ("secret_blob",)),
     (Webhook, "webhook", ("secret_blob",)),
+    (Device, "device", ("endpoint_credential_blob",)),
 )
 
 

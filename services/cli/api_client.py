@@ -98,6 +98,26 @@ class CertfleetClient:
     def device(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
         return self._call("GET", f"/domains/{domain_id}/devices/{device_id}")
 
+    def approve_device(self, device_id: str, *, credential: str | None = None,
+                       domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        body = {"credential": credential} if credential is not None else None
+        return self._call("POST", f"/domains/{domain_id}/devices/{device_id}/trust", json=body)
+
+    def withdraw_device_approval(self, device_id: str, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID) -> dict:
+        return self._call("DELETE", f"/domains/{domain_id}/devices/{device_id}/trust")
+
+    # --- the allow-list of management endpoints --------------------------------------------
+    def management_endpoints(self) -> list[dict]:
+        return self._call("GET", "/management-endpoints")
+
+    def allow_management_endpoint(self, scheme: str, host: str, *, port: int | None = None,
+                                  description: str = "") -> dict:
+        return self._call("POST", "/management-endpoints", json={"scheme": scheme, "host": host, "port": port,
+                                                                  "description": description})
+
+    def remove_management_endpoint(self, entry_id: str) -> None:
+        self._call("DELETE", f"/management-endpoints/{entry_id}")
+
     # --- enrollment objects ---------------------------------------------------------------
     def create_enrollment_object(self, *, domain_id: uuid.UUID | str = GLOBAL_DOMAIN_ID, **fields) -> dict:
         return self._call("POST", f"/domains/{domain_id}/enrollment-objects", json=fields)

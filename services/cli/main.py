@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     command(token, "revoke", "services.controller.cli", "revoke a token at once, on every controller",
             add="add_token_revoke_arguments", main="token_revoke")
 
+    endpoints = group(sub, "endpoints", "the allow-list of device management endpoints trusted with secrets")
+    command(endpoints, "list", "services.cli.endpoints", "list the allowed management endpoints",
+            add="add_list_arguments", main="list_endpoints")
+    command(endpoints, "allow", "services.cli.endpoints", "allow a management endpoint (admin homed at Global)",
+            add="add_allow_arguments", main="allow")
+    command(endpoints, "remove", "services.cli.endpoints", "remove an allowed management endpoint (admin homed at "
+            "Global)", add="add_remove_arguments", main="remove")
+
     devices = group(sub, "devices", "the fleet's devices")
     command(devices, "import", "services.cli.devices", "register a fleet's devices in a domain",
             add="add_import_arguments", main="import_devices")

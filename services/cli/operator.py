@@ -8,7 +8,8 @@ certificate actions against the controller's API, one device's trustpoint at a t
     certfleet trustpoint validate DEVICE NAME --cert PEER [--chain FILE] [--usage USE]
     certfleet trustpoint re-enroll|refresh|delete DEVICE NAME [--wait]
     certfleet device weak-crypto DEVICE --enable [--yes] | --disable
-    certfleet device show DEVICE                   details, and the default keyring's health
+    certfleet device show DEVICE                   details, endpoint trust, the default keyring's health
+    certfleet device trust DEVICE [--credential-file FILE] | --withdraw   (admin)
 
 DEVICE is a device id, name or serial; --domain a domain id or name (default Global). The API
 URL and token come from ``--api-url`` and ``--token`` or ``CERTFLEET_API_URL`` and
@@ -99,6 +100,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("device", metavar="DEVICE", help="device id, name or serial")
     _common(show)
     show.set_defaults(func=_on_device(_device_show))
+    trust = settings.add_parser("trust", help="approve the device's management endpoint at its current URL, "
+                                              "optionally with the credential it holds (admin)")
+    trust.add_argument("device", metavar="DEVICE", help="device id, name or serial")
+    vouch = trust.add_mutually_exclusive_group()
+    vouch.add_argument("--credential-file", metavar="FILE",
+                       help="file whose first line is the credential the device proves it holds before it is sent "
+                            "a secret ('-': standard input)")
+    vouch.add_argument("--withdraw", action="store_true", help="withdraw the approval instead")
+    _common(trust)
+    trust.set_defaults(func=_on_device(_device_trust))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -327,10 +338,46 @@ def _device_show(client: CertfleetClient, args: argparse.Namespace, device: dict
                          ("CA bundle", device["bundle_version"] or "none yet")):
         if value:
             table.add_row(label, value)
+    for label, value in trust_rows(device.get("endpoint_trust") or {}, device=args.device):
+        table.add_row(label, value)
     for label, value in keyring_rows(device.get("keyring") or {}, device=args.device):
         table.add_row(label, value)
     _console().print(table)
     return 0
+
+
+def _device_trust(client: CertfleetClient, args: argparse.Namespace, device: dict) -> int:
+    if args.withdraw:
+        client.withdraw_device_approval(device["id"], domain_id=args.domain)
+        print(f"approval of {device['name']} withdrawn: it gets secrets only if the allow-list matches "
+              f"{device['management_url']}")
+        return 0
+    credential = None
+    if args.credential_file:
+        raw = sys.stdin.read() if args.credential_file == "-" else _read(args.credential_file).decode(errors="replace")
+        credential = (raw.splitlines() or [""])[0].strip()
+        if not credential:
+            raise UsageError("credential_required", f"{args.credential_file} holds no credential on its first line")
+    answer = client.approve_device(device["id"], credential=credential, domain_id=args.domain)
+    held = "with its credential" if answer["endpoint_trust"]["has_credential"] else \
+        "without a credential: secrets stay refused until one is given (--credential-file)"
+    print(f"{device['name']} approved at {device['management_url']}, {held}")
+    return 0
+
+
+def trust_rows(trust: dict, *, device: str) -> list[tuple[str, str]]:
+    """Whether the device gets secrets, in rows of (label, text)."""
+    basis = trust.get("basis")
+    if basis == "approved":
+        state = f"trusted: approved by {trust.get('approved_by')} on {_utc(trust['approved_at'])}"
+    elif basis == "allow_list":
+        state = "trusted: its management URL is on the allow-list (certfleet endpoints list)"
+    else:
+        state = (f"not trusted: no secret goes to it; an admin approves it (certfleet device trust {device}) or "
+                 "allows its endpoint (certfleet endpoints allow)")
+    credential = "held" if trust.get("has_credential") else \
+        f"none: secrets stay refused until an admin gives it (certfleet device trust {device} --credential-file F)"
+    return [("endpoint trust", state), ("endpoint credential", credential)]
 
 
 def _utc(value: str) -> str:

@@ -26,11 +26,13 @@ from services.controller.api.routers import (
     bulk_enrollments,
     cert_update,
     certificates,
+    device_trust,
     devices,
     domains,
     enrollment_objects,
     jobs,
     keyrings,
+    management_endpoints,
     ops,
     peer_validation,
     schedules,
@@ -52,7 +54,8 @@ from shared.settings import Settings
 
 API_PREFIX = "/api/v1"
 _API_MODULES = (domains, devices, enrollment_objects, trustpoints, certificates, peer_validation, bulk_enrollments,
-                bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks, keyrings, tokens)
+                bulk_actions, jobs, audit, schedules, cert_update, alerts, webhooks, keyrings, tokens,
+                management_endpoints, device_trust)
 
 
 def _fleet_registry(engine: Engine) -> CollectorRegistry:

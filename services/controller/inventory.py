@@ -4,6 +4,10 @@ Pages through ``{inventory_url}/api/inventory?offset=&limit=`` (see
 :class:`shared.device_api.Inventory`), within limits on pages, bytes and time
 (:class:`InventoryLimits`), and inserts the devices into a domain with batched
 INSERTs, skipping serials already registered: fifty thousand devices take seconds.
+
+An admin's import (:class:`ImportTrust`) vouches for the devices at their management URLs and
+stores the endpoint credentials the inventory carries, sealed; another role's import stores
+neither: its devices are trusted only where the allow-list of management endpoints matches them.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import pydantic
 from sqlalchemy import insert, select
 from sqlmodel import Session
 
+from services.controller.api.auth import Principal
+from services.controller.api.schemas.devices import ImportResult
+from services.controller.crud.device_trust import approval
 from services.controller.rules.checks import check_fqdn, check_http_url, check_ip_address
 from services.controller.rules.scope import DomainScope
 from shared.device_api import DeviceInfo, Inventory
 from shared.errors import ExchangeError, ValidationError
 from shared.logging import get_logger
 from shared.models import Device
+from shared.secrets import SecretBox
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -54,6 +62,14 @@ class InventoryLimits:
 def limits_from(settings: Settings) -> InventoryLimits:
     return InventoryLimits(max_pages=settings.inventory_max_pages, max_bytes=settings.inventory_max_bytes,
                            deadline_seconds=settings.inventory_deadline_seconds)
+
+
+@dataclass(frozen=True)
+class ImportTrust:
+    """An admin's import: the admin vouches for every device imported, and ``box`` seals their credentials."""
+
+    principal: Principal
+    box: SecretBox
 
 
 def _unreachable(url: str, why: str) -> ExchangeError:
@@ -171,12 +187,13 @@ def fetch_inventory(
                 return
 
 
-def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime) -> dict:
-    """A device row from an inventory entry, checked as strictly as a device created by hand."""
+def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime, trust: ImportTrust | None) -> dict:
+    """A device row from an inventory entry, checked as strictly as a device created by hand; under an
+    admin's ``trust``, approved at its management URL with its credential sealed."""
     try:
         if not 1 <= len(info.serial) <= 64 or not 1 <= len(info.name) <= 128 or len(info.model) > 64:
             raise ValidationError("serial, name or model is empty or too long")
-        return {
+        row = {
             "id": uuid.uuid4(),
             "domain_id": domain_id,
             "name": info.name,
@@ -187,24 +204,35 @@ def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime) -> 
             "management_url": check_http_url(info.management_url, field="management_url"),
             "weak_crypto": info.weak_crypto,
             "created_at": now,
+            "endpoint_credential_blob": None,
         }
+        if trust is None:
+            return row  # another role's import: no approval, and the credentials it lists are not kept
+        row.update(approval(trust.principal, row["management_url"], now))
+        credential = info.endpoint_credential.get_secret_value() if info.endpoint_credential is not None else ""
+        if credential:
+            if not 16 <= len(credential) <= 256:
+                raise ValidationError("its endpoint credential must be 16 to 256 characters")
+            row["endpoint_credential_blob"] = trust.box.seal(credential.encode())
+        return row
     except ValidationError as exc:
         raise _invalid(url, f"device {info.serial[:64]!r}: {exc.message}") from None
 
 
 def import_inventory(
     session: Session, *, scope: DomainScope, inventory_url: str, now: datetime,
-    limits: InventoryLimits = InventoryLimits(),
-) -> tuple[int, int]:
-    """Insert the inventory's new devices into the scope's domain; return (imported, skipped).
-    Nothing is committed here: the caller commits the whole import at once."""
+    limits: InventoryLimits = InventoryLimits(), trust: ImportTrust | None = None,
+) -> ImportResult:
+    """Insert the inventory's new devices into the scope's domain (vouched for, with their credentials,
+    under ``trust``); say how many were imported, skipped, approved and given credentials. Nothing is
+    committed here: the caller commits the whole import at once."""
     pages = fetch_inventory(inventory_url, limits=limits)
     if session.get_bind().dialect.name == "sqlite":
         # Fetch everything first: the write transaction (which blocks other writers on SQLite)
         # then lasts only as long as the inserts, not the HTTP paging.
         pages = iter([[info for page in pages for info in page]])
     # Elsewhere page by page: fifty thousand parsed entries never sit in memory at once.
-    imported = skipped = 0
+    imported = skipped = credentials = 0
     seen: set[str] = set()
     for batch in (page[start:start + BATCH] for page in pages for start in range(0, len(page), BATCH)):
         serials = [d.serial for d in batch]
@@ -215,10 +243,12 @@ def import_inventory(
                 skipped += 1
                 continue
             seen.add(info.serial)
-            rows.append(_row(info, url=inventory_url, domain_id=scope.domain_id, now=now))
+            rows.append(_row(info, url=inventory_url, domain_id=scope.domain_id, now=now, trust=trust))
         if rows:
             session.execute(insert(Device), rows)
             imported += len(rows)
+            credentials += sum(row["endpoint_credential_blob"] is not None for row in rows)
+    approved = imported if trust is not None else 0
     log.info("inventory imported", inventory_url=inventory_url, imported=imported, skipped=skipped,
-             domain_id=str(scope.domain_id))
-    return imported, skipped
+             approved=approved, credentials=credentials, domain_id=str(scope.domain_id))
+    return ImportResult(imported=imported, skipped=skipped, approved=approved, credentials=credentials)

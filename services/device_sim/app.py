@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.device_sim import ca_bundles, enrollers, manual, trustpoints, validation, wire
+from services.device_sim import ca_bundles, credentials, enrollers, manual, trustpoints, validation, wire
 from services.device_sim import export as exports
 from services.device_sim import keyring as keyrings
 from services.device_sim.ca_client.trust import load_trust_anchors
@@ -38,6 +38,8 @@ from services.device_sim.faults import FaultPlan, Outcome
 from services.device_sim.fleet import Device, Fleet, Trustpoint
 from shared.clock import utcnow
 from shared.device_api import (
+    AuthChallenge,
+    AuthProof,
     CaBundleUpload,
     EnrollRequest,
     ExportRequest,
@@ -46,6 +48,7 @@ from shared.device_api import (
     PeerValidationRequest,
     TrustpointState,
 )
+from shared.device_auth import decode_nonce, proof
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
 from shared.logging import get_logger
@@ -83,6 +86,8 @@ class DeviceSim:
         self.config = config
         self.fleet = Fleet.build(config)
         self.faults = FaultPlan.from_config(config)
+        #: What every device's endpoint credential derives from (never logged).
+        self._credential_key = config.credential_key or credentials.new_fleet_key()
         self.clock = clock
         #: How the simulator waits on its event loop: latency, hung requests, a CA's Retry-After.
         self.sleep = sleep
@@ -175,6 +180,10 @@ class DeviceSim:
             released.cancel()
             over.cancel()
 
+    def credential(self, serial: str) -> str:
+        """The endpoint credential device ``serial`` holds."""
+        return credentials.device_credential(self._credential_key, serial)
+
     # --- fleet-wide endpoints (no device faults) ---------------------------------------------
 
     async def inventory(self, request: Request) -> Response:
@@ -182,7 +191,7 @@ class DeviceSim:
         offset = _query_int(request, "offset", 0, minimum=0)
         limit = min(_query_int(request, "limit", DEFAULT_PAGE, minimum=1), MAX_PAGE)
         page = self.fleet.page(offset=offset, limit=limit)
-        items = [wire.device_info(d, base_url=self.base_url) for d in page]
+        items = [wire.device_info(d, base_url=self.base_url, credential=self.credential(d.serial)) for d in page]
         return _json(Inventory(items=items, total=len(self.fleet)))
 
     async def stats(self, _request: Request) -> Response:
@@ -319,6 +328,15 @@ class DeviceSim:
         device.ca_bundle = self.bundles.receive(upload.version, upload.pem)
         return _json(wire.ca_bundle_state(device.ca_bundle))
 
+    async def authenticate(self, request: Request) -> Response:
+        """Prove the device holds its endpoint credential: HMAC over certfleet's nonce and the serial."""
+        device = await self._reach(request, "authenticate")
+        body = _wire_body(AuthChallenge, await _body(request), 'send {"nonce": "<at least 16 random bytes, base64>"}')
+        nonce = decode_nonce(body.nonce)
+        if nonce is None:
+            raise ValidationError("the nonce must be base64 of at least 16 bytes", code="invalid_request")
+        return _json(AuthProof(proof=proof(self.credential(device.serial), nonce, device.serial)))
+
     def _ca_client(self, device: Device) -> enrollers.CaClientSettings:
         """How the device reaches CAs: trusting the fleet's anchors and its own CA bundle."""
         return device.ca_bundle.ca if device.ca_bundle is not None else self.ca_client
@@ -444,6 +462,7 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
         Route(device + "/ca-bundle", sim.get_ca_bundle, methods=["GET"]),
         Route(device + "/ca-bundle", sim.put_ca_bundle, methods=["PUT"]),
+        Route(device + "/authenticate", sim.authenticate, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {
         CertfleetError: _certfleet_error,

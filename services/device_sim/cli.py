@@ -7,9 +7,13 @@ exit 1 when the address cannot be listened on.
 from __future__ import annotations
 
 import argparse
+import os
 
 from services.device_sim.config import SimConfig
-from shared.errors import CertfleetError
+from shared.errors import CertfleetError, ConfigurationError
+
+#: Where the fleet's credential key comes from when no file is named.
+CREDENTIAL_KEY_ENV = "CERTFLEET_DEVICE_CREDENTIAL_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ca.add_argument("--scep-minute-seconds", type=float, default=60.0, metavar="SECONDS",
                     help="length of a minute in SCEP retry periods (default 60; e.g. 0.5 in tests, so that a "
                     "1-minute retry period polls every half second)")
+    trust = parser.add_argument_group("endpoint credentials")
+    trust.add_argument("--credential-key-file", metavar="FILE",
+                       help="file holding the fleet key every device's endpoint credential is derived from "
+                       f"(HMAC-SHA256(key, serial)); default ${CREDENTIAL_KEY_ENV}, else a random key per run. "
+                       "The inventory hands the credentials out: an admin's import stores them")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -53,8 +62,22 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         error_rate=args.error_rate, timeout_rate=args.timeout_rate, hang_seconds=args.hang_seconds,
         unreachable_rate=args.unreachable_rate, expired_keyrings=args.expired_keyrings,
         trust_anchors=tuple(args.trust_anchor), ca_wait_seconds=args.ca_wait_seconds,
-        scep_minute_seconds=args.scep_minute_seconds,
+        scep_minute_seconds=args.scep_minute_seconds, credential_key=_credential_key(args.credential_key_file),
     )
+
+
+def _credential_key(path: str | None) -> str:
+    """The fleet key from ``path`` (its first line), else the environment, else "" (a random one)."""
+    if path is None:
+        return os.environ.get(CREDENTIAL_KEY_ENV, "").strip()
+    try:
+        with open(path, encoding="utf-8") as file:
+            key = file.readline().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"--credential-key-file {path}: {exc.strerror or exc}") from None
+    if not key:
+        raise ConfigurationError(f"--credential-key-file {path} holds no key on its first line")
+    return key
 
 
 def main(args: argparse.Namespace) -> int:

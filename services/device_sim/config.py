@@ -1,5 +1,6 @@
-"""How a simulated fleet is set up: its size, seed, latency, injected faults, and how its
-devices reach CA servers (trust anchors, timeouts, the length of a SCEP retry minute).
+"""How a simulated fleet is set up: its size, seed, latency, injected faults, how its devices reach
+CA servers (trust anchors, timeouts, the length of a SCEP retry minute) and the key their endpoint
+credentials derive from.
 
 Validated on construction, so a bad option fails at start with a message naming it
 instead of surfacing as odd behaviour under load.
@@ -7,7 +8,7 @@ instead of surfacing as odd behaviour under load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.errors import ConfigurationError
 
@@ -51,6 +52,9 @@ class SimConfig:
     #: Seconds in one minute of a SCEP retry period: 60, or less so that tests need not wait
     #: minutes between a device's polls of a request its CA holds.
     scep_minute_seconds: float = 60.0
+    #: The fleet-wide key each device's endpoint credential is derived from (see credentials.py);
+    #: empty: a random key made at start.
+    credential_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, int) or not 1 <= self.devices <= MAX_DEVICES:
@@ -88,6 +92,8 @@ class SimConfig:
             raise ConfigurationError(
                 f"scep_minute_seconds must be above 0 and at most 60, not {self.scep_minute_seconds!r}"
             )
+        if not isinstance(self.credential_key, str):
+            raise ConfigurationError("credential_key must be a string")
         ranged = (self.latency_min_ms, self.latency_max_ms)
         if (ranged[0] is None) != (ranged[1] is None):
             raise ConfigurationError("give both latency_min_ms and latency_max_ms for a latency range")

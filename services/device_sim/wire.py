@@ -18,12 +18,14 @@ def management_url(base_url: str, serial: str) -> str:
     return f"{base_url}/api/devices/{serial}"
 
 
-def device_info(device: Device, *, base_url: str) -> DeviceInfo:
+def device_info(device: Device, *, base_url: str, credential: str | None = None) -> DeviceInfo:
+    """The device as the API shows it; ``credential`` only in the inventory (an admin's import stores it)."""
     return DeviceInfo(
         serial=device.serial, name=device.name, model=device.model, ip_address=device.ip_address,
         fqdn=device.fqdn, management_url=management_url(base_url, device.serial),
         weak_crypto=device.weak_crypto,
         ca_bundle_version=device.ca_bundle.version if device.ca_bundle is not None else "",
+        endpoint_credential=credential,
     )
 
 

@@ -6,7 +6,8 @@ The sequence for every kind:
    object (for a CA-bundle push, which is about a device alone: the device and certfleet's
    current CA bundle; for a keyring regeneration, the device), in one transaction committed at once;
 2. run the exchange for the job's kind with the device; no database connection is held
-   meanwhile;
+   meanwhile (a configuration carrying a secret goes only to a trusted endpoint that proved it
+   holds the device's credential: :mod:`.endpoint_gate`);
 3. in one transaction fenced by the claim's attempt number: record the outcome on the job
    and the trustpoint (certificates, statuses) or the device (its CA bundle version, its
    default keyring), then commit.
@@ -34,6 +35,7 @@ from sqlmodel import Session, select
 from services.worker import exchanges, health, job_metrics, jobstore, persist, renewal_state
 from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
 from services.worker.context import WorkerContext
+from services.worker.endpoint_gate import ensure_may_receive_secrets
 from services.worker.exchanges import DeviceReport
 from services.worker.jobstore import ClaimedJob
 from services.worker.parameters import check_secret_present, trustpoint_configuration
@@ -259,6 +261,7 @@ class _JobRun:
         self._note_override()
         check_secret_present(obj, renewal=self.kind is JobKind.RE_ENROLL, override=self.subject.override)
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
+        ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
         with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock):
             report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
@@ -302,6 +305,7 @@ class _JobRun:
                 code="nothing_to_install",
             )
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
+        ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
         report = exchanges.install_identity(
             self.ctx.devices, device, params, certificate_pem=trustpoint.pending_identity_pem,
             ca_certificate_pem=trustpoint.pending_ca_pem, steps=self.steps,

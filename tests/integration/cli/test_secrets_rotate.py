@@ -1,6 +1,7 @@
 """``certfleet secrets rotate``: every stored secret (enrollment objects' passwords, challenges and
-PKCS#12 files, webhook secrets) re-encrypted under the new key in one go, on SQLite and PostgreSQL;
-a wrong old key refused before anything is written; a second run with the same keys harmless."""
+PKCS#12 files, webhook secrets, devices' endpoint credentials) re-encrypted under the new key in one go,
+on SQLite and PostgreSQL; a wrong old key refused before anything is written; a second run with the
+same keys harmless."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlmodel import Session, SQLModel, select
 
 from services.cli.main import main
 from shared.errors import ConfigurationError
-from shared.models import GLOBAL_DOMAIN_ID, EnrollmentObject, Webhook
+from shared.models import GLOBAL_DOMAIN_ID, Device, EnrollmentObject, Webhook
 from shared.secret_rotation import SEALED_COLUMNS
 from shared.secrets import SecretBox
 from shared.settings import DEVELOPMENT_SECRET_KEY
@@ -26,6 +27,7 @@ STORED = {
     "vpn-scep": {"secret_blob": b"scep-challenge"},
     "vpn-p12": {"secret_blob": b"p12-passphrase", "pkcs12_blob": b"\x30\x82 a PKCS#12 file"},
     "alerts-hook": {"secret_blob": b"webhook-signing-secret"},
+    "fw-edge-1": {"endpoint_credential_blob": b"device-endpoint-credential"},
 }
 
 
@@ -40,14 +42,19 @@ def fill(engine, key: str = OLD) -> None:
                                      key_type="ecdsa", key_size=256))
         session.add(Webhook(domain_id=GLOBAL_DOMAIN_ID, name="alerts-hook", url="https://hooks.example.net/x",
                             secret_blob=box.seal(STORED["alerts-hook"]["secret_blob"])))
+        session.add(Device(domain_id=GLOBAL_DOMAIN_ID, name="fw-edge-1", serial="FTD-000001",
+                           management_url="https://fw-edge-1.example.net/api/devices/FTD-000001",
+                           endpoint_credential_blob=box.seal(STORED["fw-edge-1"]["endpoint_credential_blob"])))
+        session.add(Device(domain_id=GLOBAL_DOMAIN_ID, name="fw-edge-2", serial="FTD-000002",
+                           management_url="https://fw-edge-2.example.net/api/devices/FTD-000002"))
         session.commit()
 
 
 def stored(engine) -> dict[str, dict[str, bytes]]:
     """Every row's sealed columns as stored, by name."""
     with Session(engine) as session:
-        rows = [*session.exec(select(EnrollmentObject)), *session.exec(select(Webhook))]
-        return {row.name: {c: getattr(row, c) for c in ("secret_blob", "pkcs12_blob")
+        rows = [*session.exec(select(EnrollmentObject)), *session.exec(select(Webhook)), *session.exec(select(Device))]
+        return {row.name: {c: getattr(row, c) for c in ("secret_blob", "pkcs12_blob", "endpoint_credential_blob")
                            if getattr(row, c, None) is not None} for row in rows}
 
 
@@ -73,7 +80,7 @@ def test_rotation_re_encrypts_every_stored_secret_and_a_second_run_changes_nothi
     files = ["--old-key-file", str(env / "old.key"), "--new-key-file", str(env / "new.key")]
     assert main(["secrets", "rotate", *files]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("5 stored secrets re-encrypted with the new key (enrollment_object 4, webhook 1)\n")
+    assert out.startswith("6 stored secrets re-encrypted with the new key (device 1, enrollment_object 4, webhook 1)\n")
     assert opened(db_engine, NEW) == STORED
     with pytest.raises(ConfigurationError, match="CERTFLEET_SECRET_KEY differs"):
         SecretBox(OLD).open(stored(db_engine)["vpn-est"]["secret_blob"])
@@ -83,7 +90,7 @@ def test_rotation_re_encrypts_every_stored_secret_and_a_second_run_changes_nothi
     before = stored(db_engine)
     assert main(["secrets", "rotate", *files]) == 0
     assert capsys.readouterr().out.startswith(
-        "0 stored secrets re-encrypted with the new key; 5 already under the new key, left as they were\n")
+        "0 stored secrets re-encrypted with the new key; 6 already under the new key, left as they were\n")
     assert stored(db_engine) == before  # not even re-sealed
 
 
@@ -118,8 +125,9 @@ def test_rows_already_under_the_new_key_are_left_and_the_rest_rotated(sqlite_eng
     monkeypatch.setenv("CERTFLEET_DATABASE_URL", str(sqlite_engine.url))
     monkeypatch.setattr("sys.stdin", io.StringIO(NEW + "\n"))
     assert main(["secrets", "rotate", "--from-development-key", "--new-key-file", "-"]) == 0
-    assert capsys.readouterr().out.startswith("4 stored secrets re-encrypted with the new key (enrollment_object 3, "
-                                              "webhook 1); 1 already under the new key, left as they were\n")
+    assert capsys.readouterr().out.startswith(
+        "5 stored secrets re-encrypted with the new key (device 1, enrollment_object 3, webhook 1); 1 already under "
+        "the new key, left as they were\n")
     assert opened(sqlite_engine, NEW) == STORED
 
 

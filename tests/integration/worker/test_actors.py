@@ -117,12 +117,17 @@ class Harness:
     # --- what the controller would have written ----------------------------------------------
 
     def register_fleet(self) -> list[Device]:
-        """Every simulated device, registered as the controller's import does."""
+        """Every simulated device, registered as an admin's import does: trusted at its management URL,
+        with the endpoint credential the inventory carries."""
         answer = self.http.get(f"{self.sim.url}/api/inventory", params={"offset": 0, "limit": 5000})
         inventory = Inventory.model_validate_json(answer.content)
+        box = SecretBox(self.settings.secret_key)
         devices = [
             Device(domain_id=GLOBAL_DOMAIN_ID, name=d.name, model=d.model, serial=d.serial,
-                   ip_address=d.ip_address, fqdn=d.fqdn, management_url=d.management_url)
+                   ip_address=d.ip_address, fqdn=d.fqdn, management_url=d.management_url,
+                   endpoint_approved_url=d.management_url, endpoint_approved_by="test (admin)",
+                   endpoint_approved_at=utcnow(),
+                   endpoint_credential_blob=box.seal(d.endpoint_credential.get_secret_value().encode()))
             for d in inventory.items
         ]
         return self.add(*devices)

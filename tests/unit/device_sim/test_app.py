@@ -3,6 +3,7 @@ sees it (shared/device_api.py), faults, the default keyring, fleet start-up and 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import os
@@ -22,10 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from pydantic import TypeAdapter
 
+from services.device_sim.cli import CREDENTIAL_KEY_ENV, add_arguments, config_from_args
 from services.device_sim.config import SimConfig
 from services.device_sim.server import RunningSim, start_in_thread
 from shared.clock import utcnow
 from shared.device_api import DeviceInfo, Inventory, KeyringState, TrustpointState
+from shared.device_auth import encode_nonce, proof_matches
 from shared.errors import ConfigurationError
 from tests.support.waiting import wait_until
 
@@ -121,7 +124,49 @@ def test_inventory_pages_through_the_whole_fleet(sim: RunningSim, client: httpx.
     first = Inventory.model_validate_json(client.get("/api/inventory", params={"limit": 1}).content).items[0]
     assert first.management_url == f"{sim.url}/api/devices/FTD-000001"
     assert first.fqdn == "ftd-000001.fleet.example" and first.model.startswith("FTD")
-    assert DeviceInfo.model_validate_json(client.get("/api/devices/FTD-000001").content) == first
+    own = DeviceInfo.model_validate_json(client.get("/api/devices/FTD-000001").content)
+    assert own == first.model_copy(update={"endpoint_credential": None})  # the device itself never shows it
+
+
+def test_each_device_proves_the_credential_the_inventory_hands_out_and_no_other(client: httpx.Client) -> None:
+    items = Inventory.model_validate_json(client.get("/api/inventory", params={"limit": 2}).content).items
+    credentials = [d.endpoint_credential.get_secret_value() for d in items]
+    assert len(set(credentials)) == 2 and all(len(c) == 64 for c in credentials)
+    nonce = os.urandom(32)
+    answer = client.post(f"/api/devices/{items[0].serial}/authenticate", json={"nonce": encode_nonce(nonce)})
+    assert answer.status_code == 200
+    proof = answer.json()["proof"]
+    assert proof_matches(credentials[0], nonce, items[0].serial, proof)
+    assert not proof_matches(credentials[1], nonce, items[0].serial, proof)  # another device's credential
+    assert not proof_matches(credentials[0], os.urandom(32), items[0].serial, proof)  # another nonce
+    assert credentials[0] not in answer.text
+    short = client.post(f"/api/devices/{items[0].serial}/authenticate", json={"nonce": encode_nonce(b"x" * 8)})
+    assert (short.status_code, short.json()["code"]) == (422, "invalid_request")
+
+
+def test_a_fleet_key_gives_the_same_credentials_at_every_start() -> None:
+    def first_credential(key: str) -> str:
+        with start_in_thread(SimConfig(devices=1, credential_key=key)) as running, client_for(running) as c:
+            item = Inventory.model_validate_json(c.get("/api/inventory").content).items[0]
+            return item.endpoint_credential.get_secret_value()
+
+    assert first_credential("fleet-key-1") == first_credential("fleet-key-1") != first_credential("fleet-key-2")
+
+
+def test_the_fleet_key_comes_from_a_file_or_the_environment_and_is_never_shown(tmp_path, monkeypatch) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    (tmp_path / "fleet.key").write_text("file-fleet-key\nignored\n")
+    (tmp_path / "empty.key").write_text("\n")
+    monkeypatch.delenv(CREDENTIAL_KEY_ENV, raising=False)
+    assert config_from_args(parser.parse_args([])).credential_key == ""  # a random one at start
+    monkeypatch.setenv(CREDENTIAL_KEY_ENV, "env-fleet-key")
+    assert config_from_args(parser.parse_args([])).credential_key == "env-fleet-key"
+    config = config_from_args(parser.parse_args(["--credential-key-file", str(tmp_path / "fleet.key")]))
+    assert config.credential_key == "file-fleet-key" and "fleet-key" not in repr(config)
+    for name, says in (("empty.key", "holds no key"), ("missing.key", "No such file")):
+        with pytest.raises(ConfigurationError, match=says):
+            config_from_args(parser.parse_args(["--credential-key-file", str(tmp_path / name)]))
 
 
 def test_inventory_rejects_bad_paging(client: httpx.Client) -> None:

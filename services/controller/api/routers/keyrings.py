@@ -27,6 +27,7 @@ from services.controller.api.schemas.keyrings import (
     KeyringRegenerationCreate,
     KeyringRegenerationPublic,
 )
+from services.controller.crud.management_endpoints import load_rules
 from services.controller.keyrings import regenerate
 from services.controller.queueing import jobs
 from services.controller.queueing.publishing import publish_jobs
@@ -62,7 +63,7 @@ def regenerate_device_keyring(
     session.commit()
     jobs.publish(broker, job)
     response.headers["Location"] = f"/api/v1/domains/{scope.domain_id}/jobs/{job.id}"
-    return KeyringRegenerationAccepted(device=DevicePublic.model_validate(device, from_attributes=True),
+    return KeyringRegenerationAccepted(device=DevicePublic.of(device, load_rules(session)),
                                        job=JobPublic.of(job))
 
 

@@ -30,7 +30,7 @@ INSTALLATION = "installation admin"
 #: Routes whose id placeholders name something the matrix makes; a new kind of id needs a line here.
 KINDS = {"domain_id": "domain", "device_id": "device", "object_id": "object", "job_id": "job",
          "alert_id": "alert", "webhook_id": "webhook", "delivery_id": "delivery", "token_id": "token",
-         "name": "name", "keyring": "keyring"}
+         "name": "name", "keyring": "keyring", "endpoint_id": "endpoint"}
 BATCH_KINDS = {"bulk-enrollments": "enroll_batch", "bulk-actions": "action_batch",
                "keyring-regenerations": "keyring_batch", "pushes": "push_batch"}
 WEBHOOK = {"url": "https://alerts.example.com/matrix", "secret": "matrix-webhook-secret"}
@@ -38,9 +38,10 @@ WEBHOOK = {"url": "https://alerts.example.com/matrix", "secret": "matrix-webhook
 
 def needed_role(method: str, path: str) -> str | Role:
     """The role a route needs: the policy the README's Access section states."""
-    if path.startswith("/cert-update") or (path.startswith("/schedules") and method != "GET"):
+    if path.startswith("/cert-update") or (path.startswith(("/schedules", "/management-endpoints"))
+                                           and method != "GET"):
         return INSTALLATION
-    if path.startswith("/tokens"):
+    if path.startswith("/tokens") or path.endswith("/trust"):
         return Role.ADMIN
     if method == "GET" or path.endswith("/validate"):
         return Role.READ_ONLY
@@ -81,6 +82,8 @@ def body_for(method: str, path: str, certificate_pem: str) -> dict | None:
         ("POST", "/webhooks"): WEBHOOK,
         ("POST", "/keyring-regenerations"): {"device_ids": ["{device}"]},
         ("POST", "/tokens"): {"name": f"t-{n}", "role": "read_only", "domain_id": "{domain}"},
+        ("POST", "/management-endpoints"): {"scheme": "https", "host": f"fw-{n}.example.net"},
+        ("POST", "/trust"): {"credential": "matrix-endpoint-credential"},
     }
     for (verb, suffix), body in bodies.items():
         if verb == method and (path.endswith(suffix) or path == suffix):
@@ -92,6 +95,8 @@ def make_world(api: Api) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """The four domains by label, and each label's objects: kind -> id ("random": ids of nothing)."""
     a = api.domain("A")
     domains = {"Global": GLOBAL, "A": a, "B": api.domain("B"), "A1": api.domain("A1", parent=a)}
+    # The allow-list is the installation's, not a domain's: one entry, the same for every placement.
+    endpoint = api.ok("POST", "/management-endpoints", {"scheme": "https", "host": "10.20.0.0/16"}, status=201)["id"]
     world = {}
     for label, domain in domains.items():
         device = api.device(f"MX-{label}", domain=domain)
@@ -121,6 +126,7 @@ def make_world(api: Api) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
             "job": added["job"]["id"], "alert": str(alert.id), "webhook": webhook["id"], "delivery": str(delivery.id),
             "token": token["id"], "enroll_batch": enroll_batch["id"], "action_batch": action_batch["id"],
             "keyring_batch": keyring_batch["id"], "push_batch": enroll_batch["id"], "keyring": "default",
+            "endpoint": endpoint,
         }
     random_ids = {kind: str(uuid.uuid4()) for kind in world["A"]}
     world["random"] = {**random_ids, "name": "no-such-trustpoint", "keyring": "default"}

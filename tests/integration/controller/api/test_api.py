@@ -688,11 +688,14 @@ def test_import_registers_a_fleet_once(api):
     api.device("INV-000003", domain=child)  # already known
     with InventoryServer(2500) as inventory:
         result = api.ok("POST", f"/domains/{child}/devices/import", {"inventory_url": inventory.url})
-        assert result == {"imported": 2499, "skipped": 1}
+        # An admin's import: every device trusted at its URL; this inventory carries no credentials.
+        assert result == {"imported": 2499, "skipped": 1, "approved": 2499, "credentials": 0}
         assert inventory.requests == 3  # the server hands out at most 1000 per page
         assert api.ok("POST", f"/domains/{child}/devices/import", {"inventory_url": inventory.url + "/"}) == {
             "imported": 0,
             "skipped": 2500,
+            "approved": 0,
+            "credentials": 0,
         }
     listed = api.ok("GET", f"/domains/{child}/devices?serial=INV-002499")["items"]
     assert [(d["name"], d["domain_id"], d["fqdn"]) for d in listed] == [

@@ -1,0 +1,52 @@
+"""A device proving it holds its endpoint credential, before certfleet sends it a secret.
+
+Each device has a credential an admin gave certfleet (at registration, approval or an admin's
+inventory import; stored sealed, never returned). Before a configuration carrying an EST
+password, a SCEP challenge or a PKCS#12 file goes out, the worker sends the device a fresh
+random nonce (``POST …/authenticate``) and the device answers
+
+    proof = hex(HMAC-SHA256(key=credential, msg=nonce || serial))
+
+which the worker recomputes and compares in constant time. An endpoint that does not hold the
+credential cannot answer, and a proof made for one device or one nonce is worth nothing for
+another: a recorded answer cannot be replayed. Pure: both sides, the worker and the device
+simulator, use these functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+#: Bytes of randomness in a nonce.
+NONCE_BYTES = 32
+
+
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def encode_nonce(nonce: bytes) -> str:
+    return base64.b64encode(nonce).decode()
+
+
+def decode_nonce(text: str) -> bytes | None:
+    """The nonce a challenge carries, or None when it is not base64 of at least 16 bytes."""
+    try:
+        nonce = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        return None
+    return nonce if len(nonce) >= 16 else None
+
+
+def proof(credential: str, nonce: bytes, serial: str) -> str:
+    """What the device holding ``credential`` answers to ``nonce``."""
+    return hmac.new(credential.encode(), nonce + serial.encode(), hashlib.sha256).hexdigest()
+
+
+def proof_matches(credential: str, nonce: bytes, serial: str, answer: str) -> bool:
+    """Whether ``answer`` proves the credential; constant time in the answer's content."""
+    expected = proof(credential, nonce, serial)
+    return hmac.compare_digest(expected.encode(), answer.strip().lower().encode())

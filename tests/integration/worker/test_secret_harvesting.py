@@ -1,0 +1,314 @@
+"""The secret-harvesting device, reproduced and failing: a network admin registers a device whose
+management URL points at a host they control (a real HTTP server in a thread on loopback that
+records every byte it receives), adds a trustpoint with an EST object an admin made at Global, and
+the worker runs the job. No secret may reach that host unless an admin trusted the endpoint and the
+endpoint proved it holds the device's credential; the legitimate simulated device, imported by an
+admin with its credential, still gets its secrets.
+
+The controller's API (real HTTP through FastAPI's TestClient, SQLite), the worker's runner with its
+real device client, and the device simulator on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+from sqlmodel import Session
+from structlog.testing import capture_logs
+
+from services.device_sim.config import SimConfig
+from services.device_sim.server import RunningSim, start_in_thread
+from services.worker.ca_gate import MemoryCaGate
+from services.worker.context import WorkerContext
+from services.worker.retry_policy import RetryPolicy
+from services.worker.runner import run_job
+from shared.device_client import HttpDeviceClient
+from shared.models import Device, Job, Trustpoint
+from shared.secrets import SecretBox
+from tests.support.api import GLOBAL, SECRET_KEY, Api, make_settings, problem, published
+
+EST_PASSWORD = "est-Password-harvest-me-7Q"
+CREDENTIAL = "the-real-device-credential-0001"
+EST_URL = "https://127.0.0.1:1/.well-known/est/"  # never reached: the gate stops the job first
+
+
+class Recorder:
+    """A host an attacker controls, posing as a device: it keeps the raw bytes of every request and
+    answers whatever a device would, with a made-up proof to the challenge."""
+
+    def __init__(self) -> None:
+        self.raw = bytearray()
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                super().setup()
+                self.rfile = _Tee(self.rfile, recorder)
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                with recorder._lock:
+                    recorder.paths.append(f"{self.command} {self.path}")
+                if self.path.endswith("/authenticate"):
+                    body = {"proof": "0" * 64}
+                else:
+                    body = {"name": self.path.rsplit("/", 1)[-1], "enrollment_type": "est",
+                            "ca_status": "in_progress", "identity_status": "in_progress"}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, serial: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/api/devices/{serial}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Tee:
+    """The request stream, every byte read also kept by the recorder."""
+
+    def __init__(self, stream, recorder: Recorder) -> None:
+        self.stream, self.recorder = stream, recorder
+
+    def _keep(self, data: bytes) -> bytes:
+        with self.recorder._lock:
+            self.recorder.raw += data
+        return data
+
+    def readline(self, *args) -> bytes:
+        return self._keep(self.stream.readline(*args))
+
+    def read(self, *args) -> bytes:
+        return self._keep(self.stream.read(*args))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    host = Recorder()
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSim]:
+    with start_in_thread(SimConfig(devices=4, seed=11)) as running:
+        yield running
+
+
+@pytest.fixture
+def worker(api) -> Iterator[WorkerContext]:
+    settings = make_settings(api.engine)
+    ctx = WorkerContext(settings=settings, engine=api.engine, devices=HttpDeviceClient(timeout_seconds=5.0),
+                        retry=RetryPolicy.from_settings(settings), secrets=SecretBox(SECRET_KEY),
+                        rng=random.Random(1), ca_gate=MemoryCaGate())
+    yield ctx
+    ctx.close()
+
+
+def token(api: Api, role: str, domain: str) -> dict[str, str]:
+    made = api.ok("POST", "/tokens", {"name": f"{role} of {domain}", "role": role, "domain_id": domain}, status=201)
+    return {"Authorization": f"Bearer {made['token']}"}
+
+
+def call(api: Api, auth: dict[str, str], method: str, path: str, body: dict | None = None):
+    return api.client.request(method, "/api/v1" + path, json=body, headers=auth)
+
+
+def run(worker: WorkerContext, api: Api, job_id: str) -> Job:
+    run_job(worker, job_id)
+    with Session(api.engine) as session:
+        return session.get(Job, uuid.UUID(job_id))
+
+
+def global_est_object(api: Api) -> dict:
+    """An EST object an admin made at Global, with its password: usable in every domain below."""
+    return api.enrollment_object("corp-est", enrollment_type="est", enrollment_url=EST_URL, username="fw",
+                                 password=EST_PASSWORD, key_type="rsa", key_size=2048)
+
+
+@pytest.fixture
+def attack(api, recorder):
+    """Domain A, a network admin of A, and the device they registered at the host they control."""
+    a = api.domain("A")
+    net = token(api, "network_admin", a)
+    registered = call(api, net, "POST", f"/domains/{a}/devices",
+                      {"name": "fw-evil", "serial": "EVIL-1", "management_url": recorder.url("EVIL-1")})
+    assert registered.status_code == 201, registered.text
+    return a, net, registered.json()
+
+
+def test_a_network_admins_device_at_a_host_they_control_never_gets_the_inherited_password(
+        api, worker, recorder, attack):
+    a, net, device = attack
+    assert device["endpoint_trust"] == {"trusted": False, "basis": None, "approved_by": None, "approved_at": None,
+                                        "has_credential": False}
+    est = global_est_object(api)
+    added = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints",
+                 {"enrollment_object_id": est["id"]})
+    assert added.status_code == 202, added.text
+
+    job = run(worker, api, added.json()["job"]["id"])
+
+    assert (job.state, job.error_code) == ("failed", "device_endpoint_untrusted")
+    assert "EVIL-1" in job.error_message and "approve" in job.error_message
+    assert recorder.raw == b"" and recorder.paths == []  # nothing at all went to the host
+    with Session(api.engine) as session:
+        trustpoint = session.get(Trustpoint, uuid.UUID(added.json()["trustpoint"]["id"]))
+        assert (trustpoint.identity_status, trustpoint.error_code) == ("failed", "device_endpoint_untrusted")
+    # The network admin may neither approve the device nor allow its endpoint.
+    problem(call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trust", {"credential": CREDENTIAL}),
+            403, "forbidden")
+    problem(call(api, net, "POST", "/management-endpoints", {"scheme": "http", "host": "127.0.0.1"}), 403, "forbidden")
+    problem(call(api, net, "POST", f"/domains/{a}/devices", {
+        "name": "fw-evil-2", "serial": "EVIL-2", "management_url": recorder.url("EVIL-2"),
+        "endpoint_credential": CREDENTIAL}), 403, "forbidden")
+
+
+def test_an_approved_or_allowed_endpoint_that_cannot_prove_the_credential_never_gets_the_password(
+        api, worker, recorder, attack):
+    a, net, device = attack
+    est = global_est_object(api)
+    # An admin approves the device with the credential the real device holds; the host does not have it.
+    with capture_logs() as logs:
+        approved = api.post(f"/domains/{a}/devices/{device['id']}/trust", {"credential": CREDENTIAL})
+        added = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints",
+                     {"enrollment_object_id": est["id"]})
+        job = run(worker, api, added.json()["job"]["id"])
+    trust = approved.json()["endpoint_trust"]
+    assert (trust["trusted"], trust["basis"], trust["approved_by"], trust["has_credential"]) == (
+        True, "approved", "test admin (admin)", True)
+    seen = approved.text + added.text + str(logs) + json.dumps([m.asdict() for m in published(api.broker)])
+    seen += json.dumps(job.steps) + job.error_message
+    assert any(e.get("code") == "device_endpoint_unauthenticated" for e in logs)  # the logs were read
+    assert CREDENTIAL not in seen and EST_PASSWORD not in seen
+
+    assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
+    assert "did not prove it holds its endpoint credential" in job.error_message
+    assert recorder.paths == ["POST /api/devices/EVIL-1/authenticate"]  # the challenge, and nothing after it
+    assert EST_PASSWORD.encode() not in recorder.raw and CREDENTIAL.encode() not in recorder.raw
+    assert b'"nonce"' in recorder.raw  # what it saw was a fresh nonce
+
+    # Withdrawn, the approval no longer counts; the allow-list can trust the endpoint instead, and the
+    # endpoint must still prove the credential.
+    withdrawn = api.ok("DELETE", f"/domains/{a}/devices/{device['id']}/trust")["endpoint_trust"]
+    assert (withdrawn["trusted"], withdrawn["has_credential"]) == (False, True)
+    port = int(recorder.url("x").split(":")[2].split("/")[0])
+    entry = api.ok("POST", "/management-endpoints", {"scheme": "http", "host": "127.0.0.0/8", "port": port,
+                                                      "description": "lab"}, status=201)
+    assert api.ok("GET", f"/domains/{a}/devices/{device['id']}")["endpoint_trust"]["basis"] == "allow_list"
+    again = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints/corp-est/re-enroll")
+    job = run(worker, api, again.json()["job"]["id"])
+    assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
+    assert EST_PASSWORD.encode() not in recorder.raw
+
+    # The allow-list is read when the secret is about to go: an entry removed stops it at once.
+    api.ok("DELETE", f"/management-endpoints/{entry['id']}", status=204)
+    again = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints/corp-est/re-enroll")
+    job = run(worker, api, again.json()["job"]["id"])
+    assert (job.state, job.error_code) == ("failed", "device_endpoint_untrusted")
+    assert recorder.paths == ["POST /api/devices/EVIL-1/authenticate"] * 2
+
+
+def test_a_trusted_device_without_a_credential_gets_no_secret(api, worker, recorder, attack):
+    a, net, device = attack
+    api.ok("POST", "/management-endpoints", {"scheme": "http", "host": "127.0.0.1"}, status=201)
+    est = global_est_object(api)
+    added = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints",
+                 {"enrollment_object_id": est["id"]})
+    job = run(worker, api, added.json()["job"]["id"])
+    assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
+    assert "certfleet holds no credential for it" in job.error_message
+    assert recorder.raw == b""
+
+
+def self_signed_pkcs12(passphrase: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fw.example.com")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    return pkcs12.serialize_key_and_certificates(b"vpn", key, cert, None,
+                                                 serialization.BestAvailableEncryption(passphrase.encode()))
+
+
+def test_the_simulated_device_an_admin_imported_with_its_credential_gets_its_pkcs12_file(api, worker, sim):
+    passphrase = "p12-Passphrase-of-the-fleet"
+    with capture_logs() as logs:
+        imported = api.ok("POST", f"/domains/{GLOBAL}/devices/import", {"inventory_url": sim.url})
+        assert (imported["imported"], imported["approved"], imported["credentials"]) == (4, 4, 4)
+        devices = api.ok("GET", f"/domains/{GLOBAL}/devices")["items"]
+        obj = api.ok("POST", f"/domains/{GLOBAL}/enrollment-objects/pkcs12", {
+            "filename": "vpn.p12", "passphrase": passphrase,
+            "pkcs12_base64": base64.b64encode(self_signed_pkcs12(passphrase)).decode()}, status=201)
+        added = api.add(devices[0]["id"], obj["id"])
+        job = run(worker, api, added["job"]["id"])
+
+    assert (job.state, job.error_code) == ("succeeded", None), job.error_message
+    authenticated = next(s for s in job.steps if s["step"] == "endpoint_authenticated")
+    assert authenticated["detail"] == (f"device {devices[0]['serial']} proved it holds its endpoint credential "
+                                       "(endpoint approved by an admin)")
+    address = SimpleNamespace(serial=devices[0]["serial"], management_url=devices[0]["management_url"])
+    on_device = worker.devices.get_trustpoint(address, "vpn")
+    assert on_device.identity_status == "available"
+    # The credentials the inventory carried are kept sealed and never shown, logged or queued.
+    credentials = [sim.sim.credential(d["serial"]) for d in devices]
+    listed = api.get(f"/domains/{GLOBAL}/devices").text
+    assert all(d["endpoint_trust"]["has_credential"] for d in devices)
+    queued = json.dumps([m.asdict() for m in published(api.broker)])
+    with Session(api.engine) as session:
+        stored = session.get(Device, uuid.UUID(devices[0]["id"]))
+        assert SecretBox(SECRET_KEY).open(stored.endpoint_credential_blob).decode() == credentials[0]
+    assert any(e.get("event") == "inventory imported" and e.get("credentials") == 4 for e in logs)
+    for secret in (*credentials, passphrase):
+        assert secret not in listed and secret not in queued and secret not in str(logs)
+        assert secret not in json.dumps(job.steps)
+
+
+def test_a_network_admins_import_stores_no_credential_and_trusts_only_what_the_allow_list_matches(api, sim):
+    net = {"Authorization": f"Bearer {api.tokens['network_admin']}"}
+    host = sim.url.split("//")[1].split(":")[0]
+    api.ok("POST", "/management-endpoints", {"scheme": "http", "host": host, "port": sim.port}, status=201)
+    imported = call(api, net, "POST", f"/domains/{GLOBAL}/devices/import", {"inventory_url": sim.url}).json()
+    assert (imported["imported"], imported["approved"], imported["credentials"]) == (4, 0, 0)
+    device = api.ok("GET", f"/domains/{GLOBAL}/devices")["items"][0]
+    assert device["endpoint_trust"] == {"trusted": True, "basis": "allow_list", "approved_by": None,
+                                        "approved_at": None, "has_credential": False}
+    # The admin gives the credential; the approval records who and when.
+    approved = api.ok("POST", f"/domains/{GLOBAL}/devices/{device['id']}/trust",
+                      {"credential": sim.sim.credential(device["serial"])})["endpoint_trust"]
+    assert approved["basis"] == "approved" and approved["has_credential"] is True
+    assert datetime.fromisoformat(approved["approved_at"]) > datetime.now(UTC) - timedelta(minutes=1)
