@@ -635,3 +635,14 @@ def test_kubernetes_pods_upgrade_the_schema_before_their_service_starts(name):
     assert upgrade["image"] == service["image"]  # the schema of the version about to run
     assert upgrade["envFrom"] == service["envFrom"]  # the same database
     assert upgrade["securityContext"] == service["securityContext"]
+
+
+# --- the README says what each alert and dashboard is -------------------------------------------
+
+def test_the_readme_names_every_alert_and_dashboard():
+    readme = (ROOT / "README.md").read_text()
+    observability = readme[readme.index("## Observability"):readme.index("## Tests and benchmarks")]
+    for rule in RULES:
+        assert rule["alert"] in observability, rule["alert"]
+    for board in DASHBOARDS.values():
+        assert f"| {board['title']} |" in observability, board["title"]
