@@ -1,10 +1,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Real peers the protocol tests talk to: strongSwan's pki (EST/SCEP clients) and openssl.
-DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl
+# Real peers the tests talk to: strongSwan's pki (EST/SCEP clients) and openssl; promtool (from
+# prometheus) runs the alert rules' unit tests, amtool (from prometheus-alertmanager) checks its config.
+DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl prometheus prometheus-alertmanager
 
-.PHONY: demo test bench bench-self-signed lint peers clean
+.PHONY: demo test bench bench-self-signed lint peers dashboards clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,7 +14,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 peers:
-	@command -v pki >/dev/null && dpkg -s libstrongswan-extra-plugins >/dev/null 2>&1 || \
+	@command -v pki >/dev/null && dpkg -s libstrongswan-extra-plugins >/dev/null 2>&1 && \
+		command -v promtool >/dev/null && command -v amtool >/dev/null || \
 		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PEERS) )
 
 demo: $(STAMP)
@@ -37,8 +39,13 @@ bench: $(STAMP)
 bench-self-signed: $(STAMP)
 	$(PY) bench/fleet.py --devices 5000
 
+# The Grafana dashboards are built in code (grafana-foundation-sdk); the JSON is committed, and
+# tests/unit/deploy/test_dashboards.py fails when it differs from what the generator makes.
+dashboards: $(STAMP)
+	$(PY) deploy/grafana/generate.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shared services tests bench
+	$(VENV)/bin/ruff check shared services tests bench deploy
 
 clean:
 	rm -rf $(VENV)

@@ -2,20 +2,29 @@
 
 Counters and histograms are updated by the workers (in multiprocess mode when
 ``PROMETHEUS_MULTIPROC_DIR`` is set). Fleet-wide gauges (trustpoints by status,
-certificates expiring) are computed from the database at scrape time by
+certificates expiring, jobs waiting) are computed from the database at scrape time by
 :class:`FleetCollector`, so they stay right whatever the workers did, and stay a
 fixed, small set of series however many devices there are.
+
+Naming: base units (``_seconds``, ``_bytes``), counters end in ``_total``, and no label takes a
+value per device, serial, trustpoint or URL path. Two labels are bounded by configuration
+rather than by a closed list: ``endpoint``, a CA's ``scheme://host:port`` (one per CA server the
+enrollment objects name, see :func:`services.worker.ca_gate.ca_endpoint`), and ``code``, an error
+code (the codes certfleet and its devices use, at most :data:`MAX_CODES` per process, the rest
+counted as ``other``: see :func:`bounded_code`).
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.enums import AlertCode, Severity
+from shared.enums import AlertCode, JobKind, JobState, Severity
 
 ENROLLMENTS = Counter(
     "certfleet_enrollments",
@@ -38,6 +47,11 @@ JOB_RETRIES = Counter(
     "Transient failures that scheduled a retry, by job kind and error code.",
     ["kind", "code"],
 )
+ENROLLMENT_FAILURES = Counter(
+    "certfleet_enrollment_failures",
+    "Enrollments (enroll and re-enroll jobs) that failed for good, by enrollment method and error code.",
+    ["method", "code"],
+)
 RENEWALS = Counter(
     "certfleet_renewals",
     "Automatic renewals finished, by enrollment method and outcome (succeeded or failed).",
@@ -49,6 +63,14 @@ CA_BUNDLE_UPDATES = Counter(
     "unreachable; for tests checks_passed and checks_failed).",
     ["outcome"],
 )
+CA_BUNDLE_CONNECTION_CHECKS = Counter(
+    "certfleet_ca_bundle_connection_checks",
+    "TLS handshakes with a candidate CA bundle before it is installed (tests and updates), by outcome "
+    "(passed, failed).",
+    ["outcome"],
+)
+for _outcome in ("passed", "failed"):
+    CA_BUNDLE_CONNECTION_CHECKS.labels(outcome=_outcome)
 REVOCATION_CHECKS = Counter(
     "certfleet_revocation_checks",
     "Revocation checks of installed identity certificates by the revocation scan, by the source that "
@@ -87,11 +109,49 @@ for _channel in ("stream", "webhook"):
     for _outcome in ("delivered", "failed", "dead"):
         ALERT_DELIVERIES.labels(channel=_channel, outcome=_outcome)
 
+CA_GATE_WAITS = Counter(
+    "certfleet_ca_gate_waits",
+    "Jobs sent back to the queue to wait for their CA endpoint (scheme://host:port), by reason: rate or "
+    "concurrency (the CA's limits), circuit (the CA is down).",
+    ["endpoint", "reason"],
+)
+CA_EXCHANGES = Counter(
+    "certfleet_ca_exchanges",
+    "Enrollments that passed a CA endpoint's gate, by how they ended for the CA: succeeded, ca_unavailable "
+    "(counts towards opening the circuit), failed (another failure: the device's, or the CA's refusal).",
+    ["endpoint", "outcome"],
+)
+
+#: Distinct error codes a process gives the ``code`` label; further ones are counted as "other".
+MAX_CODES = 100
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_codes_seen: set[str] = set()
+_codes_lock = threading.Lock()
+
+
+def bounded_code(code: str | None) -> str:
+    """``code`` as a label value: a stable error code as it is, anything else (empty, free text, a
+    new code past the first :data:`MAX_CODES`) as ``other``, so a device inventing codes cannot
+    grow the series without end."""
+    if not code or not _CODE.fullmatch(code):
+        return "other"
+    with _codes_lock:
+        if code in _codes_seen:
+            return code
+        if len(_codes_seen) >= MAX_CODES:
+            return "other"
+        _codes_seen.add(code)
+        return code
+
+
 #: Enrollment methods, each a series of certfleet_certificates_renewal_due (a fixed set).
 RENEWAL_METHODS = ("self_signed", "est", "scep", "manual", "pkcs12")
 
 #: The "expires within N days" windows offered as series.
 EXPIRY_WINDOWS_DAYS = (1, 7, 14, 30, 60, 90)
+#: Job kinds and the unfinished states, each pair a series of certfleet_jobs_unfinished (zeros included).
+JOB_KINDS = tuple(kind.value for kind in JobKind)
+UNFINISHED_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 
 
 class FleetCollector(Collector):
@@ -137,6 +197,41 @@ class FleetCollector(Collector):
         for method in RENEWAL_METHODS:
             renewal_due.add_metric([method], snap.renewal_due.get(method, 0))
         yield renewal_due
+        in_progress = GaugeMetricFamily(
+            "certfleet_renewals_in_progress",
+            "Automatic renewals under way (their re-enroll job queued or running), by enrollment method.",
+            labels=["method"],
+        )
+        renewal_failed = GaugeMetricFamily(
+            "certfleet_trustpoints_renewal_failed",
+            "Trustpoints whose automatic renewal failed since their last success (retried after a backoff "
+            "while the certificate lasts), by enrollment method.",
+            labels=["method"],
+        )
+        for method in RENEWAL_METHODS:
+            in_progress.add_metric([method], snap.renewals_in_progress.get(method, 0))
+            renewal_failed.add_metric([method], snap.renewals_failed.get(method, 0))
+        yield in_progress
+        yield renewal_failed
+        unfinished = GaugeMetricFamily(
+            "certfleet_jobs_unfinished",
+            "Jobs not finished yet, by kind and state (queued: waiting for a worker, a retry or its CA; "
+            "running: claimed by a worker).",
+            labels=["kind", "state"],
+        )
+        for kind in JOB_KINDS:
+            for state in UNFINISHED_STATES:
+                unfinished.add_metric([kind, state], snap.jobs_unfinished.get((kind, state), 0))
+        yield unfinished
+        queue_age = GaugeMetricFamily(
+            "certfleet_jobs_oldest_queued_age_seconds",
+            "How long the longest-waiting queued job of each kind has been ready to run (since it was "
+            "created or its retry came due); 0 when none is.",
+            labels=["kind"],
+        )
+        for kind in JOB_KINDS:
+            queue_age.add_metric([kind], snap.oldest_queued_age.get(kind, 0.0))
+        yield queue_age
         last_runs = GaugeMetricFamily(
             "certfleet_scheduler_last_run_timestamp_seconds",
             "When each schedule's last run started (Unix time), whichever controller ran it.",
@@ -194,6 +289,10 @@ class FleetSnapshot:
         ca_bundle_last_modified: float | None = None,
         devices_on_bundle: dict[str, int] | None = None,
         alerts_open: dict[tuple[str, str], int] | None = None,
+        renewals_in_progress: dict[str, int] | None = None,
+        renewals_failed: dict[str, int] | None = None,
+        jobs_unfinished: dict[tuple[str, str], int] | None = None,
+        oldest_queued_age: dict[str, float] | None = None,
     ) -> None:
         self.statuses = statuses
         self.expiring_within = expiring_within
@@ -206,8 +305,38 @@ class FleetSnapshot:
         self.devices_on_bundle = devices_on_bundle or {}
         #: Open (active or acknowledged) alerts by (code, severity).
         self.alerts_open = alerts_open or {}
+        #: By enrollment method: renewal jobs unfinished; trustpoints whose renewal failed.
+        self.renewals_in_progress = renewals_in_progress or {}
+        self.renewals_failed = renewals_failed or {}
+        #: Unfinished jobs by (kind, state); seconds the oldest ready queued job of a kind has waited.
+        self.jobs_unfinished = jobs_unfinished or {}
+        self.oldest_queued_age = oldest_queued_age or {}
 
     def statuses_total(self, side: str, status: str) -> int:
         """Trustpoints whose CA (``side`` "ca") or identity status is ``status``."""
         index = 0 if side == "ca" else 1
         return sum(count for pair, count in self.statuses.items() if pair[index] == status)
+
+
+class CaCircuitCollector(Collector):
+    """``certfleet_ca_circuit_open{endpoint}``, read on every scrape from the CA gate the workers share
+    (Redis): 1 while the endpoint's circuit is open or waiting for a probe to succeed, 0 for the other
+    endpoints the gate has seen within a day. ``read`` returns endpoint -> open. When the gate cannot
+    be read (Redis down) the metric is left out of the scrape rather than failing it."""
+
+    def __init__(self, read: Callable[[], dict[str, bool]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            states = self._read()
+        except Exception:  # the scrape must not fail with the broker: the other metrics still count
+            return
+        family = GaugeMetricFamily(
+            "certfleet_ca_circuit_open",
+            "1 while the CA gate counts the CA endpoint (scheme://host:port) as down, else 0.",
+            labels=["endpoint"],
+        )
+        for endpoint, is_open in sorted(states.items()):
+            family.add_metric([endpoint], 1 if is_open else 0)
+        yield family

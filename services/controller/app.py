@@ -45,10 +45,11 @@ from services.controller.fleet_stats import read_fleet_stats
 from services.controller.queueing.reconciler import Reconciler
 from services.controller.scheduling.scheduler import Scheduler
 from shared.broker import make_broker
+from shared.ca_circuits import RedisCircuits
 from shared.clock import utcnow
 from shared.db import init_db, make_engine
 from shared.device_client import DeviceClient, HttpDeviceClient
-from shared.metrics import FleetCollector, FleetSnapshot
+from shared.metrics import CaCircuitCollector, FleetCollector, FleetSnapshot
 from shared.secrets import SecretBox
 from shared.settings import Settings
 
@@ -58,13 +59,19 @@ _API_MODULES = (domains, devices, enrollment_objects, trustpoints, certificates,
                 management_endpoints, device_trust)
 
 
-def _fleet_registry(engine: Engine) -> CollectorRegistry:
+def _fleet_registry(engine: Engine, clock: Callable[[], datetime], circuits: RedisCircuits | None
+                    ) -> CollectorRegistry:
+    """The gauges computed at scrape time: the fleet's, from the database, and the CA circuits', from
+    the CA gate the workers share in Redis (none with the in-process broker, whose gate lives in the
+    embedded worker's memory)."""
     def read() -> FleetSnapshot:
         with Session(engine) as session:
-            return read_fleet_stats(session, now=utcnow())
+            return read_fleet_stats(session, now=clock())
 
     registry = CollectorRegistry()
     registry.register(FleetCollector(read))
+    if circuits is not None:
+        registry.register(CaCircuitCollector(circuits.circuits_open))
     return registry
 
 
@@ -91,6 +98,8 @@ def create_app(
     scheduler = Scheduler(engine, broker, settings) if start_scheduler else None
     # The alert relay runs wherever the scheduler does; like it, one leads among the controllers.
     alert_relay = AlertRelay(engine, settings) if start_scheduler else None
+    # Connects on the first scrape.
+    circuits = RedisCircuits.from_url(settings.broker_url) if settings.broker_url else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -115,6 +124,8 @@ def create_app(
                 getattr(device_client, "close", lambda: None)()
             if owns_engine:
                 engine.dispose()
+            if circuits is not None:
+                circuits.close()
 
     app = FastAPI(
         title="certfleet controller",
@@ -135,7 +146,7 @@ def create_app(
     app.state.alert_relay = alert_relay
     app.state.devices = device_client
     app.state.secret_box = SecretBox(settings.secret_key)
-    app.state.fleet_registry = _fleet_registry(engine)
+    app.state.fleet_registry = _fleet_registry(engine, clock, circuits)
 
     problems.install(app)
     app.include_router(ops.router)

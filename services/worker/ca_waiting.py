@@ -16,6 +16,9 @@
 
 Jobs give up on a CA that stays down longer than ``CERTFLEET_CA_OUTAGE_GIVE_UP_SECONDS``
 (an hour by default): they fail with code ``ca_unavailable`` and a message saying since when.
+
+Counted per endpoint: the waits (``certfleet_ca_gate_waits_total{endpoint,reason}``) and how each
+enrollment that got a permit ended for the CA (``certfleet_ca_exchanges_total{endpoint,outcome}``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from services.worker.retry_policy import RetryPolicy
 from shared.clock import utcnow
 from shared.enums import EnrollmentType
 from shared.errors import CertfleetError, PermanentError, TransientError
+from shared.metrics import CA_EXCHANGES, CA_GATE_WAITS
 from shared.models import EnrollmentObject
 from shared.settings import Settings
 
@@ -40,6 +44,8 @@ CA_TYPES = frozenset({EnrollmentType.EST, EnrollmentType.SCEP})
 PATIENCE_S = 1.0
 #: Polling step while waiting for a concurrency slot (no hint says when one frees up).
 POLL_S = 0.05
+#: The gate's outcome of an exchange, as the exchanges counter names it.
+EXCHANGE_OUTCOMES = {"ok": "succeeded", "down": "ca_unavailable", "unknown": "failed"}
 
 
 class CaWait(CertfleetError):
@@ -86,6 +92,7 @@ def through_ca_gate(
     decision = _acquire(gate, endpoint, limits, settings, sleep=sleep, clock=clock, wall_clock=wall_clock)
 
     def finish(outcome: Outcome):
+        CA_EXCHANGES.labels(endpoint=endpoint, outcome=EXCHANGE_OUTCOMES[outcome]).inc()
         return gate.finish(endpoint, decision.token, outcome=outcome, cap_ms=settings.ca_backoff_max_ms,
                            jitter=rng.random())
 
@@ -100,6 +107,7 @@ def through_ca_gate(
             raise  # only this device's trouble so far: an ordinary retry
         _give_up_if_too_long(endpoint, circuit.down_since_ms, settings, error.message, now=wall_clock())
         retry_in = max(circuit.retry_in_ms / 1000, error.retry_after or 0.0)
+        CA_GATE_WAITS.labels(endpoint=endpoint, reason="circuit").inc()
         raise CaWait(f"{error.message}; CA at {endpoint} unavailable, waiting for it",
                      code=error.code, retry_in=retry_in) from None
     except BaseException:
@@ -129,12 +137,14 @@ def _acquire(gate: CaGate, endpoint: str, limits: CaLimits, settings: Settings, 
         if decision.reason == "circuit":
             _give_up_if_too_long(endpoint, decision.down_since_ms, settings, "", now=wall_clock())
             since = _when(decision.down_since_ms)
+            CA_GATE_WAITS.labels(endpoint=endpoint, reason="circuit").inc()
             raise CaWait(f"CA at {endpoint} unavailable since {since}, waiting for it",
                          code="ca_unavailable", retry_in=decision.retry_in_ms / 1000)
         wait = decision.retry_in_ms / 1000 if decision.reason == "rate" else POLL_S
         if clock() + wait > deadline:
             what = (f"rate limit {limits.rate_per_second:g}/s" if decision.reason == "rate"
                     else f"concurrency limit {limits.concurrency}")
+            CA_GATE_WAITS.labels(endpoint=endpoint, reason=decision.reason).inc()
             raise CaWait(f"CA at {endpoint} at its {what}, waiting for a turn", code="ca_busy",
                          retry_in=max(wait, POLL_S))
         sleep(wait)

@@ -8,20 +8,22 @@ recorded on the trustpoint), so the job runner reports them through these functi
 from __future__ import annotations
 
 from shared.enums import JobKind
-from shared.metrics import ENROLLMENT_DURATION, ENROLLMENTS, JOB_RETRIES, JOBS
+from shared.metrics import ENROLLMENT_DURATION, ENROLLMENT_FAILURES, ENROLLMENTS, JOB_RETRIES, JOBS, bounded_code
 
 ENROLLING = (JobKind.ENROLL, JobKind.RE_ENROLL)
 
 
 def job_finished(kind: JobKind, outcome: str, *, method: str | None, enrollment: str | None,
-                 seconds: float) -> None:
-    """``outcome``: succeeded or failed. ``enrollment``: succeeded, pending or failed, for
-    enrollment jobs whose method (enrollment type) is known."""
+                 seconds: float, code: str | None = None) -> None:
+    """``outcome``: succeeded or failed (``code`` says why). ``enrollment``: succeeded, pending or
+    failed, for enrollment jobs whose method (enrollment type) is known."""
     JOBS.labels(kind=kind.value, outcome=outcome).inc()
     if kind in ENROLLING and method:
         ENROLLMENTS.labels(method=method, outcome=enrollment or outcome).inc()
         ENROLLMENT_DURATION.labels(method=method).observe(seconds)
+        if outcome == "failed":
+            ENROLLMENT_FAILURES.labels(method=method, code=bounded_code(code)).inc()
 
 
 def retry_scheduled(kind: JobKind, code: str) -> None:
-    JOB_RETRIES.labels(kind=kind.value, code=code).inc()
+    JOB_RETRIES.labels(kind=kind.value, code=bounded_code(code)).inc()

@@ -448,7 +448,7 @@ class _JobRun:
                 renewal_state.after_failure(session, locked, reason=self.claimed.reason, code=code,
                                             message=message, now=now, settings=self.ctx.settings)
             session.commit()
-        self._finished("failed", enrollment="failed")
+        self._finished("failed", enrollment="failed", code=code)
         log().warning("job failed", job_id=str(self.claimed.id), kind=self.kind.value,
                     attempt=self.claimed.attempts, code=code, error=message)
         return self._outcome("failed", code=code)
@@ -461,9 +461,9 @@ class _JobRun:
         return JobOutcome(job_id=self.claimed.id, result=result, kind=self.kind,
                           attempt=self.claimed.attempts, **details)  # type: ignore[arg-type]
 
-    def _finished(self, outcome: str, *, enrollment: str | None) -> None:
+    def _finished(self, outcome: str, *, enrollment: str | None, code: str | None = None) -> None:
         job_metrics.job_finished(self.kind, outcome, method=self.method, enrollment=enrollment,
-                                 seconds=time.perf_counter() - self.started)
+                                 seconds=time.perf_counter() - self.started, code=code)
 
     def release(self, exc: BaseException) -> None:
         """After an unexpected error: hand the job back so Dramatiq's retry can claim it."""

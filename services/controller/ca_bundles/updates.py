@@ -3,7 +3,8 @@ check connections with the candidate, replace it, and push it to the devices.
 
 The messages are the product's own, word for word. Every test and update is audited (who or
 which schedule, the versions, forced or not, the servers that failed) and counted in
-``certfleet_ca_bundle_updates_total{outcome}``.
+``certfleet_ca_bundle_updates_total{outcome}``; each server's connection check in
+``certfleet_ca_bundle_connection_checks_total{outcome}``.
 
 The replacement is one transaction: the bundle row, the audit row, and the push batch with its
 jobs; the jobs are published after the commit. A bundle that fails any check is never installed.
@@ -22,7 +23,7 @@ from sqlmodel import Session
 from services.controller.ca_bundles import checks, source
 from services.controller.ca_bundles.push import publish_push, push_to_devices
 from shared.errors import ConfigurationError, ConflictError, ExchangeError
-from shared.metrics import CA_BUNDLE_UPDATES
+from shared.metrics import CA_BUNDLE_CONNECTION_CHECKS, CA_BUNDLE_UPDATES
 from shared.models import CaBundleState, CaBundleUpdate
 from shared.protocols.ca_bundle import BundleError
 from shared.settings import Settings
@@ -89,6 +90,15 @@ def _latest(session: Session, settings: Settings, *, now: datetime, action: str,
     return current, fetched
 
 
+def _check_connections(session: Session, settings: Settings, fetched: source.Fetched,
+                       check: Checker) -> list[checks.Failure]:
+    servers = checks.servers_to_check(session, settings)
+    failures = check(servers, bundle_pem=fetched.bundle.pem)
+    CA_BUNDLE_CONNECTION_CHECKS.labels(outcome="failed").inc(len(failures))
+    CA_BUNDLE_CONNECTION_CHECKS.labels(outcome="passed").inc(max(0, len(servers) - len(failures)))
+    return failures
+
+
 def _up_to_date(current: CaBundleState | None, fetched: source.Fetched) -> bool:
     return current is not None and current.version == fetched.bundle.label and current.sha256 == fetched.bundle.sha256
 
@@ -103,7 +113,7 @@ def test_update(
     if _up_to_date(current, fetched):
         result = UpdateResult("test", "up_to_date", TEST_SUCCEEDED, True, local, fetched.bundle.label)
     else:
-        failures = check(checks.servers_to_check(session, settings), bundle_pem=fetched.bundle.pem)
+        failures = _check_connections(session, settings, fetched, check)
         result = UpdateResult("test", "checks_failed" if failures else "checks_passed",
                               TEST_FAILED if failures else TEST_SUCCEEDED, not failures, local,
                               fetched.bundle.label, [f.as_dict() for f in failures])
@@ -126,7 +136,7 @@ def run_update(
         _audit(session, result, requested_by=requested_by, now=now)
         session.commit()
         return result
-    failures = [f.as_dict() for f in check(checks.servers_to_check(session, settings), bundle_pem=fetched.bundle.pem)]
+    failures = [f.as_dict() for f in _check_connections(session, settings, fetched, check)]
     if failures and not force:
         result = UpdateResult(action, "failed_checks", FAILED_CHECKS, False, local, fetched.bundle.label, failures)
         _audit(session, result, requested_by=requested_by, now=now)

@@ -377,6 +377,7 @@ def test_weak_key_without_weak_crypto_fails_at_once_and_with_it_enrolls(make_har
     obj = h.enrollment_object("legacy-rsa", key_type="rsa", key_size=1024)
     refused_tp, accepted_tp = h.install([strict, lenient], obj)
     failed_before = metric("certfleet_enrollments_total", method="self_signed", outcome="failed")
+    by_code_before = metric("certfleet_enrollment_failures_total", method="self_signed", code="weak_crypto")
     jobs = h.wait([refused := h.submit("enroll", refused_tp), accepted := h.submit("enroll", accepted_tp)])
 
     job = jobs[refused]
@@ -387,6 +388,8 @@ def test_weak_key_without_weak_crypto_fails_at_once_and_with_it_enrolls(make_har
     assert row.error_message == job.error_message
     assert h.certificates(refused_tp.id) == []
     assert metric("certfleet_enrollments_total", method="self_signed", outcome="failed") == failed_before + 1
+    # The dashboard's failures by method and code.
+    assert metric("certfleet_enrollment_failures_total", method="self_signed", code="weak_crypto") == by_code_before + 1
 
     assert jobs[accepted].state == "succeeded"
     (identity,) = h.certificates(accepted_tp.id)

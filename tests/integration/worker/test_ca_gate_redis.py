@@ -1,8 +1,8 @@
 """The CA gate in a real Redis (db 7), where every worker process shares it: the same rules as
 the gate in process, timed by a ManualClock handed to the Lua scripts; two gates on separate
 connections (two worker processes) counting one CA's permits and outage together; and without
-a clock, the Redis server's own time. Each test keeps its keys under a prefix of its own and
-removes them afterwards."""
+a clock, the Redis server's own time; and the circuits the controller reads from it for its metrics.
+Each test keeps its keys under a prefix of its own and removes them afterwards."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from services.worker.ca_gate import CIRCUIT_THRESHOLD, CaLimits
 from services.worker.ca_gate_redis import RedisCaGate
+from shared.ca_circuits import RedisCircuits
+from shared.metrics import CaCircuitCollector
 from tests.support.ca_gate_rules import CA, RULES, open_circuit
 from tests.support.clock import ManualClock
 
@@ -89,3 +92,37 @@ def test_without_a_clock_the_redis_servers_time_counts(prefix):
         gate.close()
     assert circuit.open and circuit.retry_in_ms == 500
     assert before_ms <= circuit.down_since_ms <= after_ms
+
+
+def test_the_controller_reads_each_endpoint_s_circuit_from_the_gate_for_its_metrics(gates, prefix):
+    """certfleet_ca_circuit_open as the controller's /metrics renders it from the workers' gate: 1 for the
+    endpoint that is down, 0 for one the gate has seen answer, until that one's circuit opens too; and a
+    gate it cannot reach leaves the metric out instead of failing the scrape."""
+    worker = gates[0]
+    up_ca = "https://[2001:db8::7]:443"
+    granted = worker.acquire(up_ca, CaLimits(concurrency=1, rate_per_second=10), lease_ms=60_000)
+    worker.finish(up_ca, granted.token, outcome="ok", cap_ms=60_000, jitter=0)
+    open_circuit(worker)
+    circuits = RedisCircuits.from_url(REDIS_URL, prefix=prefix)
+    try:
+        assert circuits.circuits_open() == {CA: True, up_ca: False}
+        assert set(circuits.open_circuits()) == {CA}  # what the alert pass reads agrees
+        registry = CollectorRegistry()
+        registry.register(CaCircuitCollector(circuits.circuits_open))
+        assert registry.get_sample_value("certfleet_ca_circuit_open", {"endpoint": CA}) == 1
+        assert registry.get_sample_value("certfleet_ca_circuit_open", {"endpoint": up_ca}) == 0
+        for _ in range(CIRCUIT_THRESHOLD):
+            worker.finish(up_ca, "", outcome="down", cap_ms=60_000, jitter=0)
+        assert registry.get_sample_value("certfleet_ca_circuit_open", {"endpoint": up_ca}) == 1
+    finally:
+        circuits.close()
+
+    unreachable = RedisCircuits.from_url("redis://127.0.0.1:1/0", prefix=prefix)  # nothing listens there
+    try:
+        registry = CollectorRegistry()
+        registry.register(CaCircuitCollector(unreachable.circuits_open))
+        registry.register(Gauge("certfleet_probe", "another metric of the same scrape", registry=None))
+        text = generate_latest(registry).decode()
+    finally:
+        unreachable.close()
+    assert "certfleet_ca_circuit_open" not in text and "certfleet_probe 0.0" in text

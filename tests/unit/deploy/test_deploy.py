@@ -1,7 +1,8 @@
-"""The deploy/ files parse, and agree with the code: metric names and labels the alerts and
-the dashboard query exist, settings are real CERTFLEET_* variables, container commands are
+"""The deploy/ files parse, and agree with the code: metric names, labels and label values the alerts
+and every dashboard query exist, settings are real CERTFLEET_* variables, container commands are
 accepted by the certfleet CLI, and the pieces refer to each other by the right names.
-Docker is not available here, so nothing is started."""
+Docker is not available here, so nothing is started. (promtool runs the alert rules' own tests:
+test_alert_rules.py; the dashboards' generator: test_dashboards.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
 import shared.metrics as metrics
-from shared.enums import JobState
+from services.controller.scheduling.schedules import default_schedules
+from services.worker.ca_waiting import EXCHANGE_OUTCOMES
+from shared.enums import AlertCode
 from shared.settings import PREFIX, Settings
 from shared.states import Status
 
@@ -54,9 +57,21 @@ SERVICES = COMPOSE["services"]
 ALERTS = load_yaml(DEPLOY / "prometheus" / "alerts.yml")
 RULES = [rule for group in ALERTS["groups"] for rule in group["rules"]]
 PROMETHEUS = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
-DASHBOARD = json.loads((DEPLOY / "grafana" / "dashboards" / "certfleet-fleet.json").read_text())
-PANELS = [p for p in DASHBOARD["panels"] if p["type"] != "row"]
-DASHBOARD_EXPRS = [t["expr"] for p in PANELS for t in p["targets"]]
+DASHBOARDS = {path.name: json.loads(path.read_text())
+              for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))}
+DASHBOARD = DASHBOARDS["certfleet-fleet.json"]
+
+
+def panels(board: dict) -> list[dict]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def expressions(board: dict) -> list[str]:
+    return [t["expr"] for p in panels(board) for t in p["targets"]]
+
+
+PANELS = [p for board in DASHBOARDS.values() for p in panels(board)]
+DASHBOARD_EXPRS = [expr for board in DASHBOARDS.values() for expr in expressions(board)]
 
 
 # --- what the code exposes ---------------------------------------------------------------------
@@ -72,11 +87,17 @@ def certfleet_series() -> dict[str, set[str]]:
             series[value._name + "_sum"] = series[value._name + "_count"] = set(value._labelnames)
         elif isinstance(value, Gauge):
             series[value._name] = set(value._labelnames)
-    # The fleet gauges, as the controller renders them from a database snapshot.
+    # The gauges the controller renders at scrape time: from a database snapshot holding every optional
+    # figure, and from the CA gate's circuits.
     expiring = {days: 1 for days in metrics.EXPIRY_WINDOWS_DAYS}
-    snapshot = metrics.FleetSnapshot({("available", "available"): 3}, expiring, 1, 1.9e9)
-    for family in metrics.FleetCollector(lambda: snapshot).collect():
-        series[family.name] = {label for sample in family.samples for label in sample.labels}
+    snapshot = metrics.FleetSnapshot({("available", "available"): 3}, expiring, 1, 1.9e9, ca_bundle_version="1",
+                                     ca_bundle_sha256="ab" * 32, ca_bundle_last_modified=1.8e9,
+                                     schedule_last_runs={"renewal": 1.8e9})
+    families = [*metrics.FleetCollector(lambda: snapshot).collect(),
+                *metrics.CaCircuitCollector(lambda: {"https://ca.example.net:443": False}).collect()]
+    for family in families:
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
     return series
 
 
@@ -94,11 +115,25 @@ def dramatiq_series() -> dict[str, set[str]]:
 
 
 KNOWN = certfleet_series() | dramatiq_series() | {"up": set()}
+SCHEDULES = {spec.name for spec in default_schedules(Settings())}
 ALWAYS_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 
 PROMQL_FUNCTIONS = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile", "absent",
     "clamp_min", "clamp_max", "topk", "bottomk", "time", "vector", "scalar", "delta", "deriv",
+}
+#: The values each metric's outcome label takes, as the code sets them.
+OUTCOMES = {
+    "certfleet_enrollments_total": {"succeeded", "failed", "pending"},
+    "certfleet_jobs_total": {"succeeded", "failed"},
+    "certfleet_renewals_total": {"succeeded", "failed"},
+    "certfleet_alert_deliveries_total": {"delivered", "failed", "dead"},
+    "certfleet_revocation_checks_total": {"good", "revoked", "unknown"},
+    "certfleet_ca_bundle_updates_total": {"updated", "up_to_date", "forced", "failed_checks", "invalid",
+                                          "unreachable", "checks_passed", "checks_failed"},
+    "certfleet_ca_bundle_connection_checks_total": {"passed", "failed"},
+    "certfleet_ca_exchanges_total": set(EXCHANGE_OUTCOMES.values()),
+    "certfleet_scheduler_runs_total": {"succeeded", "failed", "interrupted"},
 }
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
                 "group_right", "inf", "nan"}
@@ -141,7 +176,17 @@ def check_expression(expr: str) -> None:
             if label in matchers:
                 assert matchers[label] in {s.value for s in Status}, expr
         if "outcome" in matchers:
-            assert matchers["outcome"] in {s.value for s in JobState} | {"pending"}, expr
+            assert set(matchers["outcome"].split("|")) <= OUTCOMES[metric], f"{metric}: no such outcome ({expr!r})"
+        if "kind" in matchers:
+            assert matchers["kind"] in metrics.JOB_KINDS, expr
+        if "state" in matchers:
+            assert matchers["state"] in metrics.UNFINISHED_STATES, expr
+        if "code" in matchers and "F0853" not in expr and not matchers["code"].startswith("ca_"):
+            assert matchers["code"] in {c.value for c in AlertCode}, expr
+        if "schedule" in matchers:
+            assert set(matchers["schedule"].split("|")) <= SCHEDULES, expr
+        if "version" in matchers:
+            assert matchers["version"] in {"current", "older"}, expr
 
 
 def test_the_promql_checker_catches_mistakes():
@@ -151,6 +196,10 @@ def test_the_promql_checker_catches_mistakes():
         check_expression('certfleet_trustpoints{status="failed"} > 0')
     with pytest.raises(AssertionError):
         check_expression('certfleet_certificates_expiring{within_days="45"} > 0')
+    with pytest.raises(AssertionError, match="no such outcome"):
+        check_expression('sum(rate(certfleet_alert_deliveries_total{outcome=~"delivered|lost"}[5m]))')
+    with pytest.raises(AssertionError):
+        check_expression('time() - max(certfleet_scheduler_last_run_timestamp_seconds{schedule="renewals"})')
     check_expression('sum by (le) (rate(dramatiq_message_duration_milliseconds_bucket[$__rate_interval]))')
 
 
@@ -183,6 +232,17 @@ def test_alert_expressions_use_real_metrics(rule):
         "certfleet_reconciler_republished_total",
         'up{job="certfleet-worker"}',
         'certfleet_alerts_active{code="F0853"}',
+        "certfleet_jobs_oldest_queued_age_seconds",
+        "certfleet_trustpoints_renewal_failed",
+        'certfleet_scheduler_last_run_timestamp_seconds{schedule="renewal"}',
+        'certfleet_alerts_active{code="CF-BUNDLE-FAILED"}',
+        'certfleet_devices_ca_bundle{version="older"}',
+        "certfleet_certificates_revoked",
+        'certfleet_revocation_checks_total{outcome="unknown"}',
+        'certfleet_alert_deliveries_total{channel="webhook",outcome="failed"}',
+        'certfleet_alert_deliveries_total{outcome="dead"}',
+        'certfleet_alert_deliveries_total{channel="stream",outcome="failed"}',
+        "certfleet_ca_circuit_open",
     ],
 )
 def test_every_promised_alert_exists(needle):
@@ -203,62 +263,138 @@ def test_scrape_jobs_match_the_alerts_and_the_compose_services():
     assert worker_sd["names"] == ["worker"] and worker_sd["port"] == 9191
     assert SERVICES["worker"]["environment"]["CERTFLEET_WORKER_METRICS_PORT"] == "9191"
     assert SERVICES["worker"]["environment"]["CERTFLEET_WORKER_METRICS_HOST"] == "0.0.0.0"
-    assert PROMETHEUS["rule_files"] == ["/etc/prometheus/alerts.yml"]
-    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in SERVICES["prometheus"]["volumes"]
+    # Relative to the configuration: beside it in compose, and here (promtool check config reads both).
+    assert PROMETHEUS["rule_files"] == ["alerts.yml"]
+    mounts = dict(v.split(":")[:2] for v in SERVICES["prometheus"]["volumes"])
+    assert mounts["./prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    assert mounts["./prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+
+
+def test_prometheus_sends_its_alerts_to_the_compose_alertmanager():
+    [alertmanagers] = PROMETHEUS["alerting"]["alertmanagers"]
+    [target] = alertmanagers["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    alertmanager = SERVICES[host]
+    command = alertmanager["command"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in command
+    mounts = dict(v.split(":")[:2] for v in alertmanager["volumes"])
+    assert mounts["./alertmanager/alertmanager.yml"] == "/etc/alertmanager/alertmanager.yml"
+    assert (DEPLOY / "alertmanager" / "alertmanager.yml").exists()
+    assert f"{port}:{port}" in alertmanager["ports"] and port == "9093"
+    assert host in SERVICES["prometheus"]["depends_on"]
 
 
 # --- Grafana ------------------------------------------------------------------------------------
 
-def test_dashboard_queries_use_real_metrics():
-    assert DASHBOARD["title"] == "certfleet fleet"
-    for expr in DASHBOARD_EXPRS:
-        check_expression(expr)
-
-
-@pytest.mark.parametrize(
-    "needle",
-    [
-        "certfleet_trustpoints",
-        "certfleet_enrollments_total",
+#: What each dashboard must show (a part of an expression of one of its panels).
+PROMISED_PANELS = {
+    "certfleet-fleet.json": [
+        "certfleet_trustpoints", "certfleet_enrollments_total", "certfleet_enrollment_failures_total",
         "histogram_quantile(0.5, sum by (le, method) (rate(certfleet_enrollment_duration_seconds_bucket",
         "histogram_quantile(0.99, sum by (le, method) (rate(certfleet_enrollment_duration_seconds_bucket",
-        "certfleet_certificates_expiring",
-        "certfleet_job_retries_total",
-        "dramatiq_messages_total",
+        "certfleet_certificates_expiring", "certfleet_job_retries_total", "dramatiq_messages_total",
+        "certfleet_jobs_unfinished", "certfleet_jobs_oldest_queued_age_seconds",
     ],
-)
-def test_dashboard_has_the_promised_panels(needle):
-    assert any(needle in expr for expr in DASHBOARD_EXPRS), needle
+    "certfleet-renewal.json": [
+        "certfleet_certificates_renewal_due", "certfleet_renewals_in_progress", "certfleet_renewals_total",
+        "certfleet_trustpoints_renewal_failed", 'certfleet_scheduler_last_run_timestamp_seconds{schedule="renewal"}',
+    ],
+    "certfleet-ca-bundle.json": [
+        'certfleet_devices_ca_bundle{version="current"}', "certfleet_ca_bundle_version_info",
+        "certfleet_ca_bundle_last_modified_timestamp_seconds", "certfleet_ca_bundle_updates_total",
+        "certfleet_ca_bundle_connection_checks_total",
+    ],
+    "certfleet-revocation.json": ["certfleet_certificates_revoked", "certfleet_revocation_checks_total"],
+    "certfleet-health-alerts.json": [
+        "max by (code, severity) (certfleet_alerts_active)", "certfleet_alert_deliveries_total",
+        'certfleet_alerts_active{code="F0853"}',
+    ],
+    "certfleet-ca-endpoints.json": [
+        "certfleet_ca_circuit_open", "certfleet_ca_gate_waits_total", "certfleet_ca_exchanges_total",
+    ],
+}
 
 
-def test_dashboard_layout_and_datasource():
+def test_there_is_a_dashboard_for_every_part_of_the_lifecycle():
+    assert set(DASHBOARDS) == set(PROMISED_PANELS)
+    assert DASHBOARD["title"] == "certfleet fleet"
+    titles = [board["title"] for board in DASHBOARDS.values()]
+    uids = [board["uid"] for board in DASHBOARDS.values()]
+    assert len(set(titles)) == len(titles) and len(set(uids)) == len(uids)
+
+
+def test_dashboard_queries_use_real_metrics():
+    for name, board in DASHBOARDS.items():
+        assert expressions(board), name
+        for expr in expressions(board):
+            check_expression(expr)
+
+
+@pytest.mark.parametrize(("dashboard", "needle"),
+                         [(name, needle) for name, needles in PROMISED_PANELS.items() for needle in needles])
+def test_dashboard_has_the_promised_panels(dashboard, needle):
+    assert any(needle in expr for expr in expressions(DASHBOARDS[dashboard])), needle
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboards_query_the_prometheus_chosen_in_their_datasource_variable(name):
+    """No datasource uid is written anywhere: every panel and query names ${datasource}, a variable
+    of type prometheus, so the dashboards work with whatever Prometheus Grafana has."""
+    board = DASHBOARDS[name]
+    [variable] = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    assert (variable["name"], variable["query"]) == ("datasource", "prometheus")
+    ref = {"type": "prometheus", "uid": "${datasource}"}
+    for panel in panels(board):
+        assert panel["datasource"] == ref, panel["title"]
+        assert panel["targets"] and all(t["datasource"] == ref for t in panel["targets"]), panel["title"]
+    text = json.dumps(board)
+    uids = set(re.findall(r'"uid": "([^"]*)"', text)) - {board["uid"]}
+    assert uids == {"${datasource}"}
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboard_layout(name):
+    board = DASHBOARDS[name]
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)) and 0 not in ids
+    for panel in board["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24 and grid["w"] > 0 and grid["h"] > 0, panel["title"]
+    for panel in panels(board):
+        refs = [t["refId"] for t in panel["targets"]]
+        assert all(refs) and len(set(refs)) == len(refs), panel["title"]
+    # No two panels overlap.
+    cells = [(x, y) for p in board["panels"] for x in range(p["gridPos"]["x"], p["gridPos"]["x"] + p["gridPos"]["w"])
+             for y in range(p["gridPos"]["y"], p["gridPos"]["y"] + p["gridPos"]["h"])]
+    assert len(cells) == len(set(cells))
+
+
+def test_the_expiry_variable_offers_exactly_the_windows_the_controller_exports():
+    [days] = [v for v in DASHBOARD["templating"]["list"] if v["name"] == "days"]
+    assert [int(o["value"]) for o in days["options"]] == list(metrics.EXPIRY_WINDOWS_DAYS)
+    assert [int(d) for d in days["query"].split(",")] == list(metrics.EXPIRY_WINDOWS_DAYS)
+
+
+def test_grafana_provisions_the_prometheus_of_compose_and_every_dashboard():
     datasources = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
     [datasource] = datasources["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"]
     assert datasource["url"] == "http://prometheus:9090" and "prometheus" in SERVICES
-    ids = [p["id"] for p in DASHBOARD["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in PANELS:
-        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
-        assert all(t["datasource"]["uid"] == datasource["uid"] for t in panel["targets"])
-        grid = panel["gridPos"]
-        assert grid["x"] + grid["w"] <= 24, panel["title"]
-    # The "within N days" variable offers exactly the windows the controller exports.
-    [days] = DASHBOARD["templating"]["list"]
-    assert [int(o["value"]) for o in days["options"]] == list(metrics.EXPIRY_WINDOWS_DAYS)
-
-
-def test_dashboard_provider_reads_where_compose_mounts_the_dashboards():
     providers = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "certfleet.yml")
     [provider] = providers["providers"]
+    assert provider["type"] == "file"
+    # The provider reads every JSON file of the folder compose mounts the dashboards directory at.
     mounts = dict(v.split(":")[:2] for v in SERVICES["grafana"]["volumes"])  # source:target[:mode]
     assert mounts["./grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert not [p for p in (DEPLOY / "grafana" / "dashboards").iterdir() if p.is_dir()], "the provider reads one level"
 
 
 # --- compose ------------------------------------------------------------------------------------
 
 def test_compose_has_every_service():
-    expected = {"redis", "postgres", "db-upgrade", "controller", "worker", "device-sim", "prometheus", "grafana"}
+    expected = {"redis", "postgres", "db-upgrade", "controller", "worker", "device-sim", "prometheus", "alertmanager",
+                "grafana"}
     assert expected <= set(SERVICES)
 
 
@@ -499,3 +635,14 @@ def test_kubernetes_pods_upgrade_the_schema_before_their_service_starts(name):
     assert upgrade["image"] == service["image"]  # the schema of the version about to run
     assert upgrade["envFrom"] == service["envFrom"]  # the same database
     assert upgrade["securityContext"] == service["securityContext"]
+
+
+# --- the README says what each alert and dashboard is -------------------------------------------
+
+def test_the_readme_names_every_alert_and_dashboard():
+    readme = (ROOT / "README.md").read_text()
+    observability = readme[readme.index("## Observability"):readme.index("## Tests and benchmarks")]
+    for rule in RULES:
+        assert rule["alert"] in observability, rule["alert"]
+    for board in DASHBOARDS.values():
+        assert f"| {board['title']} |" in observability, board["title"]

@@ -9,6 +9,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.worker.ca_gate import CIRCUIT_THRESHOLD, CaLimits, MemoryCaGate, ca_endpoint
 from services.worker.ca_waiting import CaWait, limits_for, park_delay_ms, through_ca_gate
@@ -197,3 +198,58 @@ def test_without_its_own_limits_an_object_gets_the_settings_limits():
     own = SimpleNamespace(ca_concurrency_limit=2, ca_rate_limit=0.5)
     assert (limits_for(plain, settings).concurrency, limits_for(plain, settings).rate_per_second) == (7, 12.5)
     assert (limits_for(own, settings).concurrency, limits_for(own, settings).rate_per_second) == (2, 0.5)
+
+
+
+# --- what the CA endpoints dashboard counts --------------------------------------------------------
+
+
+def counted(name: str, endpoint: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"endpoint": endpoint, **labels}) or 0.0
+
+
+def counts(endpoint: str) -> dict[str, float]:
+    found = {f"exchanges {o}": counted("certfleet_ca_exchanges_total", endpoint, outcome=o)
+             for o in ("succeeded", "ca_unavailable", "failed")}
+    found |= {f"waits {r}": counted("certfleet_ca_gate_waits_total", endpoint, reason=r)
+              for r in ("circuit", "concurrency", "rate")}
+    return found
+
+
+def test_waits_and_exchanges_are_counted_per_ca_endpoint(gate, clock):
+    """An outage's failed exchanges (the last opens the circuit: its job waits), a job finding the
+    circuit open (a wait, no exchange), a CA's refusal, a CA at its concurrency limit and one at its
+    rate, a CA that answered: each counted under its own endpoint, nothing under another's."""
+    down_ca, busy_ca = "https://down-ca.example.net:8443", "https://busy-ca.example.net:443"
+    down_obj = SimpleNamespace(**{**vars(est_object()), "enrollment_url": down_ca + "/.well-known/est/"})
+    busy_obj = SimpleNamespace(**{**vars(est_object(concurrency=1)), "enrollment_url": busy_ca + "/"})
+    slow_obj = SimpleNamespace(**{**vars(est_object(rate=0.5)), "enrollment_url": busy_ca + "/"})
+    before = {down_ca: counts(down_ca), busy_ca: counts(busy_ca)}
+    settings = Settings()
+
+    for _ in range(CIRCUIT_THRESHOLD - 1):
+        with pytest.raises(TransientError):
+            enroll(gate, down_obj, settings, refused_by_ca, clock)
+    for body in (refused_by_ca, lambda: None):  # opens the circuit; finds it open
+        with pytest.raises(CaWait):
+            enroll(gate, down_obj, settings, body, clock)
+
+    def refused():
+        raise PermanentError("the CA refused the request", code="ca_rejected")
+
+    with pytest.raises(PermanentError):
+        enroll(gate, busy_obj, settings, refused, clock)
+    with through_ca_gate(gate, busy_obj, settings, rng=random.Random(1), sleep=clock.sleep, clock=clock.monotonic,
+                         wall_clock=clock):
+        with pytest.raises(CaWait):
+            enroll(gate, busy_obj, settings, lambda: None, clock)
+    enroll(gate, slow_obj, settings, lambda: None, clock)
+    with pytest.raises(CaWait):
+        enroll(gate, slow_obj, settings, lambda: None, clock)
+
+    def grew(endpoint: str) -> dict[str, float]:
+        return {k: v - before[endpoint][k] for k, v in counts(endpoint).items() if v != before[endpoint][k]}
+
+    assert grew(down_ca) == {"exchanges ca_unavailable": CIRCUIT_THRESHOLD, "waits circuit": 2}
+    assert grew(busy_ca) == {"exchanges failed": 1, "exchanges succeeded": 2, "waits concurrency": 1,
+                             "waits rate": 1}

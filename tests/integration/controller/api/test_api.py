@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +32,7 @@ from tests.support.api import (
     published,
     start_api,
 )
+from tests.support.clock import ManualClock
 
 
 def test_health_metrics_and_openapi_need_no_token(api):
@@ -622,6 +623,59 @@ def test_metrics_follow_the_fleet(api):
     assert metric(text, "certfleet_certificates_expired") == 1
     earliest = metric(text, "certfleet_certificate_earliest_expiry_timestamp_seconds")
     assert earliest is not None and earliest < soon.not_after.timestamp()
+
+
+
+@pytest.mark.parametrize(
+    "db_engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_metrics_show_the_job_queue_its_oldest_wait_and_the_renewals_under_way(db_engine, stub_broker):
+    clock = ManualClock()
+    client, tokens = start_api(db_engine, stub_broker, clock=clock)
+    with client:
+        api = Api(client=client, engine=db_engine, broker=stub_broker, tokens=tokens)
+        text = api.client.get("/metrics").text
+        # Every kind and state is a series from the start, at zero: the dashboard draws them at once.
+        assert metric(text, "certfleet_jobs_unfinished", kind="bundle_update", state="running") == 0
+        assert metric(text, "certfleet_jobs_oldest_queued_age_seconds", kind="enroll") == 0
+        assert metric(text, "certfleet_renewals_in_progress", method="est") == 0
+        assert metric(text, "certfleet_trustpoints_renewal_failed", method="self_signed") == 0
+
+        obj = api.enrollment_object("vpn")
+        tps = [api.add(api.device(f"Q-{i}")["id"], obj["id"])["trustpoint"] for i in range(5)]
+        with Session(api.engine) as session:
+            jobs = {job.trustpoint_id: job for job in session.exec(select(Job)).all()}
+            waiting, fresh, retrying, running, renewal = (jobs[uuid.UUID(tp["id"])] for tp in tps)
+            waiting.created_at = clock() - timedelta(seconds=90)
+            fresh.created_at = clock() - timedelta(seconds=30)
+            # Waited long, but its retry is not due for another minute: not waiting now.
+            retrying.created_at = clock() - timedelta(hours=1)
+            retrying.next_attempt_at = clock() + timedelta(seconds=60)
+            running.state, running.created_at = "running", clock() - timedelta(hours=2)
+            renewal.kind, renewal.reason = "re_enroll", "renewal"
+            renewal.created_at = renewal.next_attempt_at = clock() - timedelta(seconds=5)
+            failing = session.get(Trustpoint, uuid.UUID(tps[0]["id"]))
+            failing.renewal_failures = 2
+            session.add_all([waiting, fresh, retrying, running, renewal, failing])
+            session.commit()
+
+        text = api.client.get("/metrics").text
+        assert metric(text, "certfleet_jobs_unfinished", kind="enroll", state="queued") == 3
+        assert metric(text, "certfleet_jobs_unfinished", kind="enroll", state="running") == 1
+        assert metric(text, "certfleet_jobs_unfinished", kind="re_enroll", state="queued") == 1
+        assert metric(text, "certfleet_jobs_oldest_queued_age_seconds", kind="enroll") == 90
+        assert metric(text, "certfleet_jobs_oldest_queued_age_seconds", kind="re_enroll") == 5
+        assert metric(text, "certfleet_renewals_in_progress", method="self_signed") == 1
+        assert metric(text, "certfleet_trustpoints_renewal_failed", method="self_signed") == 1
+
+        clock.advance(120)  # the retry came due 60 s ago; the first job has waited 210 s
+        text = api.client.get("/metrics").text
+        assert metric(text, "certfleet_jobs_oldest_queued_age_seconds", kind="enroll") == 210
+        finish_jobs(api.engine)
+        text = api.client.get("/metrics").text
+        assert metric(text, "certfleet_jobs_unfinished", kind="enroll", state="queued") == 0
+        assert metric(text, "certfleet_jobs_oldest_queued_age_seconds", kind="enroll") == 0
+        assert metric(text, "certfleet_renewals_in_progress", method="self_signed") == 0
 
 
 # --- importing a fleet -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from shared.events import BULK_QUEUE
 from shared.models import Batch, CaBundleState, Device, Job
 from shared.protocols import ca_bundle
+from tests.integration.controller.api.test_api import metric
 from tests.support.api import GLOBAL, Api, make_settings, problem, start_api
 from tests.support.jobs import drain
 from tests.support.tls import Issued, TlsHandler, https_server, make_ca, make_leaf, pem
@@ -90,6 +91,12 @@ def test_the_products_messages_each_in_its_situation(world):
     for serial in ("BND-1", "BND-2", "BND-3"):
         api.device(serial)
 
+    def connection_checks() -> dict[str, float]:
+        text = api.client.get("/metrics").text
+        return {o: metric(text, "certfleet_ca_bundle_connection_checks_total", outcome=o) for o in ("passed", "failed")}
+
+    checks_before = connection_checks()
+
     # Out of date (nothing installed) and every server reachable with the new bundle.
     source.publish(SOURCE_CA, SERVER_CA)
     tested = api.ok("POST", "/cert-update/test")
@@ -129,6 +136,11 @@ def test_the_products_messages_each_in_its_situation(world):
     assert (forced["message"], forced["ok"], forced["outcome"]) == (
         "Certs failed some connection checks, but replace has been forced.", True, "forced")
     assert installed(api).version == "2"
+
+    # Two servers checked per test or update (the source and the configured one), none when up to date;
+    # the configured one failed the last three.
+    checks_after = connection_checks()
+    assert {o: checks_after[o] - checks_before[o] for o in checks_after} == {"passed": 7, "failed": 3}
 
     audit = api.ok("GET", "/cert-update/audit")["items"]
     assert [(a["action"], a["outcome"], a["forced"]) for a in reversed(audit)] == [
