@@ -59,6 +59,11 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+#: Whether a logger keeps the configuration of its first use (fast). The test suite turns it off,
+#: since its tests configure logging over and over in one process.
+CACHE_LOGGERS = True
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
@@ -74,7 +79,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
 
 

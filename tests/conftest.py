@@ -20,11 +20,22 @@ import dramatiq
 import pytest
 from sqlalchemy.engine import Engine
 
+from shared import logging as shared_logging
 from shared.broker import make_broker
 from shared.db import init_db, make_engine
 from shared.settings import Settings
 from tests.support.api import Api, start_api
 from tests.support.pg import fresh_database, postgres_or_skip
+
+# Tests configure logging over and over in one process (a command's main() sets its level): a
+# logger must follow the configuration of the moment, not the one of its first use.
+shared_logging.CACHE_LOGGERS = False
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> None:
+    """Each test starts at the default level, whatever an earlier test of the process set."""
+    shared_logging.configure_logging()
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,10 @@ def url_pattern(*, schemes: str = "https?", query: bool = True) -> str:
 HTTP_URL_PATTERN = url_pattern()
 #: A host name as check_fqdn takes it, or nothing.
 FQDN_PATTERN = rf"^(?:(?:{_NAME}\.){{0,4}}{_LAST})?$"
+#: An allow-list entry's host: a DNS name, or an IPv4 or IPv6 address (in brackets or not) with an
+#: optional /prefix length. Whether the prefix fits and leaves no host bits is checked beyond it.
+HOST_OR_NETWORK_PATTERN = (rf"^(?:(?:{_NAME}\.){{0,4}}{_LAST}\.?|(?:{_OCTET}(?:\.{_OCTET}){{3}}"
+                           rf"|\[?{_IPV6}\]?)(?:/[0-9]{{1,3}})?)$")
 #: An IPv4 or IPv6 address as check_ip_address takes it, or nothing.
 IP_ADDRESS_PATTERN = rf"^(?:{_OCTET}(?:\.{_OCTET}){{3}}|{_IPV6})?$"
 

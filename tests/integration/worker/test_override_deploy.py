@@ -99,7 +99,9 @@ def test_a_child_domains_override_enrolls_its_devices_at_its_own_ca_with_its_own
     api.ok("PUT", f"/domains/{a1}/enrollment-objects/{obj}/override",
            {"enrollment_url": f"{branch_ca.est_url}/", "username": BRANCH_USER, "password": BRANCH_PASSWORD},
            role="network_admin")
-    devices = {label: api.device(serial, domain=domain, management_url=f"{sim.url}/api/devices/{serial}")["id"]
+    # Registered by an admin with the credentials the devices hold: trusted and authenticated.
+    devices = {label: api.device(serial, domain=domain, management_url=f"{sim.url}/api/devices/{serial}",
+                                 endpoint_credential=sim.sim.credential(serial))["id"]
                for label, serial, domain in (("a1", "FTD-000001", a1), ("a", "FTD-000002", a),
                                              ("a1-unset", "FTD-000003", a1))}
 
