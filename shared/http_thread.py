@@ -17,7 +17,9 @@ class ServerThread:
         self.sock.bind((host, port))
         self.host = host
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        # Idle connections are kept longer than certfleet's API client keeps them (10 s), so that
+        # client never sends a request on a connection the server is closing.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
 

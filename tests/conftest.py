@@ -32,12 +32,6 @@ from tests.support.pg import fresh_database, postgres_or_skip
 shared_logging.CACHE_LOGGERS = False
 
 
-@pytest.fixture(autouse=True)
-def _default_logging() -> None:
-    """Each test starts at the default level, whatever an earlier test of the process set."""
-    shared_logging.configure_logging()
-
-
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory) -> Path:
     """A database at the head revision, made once per test process: each test gets a copy of

@@ -22,7 +22,9 @@ class CertfleetClient:
             base_url=base_url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            # An idle connection is dropped well before the controller closes it (30 s): reusing one the
+            # server is closing at that moment loses the request (a reset), which a POST cannot retry.
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=10.0),
         )
 
     def close(self) -> None:

@@ -62,8 +62,13 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(settings, start_reconciler=not args.no_reconciler, start_scheduler=not args.no_scheduler)
     freeze_startup_objects()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False,
-                log_level=settings.log_level.lower(), lifespan="on")
+                log_level=settings.log_level.lower(), lifespan="on", timeout_keep_alive=KEEP_ALIVE_SECONDS)
     return 0
+
+
+#: How long the API keeps an idle connection open: longer than certfleet's own client keeps one
+#: (``services.cli.api_client``), so that client never sends on a connection the server is closing.
+KEEP_ALIVE_SECONDS = 30
 
 
 def _run_alone(settings: Settings, start, describe, *, beside=None) -> int:

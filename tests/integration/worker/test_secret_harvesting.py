@@ -36,6 +36,7 @@ from services.worker.context import WorkerContext
 from services.worker.retry_policy import RetryPolicy
 from services.worker.runner import run_job
 from shared.device_client import HttpDeviceClient
+from shared.logging import configure_logging
 from shared.models import Device, Job, Trustpoint
 from shared.secrets import SecretBox
 from tests.support.api import GLOBAL, SECRET_KEY, Api, make_settings, problem, published
@@ -202,6 +203,7 @@ def test_an_approved_or_allowed_endpoint_that_cannot_prove_the_credential_never_
     a, net, device = attack
     est = global_est_object(api)
     # An admin approves the device with the credential the real device holds; the host does not have it.
+    configure_logging()  # INFO: another test of this process may have left it at WARNING
     with capture_logs() as logs:
         approved = api.post(f"/domains/{a}/devices/{device['id']}/trust", {"credential": CREDENTIAL})
         added = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints",
@@ -267,6 +269,7 @@ def self_signed_pkcs12(passphrase: str) -> bytes:
 
 def test_the_simulated_device_an_admin_imported_with_its_credential_gets_its_pkcs12_file(api, worker, sim):
     passphrase = "p12-Passphrase-of-the-fleet"
+    configure_logging()  # INFO: another test of this process may have left it at WARNING
     with capture_logs() as logs:
         imported = api.ok("POST", f"/domains/{GLOBAL}/devices/import", {"inventory_url": sim.url})
         assert (imported["imported"], imported["approved"], imported["credentials"]) == (4, 4, 4)
