@@ -1,8 +1,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Real peers the protocol tests talk to: strongSwan's pki (EST/SCEP clients) and openssl.
-DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl
+# Real peers the tests talk to: strongSwan's pki (EST/SCEP clients) and openssl; Prometheus and
+# Alertmanager for the live observability test, which runs its own (not the packages' services).
+DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl prometheus prometheus-alertmanager
 
 .PHONY: demo test bench bench-self-signed lint peers clean
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 peers:
-	@command -v pki >/dev/null && dpkg -s libstrongswan-extra-plugins >/dev/null 2>&1 || \
+	@dpkg -s $(DEBIAN_PEERS) >/dev/null 2>&1 || \
 		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PEERS) )
 
 demo: $(STAMP)
