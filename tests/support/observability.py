@@ -171,14 +171,15 @@ _DISCOVERY = re.compile(r".*_sd_configs$|^static_configs$")
 
 
 def scrape_config_for_test(deployed: Mapping, *, targets: Mapping[str, list[str]], rule_files: list[str],
-                           alertmanager: str, interval: str) -> dict:
+                           alertmanager: str, interval: str, evaluation: str | None = None) -> dict:
     """``deployed`` (prometheus.yml) with every job scraping ``targets[job_name]`` (host:port) instead
-    of what it discovers, every ``interval``, the given rule files, and alerts sent to
-    ``alertmanager`` (host:port). Jobs keep their names, metric paths, schemes and relabelling.
-    KeyError for a job the test has no targets for, or targets for a job the file lacks."""
+    of what it discovers, every ``interval`` (its timeout as long), the given rule files evaluated
+    every ``evaluation`` (default: ``interval``), and alerts sent to ``alertmanager`` (host:port).
+    Jobs keep their names, metric paths, schemes and relabelling. KeyError for a job the test has
+    no targets for, or targets for a job the file lacks."""
     config = copy.deepcopy(dict(deployed))
     config["global"] = {**config.get("global", {}), "scrape_interval": interval, "scrape_timeout": interval,
-                        "evaluation_interval": interval}
+                        "evaluation_interval": evaluation or interval}
     config["rule_files"] = list(rule_files)
     config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     jobs = {job["job_name"] for job in config["scrape_configs"]}

@@ -107,8 +107,9 @@ def test_the_deployed_scrape_configuration_is_pointed_at_the_test():
     jobs = [job["job_name"] for job in deployed["scrape_configs"]]
     targets = {job: [f"127.0.0.1:{9000 + i}"] for i, job in enumerate(jobs)}
     config = scrape_config_for_test(deployed, targets=targets, rule_files=["/tmp/rules.yml"],
-                                    alertmanager="127.0.0.1:9093", interval="1s")
-    assert config["global"]["scrape_interval"] == config["global"]["evaluation_interval"] == "1s"
+                                    alertmanager="127.0.0.1:9093", interval="2s", evaluation="1s")
+    assert config["global"]["scrape_interval"] == config["global"]["scrape_timeout"] == "2s"
+    assert config["global"]["evaluation_interval"] == "1s"
     assert config["rule_files"] == ["/tmp/rules.yml"]
     assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]
     for original, job in zip(deployed["scrape_configs"], config["scrape_configs"], strict=True):
