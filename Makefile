@@ -2,7 +2,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Real peers the tests talk to: strongSwan's pki (EST/SCEP clients) and openssl; promtool (from
-# prometheus) runs the alert rules' unit tests, amtool (from prometheus-alertmanager) checks its config.
+# prometheus) runs the alert rules' unit tests, amtool (from prometheus-alertmanager) checks its config;
+# Prometheus and Alertmanager for the live observability test, which runs its own (not the packages' services).
 DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl prometheus prometheus-alertmanager
 
 .PHONY: demo test bench bench-self-signed lint peers dashboards clean
@@ -14,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 peers:
-	@command -v pki >/dev/null && dpkg -s libstrongswan-extra-plugins >/dev/null 2>&1 && \
-		command -v promtool >/dev/null && command -v amtool >/dev/null || \
+	@dpkg -s $(DEBIAN_PEERS) >/dev/null 2>&1 || \
 		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PEERS) )
 
 demo: $(STAMP)

@@ -197,8 +197,8 @@ def fleet() -> dashboard.Dashboard:
                   q("sum by (queue_name) (dramatiq_messages_inprogress)", "running {{queue_name}}"),
                   q("sum by (queue_name) (dramatiq_delayed_messages_inprogress)", "delayed {{queue_name}}"),
                   description="Messages the workers hold: running, or delayed (a retry's backoff).", width=6),
-            big_number("Workers up", q('count(up{job="certfleet-worker"} == 1)', "up"),
-                       q('count(up{job="certfleet-worker"} == 0)', "down"),
+            big_number("Workers up", q('count(up{job="certfleet-worker"} == 1) or vector(0)', "up"),
+                       q('count(up{job="certfleet-worker"} == 0) or vector(0)', "down"),
                        description="Worker metrics endpoints Prometheus scrapes.", height=8, show_name=True),
             graph("Message duration p50 / p99 by actor",
                   q("histogram_quantile(0.5, sum by (le, actor_name) "

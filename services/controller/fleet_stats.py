@@ -47,9 +47,10 @@ def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
         select(Schedule.name, Schedule.last_run_at).where(Schedule.last_run_at.is_not(None))).all()}
     bundle = session.get(CaBundleState, "certfleet")
     current = bundle.version if bundle is not None else ""
-    on_current = dict(session.exec(
-        select(Device.bundle_version == current, func.count()).group_by(Device.bundle_version == current)).all()
-    ) if bundle is not None else {}
+    # One pass counting both: a GROUP BY on the comparison would bind the version twice, and
+    # PostgreSQL does not take two parameters for the same expression.
+    devices, on_current = session.exec(select(
+        func.count(), func.coalesce(func.sum(case((Device.bundle_version == current, 1), else_=0)), 0))).one()
     jobs_unfinished, oldest_queued_age, renewals_in_progress = _unfinished_jobs(session, now=now)
     renewals_failed = dict(session.exec(
         select(Trustpoint.enrollment_type, func.count())
@@ -63,8 +64,8 @@ def read_fleet_stats(session: Session, *, now: datetime) -> FleetSnapshot:
         ca_bundle_version=current,
         ca_bundle_sha256=bundle.sha256 if bundle is not None else "",
         ca_bundle_last_modified=bundle.last_modified.timestamp() if bundle and bundle.last_modified else None,
-        devices_on_bundle={"current": on_current.get(True, 0), "older": on_current.get(False, 0)}
-        if bundle is not None else {"older": session.exec(select(func.count()).select_from(Device)).one()},
+        devices_on_bundle={"current": int(on_current), "older": devices - int(on_current)}
+        if bundle is not None else {"older": devices},
         renewal_due=renewal_due,
         schedule_last_runs=last_runs,
         statuses=statuses,

@@ -33,7 +33,8 @@ def free_port() -> int:
 
 
 class Proc:
-    """A certfleet subcommand in its own process, its output kept in a log file.
+    """A certfleet subcommand in its own process, its output kept in a log file (or, with
+    ``program``, another command: ``program + args``).
 
     The command starts a session of its own, and everything it starts stays in that session,
     even a child in a process group of its own (``certfleet worker`` runs dramatiq so) or one
@@ -41,7 +42,8 @@ class Proc:
     running is stopped when the test process exits.
     """
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, *,
+                 program: list[str] | None = None) -> None:
         """``env`` is the command's whole environment; without CERTFLEET_SECRET_KEY it gets
         :data:`TEST_SECRET_KEY`."""
         self.name = name
@@ -49,7 +51,7 @@ class Proc:
         self.log = self.log_path.open("wb")
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *args],
+                [*(program or [sys.executable, "-m", "services.cli"]), *args],
                 cwd=ROOT, env=with_test_key(env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except BaseException:
@@ -230,6 +232,10 @@ def admin_token(env: dict[str, str]) -> str:
     return token
 
 
+def _port(url: str) -> str:
+    return url.rsplit(":", 1)[1]
+
+
 class Stack:
     """Controllers (one by default), N worker processes and the device simulator, each its own
     process. Every controller serves the API on its own port and runs the reconciler and the
@@ -248,8 +254,13 @@ class Stack:
         }
         self.log_dir, self.devices, self.workers, self.threads = log_dir, devices, workers, threads
         self.controllers = controllers
+        # The ports are chosen here, so their URLs are known before the stack starts.
+        self.sim_url = f"http://127.0.0.1:{free_port()}"
         #: Each controller's API, in the order of :meth:`controller_procs`; ``api_url`` is the first.
-        self.api_urls: list[str] = []
+        self.api_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(controllers)]
+        self.api_url = self.api_urls[0]
+        #: Each worker process's Prometheus endpoint, in the order of :meth:`worker_procs`.
+        self.worker_metrics_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(workers)]
         self.sim_args = sim_args or []
         self.procs: list[Proc] = []
 
@@ -267,25 +278,18 @@ class Stack:
         # The token first: on an empty database it creates the schema, before the services
         # start side by side.
         self.token = admin_token(self.env)
-        sim_port = free_port()
-        self.sim_url = f"http://127.0.0.1:{sim_port}"
-        sim = self._launch("device-sim", ["device-sim", "--devices", str(self.devices), "--port", str(sim_port),
+        sim = self._launch("device-sim", ["device-sim", "--devices", str(self.devices), "--port", _port(self.sim_url),
                                           "--seed", "7", *self.sim_args])
         checks = [(sim, lambda: re.search(r"device-sim ready", sim.output()) is not None)]
-        for i in range(self.controllers):
-            api_port = free_port()
-            url = f"http://127.0.0.1:{api_port}"
-            self.api_urls.append(url)
+        for i, url in enumerate(self.api_urls):
             controller = self._launch("controller" if i == 0 else f"controller-{i}",
-                                      ["controller", "--host", "127.0.0.1", "--port", str(api_port)])
+                                      ["controller", "--host", "127.0.0.1", "--port", _port(url)])
             checks.append((controller, lambda url=url: answers_200(url + "/healthz")))
-        self.api_url = self.api_urls[0]
-        for i in range(self.workers):
+        for i, url in enumerate(self.worker_metrics_urls):
             # Its metrics server answers once the dramatiq command has loaded the worker module.
-            port = free_port()
             worker = self._launch(f"worker-{i}", ["worker", "--processes", "1", "--threads", str(self.threads)],
-                                  CERTFLEET_WORKER_METRICS_PORT=str(port))
-            checks.append((worker, lambda url=f"http://127.0.0.1:{port}/": answers_200(url)))
+                                  CERTFLEET_WORKER_METRICS_PORT=_port(url))
+            checks.append((worker, lambda url=url + "/": answers_200(url)))
         wait_ready(checks)
 
     def _launch(self, name: str, args: list[str], **env: str) -> Proc:

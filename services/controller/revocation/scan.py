@@ -24,7 +24,7 @@ from sqlalchemy import and_
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
-from shared.enums import CertificateRole
+from shared.enums import CertificateRole, EnrollmentType
 from shared.metrics import REVOCATION_CHECKS
 from shared.models import Certificate, EnrollmentObject, Trustpoint
 from shared.override_lookup import OverrideIndex
@@ -62,6 +62,14 @@ def scan_settings(obj: EnrollmentObject) -> dict:
     }
 
 
+def start_at_zero() -> None:
+    """Export every source and answer at 0 before the first scan: ``rate()`` and ``increase()``
+    then see the first scan's checks, not only the later ones."""
+    for source in ("crl", "ocsp", "none"):
+        for outcome in ("good", "revoked", "unknown"):
+            REVOCATION_CHECKS.labels(source=source, outcome=outcome)
+
+
 def run_revocation_scan(
     session: Session, *, now: datetime, checker: RevocationChecker | None = None,
     fence: Callable[[Session], None] = lambda session: None, page: int = PAGE,
@@ -82,7 +90,9 @@ def run_revocation_scan(
             .join(issuer_cert, and_(issuer_cert.trustpoint_id == Trustpoint.id,
                                     issuer_cert.role == CertificateRole.CA.value, issuer_cert.chain_position == 0))
             .join(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)
-            .where(Trustpoint.identity_status.in_([Status.AVAILABLE.value, Status.REVOKED.value]))
+            .where(Trustpoint.identity_status.in_([Status.AVAILABLE.value, Status.REVOKED.value]),
+                   # A self-signed certificate has no CA that could revoke it: nothing to ask.
+                   Trustpoint.enrollment_type != EnrollmentType.SELF_SIGNED.value)
             .order_by(Trustpoint.id).limit(page)
         )
         if after is not None:

@@ -25,6 +25,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from services.controller.revocation import scan as revocation_scan
 from services.controller.scheduling import lease
 from services.controller.scheduling.schedules import RunContext, ScheduleSpec, installation_schedules
 from services.controller.scheduling.timing import Timing, next_run_after_run
@@ -66,6 +67,7 @@ class Scheduler(Periodic):
             with Session(engine) as session:
                 specs = installation_schedules(session, settings)
         self.specs = {spec.name: spec for spec in specs}
+        revocation_scan.start_at_zero()  # this process's metrics show its scans from the first
         self.holder = holder or default_holder()
         self.leadership: lease.Leadership | None = None
         super().__init__(every_seconds=settings.scheduler_tick_seconds)

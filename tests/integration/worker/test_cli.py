@@ -125,6 +125,9 @@ def test_worker_command_enrolls_serves_metrics_and_stops_cleanly(tmp_path, clean
                            "the worker's metrics did not show the jobs")
         assert 'certfleet_jobs_total{kind="enroll",outcome="succeeded"} 3.0' in metrics
         assert 'certfleet_enrollments_total{method="self_signed",outcome="succeeded"} 3.0' in metrics
+        # Outcomes that have not happened yet are there at 0: rate() sees their first increment.
+        assert 'certfleet_enrollments_total{method="est",outcome="failed"} 0.0' in metrics
+        assert 'certfleet_renewals_total{method="scep",outcome="failed"} 0.0' in metrics
         assert "dramatiq_messages_total" in metrics
         assert len(list(tmp_path.glob("certfleet-worker-metrics-*"))) == 1
 
