@@ -39,9 +39,9 @@ def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
     # imported. `certfleet worker` sets them; a bare `dramatiq` run gets ours rather than 0.0.0.0.
     os.environ.setdefault("dramatiq_prom_host", settings.worker_metrics_host)
     os.environ.setdefault("dramatiq_prom_port", str(settings.worker_metrics_port))
-    from dramatiq.middleware.prometheus import Prometheus
+    from services.worker.queue_metrics import PrometheusFromZero
 
-    broker = make_broker(settings, extra_middleware=[Prometheus()])
+    broker = make_broker(settings, extra_middleware=[PrometheusFromZero()])
     context = WorkerContext.create(settings)
     return broker, context, declare_actors(broker, context)
 

@@ -53,7 +53,7 @@ def test_every_visible_query_of_every_panel_with_its_variables_substituted(tmp_p
     queries = dashboard_queries([path])
     assert [(q.panel, q.ref_id, q.query) for q in queries] == [
         ("Expiring", "A", 'max(certfleet_certificates_expiring{within_days="30"})'),
-        ("Rate", "A", 'sum(rate(x_total{method=~".*", q="a"}[1m]))'),
+        ("Rate", "A", 'sum(rate(x_total{method=~".*", q="a"}[5m]))'),
         ("Rate", "B", 'sum(y{code=~"(x|y)"})'),
     ]
     assert queries[1].where() == "fleet / Rate / A" and "${method}" in queries[1].expr
