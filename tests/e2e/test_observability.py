@@ -277,10 +277,11 @@ def run(tmp_path_factory) -> Iterator[Run]:
         # some 5 s after its start, and until then every target would look absent to the rules.
         prometheus, prometheus_url = start_prometheus(prometheus_config([]), tmp)
         procs.append(prometheus)
+        # The device simulator reads the CA's trust anchor at start: the CA must have written it.
+        est_url = ca_ready_urls(ca)["est"][0]
         cleanup.enter_context(stack)
         # On the way out these are asked to stop first, and stop while the stack does.
         cleanup.callback(lambda: [p.terminate() for p in procs if not p.terminated])
-        est_url = ca_ready_urls(ca)["est"][0]
         wait_ready([(prometheus, lambda: ready(prometheus_url)), (alertmanager, lambda: ready(alertmanager_url))])
         api = PrometheusApi(prometheus_url)
         cleanup.callback(api.close)
