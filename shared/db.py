@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
@@ -18,6 +19,8 @@ from shared.settings import Settings
 
 #: How long an SQLite connection waits for another one's write lock.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: A PostgreSQL connection idle in the pool this long is pinged before it is used again.
+IDLE_PING_SECONDS = 2.0
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -30,8 +33,30 @@ def make_engine(settings: Settings) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # pool_pre_ping: a worker survives PostgreSQL dropping its connections.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    event.listen(engine, "checkin", _note_idle)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+def _note_idle(_dbapi_connection, record) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    """A connection that sat in the pool for a while is pinged before use, so that a process survives
+    PostgreSQL dropping its connections (a restart, an outage). One in steady use is not: a ping per
+    checkout is a round trip per transaction, and a connection that breaks in use is invalidated with
+    the rest of the pool on that first error anyway."""
+    since = record.info.get("idle_since")
+    if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+    except Exception:  # any failure to answer: this connection is gone, the pool makes a new one
+        raise DisconnectionError("connection was dropped while idle in the pool") from None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, select
 
 from services.worker.exchanges import DeviceReport, ReportedCertificate
+from shared.enums import CertificateRole
 from shared.models import Certificate, Device, Trustpoint
 from shared.states import Status, can_move, transition
 
@@ -29,9 +30,10 @@ def lock_trustpoint(session: Session, trustpoint_id: uuid.UUID | None) -> Trustp
 
 def apply_report(
     session: Session, trustpoint: Trustpoint, report: DeviceReport, *, job_id: uuid.UUID, now: datetime
-) -> None:
-    """Make the trustpoint show what the device has: its statuses, certificates and CSR."""
-    replace_certificates(session, trustpoint, report.certificates, job_id=job_id, now=now)
+) -> Certificate | None:
+    """Make the trustpoint show what the device has: its statuses, certificates and CSR. Returns the
+    identity certificate's row as it now stands (None: the device has none)."""
+    identity = replace_certificates(session, trustpoint, report.certificates, job_id=job_id, now=now)
     code = message = None
     if report.failed:
         code = report.error_code or "enrollment_failed"
@@ -43,6 +45,7 @@ def apply_report(
     trustpoint.csr_pem = report.csr_pem
     trustpoint.updated_at = now
     session.add(trustpoint)
+    return identity
 
 
 def clear_imported(trustpoint: Trustpoint) -> None:
@@ -103,27 +106,32 @@ def replace_certificates(
     *,
     job_id: uuid.UUID | None,
     now: datetime,
-) -> None:
-    """Make the trustpoint's certificate rows match the reported ones.
+) -> Certificate | None:
+    """Make the trustpoint's certificate rows match the reported ones; the identity certificate's
+    row afterwards (kept or new), so that what follows need not read it back.
 
     A certificate already stored in the same slot (role, chain position) with the same
     fingerprint keeps its row; every other row goes, and the new certificates are added.
     """
     existing = session.exec(select(Certificate).where(Certificate.trustpoint_id == trustpoint.id)).all()
     wanted = {(c.role.value, c.chain_position): c for c in reported}
-    keep, drop = set(), []
+    keep: dict[tuple[str, int], Certificate] = {}
+    drop = []
     for row in existing:
         new = wanted.get((row.role, row.chain_position))
         if new is not None and new.info.fingerprint_sha256 == row.fingerprint_sha256:
-            keep.add((row.role, row.chain_position))
+            keep[(row.role, row.chain_position)] = row
         else:
             drop.append(row.id)
     if drop:
         # Deleted now, before the inserts are flushed: the unique slot key must be free first.
         session.execute(delete(Certificate).where(Certificate.id.in_(drop)))  # type: ignore[attr-defined]
+    rows = dict(keep)
     for slot, cert in wanted.items():
         if slot not in keep:
-            session.add(_certificate_row(trustpoint.id, cert, job_id=job_id, now=now))
+            rows[slot] = _certificate_row(trustpoint.id, cert, job_id=job_id, now=now)
+            session.add(rows[slot])
+    return rows.get((CertificateRole.IDENTITY.value, 0))
 
 
 def move_statuses(

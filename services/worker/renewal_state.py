@@ -47,10 +47,10 @@ def _due(trustpoint: Trustpoint, identity: Certificate, obj: EnrollmentObject | 
 
 
 def after_success(
-    session: Session, trustpoint: Trustpoint, obj: EnrollmentObject | None, *, job_id: uuid.UUID,
-    reason: JobReason, now: datetime, settings: Settings,
+    session: Session, trustpoint: Trustpoint, obj: EnrollmentObject | None, *, identity: Certificate | None,
+    job_id: uuid.UUID, reason: JobReason, now: datetime, settings: Settings,
 ) -> None:
-    identity = _identity(session, trustpoint.id)
+    """``identity``: the trustpoint's identity certificate row as this job's write left it."""
     if identity is None:
         trustpoint.renewal_due_at = None
         return

@@ -54,7 +54,7 @@ from shared.errors import (
 )
 from shared.events import JOBS_QUEUE, publish_job
 from shared.logging import get_logger
-from shared.models import CaBundleState, Device, EnrollmentObject, EnrollmentOverride, Trustpoint
+from shared.models import CaBundleState, Certificate, Device, EnrollmentObject, EnrollmentOverride, Job, Trustpoint
 from shared.override_lookup import applied_in
 from shared.states import Status
 
@@ -121,6 +121,7 @@ def run_job(
         log().error("message does not carry a job id; dropped", job_id=str(job_id)[:64])
         return JobOutcome(job_id=None, result="skipped")
     with session_scope(ctx.engine) as session:
+        held = prefetch(session, job_id)  # noqa: F841  (the session keeps only weak references)
         claimed = jobstore.take_claim(
             session, job_id, now=ctx.clock(), lease_seconds=ctx.settings.job_lease_seconds, holder=ctx.holder
         )
@@ -140,23 +141,33 @@ def run_job(
         raise
 
 
+def prefetch(session: Session, job_id: uuid.UUID) -> object:
+    """Read the job with its trustpoint, device and enrollment object in one query, into the
+    session: the claim and :func:`load_subject` then find them there instead of asking again, as
+    long as the caller holds the row returned (the session's identity map holds rows weakly)."""
+    return session.exec(
+        select(Job, Trustpoint, Device, EnrollmentObject)
+        .outerjoin(Trustpoint, Trustpoint.id == Job.trustpoint_id)  # type: ignore[arg-type]
+        .outerjoin(Device, Device.id == Job.device_id)  # type: ignore[arg-type]
+        .outerjoin(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)  # type: ignore[arg-type]
+        .where(Job.id == job_id)
+    ).first()
+
+
 def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
-    """The job's trustpoint with its device and enrollment object, in one query; for a CA-bundle
-    push, the device and the current bundle; for a keyring regeneration, the device."""
+    """The job's trustpoint with its device and enrollment object (found in the session when
+    :func:`prefetch` read them); for a CA-bundle push, the device and the current bundle; for a
+    keyring regeneration, the device."""
     if claimed.kind is JobKind.BUNDLE_UPDATE:
         return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None,
                        bundle=session.get(CaBundleState, CA_BUNDLE_NAME))
     if claimed.kind is JobKind.REGENERATE_KEYRING:
         return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None)
     if claimed.trustpoint_id is not None:
-        row = session.exec(
-            select(Trustpoint, Device, EnrollmentObject)
-            .join(Device, Device.id == Trustpoint.device_id)  # type: ignore[arg-type]
-            .join(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)  # type: ignore[arg-type]
-            .where(Trustpoint.id == claimed.trustpoint_id)
-        ).first()
-        if row is not None:
-            trustpoint, device, obj = row
+        trustpoint = session.get(Trustpoint, claimed.trustpoint_id)
+        device = session.get(Device, trustpoint.device_id) if trustpoint is not None else None
+        obj = session.get(EnrollmentObject, trustpoint.enrollment_object_id) if trustpoint is not None else None
+        if trustpoint is not None and device is not None and obj is not None:
             not_usable = None
             if claimed.kind in DEPLOYS_OBJECT:
                 not_usable = object_reach.refusal(
@@ -267,8 +278,8 @@ class _JobRun:
             report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 
-        def write(session: Session, locked: Trustpoint) -> None:
-            persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
+        def write(session: Session, locked: Trustpoint) -> Certificate | None:
+            return persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
 
         enrollment = "pending" if Status.PENDING in (report.ca, report.identity) else "succeeded"
         return self._succeed(write, enrollment=enrollment)
@@ -283,14 +294,16 @@ class _JobRun:
         invalid = health.invalid_keyrings([(device, keyring)])
         policy_jobs: list[uuid.UUID] = []
 
-        def write(session: Session, locked: Trustpoint) -> None:
+        def write(session: Session, locked: Trustpoint) -> Certificate | None:
             now = self.ctx.clock()
+            identity = None
             if report is None:
                 persist.mark_missing(session, locked, serial=device.serial, now=now)
             else:
-                persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
+                identity = persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
             health.record_readings(session, [keyring], now=now)
             policy_jobs.extend(health.regenerate_by_policy(session, invalid, settings=self.ctx.settings, now=now))
+            return identity
 
         outcome = self._succeed(write)
         health.publish_policy_jobs(self.broker, policy_jobs if outcome.result == "succeeded" else [])
@@ -312,9 +325,9 @@ class _JobRun:
         )
         self.steps.add("installed", _installed(report))
 
-        def write(session: Session, locked: Trustpoint) -> None:
-            persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
+        def write(session: Session, locked: Trustpoint) -> Certificate | None:
             persist.clear_imported(locked)
+            return persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
 
         return self._succeed(write)
 
@@ -326,7 +339,10 @@ class _JobRun:
         else:
             exchanges.delete(self.ctx.devices, device, name, steps=self.steps)
         self.steps.add("deleted", f"removed trustpoint {name} and its certificates")
-        return self._succeed(lambda session, locked: persist.remove_trustpoint(session, locked))
+        def write(session: Session, locked: Trustpoint) -> None:
+            persist.remove_trustpoint(session, locked)
+
+        return self._succeed(write)
 
     def _push_bundle(self) -> JobOutcome:
         device, bundle = self.subject.device, self.subject.bundle
@@ -355,15 +371,17 @@ class _JobRun:
     # --- outcomes --------------------------------------------------------------------------------
 
     def _succeed(
-        self, write: Callable[[Session, Trustpoint], None], *, enrollment: str | None = None
+        self, write: Callable[[Session, Trustpoint], Certificate | None], *, enrollment: str | None = None
     ) -> JobOutcome:
+        """``write`` records the job's outcome on the locked trustpoint and returns its identity
+        certificate's row as written (the renewal plan follows from it)."""
         def record(session: Session) -> None:
             locked = persist.lock_trustpoint(session, self.claimed.trustpoint_id)
             if locked is not None:
-                write(session, locked)
+                identity = write(session, locked)
                 if self.kind is not JobKind.DELETE:
                     renewal_state.after_success(
-                        session, locked, self.subject.enrollment_object, job_id=self.claimed.id,
+                        session, locked, self.subject.enrollment_object, identity=identity, job_id=self.claimed.id,
                         reason=self.claimed.reason, now=self.ctx.clock(), settings=self.ctx.settings)
 
         return self._commit_success(record, enrollment=enrollment)
