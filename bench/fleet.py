@@ -61,6 +61,8 @@ from tests.support.procs import Proc, Stack  # noqa: E402
 
 #: The benchmark flushes this Redis database; CERTFLEET_BENCH_REDIS_URL names another.
 REDIS_URL = os.environ.get("CERTFLEET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+#: A worker whose last heartbeat in the database is this recent belongs to a run still going.
+LIVE_HEARTBEAT_S = 30
 
 # The targets, each a ratio of figures measured in the same invocation.
 #: The fleet's EST enrollments per second at 10,000 devices, at least this share of the floor's.
@@ -168,6 +170,23 @@ def percentile_ms(seconds: list[float], fraction: float) -> float | None:
     return round(ordered[max(0, int(len(ordered) * fraction) - 1)] * 1000, 1)
 
 
+class RedisDatabaseInUse(RuntimeError):
+    pass
+
+
+def claim_redis(url: str) -> None:
+    """Flush the benchmark's Redis database, unless the workers of another run use it: two
+    benchmarks on one database take each other's jobs and flush each other's queues, and both
+    measure nonsense."""
+    client = redis.Redis.from_url(url)
+    newest = client.zrevrange("dramatiq:__heartbeats__", 0, 0, withscores=True)
+    if newest and time.time() - newest[0][1] / 1000 < LIVE_HEARTBEAT_S:
+        raise RedisDatabaseInUse(f"redis_database_in_use: workers of another run use {url} (a heartbeat "
+                                 f"within {LIVE_HEARTBEAT_S} s); wait until it ends, or set "
+                                 "CERTFLEET_BENCH_REDIS_URL to a database nothing else uses")
+    client.flushdb()
+
+
 def own_cpu_seconds() -> float:
     """CPU of this process and of the children it has reaped (the ``certfleet enroll`` command)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -177,7 +196,7 @@ def own_cpu_seconds() -> float:
 def run(devices: int, *, latency_ms: int, workers: int, threads: int, enrollment: str = "self-signed",
         sim_processes: int = 1, ca_processes: int = 1) -> dict:
     crypto = crypto_timings()  # before the stack starts: the machine's speed, not the stack's load
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    claim_redis(REDIS_URL)
     with fresh_database() as database_url, tempfile.TemporaryDirectory() as logs, ExitStack() as cleanup:
         sim_args = ["--latency-ms", str(latency_ms)]
         if sim_processes > 1:  # a simulator without that option still runs the single-process benchmark
@@ -296,11 +315,26 @@ def main() -> int:
               args.ca_processes]
     if min(counts) < 1:
         parser.error("--devices, --workers, --floor-devices, --sim-processes and --ca-processes must be at least 1")
-    floor = None
-    if args.floor:
-        progress(f"EST floor: {args.floor_devices} devices straight at the CA")
-        floor = run_floor(args.floor_devices, ca_processes=args.ca_processes)
-        print(json.dumps(floor), flush=True)
+    try:
+        claim_redis(REDIS_URL)  # before the floor: a run that cannot start says so at once
+        floor = None
+        if args.floor:
+            progress(f"EST floor: {args.floor_devices} devices straight at the CA")
+            floor = run_floor(args.floor_devices, ca_processes=args.ca_processes)
+            print(json.dumps(floor), flush=True)
+        results = fleet_runs(args, floor)
+    except RedisDatabaseInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for scaling in size_scaling(results) + worker_scaling(results):
+        print(json.dumps({**scaling, "enrollment": args.enrollment}), flush=True)
+    verdict = targets(results, floor)
+    print(json.dumps({"benchmark": "fleet_targets", **verdict}), flush=True)
+    return 0 if verdict["all_met"] else 1  # `make bench` fails on a missed target
+
+
+def fleet_runs(args: argparse.Namespace, floor: dict | None) -> list[dict]:
+    """Every fleet size once per worker count, each printed as it ends."""
     results = []
     for n in args.devices or [5000]:
         for workers in args.workers or [2]:
@@ -310,11 +344,7 @@ def main() -> int:
                 result["vs_floor"] = floor_ratios(result, floor)
             results.append(result)
             print(json.dumps(result), flush=True)
-    for scaling in size_scaling(results) + worker_scaling(results):
-        print(json.dumps({**scaling, "enrollment": args.enrollment}), flush=True)
-    verdict = targets(results, floor)
-    print(json.dumps({"benchmark": "fleet_targets", **verdict}), flush=True)
-    return 0 if verdict["all_met"] else 1  # `make bench` fails on a missed target
+    return results
 
 
 # --- judging: pure functions of the printed figures ---------------------------------------
