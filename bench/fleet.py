@@ -11,8 +11,9 @@ queue, database or simulator) in the same invocation: the fleet is judged by rat
 measured on one machine in one run, so the verdict means the same on a fast machine and a slow one.
 
 Each run reports the CPU every process spent from the command's start to the batch's end, per
-enrollment, with ``bench`` (this process and the command it ran) and ``rest`` (what the machine
-spent besides: PostgreSQL, Redis, anything else running), and the machine's crypto speed.
+enrollment: the stack's, ``postgresql`` (the backends serving the run's database), ``bench``
+(this process and the command it ran) and ``rest`` (what the machine spent besides: Redis, and
+anything else running on it); and the machine's crypto speed.
 
 Progress goes to stderr, results (JSON) to stdout. SIGTERM or SIGINT (Ctrl-C) stops the run:
 every process the benchmark started is stopped and its throwaway database dropped; it then
@@ -52,7 +53,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench.crypto_speed import crypto_timings  # noqa: E402
 from bench.est_floor import EST_PASSWORD, EST_USER, run_floor, start_ca  # noqa: E402
-from bench.machine import cpu_seconds, machine_busy_seconds, peak_rss_mib  # noqa: E402
+from bench.machine import cpu_seconds, database_backends_cpu, machine_busy_seconds, peak_rss_mib  # noqa: E402
 from bench.stopping import stoppable  # noqa: E402
 from services.cli.api_client import CertfleetClient  # noqa: E402
 from shared.models import GLOBAL_DOMAIN_ID  # noqa: E402
@@ -218,6 +219,8 @@ def run(devices: int, *, latency_ms: int, workers: int, threads: int, enrollment
             load = os.getloadavg()[0]
             # CPU from here to the batch's end: start-up and import are not the enrollments' cost.
             cpu_before = {p.name: cpu_seconds(p.popen.pid) for p in procs}
+            database = database_url.rsplit("/", 1)[1]
+            backends_before = database_backends_cpu(database)
             own_before, busy_before = own_cpu_seconds(), machine_busy_seconds()
             started = time.monotonic()
             command = EnrollCommand(stack, obj["name"])
@@ -244,6 +247,8 @@ def run(devices: int, *, latency_ms: int, workers: int, threads: int, enrollment
             assert cli_exit == 0, f"certfleet enroll exited {cli_exit}:\n{command.text()[-2000:]}"
             machine_cpu = machine_busy_seconds() - busy_before
             cpu = {p.name: cpu_seconds(p.popen.pid) - cpu_before[p.name] for p in procs}
+            cpu["postgresql"] = sum(used - backends_before.get(pid, 0.0)
+                                    for pid, used in database_backends_cpu(database).items())
             cpu["bench"] = own_cpu_seconds() - own_before
             load_after = os.getloadavg()[0]
             rss = {p.name: peak_rss_mib(p.popen.pid) for p in procs}
@@ -351,11 +356,20 @@ def fleet_runs(args: argparse.Namespace, floor: dict | None) -> list[dict]:
 
 def floor_ratios(run: dict, floor: dict) -> dict:
     """The fleet run against the floor: its share of the floor's throughput, and how many times
-    the floor's machine CPU it spends per enrollment."""
-    return {
+    the floor's machine CPU it spends per enrollment; ``attributed_cpu_ratio`` counts only the CPU
+    of the runs' own processes (``rest`` left out), which other work on a shared machine does not
+    inflate."""
+    ratios = {
         "throughput_ratio": round(run["enrollments_per_second"] / floor["enrollments_per_second"], 3),
         "machine_cpu_ratio": round(run["machine_cpu_ms_per_enrollment"] / floor["machine_cpu_ms_per_enrollment"], 3),
     }
+    if "cpu_ms_per_enrollment" in run and "cpu_ms_per_enrollment" in floor:
+        ratios["attributed_cpu_ratio"] = round(_attributed(run) / _attributed(floor), 3)
+    return ratios
+
+
+def _attributed(result: dict) -> float:
+    return sum(ms for name, ms in result["cpu_ms_per_enrollment"].items() if name != "rest")
 
 
 def _by(results: list[dict], key: str) -> dict:

@@ -52,3 +52,21 @@ def machine_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return (sum(fields[:8]) - idle) / TICKS_PER_SECOND
+
+
+def database_backends_cpu(database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``database`` on this machine, by pid:
+    a backend's process title names its database (``postgres: [CLUSTER: ]USER DATABASE HOST STATE``),
+    so a run's share of the server is told apart from other databases' on a shared machine."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = Path(entry.path, "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace").split()
+            if title[:1] == ["postgres:"] and database in title:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                found[int(entry.name)] = sum(int(x) for x in fields[11:13]) / TICKS_PER_SECOND  # utime, stime
+        except OSError:  # gone meanwhile
+            continue
+    return found
