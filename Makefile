@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Prometheus and Alertmanager for the live observability test, which runs its own (not the packages' services).
 DEBIAN_PEERS := strongswan-pki libstrongswan-extra-plugins openssl prometheus prometheus-alertmanager
 
-.PHONY: demo test bench bench-self-signed lint peers dashboards clean
+.PHONY: demo test bench bench-scaling bench-self-signed lint peers dashboards clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,13 +28,22 @@ test: $(STAMP) peers
 	$(PY) -m pytest -q
 
 # Not part of `make test`: each prints JSON lines (see README, Performance). Run on a quiet machine.
+# The fleet runs share one invocation with the EST floor (the CA simulator enrolled straight):
+# they are judged by ratios to it and to each other, measured on the same machine at the same time.
 bench: $(STAMP)
 	$(PY) bench/publish.py --devices 10000
-	$(PY) bench/fleet.py --enrollment est --devices 5000 --devices 10000 --devices 50000
+	$(PY) bench/fleet.py --enrollment est --floor --devices 5000 --devices 10000 --devices 50000
 	$(PY) bench/revocation.py --revoked 100000 --scan-certificates 50000
 	$(PY) bench/renewal.py --trustpoints 10000 --trustpoints 100000
 	$(PY) bench/alert_fanout.py --alerts 2500
 	$(PY) bench/health.py --devices 50000
+
+# For machines with more than 2 cores: 10,000 EST enrollments with 1, 2 and 4 worker processes,
+# the device simulator and the CA in 2 processes each (their --processes option), and a line with
+# the throughput at each worker count. On 2 cores the extra processes share the same two cores.
+bench-scaling: $(STAMP)
+	$(PY) bench/fleet.py --enrollment est --devices 10000 --workers 1 --workers 2 --workers 4 \
+		--sim-processes 2 --ca-processes 2
 
 bench-self-signed: $(STAMP)
 	$(PY) bench/fleet.py --devices 5000
