@@ -1,6 +1,7 @@
 """Running the simulator: in a background thread (tests, the embedded stack) or blocking
-(the ``certfleet device-sim`` command). uvicorn serves it; with httptools installed its
-"auto" HTTP implementation is httptools; access logging is off.
+(the ``certfleet device-sim`` command, in one process or, with ``--processes N``, in several:
+see :mod:`.processes`). uvicorn serves it; with httptools installed its "auto" HTTP
+implementation is httptools; access logging is off.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def start_in_thread(config: SimConfig, *, clock: Callable[[], datetime] = utcnow
 
 def run(config: SimConfig, *, announce: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM; announce the ready line once listening."""
+    if config.processes > 1:
+        from services.device_sim.processes import run_processes
+
+        run_processes(config, announce=announce or _print)
+        return
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
