@@ -192,21 +192,30 @@ def _serve(config: SimConfig, partition: Partition, sockets: list[socket.socket]
     try:
         running = start_in_thread(config, partition=partition, sock=own)
     except CertfleetError as exc:
-        told.send(("failed", exc.code, exc.message, isinstance(exc, ConfigurationError)))
+        _tell(told, ("failed", exc.code, exc.message, isinstance(exc, ConfigurationError)))
         sys.exit(1)
     except Exception as exc:
         log.exception("simulator process failed to start")
-        told.send(("failed", "simulator_process_failed", f"{type(exc).__name__}: {exc}", False))
+        _tell(told, ("failed", "simulator_process_failed", f"{type(exc).__name__}: {exc}", False))
         sys.exit(1)
     freeze_startup_objects()  # its share of the fleet is most of what the process holds
     try:
-        told.send(("ready",))
-        told.close()
-        # The parent's SIGKILL sends no signal here on systems without PR_SET_PDEATHSIG: look.
-        while not stopping.wait(POLL_SECONDS) and os.getppid() == parent:
-            pass
+        if _tell(told, ("ready",)):
+            # The parent's SIGKILL sends no signal here on systems without PR_SET_PDEATHSIG: look.
+            while not stopping.wait(POLL_SECONDS) and os.getppid() == parent:
+                pass
     finally:
         running.stop()
+
+
+def _tell(told: Connection, message: tuple) -> bool:
+    """Send the parent ``message``; False if it is gone (nothing to serve for, then)."""
+    try:
+        told.send(message)
+        told.close()
+        return True
+    except OSError:
+        return False
 
 
 def _stop_with_parent() -> None:
