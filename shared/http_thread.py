@@ -1,5 +1,6 @@
 """Serve an ASGI app with uvicorn in a background thread, on a socket bound up front so
-the caller knows the port before the first request (port 0 picks a free one)."""
+the caller knows the port before the first request (port 0 picks a free one), or on a socket
+the caller bound (a process serving a socket its parent bound for it)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import uvicorn
 
 
 class ServerThread:
-    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
+        """Serve on ``sock`` when given (bound to ``host``), else on a socket bound here to ``host``:``port``."""
+        self.sock = sock if sock is not None else bind(host, port)
         self.host = host
         self.port = self.sock.getsockname()[1]
         # Idle connections are kept longer than certfleet's API client keeps them (10 s), so that
@@ -44,3 +44,15 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0: a free port), not yet listening."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -6,6 +6,11 @@ thread, so nothing needs a lock; slow work (RSA key generation, talking to a CA)
 thread pool and its result is installed back on the loop. A request a CA holds for approval
 is asked about again in the background (:meth:`DeviceSim._keep_polling`), as a real device
 does. Errors answer ``{"code", "message"}``.
+
+In a simulator of several processes (:mod:`.partition`) a process answers for the devices it
+holds (404 device_not_found for the others, naming the process that serves them) and asks the
+other processes (:mod:`.peers`) for what the fleet-wide endpoints need, so the inventory, the
+statistics and the devices taken offline are the same whichever process is asked.
 """
 
 from __future__ import annotations
@@ -29,18 +34,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.device_sim import ca_bundles, credentials, enrollers, manual, trustpoints, validation, wire
+from services.device_sim import ca_bundles, credentials, enrollers, manual, peers, trustpoints, validation, wire
 from services.device_sim import export as exports
 from services.device_sim import keyring as keyrings
 from services.device_sim.ca_client.trust import load_trust_anchors
 from services.device_sim.config import SimConfig
 from services.device_sim.faults import FaultPlan, Outcome
 from services.device_sim.fleet import Device, Fleet, Trustpoint
+from services.device_sim.partition import Partition
+from services.device_sim.peers import Peers, merged_stats
 from shared.clock import utcnow
 from shared.device_api import (
     AuthChallenge,
     AuthProof,
     CaBundleUpload,
+    DeviceInfo,
     EnrollRequest,
     ExportRequest,
     IdentityCertificateImport,
@@ -82,9 +90,13 @@ class DeviceSim:
     """The fleet, its fault plan and request statistics, with one handler per endpoint."""
 
     def __init__(self, config: SimConfig, *, clock: Callable[[], datetime] = utcnow,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 partition: Partition = Partition()) -> None:
         self.config = config
-        self.fleet = Fleet.build(config)
+        #: This process's share of the fleet: all of it unless several processes serve it.
+        self.partition = partition
+        self.fleet = Fleet.build(config, partition)
+        self.peers = Peers(partition) if partition.shared else None
         self.faults = FaultPlan.from_config(config)
         #: What every device's endpoint credential derives from (never logged).
         self._credential_key = config.credential_key or credentials.new_fleet_key()
@@ -126,9 +138,13 @@ class DeviceSim:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
+        if self.peers is not None:
+            await self.peers.open()
         try:
             yield
         finally:
+            if self.peers is not None:
+                await self.peers.close()
             for poll in list(self._polls):
                 poll.cancel()
             self._keygen.shutdown(wait=False, cancel_futures=True)
@@ -188,19 +204,43 @@ class DeviceSim:
 
     async def inventory(self, request: Request) -> Response:
         self.requests["inventory"] += 1
-        offset = _query_int(request, "offset", 0, minimum=0)
-        limit = min(_query_int(request, "limit", DEFAULT_PAGE, minimum=1), MAX_PAGE)
+        offset, limit = _paging(request)
         page = self.fleet.page(offset=offset, limit=limit)
-        items = [wire.device_info(d, base_url=self.base_url, credential=self.credential(d.serial)) for d in page]
+        if self.peers is None:
+            items = [wire.device_info(d, base_url=self.base_url, credential=self.credential(d.serial)) for d in page]
+        else:
+            items = await self._shared_page(page, offset=offset, limit=limit)
         return _json(Inventory(items=items, total=len(self.fleet)))
 
+    async def _shared_page(self, page: list[Device], *, offset: int, limit: int) -> list[DeviceInfo]:
+        """An inventory page of a fleet several processes serve: each device at its owner's URL,
+        with what its owner says it changed."""
+        assert self.peers is not None
+        changed = await self.peers.device_states(offset=offset, limit=limit) if page else {}
+        urls, owner = self.partition.urls, self.partition.owner
+        items = []
+        for device in page:
+            info = wire.device_info(device, base_url=urls[owner(device.index)],
+                                    credential=self.credential(device.serial))
+            state = changed.get(device.serial)
+            items.append(info.model_copy(update=state) if state else info)
+        return items
+
     async def stats(self, _request: Request) -> Response:
-        return JSONResponse({
-            "devices": len(self.fleet),
+        own = self._own_stats()
+        if self.peers is None:
+            return JSONResponse(own)
+        per_process = await self.peers.stats()
+        per_process.insert(self.partition.position, own)
+        return JSONResponse(merged_stats(self.partition, per_process))
+
+    def _own_stats(self) -> dict[str, Any]:
+        return {
+            "devices": len(self.fleet.devices),
             "requests": dict(self.requests),
             "faults": dict(self.fault_counts),
             "enrollments_in_flight": len(self._inflight),
-        })
+        }
 
     async def set_offline(self, request: Request) -> Response:
         """Take the listed devices off the network and bring every other one back: they answer
@@ -208,15 +248,27 @@ class DeviceSim:
         a later call leaves them out (``{"serials": []}`` brings all back). For tests and demos of
         devices that come back."""
         self.requests["offline"] += 1
-        body = await _bounded_body(request, OFFLINE_BODY_BYTES, what="a list of devices to take offline")
-        serials = body.get("serials") if isinstance(body, dict) else None
-        if not isinstance(serials, list) or not all(isinstance(s, str) for s in serials):
-            raise ValidationError('send {"serials": ["FTD-000001", ...]}: the devices to take offline ([] brings '
-                                  'every device back)', code="invalid_request")
+        serials = await _offline_serials(request)
         for serial in serials:
-            self.fleet.get(serial)  # 404 device_not_found for a serial the fleet lacks
+            self.fleet.check(serial)  # 404 device_not_found for a serial the fleet lacks
+        if self.peers is not None:
+            await self.peers.set_offline(serials)
         self.offline = frozenset(serials)
         return JSONResponse({"offline": sorted(self.offline)})
+
+    # --- what the other processes of the simulator ask (see peers.py) ------------------------
+
+    async def partition_device_states(self, request: Request) -> Response:
+        offset, limit = _paging(request)
+        held = self.fleet.held_in(offset=offset, limit=limit)
+        return JSONResponse({"states": {d.serial: state for d in held if (state := wire.changed_state(d))}})
+
+    async def partition_stats(self, _request: Request) -> Response:
+        return JSONResponse(self._own_stats())
+
+    async def partition_offline(self, request: Request) -> Response:
+        self.offline = frozenset(await _offline_serials(request))
+        return Response(status_code=204)
 
     # --- device endpoints --------------------------------------------------------------------
 
@@ -448,6 +500,7 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route("/api/inventory", sim.inventory, methods=["GET"]),
         Route("/api/stats", sim.stats, methods=["GET"]),
         Route("/api/offline", sim.set_offline, methods=["PUT"]),
+        *_partition_routes(sim),
         Route(device, sim.get_device, methods=["GET"]),
         Route(device + "/weak-crypto", sim.set_weak_crypto, methods=["PUT"]),
         Route(device + "/trustpoints", sim.list_trustpoints, methods=["GET"]),
@@ -470,6 +523,16 @@ def create_app(sim: DeviceSim) -> Starlette:
         Exception: _internal_error,
     }
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=sim.lifespan)
+
+
+def _partition_routes(sim: DeviceSim) -> list[Route]:
+    if not sim.partition.shared:
+        return []
+    return [
+        Route(peers.DEVICE_STATES, sim.partition_device_states, methods=["GET"]),
+        Route(peers.STATS, sim.partition_stats, methods=["GET"]),
+        Route(peers.OFFLINE, sim.partition_offline, methods=["PUT"]),
+    ]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -537,6 +600,21 @@ def _wire_body(model: type[Any], body: Any, hint: str) -> Any:
         return model.model_validate(body if body is not None else {})
     except WireError:
         raise ValidationError(hint, code="invalid_request") from None
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    """(offset, limit) of an inventory page."""
+    offset = _query_int(request, "offset", 0, minimum=0)
+    return offset, min(_query_int(request, "limit", DEFAULT_PAGE, minimum=1), MAX_PAGE)
+
+
+async def _offline_serials(request: Request) -> list[str]:
+    body = await _bounded_body(request, OFFLINE_BODY_BYTES, what="a list of devices to take offline")
+    serials = body.get("serials") if isinstance(body, dict) else None
+    if not isinstance(serials, list) or not all(isinstance(s, str) for s in serials):
+        raise ValidationError('send {"serials": ["FTD-000001", ...]}: the devices to take offline ([] brings '
+                              'every device back)', code="invalid_request")
+    return serials
 
 
 def _query_int(request: Request, name: str, default: int, *, minimum: int) -> int:

@@ -21,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8400,
                         help="port to listen on (default 8400; 0 picks a free one)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="serving processes (default 1): device FTD-n is served by process (n - 1) %% N, the "
+                        "first on --port, the others on free ports; any of them lists the whole fleet")
     parser.add_argument("--public-url", help="URL workers reach this simulator at, if not the listening "
-                        "address (e.g. http://device-sim:8400 in a container)")
+                        "address (e.g. http://device-sim:8400 in a container); with --processes N, N URLs, "
+                        "comma-separated, in process order")
     parser.add_argument("--seed", type=int, default=1, help="seed for models, faults and expired keyrings")
     latency = parser.add_argument_group("latency per device request")
     latency.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency")
@@ -57,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
-        devices=args.devices, host=args.host, port=args.port, seed=args.seed, public_url=args.public_url,
+        devices=args.devices, host=args.host, port=args.port, processes=args.processes, seed=args.seed,
+        public_url=args.public_url,
         latency_ms=args.latency_ms, latency_min_ms=args.latency_min_ms, latency_max_ms=args.latency_max_ms,
         error_rate=args.error_rate, timeout_rate=args.timeout_rate, hang_seconds=args.hang_seconds,
         unreachable_rate=args.unreachable_rate, expired_keyrings=args.expired_keyrings,

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 from shared.errors import ConfigurationError
 
-#: Serials are FTD-000001 … FTD-999999; beyond 100,000 devices one process is the wrong tool.
+#: Serials are FTD-000001 … FTD-999999; beyond 100,000 devices one simulator is the wrong tool.
 MAX_DEVICES = 100_000
+#: Serving processes of one simulator: more than the machine has cores only adds switching.
+MAX_PROCESSES = 64
 MAX_LATENCY_MS = 60_000.0
 
 
@@ -22,8 +24,10 @@ class SimConfig:
     devices: int = 100
     seed: int = 1
     host: str = "127.0.0.1"
-    #: 0 picks a free port.
+    #: 0 picks a free port. With several processes, the first one's; the others take free ports.
     port: int = 0
+    #: Serving processes; device FTD-n belongs to process (n - 1) % processes (see partition.py).
+    processes: int = 1
     #: Fixed latency per device request; or a uniform range with latency_min_ms/latency_max_ms.
     latency_ms: float = 0.0
     latency_min_ms: float | None = None
@@ -39,7 +43,8 @@ class SimConfig:
     #: How long a "timed out" request is held: longer than any sane client timeout.
     hang_seconds: float = 30.0
     #: The URL workers reach the simulator at, when it differs from the listening address
-    #: (a container listening on 0.0.0.0 is reached as http://device-sim:8400).
+    #: (a container listening on 0.0.0.0 is reached as http://device-sim:8400); with several
+    #: processes, one URL per process, comma-separated, in order.
     public_url: str | None = None
     #: PEM files of the certificates every device trusts for HTTPS CA servers (EST), e.g. the CA
     #: simulator's DIR/tls-ca.pem. Without one, EST needs a fingerprint or ignored validation.
@@ -63,8 +68,17 @@ class SimConfig:
             raise ConfigurationError(f"seed must be an integer, not {self.seed!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigurationError(f"port must be 0 to 65535 (0 picks a free one), not {self.port!r}")
-        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"public_url must be an http(s) URL, not {self.public_url!r}")
+        if not isinstance(self.processes, int) or not 1 <= self.processes <= min(MAX_PROCESSES, self.devices):
+            raise ConfigurationError(f"processes must be 1 to {MAX_PROCESSES} and at most the number of devices "
+                                     f"({self.devices}), not {self.processes!r}")
+        if self.public_url is not None:
+            urls = self.public_urls
+            if len(urls) != self.processes:
+                raise ConfigurationError(f"public_url must name one URL per process ({self.processes}, comma-"
+                                         f"separated, in order), not {len(urls)}: {self.public_url!r}")
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ConfigurationError(f"public_url must be an http(s) URL, not {url!r}")
         for name in ("error_rate", "timeout_rate", "unreachable_rate", "expired_keyrings"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -106,6 +120,13 @@ class SimConfig:
             raise ConfigurationError(
                 f"latency must satisfy 0 <= min <= max <= {MAX_LATENCY_MS:g} ms, not {low:g}..{high:g} ms"
             )
+
+    @property
+    def public_urls(self) -> tuple[str, ...]:
+        """Each process's public base URL, in order; () when none was given."""
+        if self.public_url is None:
+            return ()
+        return tuple(url.strip().rstrip("/") for url in self.public_url.split(","))
 
     @property
     def latency_range_ms(self) -> tuple[float, float]:

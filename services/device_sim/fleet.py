@@ -14,6 +14,7 @@ from datetime import datetime
 
 from services.device_sim.ca_bundles import DeviceBundle
 from services.device_sim.config import SimConfig
+from services.device_sim.partition import Partition
 from services.device_sim.seeding import fraction
 from services.device_sim.tasks import HeldRequest
 from shared.enrollment import EnrollmentParameters
@@ -107,47 +108,96 @@ def ip_address_for(index: int) -> str:
 
 
 class Fleet:
-    """Devices FTD-000001 … FTD-{n}, looked up by serial, paged for the inventory."""
+    """Devices FTD-000001 … FTD-{size}, looked up by serial and paged for the inventory. A process
+    holds the devices its partition owns (all of them when it serves alone) and answers only for
+    those; it lists the others from their index."""
 
-    def __init__(self, devices: list[Device], *, seed: int) -> None:
+    def __init__(self, devices: list[Device], *, seed: int, size: int | None = None,
+                 partition: Partition = Partition(), models: list[str] | None = None) -> None:
+        #: The devices this process holds, in serial order.
         self.devices = devices
         self.seed = seed
+        self.size = len(devices) if size is None else size
+        self.partition = partition
+        #: Every device's model, for listing the devices of other processes.
+        self._models = models
 
     @classmethod
-    def build(cls, config: SimConfig) -> Fleet:
+    def build(cls, config: SimConfig, partition: Partition = Partition()) -> Fleet:
         rng = random.Random(config.seed)
+        # Drawn for the whole fleet in every process, so a device's model does not depend on how
+        # many processes serve the fleet.
         models = rng.choices(list(MODELS), weights=list(MODELS.values()), k=config.devices)
         expired = config.expired_keyrings
         devices = []
-        for index in range(1, config.devices + 1):
-            serial = serial_for(index)
-            host = f"ftd-{index:06d}"
-            devices.append(Device(
-                index=index, serial=serial, name=host, model=models[index - 1],
-                ip_address=ip_address_for(index), fqdn=f"{host}.fleet.example",
-                keyring_expired=expired > 0 and fraction(config.seed, "expired_keyring", serial) < expired,
-            ))
-        return cls(devices, seed=config.seed)
+        for index in range(partition.position + 1, config.devices + 1, partition.count):
+            device = _listed(index, models[index - 1])
+            device.keyring_expired = expired > 0 and fraction(config.seed, "expired_keyring", device.serial) < expired
+            devices.append(device)
+        return cls(devices, seed=config.seed, size=config.devices, partition=partition,
+                   models=models if partition.shared else None)
 
     def __len__(self) -> int:
-        return len(self.devices)
+        """The whole fleet's size, wherever its devices are served."""
+        return self.size
 
-    def find(self, serial: str) -> Device | None:
+    def index_of(self, serial: str) -> int | None:
         match = SERIAL.match(serial)
         if match is None:
             return None
         index = int(match.group(1))
-        return self.devices[index - 1] if 1 <= index <= len(self.devices) else None
+        return index if 1 <= index <= self.size else None
+
+    def find(self, serial: str) -> Device | None:
+        """The device, if this process holds it."""
+        index = self.index_of(serial)
+        if index is None or not self.partition.owns(index):
+            return None
+        return self.devices[(index - 1) // self.partition.count]
 
     def get(self, serial: str) -> Device:
-        device = self.find(serial)
-        if device is None:
+        """The device; 404 device_not_found when the fleet lacks it or another process serves it."""
+        index = self.check(serial)
+        partition = self.partition
+        if not partition.owns(index):
             raise NotFoundError(
-                f"no device with serial {serial!r} in this fleet (serials run from {serial_for(1)} to "
-                f"{serial_for(len(self.devices))})",
+                f"device {serial} is not served here but by {partition.describe(partition.owner(index))}: "
+                "ask at its management URL",
                 code="device_not_found",
             )
-        return device
+        return self.devices[(index - 1) // partition.count]
+
+    def check(self, serial: str) -> int:
+        """The index of a device of the fleet (served here or not); 404 device_not_found otherwise."""
+        index = self.index_of(serial)
+        if index is None:
+            raise NotFoundError(
+                f"no device with serial {serial!r} in this fleet (serials run from {serial_for(1)} to "
+                f"{serial_for(self.size)})",
+                code="device_not_found",
+            )
+        return index
 
     def page(self, *, offset: int, limit: int) -> list[Device]:
-        return self.devices[offset:offset + limit]
+        """The devices listed from ``offset``: this process's own records, and for devices another
+        process serves, records of their identity only (their state is the owner's to tell)."""
+        partition = self.partition
+        if not partition.shared:
+            return self.devices[offset:offset + limit]
+        assert self._models is not None
+        return [self.devices[(i - 1) // partition.count] if partition.owns(i) else _listed(i, self._models[i - 1])
+                for i in range(offset + 1, min(offset + limit, self.size) + 1)]
+
+    def held_in(self, *, offset: int, limit: int) -> list[Device]:
+        """This process's devices among those listed from ``offset``."""
+        partition = self.partition
+        first = offset + (partition.position - offset) % partition.count  # 0-based
+        end = min(offset + limit, self.size)
+        return [self.devices[j // partition.count] for j in range(first, end, partition.count)]
+
+
+def _listed(index: int, model: str) -> Device:
+    """Device ``index`` as it starts: its identity, nothing configured yet."""
+    host = f"ftd-{index:06d}"
+    return Device(index=index, serial=serial_for(index), name=host, model=model,
+                  ip_address=ip_address_for(index), fqdn=f"{host}.fleet.example")

@@ -1,12 +1,14 @@
 """Running the simulator: in a background thread (tests, the embedded stack) or blocking
-(the ``certfleet device-sim`` command). uvicorn serves it; with httptools installed its
-"auto" HTTP implementation is httptools; access logging is off.
+(the ``certfleet device-sim`` command, in one process or, with ``--processes N``, in several:
+see :mod:`.processes`). uvicorn serves it; with httptools installed its "auto" HTTP
+implementation is httptools; access logging is off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from datetime import datetime
 from services.device_sim.app import DeviceSim, create_app
 from services.device_sim.config import SimConfig
 from services.device_sim.fleet import Fleet
+from services.device_sim.partition import Partition
 from shared.clock import utcnow
 from shared.heap import freeze_startup_objects
 from shared.http_thread import ServerThread
@@ -55,18 +58,28 @@ class RunningSim:
 
 
 def start_in_thread(config: SimConfig, *, clock: Callable[[], datetime] = utcnow,
-                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> RunningSim:
+                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                    partition: Partition = Partition(), sock: socket.socket | None = None) -> RunningSim:
     """Build the fleet, bind config.port (0: a free one) and return once connections are accepted.
-    ``clock`` and ``sleep`` (on the server's event loop) time the simulator."""
-    sim = DeviceSim(config, clock=clock, sleep=sleep)
-    server = ServerThread(create_app(sim), host=config.host, port=config.port)
-    sim.base_url = (config.public_url or server.url).rstrip("/")
+    ``clock`` and ``sleep`` (on the server's event loop) time the simulator. One process of several
+    serves its ``partition`` of the fleet on ``sock``, bound for it beforehand."""
+    sim = DeviceSim(config, clock=clock, sleep=sleep, partition=partition)
+    server = ServerThread(create_app(sim), host=config.host, port=config.port, sock=sock)
+    if partition.shared:
+        sim.base_url = partition.urls[partition.position]
+    else:
+        sim.base_url = (config.public_url or server.url).rstrip("/")
     server.start()
     return RunningSim(sim=sim, server=server)
 
 
 def run(config: SimConfig, *, announce: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM; announce the ready line once listening."""
+    if config.processes > 1:
+        from services.device_sim.processes import run_processes
+
+        run_processes(config, announce=announce or _print)
+        return
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())

@@ -6,6 +6,7 @@ The one place that turns fleet records into wire models; private keys have no fi
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from services.device_sim import keyring as keyrings
 from services.device_sim.ca_bundles import DeviceBundle
@@ -27,6 +28,17 @@ def device_info(device: Device, *, base_url: str, credential: str | None = None)
         ca_bundle_version=device.ca_bundle.version if device.ca_bundle is not None else "",
         endpoint_credential=credential,
     )
+
+
+def changed_state(device: Device) -> dict[str, Any] | None:
+    """The fields of the device's DeviceInfo that differ from how it started, None if none: what the
+    process holding it tells the process listing it (see peers.py)."""
+    changed: dict[str, Any] = {}
+    if device.weak_crypto:
+        changed["weak_crypto"] = True
+    if device.ca_bundle is not None:
+        changed["ca_bundle_version"] = device.ca_bundle.version
+    return changed or None
 
 
 def ca_bundle_state(bundle: DeviceBundle | None) -> DeviceCaBundle:

@@ -600,7 +600,9 @@ def test_latency_range_stays_within_bounds_and_varies() -> None:
     "options",
     [{"devices": 0}, {"error_rate": 1.5}, {"error_rate": 0.6, "timeout_rate": 0.6},
      {"latency_min_ms": 10}, {"latency_min_ms": 50, "latency_max_ms": 10},
-     {"latency_ms": 5, "latency_min_ms": 1, "latency_max_ms": 2}, {"port": 70000}, {"hang_seconds": 0}],
+     {"latency_ms": 5, "latency_min_ms": 1, "latency_max_ms": 2}, {"port": 70000}, {"hang_seconds": 0},
+     {"processes": 0}, {"devices": 2, "processes": 3}, {"public_url": "http://a:1,http://b:2"},
+     {"processes": 2, "public_url": "http://a:1,ftp://b:2"}],
 )
 def test_bad_simulator_configuration_is_refused(options: dict) -> None:
     with pytest.raises(ConfigurationError):
