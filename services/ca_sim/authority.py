@@ -54,6 +54,8 @@ TLS_NAMES = ("127.0.0.1", "::1", "localhost")
 #: replaced when less than a third of its life is left.
 OCSP_SIGNER_VALIDITY = timedelta(days=30)
 OCSP_SIGNER_RENEW_BEFORE = timedelta(days=10)
+#: Signatures tried before giving up on finding a serial not yet used (one is all it ever takes).
+SERIAL_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -159,20 +161,25 @@ class CertificateAuthority:
     def issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
               now: datetime | None = None, record: bool = True) -> x509.Certificate:
         """Sign a request; recorded in the ledger unless ``record`` is False (a dry run whose
-        certificate is never handed out)."""
+        certificate is never handed out). Serials are random (159 bits); should one ever be
+        recorded already, by this process or another on the state directory, the request is
+        signed again under a new one, so no two certificates share a serial."""
         now = now or utcnow()
-        cert = issuance.issue_from_request(
-            csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now,
-            validity=self.validity, revocation=self.revocation_urls,
-        )
-        if record:
-            self.record(cert, kind="end-entity", profile=profile.label, now=now)
-        return cert
+        for _ in range(SERIAL_ATTEMPTS):
+            cert = issuance.issue_from_request(
+                csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now,
+                validity=self.validity, revocation=self.revocation_urls,
+            )
+            if not record or self.record(cert, kind="end-entity", profile=profile.label, now=now):
+                return cert
+        raise RuntimeError(f"{SERIAL_ATTEMPTS} random serials in a row were taken: the random source is broken")
 
     def record(self, cert: x509.Certificate, *, kind: str, profile: str | None = None,
-               now: datetime | None = None) -> None:
-        if self.ledger is not None:
-            self.ledger.record(cert, kind=kind, profile=profile, now=now)
+               now: datetime | None = None) -> bool:
+        """Record what the issuing CA signed; False when the serial was recorded already."""
+        if self.ledger is None:
+            return True
+        return self.ledger.record(cert, kind=kind, profile=profile, now=now)
 
     def supersede(self, old_serial: int, *, same_key: bool, profile: CertificateProfile,
                   now: datetime | None = None) -> bool:
@@ -236,10 +243,11 @@ def _load_key(path: Path) -> PrivateKey:
 
 
 @contextmanager
-def _locked(paths: CaPaths) -> Iterator[None]:
-    """Serialise creation between processes sharing a state directory."""
+def _locked(paths: CaPaths, name: str = ".lock") -> Iterator[None]:
+    """Serialise work between processes sharing a state directory: creation of the CA's files
+    (the default lock), or what ``name`` stands for."""
     paths.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(paths.ca_dir / ".lock", "a") as lock:
+    with open(paths.ca_dir / name, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
