@@ -2,8 +2,9 @@
 processes serve, EST enrollments from many concurrent clients (httpx and strongSwan's ``pki``)
 spread over both with distinct serials, a revocation made through one process answered by the
 other's CRL and OCSP responder, manual approval across processes (one request, one
-certificate), and stopping: the parent stops every child, a child's end stops the CA with a
-message, the parent's end stops the children."""
+certificate), a SCEP request sent to both at once (one transaction), and stopping: the parent
+stops every child, a child's end stops the CA with a message, the parent's end stops the
+children."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ from cryptography.x509 import ocsp
 
 from services.ca_sim.processes import PROCESS_HEADER
 from shared.protocols import est as est_codec
+from shared.protocols import scep
+from shared.protocols.scep import FailInfo, PkiStatus
 from tests.support.ca_peers import p256_csr, pki, run, write_pem
 from tests.support.procs import ROOT, Proc, ca_ready_urls, session_members
+from tests.support.scep_peers import csr_for, now, rsa_key
 from tests.support.waiting import wait_until
 
 USER, PASSWORD = "est-admin", "Spread-Over-Two-9"
@@ -38,7 +42,7 @@ CSR_HEADERS = {"Content-Type": "application/pkcs10"}
 def serve(state_dir: Path, log_dir: Path, name: str, *extra: str) -> Proc:
     env = {**os.environ, "CERTFLEET_CA_EST_PASSWORD": PASSWORD}
     return Proc(name, ["ca", "serve", "--state-dir", str(state_dir), "--est-port", "0", "--est-user", USER,
-                       "--http-port", "0", "--processes", "2", *extra], env, log_dir)
+                       "--scep-port", "0", "--http-port", "0", "--processes", "2", *extra], env, log_dir)
 
 
 class Served:
@@ -48,7 +52,7 @@ class Served:
         self.proc = proc
         self.urls = ca_ready_urls(proc)
         self.line = proc.wait_for_line(r"ca ready: .*").group(0)
-        self.est_url, self.http_url = self.urls["est"][0], self.urls["http"][0]
+        self.est_url, self.scep_url, self.http_url = self.urls["est"][0], self.urls["scep"][0], self.urls["http"][0]
         self.state_dir = state_dir
         self.tls = ssl.create_default_context(cafile=str(state_dir / "tls-ca.pem"))
         self.issuing = x509.load_pem_x509_certificate((state_dir / "ca" / "issuing.pem").read_bytes())
@@ -95,11 +99,11 @@ def certificate(answer: httpx.Response) -> x509.Certificate:
 
 
 def test_the_ready_line_is_printed_once_and_read_as_before(ca):
-    assert re.fullmatch(r"ca ready: est=https://127\.0\.0\.1:\d+ http=http://127\.0\.0\.1:\d+ state=\S+ processes=2",
-                        ca.line)
+    assert re.fullmatch(r"ca ready: est=https://127\.0\.0\.1:\d+ scep=http://127\.0\.0\.1:\d+ "
+                        r"http=http://127\.0\.0\.1:\d+ state=\S+ processes=2", ca.line)
     # What tests/support/procs.py and bench/fleet.py read from it.
     assert re.search(r"ca ready: est=(\S+)", ca.line).group(1) == ca.est_url
-    assert ca.urls == {"est": [ca.est_url], "http": [ca.http_url]}
+    assert ca.urls == {"est": [ca.est_url], "scep": [ca.scep_url], "http": [ca.http_url]}
     assert ca.proc.output().count("ca ready:") == 1
     assert len(ca.children()) == 2
 
@@ -192,15 +196,6 @@ def test_manual_approval_holds_one_request_and_issues_one_certificate_across_pro
     request_id = re.search(r"request (\w+) waits", first.text).group(1)
     assert request_id in again.text  # the other process found the same request
 
-    def burst(call: Callable[[], httpx.Response], times: int = 12) -> list[httpx.Response]:
-        start = threading.Barrier(times)
-
-        def one(_: int) -> httpx.Response:
-            start.wait()
-            return call()
-        with ThreadPoolExecutor(max_workers=times) as pool:
-            return list(pool.map(one, range(times)))
-
     def fresh() -> httpx.Response:
         with httpx.Client(base_url=ca.est_url, verify=ca.tls, timeout=20) as client:
             return enroll(client, csr, label)
@@ -218,6 +213,58 @@ def test_manual_approval_holds_one_request_and_issues_one_certificate_across_pro
     assert {answer.headers[PROCESS_HEADER] for answer in issued} <= {"1", "2"}
     for process in (1, 2):
         assert certificate(ca.on_process(process, lambda client: enroll(client, csr, label))).serial_number in serials
+
+
+def test_a_scep_request_sent_to_both_processes_at_once_is_one_transaction(ca):
+    """A device that re-sends its PKCSReq while the first copy is still being answered, the
+    copies landing in different processes: one certificate, the one-time challenge used once."""
+    password = certfleet("ca", "challenge", "--state-dir", str(ca.state_dir)).stdout.strip()
+    key = rsa_key()
+    signer = scep.self_signed_signer(key, x509.Name.from_rfc4514_string("CN=device"), now=now())
+    requester = scep.Requester(key=key, cert=signer, recipient=ca.issuing)
+    csr = csr_for(key, "fw-scep-twice.example.net", challenge=password)
+    message = scep.build_pkcs_req(requester, csr, sender_nonce=scep.new_nonce(), now=now(),
+                                  transaction_id=scep.transaction_id_for(key.public_key()))
+
+    def post() -> httpx.Response:
+        return httpx.post(f"{ca.scep_url}/scep?operation=PKIOperation", content=message,
+                          headers={"Content-Type": scep.PKI_MESSAGE}, timeout=30)
+
+    answers = burst(post)
+    replies = [scep.parse_cert_rep(answer.content, requester) for answer in answers]
+    assert {reply.status for reply in replies} == {PkiStatus.SUCCESS}, [r.fail_info_text for r in replies]
+    assert len({reply.certs for reply in replies}) == 1
+    for process in (1, 2):  # and each process answers a repeat with that certificate
+        again = ca.on_process(process, lambda client: client.post(
+            f"{ca.scep_url}/scep?operation=PKIOperation", content=message,
+            headers={"Content-Type": scep.PKI_MESSAGE}))
+        assert scep.parse_cert_rep(again.content, requester).certs == replies[0].certs
+    other = rsa_key()
+    other_signer = scep.self_signed_signer(other, x509.Name.from_rfc4514_string("CN=other"), now=now())
+    other_requester = scep.Requester(key=other, cert=other_signer, recipient=ca.issuing)
+    refused = scep.parse_cert_rep(post_message(ca, scep.build_pkcs_req(
+        other_requester, csr_for(other, "fw-scep-other.example.net", challenge=password),
+        sender_nonce=scep.new_nonce(), now=now(), transaction_id=scep.transaction_id_for(other.public_key()))),
+        other_requester)
+    assert refused.status is PkiStatus.FAILURE and refused.fail_info is FailInfo.BAD_REQUEST
+
+
+def post_message(ca: Served, message: bytes) -> bytes:
+    answer = httpx.post(f"{ca.scep_url}/scep?operation=PKIOperation", content=message,
+                        headers={"Content-Type": scep.PKI_MESSAGE}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.content
+
+
+def burst(call: Callable[[], httpx.Response], times: int = 12) -> list[httpx.Response]:
+    """``call`` from ``times`` threads released together, each on a connection of its own."""
+    start = threading.Barrier(times)
+
+    def one(_: int) -> httpx.Response:
+        start.wait()
+        return call()
+    with ThreadPoolExecutor(max_workers=times) as pool:
+        return list(pool.map(one, range(times)))
 
 
 def fresh_for(ca: Served, csr: x509.CertificateSigningRequest, label: str) -> httpx.Response:
