@@ -4,7 +4,7 @@ Layout of ``DIR`` (private keys PEM with mode 0600)::
 
     DIR/ca/root.pem, root.key         the root CA (its key is read only to create the issuing CA)
     DIR/ca/issuing.pem, issuing.key   the issuing CA, which signs everything else
-    DIR/ca/est-tls.pem, est-tls.key   the EST server's TLS certificate (then the issuing CA) and key
+    DIR/ca/est-tls.pem, est-tls.key   the EST server's TLS certificate (then the issuing CA) and its P-256 key
     DIR/ca-chain.pem                  issuing CA, then root: what enrolled devices install
     DIR/tls-ca.pem                    the trust anchor of the HTTPS endpoints (the root)
     DIR/ca/bundle-signing.key         the P-256 key that signs the CA bundles it publishes
@@ -48,6 +48,10 @@ from shared.pki import PrivateKey, generate_private_key
 CA_KEYS = {KeyType.RSA: (KeyType.RSA, 2048), KeyType.ECDSA: (KeyType.ECDSA, 256)}
 #: A TLS certificate closer than this to its end is replaced at start.
 TLS_RENEW_BEFORE = timedelta(days=30)
+#: The HTTPS servers' key, whatever the CA's: every handshake signs with it, and a P-256
+#: signature costs a fraction of an RSA-2048 one (about 15 % of the CA's CPU per EST enrollment
+#: with an RSA CA). The CA's own key still signs the certificate.
+TLS_KEY = (KeyType.ECDSA, 256)
 #: Names the EST server's certificate always covers.
 TLS_NAMES = ("127.0.0.1", "::1", "localhost")
 #: The OCSP signing certificate is short-lived (it cannot be revoked: id-pkix-ocsp-nocheck) and
@@ -314,7 +318,7 @@ def load_authority(state_dir: Path | str, *, key_type: KeyType | str | None = No
 def ensure_tls_certificate(ca: CertificateAuthority, *, extra_names: tuple[str, ...] = (),
                            now: datetime | None = None) -> tuple[Path, Path]:
     """The EST server's certificate and key files (chain: server, issuing CA), reused while
-    they cover the names and stay valid for another month, else issued anew."""
+    they cover the names, stay valid for another month and hold a P-256 key, else issued anew."""
     now = now or utcnow()
     paths = ca.paths
     names = list(dict.fromkeys((*TLS_NAMES, *extra_names)))
@@ -322,10 +326,9 @@ def ensure_tls_certificate(ca: CertificateAuthority, *, extra_names: tuple[str, 
         if paths.est_tls_pem.exists() and paths.est_tls_key.exists():
             current = x509.load_pem_x509_certificate(paths.est_tls_pem.read_bytes())
             if (_covers(current, names) and current.not_valid_after_utc - now > TLS_RENEW_BEFORE
-                    and current.issuer == ca.issuing.subject):
+                    and current.issuer == ca.issuing.subject and _is_tls_key(current.public_key())):
                 return paths.est_tls_pem, paths.est_tls_key
-        kt, size = CA_KEYS[ca.key_type]
-        key = generate_private_key(kt, size)
+        key = generate_private_key(*TLS_KEY)
         cert = issuance.build_tls_server(
             key.public_key(), names=names, issuer=ca.issuing, issuer_key=ca.issuing_key, now=now
         )
@@ -372,6 +375,10 @@ def ensure_bundle_signer(ca: CertificateAuthority, *, now: datetime | None = Non
             _write_public(paths.bundle_signing_pem, _cert_pem(cert))
         cert = x509.load_pem_x509_certificate(paths.bundle_signing_pem.read_bytes())
         return cert, _load_key(paths.bundle_signing_key)
+
+
+def _is_tls_key(public_key) -> bool:
+    return isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size == TLS_KEY[1]
 
 
 def _covers(cert: x509.Certificate, names: list[str]) -> bool:

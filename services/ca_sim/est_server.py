@@ -91,13 +91,16 @@ class EstSettings:
 
 def server_ssl_context(ca: CertificateAuthority, cert_file, key_file) -> ssl.SSLContext:
     """TLS 1.2 and 1.3; a client certificate is asked for but optional, and verified against
-    our CA when given (a foreign or expired one fails the handshake)."""
+    our CA when given (a foreign or expired one fails the handshake). No TLS 1.3 session
+    tickets: EST clients (devices, ``pki``) open a connection per enrollment and never resume
+    one, and each ticket costs an encryption and a write on every connection."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert_file, key_file)
     ctx.load_verify_locations(cafile=str(ca.paths.chain))
     ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.num_tickets = 0
     return ctx
 
 
@@ -131,6 +134,8 @@ class EstService:
         self.ca = ca
         self.store = store
         self.settings = settings
+        #: /cacerts answers every device before it enrolls; the chain never changes while serving.
+        self._cacerts = encode_certs_only(ca.chain())
 
     # --- routing ------------------------------------------------------------------------
 
@@ -147,7 +152,7 @@ class EstService:
             raise web.HTTPMethodNotAllowed(request.method, [_METHODS[op]])
         profile = get_profile(match["label"] or match["prefix"] or self.settings.default_profile)
         if op == "cacerts":
-            return _pkcs7(encode_certs_only(self.ca.chain()))
+            return _pkcs7(self._cacerts)
         if op == "csrattrs":
             return web.Response(body=encode_csr_attrs(_SIGNATURE_OIDS[profile.signature_hash]),
                                 headers={"Content-Type": CSRATTRS, "Content-Transfer-Encoding": "base64"})

@@ -273,3 +273,19 @@ def test_a_serial_already_recorded_is_never_handed_out_again(tmp_path, monkeypat
     assert second.serial_number == first.serial_number + 1
     assert ca.ledger.lookup(first.serial_number).subject == first.subject.rfc4514_string()
     assert ca.ledger.lookup(second.serial_number).subject == second.subject.rfc4514_string()
+
+
+def test_an_rsa_tls_certificate_left_by_an_older_version_is_replaced_by_a_p256_one(tmp_path):
+    ca = load_authority(tmp_path / "s")  # RSA
+    cert_file, key_file = ensure_tls_certificate(ca)
+    server = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    assert isinstance(server.public_key(), ec.EllipticCurvePublicKey)
+    # As versions before the P-256 TLS key left it: the CA's key type.
+    old_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    old = issuance.build_tls_server(old_key.public_key(), names=["127.0.0.1", "::1", "localhost"], issuer=ca.issuing,
+                                    issuer_key=ca.issuing_key, now=datetime.now(UTC))
+    write_pem(cert_file, old, ca.issuing)
+    write_pem(key_file, old_key)
+    ensure_tls_certificate(ca)
+    server = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    assert isinstance(server.public_key(), ec.EllipticCurvePublicKey) and server.public_key().curve.key_size == 256
