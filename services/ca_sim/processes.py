@@ -105,7 +105,6 @@ class _Supervisor:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.previous: dict[int, object] = {}
-        self.stopping = False
 
     def start(self) -> None:
         parent = os.getpid()
