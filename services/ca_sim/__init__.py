@@ -19,7 +19,7 @@ in :mod:`shared.protocols`.
     scep_identity.py  who speaks SCEP for the CA: the issuing CA or an RA
     scep_transactions.py  SCEP transactions and sender nonces (SQLite)
     challenges.py   one-time SCEP challenge passwords (SQLite)
-    sqlite_store.py the SQLite files those keep their state in
+    sqlite_store.py the SQLite files those keep their state in (WAL, one write transaction per decision)
     scep_service.py the answer to each SCEP message
     scep_server.py  the SCEP endpoints (aiohttp, plain HTTP)
     admin.py        admin endpoints (approve) on loopback, token-protected
@@ -27,6 +27,7 @@ in :mod:`shared.protocols`.
     bundle_server.py  GET /ca-bundle/latest (aiohttp, HTTPS)
     problems.py     errors to problem+json answers, and each error's HTTP status
     service.py      start_in_thread(): run it in this process
+    processes.py    serve it from N forked processes on one CA and one set of ports (--processes)
     cli.py          certfleet ca serve | revoke | revocations | requests | approve | challenge |
                     bundle publish | bundle show
 """

@@ -4,7 +4,7 @@ Layout of ``DIR`` (private keys PEM with mode 0600)::
 
     DIR/ca/root.pem, root.key         the root CA (its key is read only to create the issuing CA)
     DIR/ca/issuing.pem, issuing.key   the issuing CA, which signs everything else
-    DIR/ca/est-tls.pem, est-tls.key   the EST server's TLS certificate (then the issuing CA) and key
+    DIR/ca/est-tls.pem, est-tls.key   the EST server's TLS certificate (then the issuing CA) and its P-256 key
     DIR/ca-chain.pem                  issuing CA, then root: what enrolled devices install
     DIR/tls-ca.pem                    the trust anchor of the HTTPS endpoints (the root)
     DIR/ca/bundle-signing.key         the P-256 key that signs the CA bundles it publishes
@@ -48,12 +48,18 @@ from shared.pki import PrivateKey, generate_private_key
 CA_KEYS = {KeyType.RSA: (KeyType.RSA, 2048), KeyType.ECDSA: (KeyType.ECDSA, 256)}
 #: A TLS certificate closer than this to its end is replaced at start.
 TLS_RENEW_BEFORE = timedelta(days=30)
+#: The HTTPS servers' key, whatever the CA's: every handshake signs with it, and a P-256
+#: signature costs a fraction of an RSA-2048 one (about 15 % of the CA's CPU per EST enrollment
+#: with an RSA CA). The CA's own key still signs the certificate.
+TLS_KEY = (KeyType.ECDSA, 256)
 #: Names the EST server's certificate always covers.
 TLS_NAMES = ("127.0.0.1", "::1", "localhost")
 #: The OCSP signing certificate is short-lived (it cannot be revoked: id-pkix-ocsp-nocheck) and
 #: replaced when less than a third of its life is left.
 OCSP_SIGNER_VALIDITY = timedelta(days=30)
 OCSP_SIGNER_RENEW_BEFORE = timedelta(days=10)
+#: Signatures tried before giving up on finding a serial not yet used (one is all it ever takes).
+SERIAL_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -159,20 +165,25 @@ class CertificateAuthority:
     def issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *,
               now: datetime | None = None, record: bool = True) -> x509.Certificate:
         """Sign a request; recorded in the ledger unless ``record`` is False (a dry run whose
-        certificate is never handed out)."""
+        certificate is never handed out). Serials are random (159 bits); should one ever be
+        recorded already, by this process or another on the state directory, the request is
+        signed again under a new one, so no two certificates share a serial."""
         now = now or utcnow()
-        cert = issuance.issue_from_request(
-            csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now,
-            validity=self.validity, revocation=self.revocation_urls,
-        )
-        if record:
-            self.record(cert, kind="end-entity", profile=profile.label, now=now)
-        return cert
+        for _ in range(SERIAL_ATTEMPTS):
+            cert = issuance.issue_from_request(
+                csr, profile, issuer=self.issuing, issuer_key=self.issuing_key, now=now,
+                validity=self.validity, revocation=self.revocation_urls,
+            )
+            if not record or self.record(cert, kind="end-entity", profile=profile.label, now=now):
+                return cert
+        raise RuntimeError(f"{SERIAL_ATTEMPTS} random serials in a row were taken: the random source is broken")
 
     def record(self, cert: x509.Certificate, *, kind: str, profile: str | None = None,
-               now: datetime | None = None) -> None:
-        if self.ledger is not None:
-            self.ledger.record(cert, kind=kind, profile=profile, now=now)
+               now: datetime | None = None) -> bool:
+        """Record what the issuing CA signed; False when the serial was recorded already."""
+        if self.ledger is None:
+            return True
+        return self.ledger.record(cert, kind=kind, profile=profile, now=now)
 
     def supersede(self, old_serial: int, *, same_key: bool, profile: CertificateProfile,
                   now: datetime | None = None) -> bool:
@@ -236,10 +247,11 @@ def _load_key(path: Path) -> PrivateKey:
 
 
 @contextmanager
-def _locked(paths: CaPaths) -> Iterator[None]:
-    """Serialise creation between processes sharing a state directory."""
+def _locked(paths: CaPaths, name: str = ".lock") -> Iterator[None]:
+    """Serialise work between processes sharing a state directory: creation of the CA's files
+    (the default lock), or what ``name`` stands for."""
     paths.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(paths.ca_dir / ".lock", "a") as lock:
+    with open(paths.ca_dir / name, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -306,7 +318,7 @@ def load_authority(state_dir: Path | str, *, key_type: KeyType | str | None = No
 def ensure_tls_certificate(ca: CertificateAuthority, *, extra_names: tuple[str, ...] = (),
                            now: datetime | None = None) -> tuple[Path, Path]:
     """The EST server's certificate and key files (chain: server, issuing CA), reused while
-    they cover the names and stay valid for another month, else issued anew."""
+    they cover the names, stay valid for another month and hold a P-256 key, else issued anew."""
     now = now or utcnow()
     paths = ca.paths
     names = list(dict.fromkeys((*TLS_NAMES, *extra_names)))
@@ -314,10 +326,9 @@ def ensure_tls_certificate(ca: CertificateAuthority, *, extra_names: tuple[str, 
         if paths.est_tls_pem.exists() and paths.est_tls_key.exists():
             current = x509.load_pem_x509_certificate(paths.est_tls_pem.read_bytes())
             if (_covers(current, names) and current.not_valid_after_utc - now > TLS_RENEW_BEFORE
-                    and current.issuer == ca.issuing.subject):
+                    and current.issuer == ca.issuing.subject and _is_tls_key(current.public_key())):
                 return paths.est_tls_pem, paths.est_tls_key
-        kt, size = CA_KEYS[ca.key_type]
-        key = generate_private_key(kt, size)
+        key = generate_private_key(*TLS_KEY)
         cert = issuance.build_tls_server(
             key.public_key(), names=names, issuer=ca.issuing, issuer_key=ca.issuing_key, now=now
         )
@@ -364,6 +375,10 @@ def ensure_bundle_signer(ca: CertificateAuthority, *, now: datetime | None = Non
             _write_public(paths.bundle_signing_pem, _cert_pem(cert))
         cert = x509.load_pem_x509_certificate(paths.bundle_signing_pem.read_bytes())
         return cert, _load_key(paths.bundle_signing_key)
+
+
+def _is_tls_key(public_key) -> bool:
+    return isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size == TLS_KEY[1]
 
 
 def _covers(cert: x509.Certificate, names: list[str]) -> bool:

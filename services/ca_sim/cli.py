@@ -3,7 +3,7 @@
     certfleet ca serve --state-dir DIR [--host H]... [--est-port P] [--est-user U --est-password W] ...
                        [--scep-port Q [--scep-challenge C] [--scep-ra]] [--bundle-port B]
                        [--validity-seconds N] [--http-port H [--public-host NAME] [--crl-hours N]
-                       [--ocsp-minutes N] [--ocsp-signer delegated|ca]]
+                       [--ocsp-minutes N] [--ocsp-signer delegated|ca]] [--processes N]
     certfleet ca revoke --state-dir DIR (--serial HEX | --cert FILE) [--reason REASON]
     certfleet ca revocations --state-dir DIR [--json]
     certfleet ca challenge --state-dir DIR [--ttl MINUTES]
@@ -25,6 +25,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from services.ca_sim.ledger import REASONS
@@ -37,6 +39,8 @@ CHALLENGE_ENV = "CERTFLEET_CA_SCEP_CHALLENGE"
 MAX_VALIDITY_SECONDS = 3650 * 24 * 3600
 #: The longest --crl-hours (and --ocsp-minutes): a year.
 MAX_REVOCATION_HOURS = 365 * 24
+#: The most --processes: more would only contend for the state directory's locks.
+MAX_PROCESSES = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "tenth of N before issuance, not the usual 5 minutes (default: the profile's validity)")
     serve.add_argument("--retry-after", type=int, default=2,
                        help="seconds a client waits before asking again about a pending request (default 2)")
+    serve.add_argument("--processes", type=int, default=1, metavar="N",
+                       help=f"serve from N processes (1 to {MAX_PROCESSES}; default 1, this one): the CA is loaded and "
+                       "the ports bound once, then N forked processes each serve every port and host (SO_REUSEPORT: "
+                       "the kernel spreads the connections). They share everything the CA decides through the "
+                       "state directory (serials, issued and revoked certificates, CRLs, held requests, SCEP "
+                       "transactions and challenges, CA bundles); nothing is per process. Answers name their "
+                       "process in the Certfleet-CA-Process header")
     serve.set_defaults(ca_func=_serve)
 
     revoke = sub.add_parser("revoke", help="revoke a certificate the CA issued (a running serve answers it at once)")
@@ -168,25 +179,21 @@ def _serve(args: argparse.Namespace) -> int:
     if args.validity_seconds is not None and not 1 <= args.validity_seconds <= MAX_VALIDITY_SECONDS:
         raise ConfigurationError(f"--validity-seconds must be 1 to {MAX_VALIDITY_SECONDS} (ten years), "
                                  f"not {args.validity_seconds}", code="bad_validity")
-    try:
-        running = start_in_thread(
-            args.state_dir, host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
-            est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
-            default_profile=args.default_profile, scep_port=args.scep_port, scep_challenge=args.scep_challenge,
-            scep_ra=args.scep_ra, bundle_port=args.bundle_port, validity_seconds=args.validity_seconds,
-            http_port=args.http_port, public_host=args.public_host, crl_validity=crl_validity,
-            ocsp_validity=ocsp_validity, ocsp_delegated=args.ocsp_signer == "delegated",
-        )
-    except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
-        raise ConfigurationError(str(exc)) from exc
-    except OSError as exc:
-        if exc.filename:  # the state directory, not a port: reported as the file error it is
-            raise
-        hosts = ", ".join(args.host or ["127.0.0.1"])
-        ports = " or ".join(str(p) for p in (args.est_port, args.scep_port, args.bundle_port, args.http_port)
-                            if p is not None)
-        raise CertfleetError(f"cannot listen on {hosts} port {ports}: {exc.strerror or exc}",
-                             code="cannot_listen") from None
+    if not 1 <= args.processes <= MAX_PROCESSES:
+        raise ConfigurationError(f"--processes must be 1 to {MAX_PROCESSES}, not {args.processes}",
+                                 code="bad_processes")
+    options = dict(
+        host=args.host or ["127.0.0.1"], est_port=args.est_port, est_user=args.est_user,
+        est_password=args.est_password, key_type=args.key_type, retry_after=args.retry_after,
+        default_profile=args.default_profile, scep_port=args.scep_port, scep_challenge=args.scep_challenge,
+        scep_ra=args.scep_ra, bundle_port=args.bundle_port, validity_seconds=args.validity_seconds,
+        http_port=args.http_port, public_host=args.public_host, crl_validity=crl_validity,
+        ocsp_validity=ocsp_validity, ocsp_delegated=args.ocsp_signer == "delegated",
+    )
+    if args.processes > 1:
+        return _serve_processes(args, options)
+    with _listening(args):
+        running = start_in_thread(args.state_dir, **options)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -197,6 +204,39 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         running.stop()
     return 0
+
+
+def _serve_processes(args: argparse.Namespace, options: dict) -> int:
+    """Load the CA and bind once here, then serve from forked processes until SIGTERM or SIGINT."""
+    from services.ca_sim.processes import serve_processes
+    from services.ca_sim.service import log_started, prepare, ready_line
+    from shared.heap import freeze_startup_objects
+
+    with _listening(args):
+        apps, listeners = prepare(args.state_dir, reuse_port=True, **options)
+    line = ready_line(listeners, apps.ca.paths.state_dir, processes=args.processes)
+    log_started(apps, listeners, processes=args.processes)  # here: the parent closes its sockets once forked
+    freeze_startup_objects()  # before the fork: the children share these pages instead of copying them
+    serve_processes(apps, listeners, args.processes, on_ready=lambda: print(line, flush=True))
+    return 0
+
+
+@contextmanager
+def _listening(args: argparse.Namespace) -> Iterator[None]:
+    """Settings the CA refuses as configuration errors (exit 2), ports it cannot bind as
+    ``cannot_listen`` (exit 1)."""
+    try:
+        yield
+    except ValueError as exc:  # EstSettings/ScepSettings: user without password and the like
+        raise ConfigurationError(str(exc)) from exc
+    except OSError as exc:
+        if exc.filename:  # the state directory, not a port: reported as the file error it is
+            raise
+        hosts = ", ".join(args.host or ["127.0.0.1"])
+        ports = " or ".join(str(p) for p in (args.est_port, args.scep_port, args.bundle_port, args.http_port)
+                            if p is not None)
+        raise CertfleetError(f"cannot listen on {hosts} port {ports}: {exc.strerror or exc}",
+                             code="cannot_listen") from None
 
 
 def _revocation_lifetimes(args: argparse.Namespace) -> tuple[timedelta, timedelta | None]:

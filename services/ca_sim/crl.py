@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from services.ca_sim.authority import CertificateAuthority
+from services.ca_sim.authority import CertificateAuthority, _locked
 from services.ca_sim.ledger import Ledger, Revocation, StoredCrl
 from shared.clock import utcnow
 from shared.logging import get_logger
@@ -32,6 +32,8 @@ CRL_LABEL = "issuing"
 DEFAULT_VALIDITY = timedelta(hours=1)
 #: A CRL is reissued once this share of its life is over.
 REISSUE_AT = 0.5
+#: The lock, in DIR/ca/, that makes one server process at a time build a CRL.
+CRL_LOCK = "crl.lock"
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,25 @@ class CrlPublisher:
         with self._lock:
             stored = self.ledger.stored_crl()
             if stored is None or self._out_of_date(stored, now):
-                return self._issue(now)
+                return self._reissue(now)
             if self._cached is None or self._cached.number != stored.number:
                 der = self.ledger.stored_crl_der(stored.number)
                 if der is None:  # replaced by another process meanwhile
-                    return self._issue(now)
+                    return self._reissue(now)
                 self._cached = PublishedCrl(stored.number, stored.this_update, stored.next_update, der)
             return self._cached
+
+    def _reissue(self, now: datetime) -> PublishedCrl:
+        """A new CRL, built by one server process at a time: one that waited for another finds
+        that one's CRL stored, and answers it (CRL numbers only grow, whoever is asked)."""
+        with _locked(self.ca.paths, CRL_LOCK):
+            stored = self.ledger.stored_crl()
+            if stored is not None and not self._out_of_date(stored, now):
+                der = self.ledger.stored_crl_der(stored.number)
+                if der is not None:
+                    self._cached = PublishedCrl(stored.number, stored.this_update, stored.next_update, der)
+                    return self._cached
+            return self._issue(now)
 
     def _out_of_date(self, stored: StoredCrl, now: datetime) -> bool:
         life = stored.next_update - stored.this_update

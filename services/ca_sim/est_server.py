@@ -34,7 +34,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 from services.ca_sim import admin
 from services.ca_sim.authority import CertificateAuthority
 from services.ca_sim.issuance import renewal_name_change
-from services.ca_sim.pending import ISSUED, PENDING, EnrollmentRequest, RequestStore
+from services.ca_sim.pending import APPROVED, ISSUED, PENDING, EnrollmentRequest, RequestStore
 from services.ca_sim.problems import problem_middleware
 from services.ca_sim.profiles import PROFILES, CertificateProfile, get_profile
 from shared.clock import utcnow
@@ -91,13 +91,16 @@ class EstSettings:
 
 def server_ssl_context(ca: CertificateAuthority, cert_file, key_file) -> ssl.SSLContext:
     """TLS 1.2 and 1.3; a client certificate is asked for but optional, and verified against
-    our CA when given (a foreign or expired one fails the handshake)."""
+    our CA when given (a foreign or expired one fails the handshake). No TLS 1.3 session
+    tickets: EST clients (devices, ``pki``) open a connection per enrollment and never resume
+    one, and each ticket costs an encryption and a write on every connection."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert_file, key_file)
     ctx.load_verify_locations(cafile=str(ca.paths.chain))
     ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.num_tickets = 0
     return ctx
 
 
@@ -131,6 +134,8 @@ class EstService:
         self.ca = ca
         self.store = store
         self.settings = settings
+        #: /cacerts answers every device before it enrolls; the chain never changes while serving.
+        self._cacerts = encode_certs_only(ca.chain())
 
     # --- routing ------------------------------------------------------------------------
 
@@ -147,7 +152,7 @@ class EstService:
             raise web.HTTPMethodNotAllowed(request.method, [_METHODS[op]])
         profile = get_profile(match["label"] or match["prefix"] or self.settings.default_profile)
         if op == "cacerts":
-            return _pkcs7(encode_certs_only(self.ca.chain()))
+            return _pkcs7(self._cacerts)
         if op == "csrattrs":
             return web.Response(body=encode_csr_attrs(_SIGNATURE_OIDS[profile.signature_hash]),
                                 headers={"Content-Type": CSRATTRS, "Content-Transfer-Encoding": "base64"})
@@ -198,29 +203,35 @@ class EstService:
                 renewal: bool, old: x509.Certificate | None = None) -> web.Response:
         if not profile.manual_approval:
             return self._issue(csr, profile, renewal=renewal, old=old)
-        held = self.store.find(profile.label, csr)
-        if held is None or (held.status == ISSUED and not _still_answers(held)):
-            held = self.store.submit(profile.label, csr)
+        held, new = self.store.hold(profile.label, csr,
+                                    reuse=lambda found: found.status != ISSUED or _still_answers(found))
+        if new:
             log.info("request pending", request_id=held.id, profile=profile.label, subject=held.subject)
         if held.status == PENDING:
             return self._pending(held)
-        if held.status == ISSUED:
-            return _pkcs7(encode_certs_only([held.certificate()]))  # the answer the client lost
-        # APPROVED: issue the request the operator approved, with the CA key this process holds.
-        return self._issue(held.csr(), profile, renewal=renewal, request_id=held.id, old=old)
+        if held.status == APPROVED:
+            # Issue the request the operator approved, once, whichever server process is asked.
+            held, issued = self.store.issue_approved(held.id, lambda approved: self.ca.issue(approved, profile))
+            if issued:
+                self._issued(held.certificate(), profile, renewal=renewal, request_id=held.id, old=old,
+                             same_key=old is not None and old.public_key() == csr.public_key())
+        # ISSUED now, or before: the answer the client lost.
+        return _pkcs7(encode_certs_only([held.certificate()]))
 
     def _issue(self, csr: x509.CertificateSigningRequest, profile: CertificateProfile, *, renewal: bool,
-               request_id: str | None = None, old: x509.Certificate | None = None) -> web.Response:
+               old: x509.Certificate | None = None) -> web.Response:
         """``old``: the certificate a re-enrollment presented, which the new one supersedes."""
         cert = self.ca.issue(csr, profile)
-        if request_id:
-            self.store.record_issued(request_id, cert)
+        self._issued(cert, profile, renewal=renewal, old=old,
+                     same_key=old is not None and old.public_key() == csr.public_key())
+        return _pkcs7(encode_certs_only([cert]))
+
+    def _issued(self, cert: x509.Certificate, profile: CertificateProfile, *, renewal: bool, same_key: bool,
+                request_id: str | None = None, old: x509.Certificate | None = None) -> None:
         log.info("certificate issued", profile=profile.label, subject=cert.subject.rfc4514_string(),
                  serial=format(cert.serial_number, "x"), renewal=renewal, request_id=request_id)
-        if old is not None and self.ca.supersede(old.serial_number, same_key=old.public_key() == csr.public_key(),
-                                                 profile=profile):
+        if old is not None and self.ca.supersede(old.serial_number, same_key=same_key, profile=profile):
             log.info("superseded certificate revoked", profile=profile.label, serial=format(old.serial_number, "x"))
-        return _pkcs7(encode_certs_only([cert]))
 
     def _pending(self, held: EnrollmentRequest) -> web.Response:
         retry = str(self.settings.retry_after)

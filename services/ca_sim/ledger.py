@@ -7,19 +7,16 @@ moves a generation counter, which tells a running server, in this process or ano
 its CRL is out of date. The newest CRL is kept here too, so every server sharing the state
 directory answers the same one, and CRL numbers only grow.
 
-WAL with ``synchronous=NORMAL``: a revocation or an issuance commits without waiting for the
-disk, and OCSP lookups read while another process writes.
+WAL with ``synchronous=NORMAL`` (see :mod:`.sqlite_store`): a revocation or an issuance commits
+without waiting for the disk, and OCSP lookups read while another process writes.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from cryptography import x509
 
@@ -123,51 +120,25 @@ class Ledger(SqliteStore):
     the answer. In autocommit mode every statement still sees what other processes committed."""
 
     SCHEMA = _SCHEMA
-    #: Run on each new connection.
-    PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
-
-    def __init__(self, path: Path | str) -> None:
-        self._local = threading.local()
-        super().__init__(path)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            for pragma in self.PRAGMAS:
-                db.execute(pragma)
-            self._local.db = db
-        yield db
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, taken at once (no upgrade from a read lock that could deadlock)."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    KEEP_OPEN = True
 
     # --- issuance -------------------------------------------------------------------------
 
     def record(self, cert: x509.Certificate, *, kind: str, profile: str | None = None,
-               now: datetime | None = None) -> None:
-        """Remember a certificate the issuing CA signed (recording it twice changes nothing)."""
-        self.record_many([(cert, kind, profile)], now=now)
+               now: datetime | None = None) -> bool:
+        """Remember a certificate the issuing CA signed; False when its serial was recorded
+        already (recording a certificate twice changes nothing)."""
+        return self.record_many([(cert, kind, profile)], now=now) == 1
 
     def record_many(self, certs: Iterable[tuple[x509.Certificate, str, str | None]], *,
-                    now: datetime | None = None) -> None:
+                    now: datetime | None = None) -> int:
+        """Record several certificates; how many serials were new."""
         stamp = (now or utcnow()).isoformat()
         rows = [(serial_hex(c.serial_number), c.subject.rfc4514_string(), kind, profile,
                  c.not_valid_after_utc.isoformat(), stamp) for c, kind, profile in certs]
         with self._connect() as db:
-            db.executemany("INSERT OR IGNORE INTO certificates (serial, subject, kind, profile, not_after, issued_at)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", rows)
+            return db.executemany("INSERT OR IGNORE INTO certificates (serial, subject, kind, profile, not_after,"
+                                  " issued_at) VALUES (?, ?, ?, ?, ?, ?)", rows).rowcount
 
     def record_serials(self, serials: Iterable[int], *, subject: str, kind: str, not_after: datetime,
                        now: datetime | None = None) -> None:
@@ -175,7 +146,7 @@ class Ledger(SqliteStore):
         lists (benchmarks)."""
         stamp = (now or utcnow()).isoformat()
         rows = [(serial_hex(serial), subject, kind, not_after.isoformat(), stamp) for serial in serials]
-        with self._transaction() as db:
+        with self.exclusive() as db:
             db.executemany("INSERT OR IGNORE INTO certificates (serial, subject, kind, not_after, issued_at)"
                            " VALUES (?, ?, ?, ?, ?)", rows)
 
@@ -206,7 +177,7 @@ class Ledger(SqliteStore):
             self.record(cert, kind="end-entity", now=now)
         stamp = (now or utcnow()).replace(microsecond=0).isoformat()  # what a CRL or OCSP answer can say
         key = serial_hex(serial)
-        with self._transaction() as db:
+        with self.exclusive() as db:
             row = db.execute(
                 "SELECT c.serial, c.subject, r.reason, r.revoked_at FROM certificates c"
                 " LEFT JOIN revocations r ON r.serial = c.serial WHERE c.serial = ?", (key,),
@@ -234,7 +205,7 @@ class Ledger(SqliteStore):
         """Revoke issued serials in one transaction, (serial, reason, time) each; for loading
         large lists (benchmarks). Serials already revoked keep their revocation."""
         rows = [(serial_hex(serial), reason, when.isoformat()) for serial, reason, when in entries]
-        with self._transaction() as db:
+        with self.exclusive() as db:
             db.executemany("INSERT OR IGNORE INTO revocations (serial, reason, revoked_at)"
                            " SELECT serial, ?, ? FROM certificates WHERE serial = ?",
                            [(reason, when, serial) for serial, reason, when in rows])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,6 +116,17 @@ class RequestStore(SqliteStore):
             )
         return request
 
+    def hold(self, profile: str, csr: x509.CertificateSigningRequest, *,
+             reuse: Callable[[EnrollmentRequest], bool]) -> tuple[EnrollmentRequest, bool]:
+        """The request held for this key and these names when ``reuse`` accepts it, else a new
+        pending one; and whether it is new. Found and submitted in one transaction: a device
+        that sends its request twice at once, to two server processes, gets one request."""
+        with self.exclusive():
+            held = self.find(profile, csr)
+            if held is not None and reuse(held):
+                return held, False
+            return self.submit(profile, csr), True
+
     def get(self, request_id: str) -> EnrollmentRequest:
         with self._connect() as db:
             row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -135,13 +147,24 @@ class RequestStore(SqliteStore):
             )
         return self.get(request_id)
 
-    def record_issued(self, request_id: str, cert: x509.Certificate, *, now: datetime | None = None) -> None:
+    def issue_approved(self, request_id: str, issue: Callable[[x509.CertificateSigningRequest], x509.Certificate],
+                       *, now: datetime | None = None) -> tuple[EnrollmentRequest, bool]:
+        """Issue an approved request with ``issue`` (given the request as submitted) and record
+        its certificate; the request, and whether its certificate was issued now. One that is
+        issued already keeps its certificate: the check and the issue are one transaction, so
+        of two server processes asked at once, one issues and the other answers the same
+        certificate."""
         now = now or utcnow()
-        with self._connect() as db:
+        with self.exclusive() as db:
+            held = self.get(request_id)
+            if held.status != APPROVED:
+                return held, False
+            cert = issue(held.csr())
             db.execute(
                 "UPDATE requests SET status = ?, cert_pem = ?, updated_at = ? WHERE id = ?",
                 (ISSUED, cert.public_bytes(serialization.Encoding.PEM).decode(), now.isoformat(), request_id),
             )
+            return self.get(request_id), True
 
     def list_requests(self, *, status: str | None = None) -> list[EnrollmentRequest]:
         with self._connect() as db:

@@ -186,13 +186,27 @@ class ScepService:
             if change:
                 raise _refuse(change)
             renews = format(old.serial_number, "x")
+        # One decision per transaction across server processes: a device that re-sends its
+        # request while the first copy is still being answered (by this process or another)
+        # waits here, then gets the same transaction, not a second certificate.
+        with self.transactions.exclusive():
+            held, new = self._transaction(request, dialect, renews, now)
+        if new and not held.request_id:
+            self._supersede(held, now)
+        return held
+
+    def _transaction(self, request: PkiRequest, dialect: ScepDialect, renews: str, now: datetime
+                     ) -> tuple[ScepTransaction, bool]:
+        """The transaction of an enrollment request, opened now if it is new (and whether it is)."""
+        csr = request.csr
+        assert csr is not None
         key_id = public_key_id(csr.public_key())
         held = self.transactions.find(dialect.label, request.transaction_id, renews=renews)
         if held is not None:
             if held.key_id != key_id:
                 raise _refuse(f"transactionID {request.transaction_id} belongs to another key; use a new "
                               "transactionID for a new key")
-            return held  # a repeat: the same answer as before
+            return held, False  # a repeat: the same answer as before
         password = request.challenge_password
         one_time = False
         if request.message_type is MessageType.PKCS_REQ:
@@ -218,9 +232,7 @@ class ScepService:
             signer_key_id=public_key_id(request.signer_cert.public_key()), subject=csr.subject.rfc4514_string(),
             request_id=request_id, cert=None if request_id else cert, now=now,
         )
-        if not request_id:
-            self._supersede(held, now)
-        return held
+        return held, True
 
     def _supersede(self, held: ScepTransaction, now: datetime) -> None:
         """A renewal's certificate is out: revoke the one it renews, if the profile says so and
@@ -266,11 +278,14 @@ class ScepService:
             if waiting.status == ISSUED and waiting.certificate() is not None:
                 cert = waiting.certificate()
             elif waiting.status == APPROVED:
-                cert = self.ca.issue(waiting.csr(),
-                                     get_dialect(held.label).profile, now=now)
-                self.requests.record_issued(waiting.id, cert, now=now)
-                log.info("certificate issued", profile=held.label, subject=cert.subject.rfc4514_string(),
-                         serial=format(cert.serial_number, "x"), request_id=waiting.id)
+                # Once, whichever server process is polled first.
+                profile = get_dialect(held.label).profile
+                waiting, issued = self.requests.issue_approved(
+                    waiting.id, lambda approved: self.ca.issue(approved, profile, now=now), now=now)
+                cert = waiting.certificate()
+                if issued and cert is not None:
+                    log.info("certificate issued", profile=held.label, subject=cert.subject.rfc4514_string(),
+                             serial=format(cert.serial_number, "x"), request_id=waiting.id)
             if cert is not None:
                 cert = self.transactions.record_certificate(held.id, cert, now=now).certificate()
                 self._supersede(held, now)

@@ -1,7 +1,9 @@
 """Run the CA simulator: load (or create) the CA, then serve EST over HTTPS (and SCEP over
 plain HTTP, the CA bundle over HTTPS, and the CRL and OCSP responder over plain HTTP, when
-given ports) on an event loop in a background thread. The CLI waits on it; tests and the demo
-use :func:`start_in_thread`.
+given ports) on an event loop. :func:`start_in_thread` does it in a background thread of this
+process (the CLI waits on it; tests and the demo use it); :func:`prepare` and
+:func:`serve_on_loop` are its two halves, which :mod:`.processes` runs in the parent and in
+each forked server process.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -74,12 +77,17 @@ def revocation_urls(hosts: list[str], port: int, public_host: str | None = None)
     return RevocationUrls(crl=base + CRL_PATH, ocsp=base + OCSP_PATH)
 
 
-def _bind(host: str, port: int, *, v6only: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6 and v6only:  # "::" next to "0.0.0.0" on one port
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+def _bind(host: str, port: int, *, v6only: bool = False, reuse_port: bool = False,
+          joining: bool = False) -> socket.socket:
+    """A socket bound to ``host:port`` (0: a free port). ``reuse_port`` binds with SO_REUSEPORT,
+    so that the other server processes can bind theirs on the same port (``joining`` for them)."""
+    if reuse_port and not joining:
+        # SO_REUSEPORT would let this socket share a port another reuse-port server of this user
+        # listens on, silently splitting its connections: a plain socket must get the port first.
+        with _socket(host, v6only=v6only) as probe:
+            probe.bind((host or "0.0.0.0", port))
+            port = probe.getsockname()[1]
+    sock = _socket(host, v6only=v6only, reuse_port=reuse_port)
     try:
         sock.bind((host or "0.0.0.0", port))
     except OSError:
@@ -88,15 +96,26 @@ def _bind(host: str, port: int, *, v6only: bool = False) -> socket.socket:
     return sock
 
 
-def _bind_all(hosts: list[str], port: int) -> list[socket.socket]:
+def _socket(host: str, *, v6only: bool, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one socket per server process on one port: the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6 and v6only:  # "::" next to "0.0.0.0" on one port
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def _bind_all(hosts: list[str], port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """One socket per host, all on one port (0: a free one, found by the first host; should the
     others have it taken, try another)."""
     several = len(hosts) > 1
     for _ in range(10):
-        socks = [_bind(hosts[0], port, v6only=several)]
+        socks = [_bind(hosts[0], port, v6only=several, reuse_port=reuse_port)]
         try:
             for host in hosts[1:]:
-                socks.append(_bind(host, socks[0].getsockname()[1], v6only=several))
+                socks.append(_bind(host, socks[0].getsockname()[1], v6only=several, reuse_port=reuse_port))
             return socks
         except OSError:
             for sock in socks:
@@ -107,6 +126,110 @@ def _bind_all(hosts: list[str], port: int) -> list[socket.socket]:
 
 
 @dataclass
+class Listeners:
+    """The listening sockets of one server process, one per host for each thing served."""
+
+    hosts: list[str]
+    est: list[socket.socket]
+    scep: list[socket.socket] = field(default_factory=list)
+    bundle: list[socket.socket] = field(default_factory=list)
+    http: list[socket.socket] = field(default_factory=list)
+    #: Bound with SO_REUSEPORT, so that other server processes can bind their own on the same ports.
+    reuse_port: bool = False
+
+    def sockets(self) -> list[socket.socket]:
+        return [*self.est, *self.scep, *self.bundle, *self.http]
+
+    def close(self) -> None:
+        for sock in self.sockets():
+            sock.close()
+
+    def again(self) -> Listeners:
+        """Another set on the same hosts and ports, for another server process (SO_REUSEPORT)."""
+        assert self.reuse_port
+        made: list[list[socket.socket]] = []
+        try:
+            for socks in (self.est, self.scep, self.bundle, self.http):
+                made.append([_bind(h, s.getsockname()[1], v6only=len(self.hosts) > 1, reuse_port=True, joining=True)
+                             for h, s in zip(self.hosts, socks, strict=True)] if socks else [])
+        except OSError:
+            for sock in (s for group in made for s in group):
+                sock.close()
+            raise
+        return Listeners(self.hosts, *made, reuse_port=True)
+
+    def urls(self, socks: list[socket.socket], scheme: str) -> list[str]:
+        return [_url(scheme, h, socks[0].getsockname()[1]) for h in self.hosts] if socks else []
+
+
+def ready_line(listeners: Listeners, state_dir: Path, *, processes: int = 1) -> str:
+    """``ca ready: est=URL … [scep=URL …] [bundle=URL …] [http=URL …] state=DIR``, what scripts and
+    tests wait for; `` processes=N`` after it when several processes serve."""
+    urls = " ".join(f"est={url}" for url in listeners.urls(listeners.est, "https"))
+    urls += "".join(f" scep={url}" for url in listeners.urls(listeners.scep, "http"))
+    urls += "".join(f" bundle={url}" for url in listeners.urls(listeners.bundle, "https"))
+    urls += "".join(f" http={url}" for url in listeners.urls(listeners.http, "http"))
+    line = f"ca ready: {urls} state={state_dir}"
+    return line + (f" processes={processes}" if processes > 1 else "")
+
+
+@dataclass
+class CaApps:
+    """What a server process serves, built once: the CA, its TLS context and an aiohttp
+    application for each thing served (None when it is not)."""
+
+    ca: CertificateAuthority
+    admin_token: str
+    ssl_context: ssl.SSLContext
+    est: web.Application
+    scep: web.Application | None
+    bundle: web.Application | None
+    http: web.Application | None
+    crls: CrlPublisher
+    ocsp: OcspResponder | None
+    revocation: RevocationUrls | None
+    settings: EstSettings
+    #: For the start-up log line.
+    scep_challenge: bool = False
+    validity_seconds: int | None = None
+
+    def applications(self) -> list[web.Application]:
+        return [app for app in (self.est, self.scep, self.bundle, self.http) if app is not None]
+
+
+async def serve_on_loop(apps: CaApps, listeners: Listeners) -> list[web.AppRunner]:
+    """Start serving ``apps`` on ``listeners`` in the running event loop; the runners, to clean up."""
+
+    def runner_for(served: web.Application, **options) -> web.AppRunner:
+        return web.AppRunner(served, access_log=None, handle_signals=False, shutdown_timeout=2, **options)
+
+    sites = [(apps.est, listeners.est, apps.ssl_context, {}), (apps.scep, listeners.scep, None, {}),
+             (apps.bundle, listeners.bundle, apps.ssl_context, {}),
+             # An OCSP GET carries the request in its path: a long request line.
+             (apps.http, listeners.http, None, {"max_line_size": MAX_LINE_BYTES + 1024})]
+    runners = []
+    for served, socks, ssl_context, options in sites:
+        if served is None:
+            continue
+        runner = runner_for(served, **options)
+        await runner.setup()
+        runners.append(runner)
+        for sock in socks:
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+    return runners
+
+
+async def stop_serving(runners: list[web.AppRunner]) -> None:
+    for runner in runners:
+        await runner.cleanup()
+    # Connections still open (keep-alive) end here, so the loop closes without orphans.
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
 class RunningCa:
     """A CA simulator serving in this process."""
 
@@ -114,18 +237,17 @@ class RunningCa:
     est_url: str
     admin_token: str
     _loop: asyncio.AbstractEventLoop = field(repr=False)
-    _runner: web.AppRunner = field(repr=False)
+    _runners: list[web.AppRunner] = field(repr=False)
     _thread: threading.Thread = field(repr=False)
+    _listeners: Listeners = field(repr=False)
     #: The EST URL on every address served (``est_url`` is the first).
     est_urls: list[str] = field(default_factory=list)
     #: SCEP (plain HTTP), when served: ``<scep_url>/scep`` or ``<scep_url>/cgi-bin/pkiclient.exe``.
     scep_url: str | None = None
     scep_urls: list[str] = field(default_factory=list)
-    _scep_runner: web.AppRunner | None = field(default=None, repr=False)
     #: The CA-bundle source (HTTPS), when served: ``<bundle_url>/ca-bundle/latest``.
     bundle_url: str | None = None
     bundle_urls: list[str] = field(default_factory=list)
-    _bundle_runner: web.AppRunner | None = field(default=None, repr=False)
     #: The CRL and OCSP responder (plain HTTP), when served: ``<http_url>/crl/issuing.crl``,
     #: ``<http_url>/ocsp``; ``revocation`` holds the URLs issued certificates carry.
     http_url: str | None = None
@@ -133,7 +255,6 @@ class RunningCa:
     revocation: RevocationUrls | None = None
     crls: CrlPublisher | None = field(default=None, repr=False)
     ocsp: OcspResponder | None = field(default=None, repr=False)
-    _http_runner: web.AppRunner | None = field(default=None, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -159,28 +280,14 @@ class RunningCa:
         return self.ca.paths.ocsp_signer_pem
 
     def ready_line(self) -> str:
-        urls = " ".join(f"est={url}" for url in self.est_urls or [self.est_url])
-        urls += "".join(f" scep={url}" for url in self.scep_urls)
-        urls += "".join(f" bundle={url}" for url in self.bundle_urls)
-        urls += "".join(f" http={url}" for url in self.http_urls)
-        return f"ca ready: {urls} state={self.state_dir}"
+        return ready_line(self._listeners, self.state_dir)
 
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=15)
+        asyncio.run_coroutine_threadsafe(stop_serving(self._runners), self._loop).result(timeout=15)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-
-    async def _shutdown(self) -> None:
-        for runner in (self._runner, self._scep_runner, self._bundle_runner, self._http_runner):
-            if runner is not None:
-                await runner.cleanup()
-        # Connections still open (keep-alive) end here, so the loop closes without orphans.
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def __enter__(self) -> RunningCa:
         return self
@@ -189,18 +296,61 @@ class RunningCa:
         self.stop()
 
 
-def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0.0.1", est_port: int = 0,
-                    est_user: str | None = None, est_password: str | None = None,
-                    key_type: KeyType | str | None = None, retry_after: int = 2,
-                    default_profile: str = "default", scep_port: int | None = None,
-                    scep_challenge: str | None = None, scep_ra: bool = False,
-                    bundle_port: int | None = None, validity_seconds: int | None = None,
-                    http_port: int | None = None, public_host: str | None = None,
-                    crl_validity: timedelta = CRL_VALIDITY, ocsp_validity: timedelta | None = OCSP_VALIDITY,
-                    ocsp_delegated: bool = True) -> RunningCa:
-    """Serve EST on ``host:est_port`` (0 picks a free port) from a background thread; ``host`` may
-    list several addresses (e.g. 127.0.0.1 and ::1), served on one port.
-    Several servers may share one state directory (and so one CA and request store).
+def start_in_thread(state_dir: Path | str, **options) -> RunningCa:
+    """Serve the CA from a background thread of this process; ``options`` as :func:`prepare`
+    takes them. Several servers may share one state directory (and so one CA and its stores)."""
+    apps, listeners = prepare(state_dir, **options)
+    loop = asyncio.new_event_loop()
+    try:
+        runners = loop.run_until_complete(serve_on_loop(apps, listeners))
+    except BaseException:
+        listeners.close()
+        loop.close()
+        raise
+
+    def serve() -> None:
+        loop.run_forever()
+        loop.close()
+
+    urls = listeners.urls(listeners.est, "https")
+    thread = threading.Thread(target=serve, name=f"ca-est-{urls[0].rsplit(':', 1)[1]}", daemon=True)
+    thread.start()
+    scep_urls = listeners.urls(listeners.scep, "http")
+    bundle_urls = listeners.urls(listeners.bundle, "https")
+    http_urls = listeners.urls(listeners.http, "http")
+    running = RunningCa(ca=apps.ca, est_url=urls[0], admin_token=apps.admin_token, est_urls=urls,
+                        _loop=loop, _runners=runners, _thread=thread, _listeners=listeners,
+                        scep_url=scep_urls[0] if scep_urls else None, scep_urls=scep_urls,
+                        bundle_url=bundle_urls[0] if bundle_urls else None, bundle_urls=bundle_urls,
+                        http_url=http_urls[0] if http_urls else None, http_urls=http_urls,
+                        revocation=apps.revocation, crls=apps.crls, ocsp=apps.ocsp)
+    log_started(apps, listeners)
+    return running
+
+
+def log_started(apps: CaApps, listeners: Listeners, **extra: object) -> None:
+    revocation, settings = apps.revocation, apps.settings
+    log.info("ca started", est_url=listeners.urls(listeners.est, "https")[0],
+             scep_url=next(iter(listeners.urls(listeners.scep, "http")), None),
+             bundle_url=next(iter(listeners.urls(listeners.bundle, "https")), None),
+             http_url=next(iter(listeners.urls(listeners.http, "http")), None),
+             crl_url=revocation.crl if revocation else None, ocsp_url=revocation.ocsp if revocation else None,
+             state_dir=str(apps.ca.paths.state_dir), key_type=apps.ca.key_type.value, basic_auth=bool(settings.user),
+             scep_challenge=apps.scep_challenge, validity_seconds=apps.validity_seconds, **extra)
+
+
+def prepare(state_dir: Path | str, *, host: str | Sequence[str] = "127.0.0.1", est_port: int = 0,
+            est_user: str | None = None, est_password: str | None = None,
+            key_type: KeyType | str | None = None, retry_after: int = 2,
+            default_profile: str = "default", scep_port: int | None = None,
+            scep_challenge: str | None = None, scep_ra: bool = False,
+            bundle_port: int | None = None, validity_seconds: int | None = None,
+            http_port: int | None = None, public_host: str | None = None,
+            crl_validity: timedelta = CRL_VALIDITY, ocsp_validity: timedelta | None = OCSP_VALIDITY,
+            ocsp_delegated: bool = True, reuse_port: bool = False) -> tuple[CaApps, Listeners]:
+    """Load (or create) the CA in ``state_dir``, build what it serves and bind its listening
+    sockets: EST on ``host:est_port`` (0 picks a free port); ``host`` may list several addresses
+    (e.g. 127.0.0.1 and ::1), served on one port.
     With ``scep_port`` (0: a free one) SCEP is served too, on plain HTTP; ``scep_challenge`` is
     its static challenge password, ``scep_ra`` makes an RA certificate speak for the CA. With
     ``bundle_port`` (0: a free one) the CA bundle is served too, over HTTPS like EST.
@@ -210,7 +360,9 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
     HTTP, and issued end-entity certificates point at them (on ``public_host`` when given, else
     the first host); ``crl_validity`` is a CRL's life (thisUpdate to nextUpdate),
     ``ocsp_validity`` an OCSP answer's (None: no nextUpdate), ``ocsp_delegated`` False signs OCSP
-    answers with the issuing CA itself instead of its delegated responder certificate."""
+    answers with the issuing CA itself instead of its delegated responder certificate.
+    ``reuse_port`` binds with SO_REUSEPORT, so that :meth:`Listeners.again` can bind the same
+    ports for more server processes."""
     hosts = [host] if isinstance(host, str) else list(dict.fromkeys(host)) or ["127.0.0.1"]
     settings = EstSettings(user=est_user, password=est_password, retry_after=retry_after,
                            default_profile=default_profile)
@@ -221,104 +373,49 @@ def start_in_thread(state_dir: Path | str, *, host: str | Sequence[str] = "127.0
         ca = replace(ca, validity=timedelta(seconds=validity_seconds))
     if public_host is not None:
         url_host(public_host)  # refused before anything is bound
-    http_socks = _bind_all(hosts, http_port) if http_port is not None else []
-    revocation = None
-    if http_socks:
-        revocation = revocation_urls(hosts, http_socks[0].getsockname()[1], public_host)
-        ca = replace(ca, revocation_urls=revocation)
+    # The revocation port first: issued certificates carry its URLs.
+    http_socks = _bind_all(hosts, http_port, reuse_port=reuse_port) if http_port is not None else []
+    listeners = Listeners(hosts, [], http=http_socks, reuse_port=reuse_port)
     try:
-        return _start(ca, hosts, settings, est_port=est_port, scep_port=scep_port, scep_challenge=scep_challenge,
-                      scep_ra=scep_ra, bundle_port=bundle_port, validity_seconds=validity_seconds,
-                      http_socks=http_socks, revocation=revocation, crl_validity=crl_validity,
-                      ocsp_validity=ocsp_validity, ocsp_delegated=ocsp_delegated, est_user=est_user)
+        revocation = None
+        if http_socks:
+            revocation = revocation_urls(hosts, http_socks[0].getsockname()[1], public_host)
+            ca = replace(ca, revocation_urls=revocation)
+        apps = _build(ca, hosts, settings, scep=scep_port is not None, scep_challenge=scep_challenge,
+                      scep_ra=scep_ra, bundle=bundle_port is not None, revocation=revocation,
+                      crl_validity=crl_validity, ocsp_validity=ocsp_validity, ocsp_delegated=ocsp_delegated,
+                      validity_seconds=validity_seconds)
+        listeners.est = _bind_all(hosts, est_port, reuse_port=reuse_port)
+        if scep_port is not None:
+            listeners.scep = _bind_all(hosts, scep_port, reuse_port=reuse_port)
+        if bundle_port is not None:
+            listeners.bundle = _bind_all(hosts, bundle_port, reuse_port=reuse_port)
     except BaseException:
-        for sock in http_socks:
-            sock.close()
+        listeners.close()
         raise
+    return apps, listeners
 
 
-def _start(ca: CertificateAuthority, hosts: list[str], settings: EstSettings, *, est_port: int,
-           scep_port: int | None, scep_challenge: str | None, scep_ra: bool, bundle_port: int | None,
-           validity_seconds: int | None, http_socks: list[socket.socket], revocation: RevocationUrls | None,
+def _build(ca: CertificateAuthority, hosts: list[str], settings: EstSettings, *, scep: bool,
+           scep_challenge: str | None, scep_ra: bool, bundle: bool, revocation: RevocationUrls | None,
            crl_validity: timedelta, ocsp_validity: timedelta | None, ocsp_delegated: bool,
-           est_user: str | None) -> RunningCa:
+           validity_seconds: int | None) -> CaApps:
     extra = tuple(h for h in hosts if h not in _UNSPECIFIED)
     cert_file, key_file = ensure_tls_certificate(ca, extra_names=extra)
     ssl_context = server_ssl_context(ca, cert_file, key_file)
     token = load_or_create_token(ca.paths.admin_token)
     store = RequestStore(ca.paths.requests_db)
-    app = build_app(ca, store, settings, admin_token=token)
     crls = CrlPublisher(ca, validity=crl_validity)
-    responder = OcspResponder(ca, delegated=ocsp_delegated, validity=ocsp_validity) if http_socks else None
-    http_app = build_revocation_app(crls, responder) if responder is not None else None
+    responder = OcspResponder(ca, delegated=ocsp_delegated, validity=ocsp_validity) if revocation else None
     scep_app = None
-    if scep_port is not None:
+    if scep:
         scep_settings = ScepSettings(challenge=scep_challenge, ra=scep_ra)
         scep_app = build_scep_app(scep_service_for(ca, scep_settings, requests=store, crls=crls))
-    bundle_app = build_bundle_app(open_store(ca)) if bundle_port is not None else None
-
-    socks = _bind_all(hosts, est_port)
-    scep_socks: list[socket.socket] = []
-    bundle_socks: list[socket.socket] = []
-    try:
-        if scep_port is not None:
-            scep_socks = _bind_all(hosts, scep_port)
-        if bundle_port is not None:
-            bundle_socks = _bind_all(hosts, bundle_port)
-    except OSError:
-        for sock in socks + scep_socks:
-            sock.close()
-        raise
-    loop = asyncio.new_event_loop()
-
-    def runner_for(served: web.Application, **options) -> web.AppRunner:
-        return web.AppRunner(served, access_log=None, handle_signals=False, shutdown_timeout=2, **options)
-
-    runner = runner_for(app)
-    scep_runner = runner_for(scep_app) if scep_app is not None else None
-    bundle_runner = runner_for(bundle_app) if bundle_app is not None else None
-    # An OCSP GET carries the request in its path: a long request line.
-    http_runner = runner_for(http_app, max_line_size=MAX_LINE_BYTES + 1024) if http_app is not None else None
-    sites = ((runner, socks, ssl_context), (scep_runner, scep_socks, None), (bundle_runner, bundle_socks, ssl_context),
-             (http_runner, http_socks, None))
-
-    async def start() -> None:
-        for site_runner, site_socks, site_ssl in sites:
-            if site_runner is None:
-                continue
-            await site_runner.setup()
-            for sock in site_socks:
-                await web.SockSite(site_runner, sock, ssl_context=site_ssl).start()
-
-    try:
-        loop.run_until_complete(start())
-    except BaseException:
-        for sock in socks + scep_socks + bundle_socks:  # the HTTP ones: by the caller
-            sock.close()
-        loop.close()
-        raise
-
-    def serve() -> None:
-        loop.run_forever()
-        loop.close()
-
-    port = socks[0].getsockname()[1]
-    thread = threading.Thread(target=serve, name=f"ca-est-{port}", daemon=True)
-    thread.start()
-    urls = [_url("https", h, port) for h in hosts]
-    scep_urls = [_url("http", h, scep_socks[0].getsockname()[1]) for h in hosts] if scep_socks else []
-    bundle_urls = [_url("https", h, bundle_socks[0].getsockname()[1]) for h in hosts] if bundle_socks else []
-    http_urls = [_url("http", h, http_socks[0].getsockname()[1]) for h in hosts] if http_socks else []
-    running = RunningCa(ca=ca, est_url=urls[0], admin_token=token, est_urls=urls,
-                        _loop=loop, _runner=runner, _thread=thread,
-                        scep_url=scep_urls[0] if scep_urls else None, scep_urls=scep_urls, _scep_runner=scep_runner,
-                        bundle_url=bundle_urls[0] if bundle_urls else None, bundle_urls=bundle_urls,
-                        _bundle_runner=bundle_runner, http_url=http_urls[0] if http_urls else None,
-                        http_urls=http_urls, revocation=revocation, crls=crls, ocsp=responder,
-                        _http_runner=http_runner)
-    log.info("ca started", est_url=running.est_url, scep_url=running.scep_url, bundle_url=running.bundle_url,
-             http_url=running.http_url, crl_url=revocation.crl if revocation else None,
-             ocsp_url=revocation.ocsp if revocation else None, state_dir=str(running.state_dir),
-             key_type=ca.key_type.value, basic_auth=bool(est_user), scep_challenge=bool(scep_challenge),
-             validity_seconds=validity_seconds)
-    return running
+    return CaApps(
+        ca=ca, admin_token=token, ssl_context=ssl_context, settings=settings,
+        est=build_app(ca, store, settings, admin_token=token), scep=scep_app,
+        bundle=build_bundle_app(open_store(ca)) if bundle else None,
+        http=build_revocation_app(crls, responder) if responder is not None else None,
+        crls=crls, ocsp=responder, revocation=revocation, scep_challenge=bool(scep_challenge),
+        validity_seconds=validity_seconds,
+    )

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from services.ca_sim.pending import list_requests
@@ -339,6 +339,24 @@ def test_tls_12_and_13_are_both_accepted(ca, version):
         assert tls.version() == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
     with httpx.Client(verify=ctx, timeout=5) as client:
         assert client.get(f"{ca.est_url}{EST}/cacerts").status_code == 200
+
+
+def test_tls_signs_with_a_p256_key_under_the_rsa_ca_and_hands_out_no_session_tickets(ca):
+    """What a handshake costs the CA: an ECDSA signature, not an RSA one, and no tickets that
+    EST clients, one connection per enrollment, never use."""
+    ctx = ssl.create_default_context(cafile=str(ca.tls_ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    port = int(ca.est_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"GET {EST}/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        while tls.recv(65536):
+            pass
+        server = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        assert not tls.session.has_ticket
+    assert isinstance(server.public_key(), ec.EllipticCurvePublicKey) and server.public_key().curve.name == "secp256r1"
+    assert isinstance(ca.ca.issuing_key, rsa.RSAPrivateKey)
+    server.verify_directly_issued_by(ca.ca.issuing)
 
 
 def test_server_certificate_names_every_loopback_name(ca):

@@ -260,3 +260,32 @@ def test_issued_by_us_accepts_only_our_current_end_entity_certificates(tmp_path)
     assert "is a CA certificate" in ca.issued_by_us(sub_ca)
     other = load_authority(tmp_path / "other", key_type="ecdsa")
     assert "not issued by this CA" in ca.issued_by_us(other.issue(csr, DEFAULT))
+
+
+def test_a_serial_already_recorded_is_never_handed_out_again(tmp_path, monkeypatch):
+    """Serials are random; should one come up twice (in this server process or another on the
+    state directory), the request is signed again under a new one."""
+    ca = load_authority(tmp_path / "s", key_type="ecdsa")
+    first = ca.issue(p256_csr("fw-first")[1], DEFAULT)
+    serials = iter([first.serial_number, first.serial_number + 1])
+    monkeypatch.setattr(issuance.x509, "random_serial_number", lambda: next(serials))
+    second = ca.issue(p256_csr("fw-second")[1], DEFAULT)
+    assert second.serial_number == first.serial_number + 1
+    assert ca.ledger.lookup(first.serial_number).subject == first.subject.rfc4514_string()
+    assert ca.ledger.lookup(second.serial_number).subject == second.subject.rfc4514_string()
+
+
+def test_an_rsa_tls_certificate_left_by_an_older_version_is_replaced_by_a_p256_one(tmp_path):
+    ca = load_authority(tmp_path / "s")  # RSA
+    cert_file, key_file = ensure_tls_certificate(ca)
+    server = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    assert isinstance(server.public_key(), ec.EllipticCurvePublicKey)
+    # As versions before the P-256 TLS key left it: the CA's key type.
+    old_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    old = issuance.build_tls_server(old_key.public_key(), names=["127.0.0.1", "::1", "localhost"], issuer=ca.issuing,
+                                    issuer_key=ca.issuing_key, now=datetime.now(UTC))
+    write_pem(cert_file, old, ca.issuing)
+    write_pem(key_file, old_key)
+    ensure_tls_certificate(ca)
+    server = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    assert isinstance(server.public_key(), ec.EllipticCurvePublicKey) and server.public_key().curve.key_size == 256
