@@ -49,7 +49,7 @@ answer) is worth retrying, a 4xx is not.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer
 
@@ -106,6 +106,10 @@ class TrustpointState(_Wire):
 class EnrollRequest(_Wire):
     #: "enroll" for a new key pair and certificate; "re_enroll" renews with a new key pair.
     mode: Literal["enroll", "re_enroll"] = "enroll"
+    #: The trustpoint configuration to apply first, as a PUT of the trustpoint takes it
+    #: (``EnrollmentParameters.to_wire()``): configure and enroll in one request. Absent: the
+    #: trustpoint as configured before.
+    configuration: dict[str, Any] | None = None
 
 
 class IdentityCertificateImport(_Wire):

@@ -309,12 +309,16 @@ class DeviceSim:
         device = await self._reach(request, "enroll")
         body = await _body(request)
         try:
-            mode = EnrollRequest.model_validate(body if body is not None else {}).mode
+            asked = EnrollRequest.model_validate(body if body is not None else {})
         except WireError:
             raise ValidationError(
-                'send {"mode": "enroll"} or {"mode": "re_enroll"}', code="invalid_request"
+                'send {"mode": "enroll"} or {"mode": "re_enroll"}, and optionally "configuration": the '
+                "trustpoint's configuration to apply first", code="invalid_request"
             ) from None
-        trustpoint = await self._enroll(device, request.path_params["name"], mode)
+        name = request.path_params["name"]
+        if asked.configuration is not None:  # configure and enroll in one request
+            trustpoints.configure(device, trustpoints.parse_configuration(name, asked.configuration), now=self.clock())
+        trustpoint = await self._enroll(device, name, asked.mode)
         return _json(wire.trustpoint_state(trustpoint))
 
     async def import_identity(self, request: Request) -> Response:

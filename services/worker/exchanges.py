@@ -149,12 +149,10 @@ def enroll(
     not a failure.
     """
     serial = device.serial
-    configured = client.configure_trustpoint(device, params)
-    raise_if_failed(configured, read_report(configured, serial=serial), serial=serial)
+    # The configuration travels with the enroll request: the device applies it, then enrolls.
+    state = client.enroll(device, params.name, mode, configuration=params)
     steps.add("configured", f"pushed trustpoint {params.name} to device {serial}: "
                             f"{params.enrollment_type.value}, {_describe_key(params)}")
-
-    state = client.enroll(device, params.name, mode)
     report = read_report(state, serial=serial)
     raise_if_failed(state, report, serial=serial)
     verb = "re-enrolled with a new key pair" if mode == "re_enroll" else "enrolled"

@@ -232,9 +232,9 @@ class EnrollsWith:
     def __getattr__(self, name: str):
         return getattr(self.real, name)
 
-    def enroll(self, device, name, mode="enroll"):
+    def enroll(self, device, name, mode="enroll", **kwargs):
         self.before_enroll()
-        return self.real.enroll(device, name, mode)
+        return self.real.enroll(device, name, mode, **kwargs)
 
 
 def test_a_worker_that_outlived_its_lease_records_nothing_over_the_one_that_took_the_job(world):

@@ -308,13 +308,33 @@ def test_an_unknown_endpoint_says_where_the_api_is(client: httpx.Client) -> None
         ({"options": {"weak_crypto": "please"}}, "invalid_configuration"),
     ],
 )
-def test_bad_configuration_is_refused_with_a_code(client: httpx.Client, change: dict, code: str) -> None:
+@pytest.mark.parametrize("sent_with", ["put", "enroll"])
+def test_bad_configuration_is_refused_with_a_code(client: httpx.Client, change: dict, code: str,
+                                                  sent_with: str) -> None:
     body = {**configuration("bad-config"), **change}
-    response = client.put(f"{DEVICE}/trustpoints/bad-config", json=body)
+    if sent_with == "put":
+        response = client.put(f"{DEVICE}/trustpoints/bad-config", json=body)
+    else:  # configured and enrolled in one request: refused as a PUT would be, nothing enrolled
+        response = client.post(f"{DEVICE}/trustpoints/bad-config/enroll",
+                               json={"mode": "enroll", "configuration": body})
     assert response.status_code == 422, response.text
     assert response.json()["code"] == code
     assert response.json()["message"]
     assert client.get(f"{DEVICE}/trustpoints/bad-config").status_code == 404, "nothing half-configured"
+
+
+def test_one_request_configures_and_enrolls_a_new_trustpoint(client: httpx.Client) -> None:
+    device = "/api/devices/FTD-000004"
+    body = configuration("one-trip", subject={"common_name": "one.example.com"})
+    answer = client.post(f"{device}/trustpoints/one-trip/enroll", json={"mode": "enroll", "configuration": body})
+    assert answer.status_code == 200, answer.text
+    state = TrustpointState.model_validate_json(answer.content)
+    assert (state.ca_status, state.identity_status) == ("available", "available")
+    assert identity_certificate(state).subject.rfc4514_string().startswith("CN=one.example.com")
+    # The configuration stays on the device: a later enroll without one uses it.
+    again = client.post(f"{device}/trustpoints/one-trip/enroll", json={"mode": "re_enroll"})
+    assert identity_certificate(TrustpointState.model_validate_json(again.content)).subject == \
+        identity_certificate(state).subject
 
 
 def test_malformed_requests_are_refused_not_crashed(client: httpx.Client) -> None:
