@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -170,7 +171,7 @@ class _EstEnrollment:
         if answer.status != 200:
             raise session.http_failure(answer, "cacerts")
         try:
-            chain = ca_trust.order_ca_chain(decode_certs_only(answer.body))
+            chain = list(_ordered_ca_chain(answer.body))
         except (CertfleetError, ValueError) as exc:
             raise CaFailure(f"CA at {self.endpoint.url} answered cacerts with no usable CA chain: {exc}",
                             code="ca_bad_response") from None
@@ -245,3 +246,11 @@ def _anchors_described(ca: CaClientSettings) -> str:
         held = ca.bundle_certificates
         parts.append(f"CA bundle version {ca.bundle_version} ({held} certificate{'s' if held != 1 else ''})")
     return "the device's " + " and ".join(parts)
+
+
+@lru_cache(maxsize=64)
+def _ordered_ca_chain(cacerts: bytes) -> tuple[x509.Certificate, ...]:
+    """The CA chain of a cacerts answer, issuing CA first. A CA gives every device the same bytes:
+    the simulated fleet parses each distinct answer once (certificates are immutable, so sharing
+    them between devices and threads is safe); a refused answer raises again every time."""
+    return tuple(ca_trust.order_ca_chain(decode_certs_only(cacerts)))
