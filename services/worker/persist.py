@@ -9,15 +9,31 @@ duplicate delivery can never leave two certificates or a half-written trustpoint
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, update
-from sqlmodel import Session, select
+from sqlalchemy import delete, insert, select, update
+from sqlmodel import Session
 
 from services.worker.exchanges import DeviceReport, ReportedCertificate
 from shared.enums import CertificateRole
 from shared.models import Certificate, Device, Trustpoint
 from shared.states import Status, can_move, transition
+
+#: The certificate table, written with plain statements (see :func:`replace_certificates`).
+CERTIFICATE = Certificate.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledIdentity:
+    """What the renewal plan needs of the identity certificate a job's write left on a trustpoint."""
+
+    #: The job that installed it (this job's id: a new certificate).
+    job_id: uuid.UUID | None
+    serial_number: str
+    not_before: datetime
+    not_after: datetime
 
 
 def lock_trustpoint(session: Session, trustpoint_id: uuid.UUID | None) -> Trustpoint | None:
@@ -30,9 +46,9 @@ def lock_trustpoint(session: Session, trustpoint_id: uuid.UUID | None) -> Trustp
 
 def apply_report(
     session: Session, trustpoint: Trustpoint, report: DeviceReport, *, job_id: uuid.UUID, now: datetime
-) -> Certificate | None:
+) -> InstalledIdentity | None:
     """Make the trustpoint show what the device has: its statuses, certificates and CSR. Returns the
-    identity certificate's row as it now stands (None: the device has none)."""
+    identity certificate as it now stands (None: the device has none)."""
     identity = replace_certificates(session, trustpoint, report.certificates, job_id=job_id, now=now)
     code = message = None
     if report.failed:
@@ -106,32 +122,42 @@ def replace_certificates(
     *,
     job_id: uuid.UUID | None,
     now: datetime,
-) -> Certificate | None:
-    """Make the trustpoint's certificate rows match the reported ones; the identity certificate's
-    row afterwards (kept or new), so that what follows need not read it back.
+) -> InstalledIdentity | None:
+    """Make the trustpoint's certificate rows match the reported ones; the identity certificate as
+    it stands afterwards (kept or new), so that what follows need not read it back.
 
     A certificate already stored in the same slot (role, chain position) with the same
-    fingerprint keeps its row; every other row goes, and the new certificates are added.
+    fingerprint keeps its row; every other row goes, and the new certificates are added. Plain
+    rows, not ORM objects: nothing later in the transaction needs them as objects.
     """
-    existing = session.exec(select(Certificate).where(Certificate.trustpoint_id == trustpoint.id)).all()
+    existing = session.execute(
+        select(CERTIFICATE.c.id, CERTIFICATE.c.role, CERTIFICATE.c.chain_position, CERTIFICATE.c.fingerprint_sha256,
+               CERTIFICATE.c.job_id, CERTIFICATE.c.serial_number, CERTIFICATE.c.not_before, CERTIFICATE.c.not_after)
+        .where(CERTIFICATE.c.trustpoint_id == trustpoint.id)
+    ).all()
     wanted = {(c.role.value, c.chain_position): c for c in reported}
-    keep: dict[tuple[str, int], Certificate] = {}
+    identities: dict[tuple[str, int], InstalledIdentity] = {}
     drop = []
     for row in existing:
         new = wanted.get((row.role, row.chain_position))
         if new is not None and new.info.fingerprint_sha256 == row.fingerprint_sha256:
-            keep[(row.role, row.chain_position)] = row
+            identities[(row.role, row.chain_position)] = InstalledIdentity(
+                job_id=row.job_id, serial_number=row.serial_number, not_before=row.not_before,
+                not_after=row.not_after)
         else:
             drop.append(row.id)
     if drop:
-        # Deleted now, before the inserts are flushed: the unique slot key must be free first.
+        # Deleted first: the unique slot key must be free for the inserts.
         session.execute(delete(Certificate).where(Certificate.id.in_(drop)))  # type: ignore[attr-defined]
-    rows = dict(keep)
-    for slot, cert in wanted.items():
-        if slot not in keep:
-            rows[slot] = _certificate_row(trustpoint.id, cert, job_id=job_id, now=now)
-            session.add(rows[slot])
-    return rows.get((CertificateRole.IDENTITY.value, 0))
+    added = [_certificate_row(trustpoint.id, cert, job_id=job_id, now=now)
+             for slot, cert in wanted.items() if slot not in identities]
+    if added:
+        session.execute(insert(CERTIFICATE), added)
+    for row in added:
+        identities[(row["role"], row["chain_position"])] = InstalledIdentity(
+            job_id=job_id, serial_number=row["serial_number"], not_before=row["not_before"],
+            not_after=row["not_after"])
+    return identities.get((CertificateRole.IDENTITY.value, 0))
 
 
 def move_statuses(
@@ -162,22 +188,23 @@ def move_statuses(
 
 def _certificate_row(
     trustpoint_id: uuid.UUID, cert: ReportedCertificate, *, job_id: uuid.UUID | None, now: datetime
-) -> Certificate:
+) -> dict[str, Any]:
     info = cert.info
-    return Certificate(
-        trustpoint_id=trustpoint_id,
-        job_id=job_id,
-        role=cert.role.value,
-        chain_position=cert.chain_position,
-        pem=cert.pem,
-        subject=info.subject[:1024],
-        issuer=info.issuer[:1024],
-        serial_number=info.serial_number[:64],
-        not_before=info.not_before,
-        not_after=info.not_after,
-        key_algorithm=info.key_algorithm,
-        key_size=info.key_size,
-        signature_algorithm=info.signature_algorithm[:64],
-        fingerprint_sha256=info.fingerprint_sha256,
-        created_at=now,
-    )
+    return {
+        "id": uuid.uuid4(),
+        "trustpoint_id": trustpoint_id,
+        "job_id": job_id,
+        "role": cert.role.value,
+        "chain_position": cert.chain_position,
+        "pem": cert.pem,
+        "subject": info.subject[:1024],
+        "issuer": info.issuer[:1024],
+        "serial_number": info.serial_number[:64],
+        "not_before": info.not_before,
+        "not_after": info.not_after,
+        "key_algorithm": info.key_algorithm,
+        "key_size": info.key_size,
+        "signature_algorithm": info.signature_algorithm[:64],
+        "fingerprint_sha256": info.fingerprint_sha256,
+        "created_at": now,
+    }

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
 
+from services.worker.persist import InstalledIdentity
 from shared.enums import CertificateRole, JobReason
 from shared.metrics import RENEWALS
 from shared.models import Certificate, EnrollmentObject, Trustpoint
@@ -39,7 +40,8 @@ def _identity(session: Session, trustpoint_id: uuid.UUID) -> Certificate | None:
     ).first()
 
 
-def _due(trustpoint: Trustpoint, identity: Certificate, obj: EnrollmentObject | None, settings: Settings) -> datetime:
+def _due(trustpoint: Trustpoint, identity: Certificate | InstalledIdentity, obj: EnrollmentObject | None,
+         settings: Settings) -> datetime:
     return renewal_due_at(
         not_before=identity.not_before, not_after=identity.not_after, policy=policy_of(obj),
         key=f"{trustpoint.id}:{identity.serial_number}", spread=settings.renewal_spread,
@@ -47,10 +49,10 @@ def _due(trustpoint: Trustpoint, identity: Certificate, obj: EnrollmentObject | 
 
 
 def after_success(
-    session: Session, trustpoint: Trustpoint, obj: EnrollmentObject | None, *, identity: Certificate | None,
+    session: Session, trustpoint: Trustpoint, obj: EnrollmentObject | None, *, identity: InstalledIdentity | None,
     job_id: uuid.UUID, reason: JobReason, now: datetime, settings: Settings,
 ) -> None:
-    """``identity``: the trustpoint's identity certificate row as this job's write left it."""
+    """``identity``: the trustpoint's identity certificate as this job's write left it."""
     if identity is None:
         trustpoint.renewal_due_at = None
         return

@@ -54,7 +54,7 @@ from shared.errors import (
 )
 from shared.events import JOBS_QUEUE, publish_job
 from shared.logging import get_logger
-from shared.models import CaBundleState, Certificate, Device, EnrollmentObject, EnrollmentOverride, Job, Trustpoint
+from shared.models import CaBundleState, Device, EnrollmentObject, EnrollmentOverride, Job, Trustpoint
 from shared.override_lookup import applied_in
 from shared.states import Status
 
@@ -278,7 +278,7 @@ class _JobRun:
             report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 
-        def write(session: Session, locked: Trustpoint) -> Certificate | None:
+        def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
             return persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
 
         enrollment = "pending" if Status.PENDING in (report.ca, report.identity) else "succeeded"
@@ -294,7 +294,7 @@ class _JobRun:
         invalid = health.invalid_keyrings([(device, keyring)])
         policy_jobs: list[uuid.UUID] = []
 
-        def write(session: Session, locked: Trustpoint) -> Certificate | None:
+        def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
             now = self.ctx.clock()
             identity = None
             if report is None:
@@ -325,7 +325,7 @@ class _JobRun:
         )
         self.steps.add("installed", _installed(report))
 
-        def write(session: Session, locked: Trustpoint) -> Certificate | None:
+        def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
             persist.clear_imported(locked)
             return persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
 
@@ -371,7 +371,7 @@ class _JobRun:
     # --- outcomes --------------------------------------------------------------------------------
 
     def _succeed(
-        self, write: Callable[[Session, Trustpoint], Certificate | None], *, enrollment: str | None = None
+        self, write: Callable[[Session, Trustpoint], persist.InstalledIdentity | None], *, enrollment: str | None = None
     ) -> JobOutcome:
         """``write`` records the job's outcome on the locked trustpoint and returns its identity
         certificate's row as written (the renewal plan follows from it)."""
