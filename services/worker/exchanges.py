@@ -11,6 +11,7 @@ SCEP it talks to the CA itself; the worker only pushes configuration and reads r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from services.worker.steps import StepLog
@@ -92,7 +93,7 @@ def read_report(state: TrustpointState, *, serial: str) -> DeviceReport:
             )
         slots.add(slot)
         try:
-            (cert,) = load_certificates(reported.pem.encode())
+            info = _described(reported.pem)
         except (ValidationError, ValueError):
             raise PermanentError(
                 f"device {serial} sent a {reported.role} certificate for trustpoint {state.name} that is "
@@ -101,12 +102,20 @@ def read_report(state: TrustpointState, *, serial: str) -> DeviceReport:
             ) from None
         certificates.append(ReportedCertificate(
             role=CertificateRole(reported.role), chain_position=reported.chain_position,
-            pem=reported.pem, info=describe(cert),
+            pem=reported.pem, info=info,
         ))
     return DeviceReport(
         name=state.name, ca=ca, identity=identity, certificates=tuple(certificates),
         csr_pem=state.csr_pem, error_code=state.error_code, error_message=state.error_message,
     )
+
+
+@lru_cache(maxsize=256)
+def _described(pem: str) -> CertificateInfo:
+    """One certificate in PEM, described; a CA certificate every device of a CA reports is parsed
+    once per process (the description is read, never changed). A bad one raises every time."""
+    (cert,) = load_certificates(pem.encode())
+    return describe(cert)
 
 
 def raise_if_failed(state: TrustpointState, report: DeviceReport, *, serial: str) -> None:
