@@ -95,7 +95,8 @@ def api(db_engine, stub_broker):
 SLOWEST_FIRST = (
     "tests/e2e/test_renewal.py", "tests/e2e/test_fault_tolerance.py", "tests/e2e/test_demo.py",
     "tests/e2e/test_ca_fairness.py", "tests/e2e/test_ca_bundle_updates.py", "tests/e2e/test_health_alerts.py",
-    "tests/e2e/test_observability.py",
+    "tests/e2e/test_observability.py", "tests/integration/controller/api/test_openapi_conformance.py",
+    "tests/integration/controller/api/test_access_matrix.py",
     "tests/e2e/test_scep.py", "tests/e2e/test_est.py", "tests/e2e/test_revocation_scan.py",
     "tests/integration/controller/api/test_api.py", "tests/e2e/test_operator_cli.py",
     "tests/e2e/test_bulk_cli.py", "tests/e2e/test_fleet.py", "tests/e2e/test_bench_fleet.py",
