@@ -35,7 +35,9 @@ def make_engine(settings: Settings) -> Engine:
         return engine
     engine = create_engine(url, pool_size=10, max_overflow=20)
     event.listen(engine, "checkin", _note_idle)
-    event.listen(engine, "checkout", _ping_if_idle)
+    dialect = engine.dialect
+    event.listen(engine, "checkout", lambda dbapi_connection, record, _proxy: _ping_if_idle(
+        dialect, dbapi_connection, record))
     return engine
 
 
@@ -43,7 +45,7 @@ def _note_idle(_dbapi_connection, record) -> None:
     record.info["idle_since"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+def _ping_if_idle(dialect, dbapi_connection, record) -> None:
     """A connection that sat in the pool for a while is pinged before use, so that a process survives
     PostgreSQL dropping its connections (a restart, an outage). One in steady use is not: a ping per
     checkout is a round trip per transaction, and a connection that breaks in use is invalidated with
@@ -52,11 +54,13 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
     if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
         return
     try:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SELECT 1")
-        cursor.close()
+        # The dialect's own ping (SQLAlchemy's pre-ping uses it): for psycopg it runs outside any
+        # transaction, so the connection goes to work as it would have without the ping.
+        alive = dialect.do_ping(dbapi_connection)
     except Exception:  # any failure to answer: this connection is gone, the pool makes a new one
-        raise DisconnectionError("connection was dropped while idle in the pool") from None
+        alive = False
+    if not alive:
+        raise DisconnectionError("connection was dropped while idle in the pool")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -26,6 +26,8 @@ def test_a_connection_dropped_while_idle_is_replaced_before_use(pg_engine, monke
     dropped = backend_pid(pg_engine)
     terminate(dropped)
     assert backend_pid(pg_engine) != dropped  # a new connection, and no error
+    with pg_engine.connect() as conn:  # pinged again: the ping left no transaction open behind it
+        assert conn.connection.dbapi_connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def test_a_connection_in_steady_use_is_not_pinged(pg_engine, monkeypatch):
