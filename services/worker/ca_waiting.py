@@ -48,6 +48,20 @@ POLL_S = 0.05
 EXCHANGE_OUTCOMES = {"ok": "succeeded", "down": "ca_unavailable", "unknown": "failed"}
 
 
+#: The endpoints whose exchange outcomes this process exports (each outcome from 0).
+_EXPORTED: set[str] = set()
+
+
+def _export_at_zero(endpoint: str) -> None:
+    """Every outcome of an endpoint's exchanges exported at 0 from the process's first enrollment
+    with it: a counter that first appears at 3 reads as no increase to rate(), so a CA that was down
+    from the start would never show in its unavailable share."""
+    if endpoint not in _EXPORTED:
+        for outcome in EXCHANGE_OUTCOMES.values():
+            CA_EXCHANGES.labels(endpoint=endpoint, outcome=outcome)
+        _EXPORTED.add(endpoint)
+
+
 class CaWait(CertfleetError):
     """The job must wait for its CA; not a failure. ``retry_in`` is the least wait, in seconds."""
 
@@ -88,6 +102,7 @@ def through_ca_gate(
         yield
         return
     endpoint = ca_endpoint(obj.enrollment_url)
+    _export_at_zero(endpoint)
     limits = limits_for(obj, settings)
     decision = _acquire(gate, endpoint, limits, settings, sleep=sleep, clock=clock, wall_clock=wall_clock)
 

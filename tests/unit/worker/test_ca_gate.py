@@ -253,3 +253,22 @@ def test_waits_and_exchanges_are_counted_per_ca_endpoint(gate, clock):
     assert grew(down_ca) == {"exchanges ca_unavailable": CIRCUIT_THRESHOLD, "waits circuit": 2}
     assert grew(busy_ca) == {"exchanges failed": 1, "exchanges succeeded": 2, "waits concurrency": 1,
                              "waits rate": 1}
+
+
+def test_every_exchange_outcome_of_an_endpoint_is_exported_from_its_first_enrollment(gate, clock):
+    """Before the first exchange with a CA ends, each of its outcomes is already a series at 0: a
+    CA down from the start shows in its unavailable share (rate() sees the counter grow from 0)."""
+    endpoint = "https://first-seen-ca.example.net:9443"
+    obj = SimpleNamespace(**{**vars(est_object()), "enrollment_url": endpoint + "/"})
+    outcomes = ("succeeded", "ca_unavailable", "failed")
+    assert all(REGISTRY.get_sample_value("certfleet_ca_exchanges_total", {"endpoint": endpoint, "outcome": o})
+               is None for o in outcomes)
+    seen: dict[str, float | None] = {}
+
+    def look():
+        seen.update({o: REGISTRY.get_sample_value("certfleet_ca_exchanges_total",
+                                                  {"endpoint": endpoint, "outcome": o}) for o in outcomes})
+
+    enroll(gate, obj, Settings(), look, clock)
+    assert seen == {"succeeded": 0.0, "ca_unavailable": 0.0, "failed": 0.0}
+    assert counts(endpoint)["exchanges succeeded"] == 1.0
