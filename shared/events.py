@@ -25,6 +25,15 @@ ACTOR_FOR_KIND: dict[JobKind, str] = {
     JobKind.REGENERATE_KEYRING: "regenerate_security_keyring",
 }
 
+#: A batch of jobs of any kinds, a list of job ids (see :func:`batch_message`): what bulk actions
+#: publish, so that a worker claims and records many jobs per database transaction.
+BATCH_ACTOR = "run_jobs"
+#: Most jobs in one batch message.
+MAX_BATCH = 20
+#: Fewer jobs per message when a batch is small: at least this many messages, so a small bulk
+#: action still keeps every worker thread of a large deployment busy.
+MIN_MESSAGES = 64
+
 #: The health check of a batch of devices (their default keyrings): no job row, a message of
 #: device ids on the bulk queue (see :func:`health_message`).
 HEALTH_ACTOR = "check_device_health"
@@ -38,6 +47,18 @@ def job_message(kind: JobKind | str, job_id: uuid.UUID, *, queue: str = JOBS_QUE
         kwargs={},
         options={},
     )
+
+
+def batch_message(job_ids: list[uuid.UUID], *, queue: str = BULK_QUEUE) -> Message:
+    """The jobs with these ids, run one after the other by one worker thread (their kinds are
+    read from their rows, as a single job's is)."""
+    return Message(queue_name=queue, actor_name=BATCH_ACTOR, args=([str(job_id) for job_id in job_ids],),
+                   kwargs={}, options={})
+
+
+def batch_size(jobs: int) -> int:
+    """Jobs per batch message for a bulk action of ``jobs`` jobs (see :data:`MAX_BATCH`, :data:`MIN_MESSAGES`)."""
+    return max(1, min(MAX_BATCH, jobs // MIN_MESSAGES))
 
 
 def publish_job(

@@ -1,4 +1,5 @@
-"""The Dramatiq actors: one per job kind, each taking a job id and nothing else; and the health
+"""The Dramatiq actors: one per job kind, each taking a job id and nothing else; ``run_jobs``, taking
+the ids of a batch of jobs (what bulk actions publish, see :mod:`.batch`); and the health
 check of a batch of devices, taking their ids (``check_device_health``, no job row).
 
 Actors are declared on a broker made at runtime (:func:`shared.broker.make_broker`), not
@@ -18,12 +19,13 @@ import dramatiq
 from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 
+from services.worker.batch import run_jobs as run_batch
 from services.worker.context import WorkerContext
 from services.worker.health import HealthChecker
 from services.worker.log_context import LogContext
 from services.worker.runner import run_job
 from shared.enums import JobKind
-from shared.events import ACTOR_FOR_KIND, BULK_QUEUE, HEALTH_ACTOR, JOBS_QUEUE
+from shared.events import ACTOR_FOR_KIND, BATCH_ACTOR, BULK_QUEUE, HEALTH_ACTOR, JOBS_QUEUE
 
 #: Dramatiq's own retries are for the unexpected (a dropped database connection): the job
 #: was released, so a redelivery can claim it. Expected failures are retried by the runner.
@@ -45,6 +47,9 @@ def declare_actors(broker: dramatiq.Broker, context: WorkerContext) -> dict[str,
             time_limit=time_limit_ms,
             **ACTOR_OPTIONS,
         )
+    actors[BATCH_ACTOR] = dramatiq.actor(_batch_handler(broker, context), actor_name=BATCH_ACTOR,
+                                         queue_name=JOBS_QUEUE, broker=broker, time_limit=time_limit_ms,
+                                         **ACTOR_OPTIONS)
     broker.declare_queue(BULK_QUEUE)
     actors[HEALTH_ACTOR] = _health_actor(broker, context)
     return actors
@@ -71,6 +76,15 @@ def _handler(broker: dramatiq.Broker, context: WorkerContext, kind: JobKind) -> 
 
     handle.__name__ = handle.__qualname__ = ACTOR_FOR_KIND[kind]
     return handle
+
+
+def _batch_handler(broker: dramatiq.Broker, context: WorkerContext) -> Callable[[list[str]], None]:
+    def run_jobs(job_ids: list[str]) -> None:
+        message = CurrentMessage.get_current_message()
+        queue = q_name(message.queue_name) if message is not None else BULK_QUEUE
+        run_batch(context, job_ids, broker=broker, queue=queue)
+
+    return run_jobs
 
 
 def _ensure_middleware(broker: dramatiq.Broker) -> None:

@@ -119,8 +119,7 @@ def take_claim(
         "lease_expires_at": now + timedelta(seconds=lease_seconds), "started_at": job.started_at or now,
         "steps": steps,
     })
-    if result.rowcount != 1:
-        session.rollback()
+    if result.rowcount != 1:  # nothing written: the transaction may go on (a batch claims more in it)
         log().info("job claimed by another worker first; duplicate message dropped", job_id=str(job_id))
         return None
     return ClaimedJob(
@@ -206,4 +205,17 @@ def release_job(
     return _fenced(
         session, claimed, state=JobState.QUEUED.value,
         lease_expires_at=now + timedelta(seconds=lease_seconds), steps=[*claimed.steps, *steps, entry],
+    )
+
+
+def hand_back(
+    session: Session, claimed: ClaimedJob, *, now: datetime, lease_seconds: float, reason: str
+) -> bool:
+    """Give back a job claimed but never started (not committed), with the attempt the claim took:
+    a batch that ran out of time publishes it again. Safe for fencing for the reason given under
+    :func:`schedule_retry`'s ``waiting_for_ca``."""
+    entry = {"at": now.isoformat(), "step": "handed_back", "detail": reason}
+    return _fenced(
+        session, claimed, state=JobState.QUEUED.value, attempts=claimed.attempts - 1,
+        lease_expires_at=now + timedelta(seconds=lease_seconds), steps=[*claimed.steps, entry],
     )

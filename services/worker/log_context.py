@@ -15,8 +15,10 @@ _KEYS = ("job_id", "actor", "message_id", "queue")
 
 class LogContext(Middleware):
     def before_process_message(self, broker: Broker, message: Message) -> None:
+        # A batch's message names many jobs: the batch binds each job's id while it runs it.
+        first = message.args[0] if message.args else None
         structlog.contextvars.bind_contextvars(
-            job_id=str(message.args[0]) if message.args else None,
+            job_id=None if first is None or isinstance(first, list) else str(first),
             actor=message.actor_name,
             message_id=message.message_id,
             queue=message.queue_name,

@@ -44,6 +44,21 @@ def lock_trustpoint(session: Session, trustpoint_id: uuid.UUID | None) -> Trustp
     return session.get(Trustpoint, trustpoint_id, with_for_update=True, populate_existing=True)
 
 
+def lock_trustpoints(session: Session, trustpoint_ids: list[uuid.UUID]) -> dict[uuid.UUID, Trustpoint]:
+    """As :func:`lock_trustpoint` for several trustpoints in one statement, locked in id order (the
+    order every batch takes them in); a trustpoint deleted meanwhile is missing from the answer."""
+    if not trustpoint_ids:
+        return {}
+    if len(trustpoint_ids) == 1:
+        locked = lock_trustpoint(session, trustpoint_ids[0])
+        return {} if locked is None else {locked.id: locked}
+    rows = session.exec(
+        select(Trustpoint).where(Trustpoint.id.in_(sorted(set(trustpoint_ids))))  # type: ignore[attr-defined]
+        .order_by(Trustpoint.id).with_for_update().execution_options(populate_existing=True)
+    ).scalars().all()
+    return {row.id: row for row in rows}
+
+
 def apply_report(
     session: Session, trustpoint: Trustpoint, report: DeviceReport, *, job_id: uuid.UUID, now: datetime
 ) -> InstalledIdentity | None:

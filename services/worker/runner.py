@@ -154,6 +154,19 @@ def prefetch(session: Session, job_id: uuid.UUID) -> object:
     ).first()
 
 
+def prefetch_many(session: Session, job_ids: list[uuid.UUID]) -> list[object]:
+    """:func:`prefetch` for the jobs of a batch, in one query."""
+    if not job_ids:
+        return []
+    return list(session.exec(
+        select(Job, Trustpoint, Device, EnrollmentObject)
+        .outerjoin(Trustpoint, Trustpoint.id == Job.trustpoint_id)  # type: ignore[arg-type]
+        .outerjoin(Device, Device.id == Job.device_id)  # type: ignore[arg-type]
+        .outerjoin(EnrollmentObject, EnrollmentObject.id == Trustpoint.enrollment_object_id)  # type: ignore[arg-type]
+        .where(Job.id.in_(job_ids))  # type: ignore[attr-defined]
+    ).all())
+
+
 def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
     """The job's trustpoint with its device and enrollment object (found in the session when
     :func:`prefetch` read them); for a CA-bundle push, the device and the current bundle; for a
@@ -181,6 +194,41 @@ def load_subject(session: Session, claimed: ClaimedJob) -> Subject:
     return Subject(trustpoint=None, device=session.get(Device, claimed.device_id), enrollment_object=None)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Finish:
+    """A job that succeeded, waiting for its outcome to be committed."""
+
+    run: _JobRun
+    #: Writes the outcome, given the job's trustpoint locked (None: the job has none, or it is gone).
+    record: Callable[[Session, Trustpoint | None], None]
+    #: The trustpoint to lock for ``record``; None when ``record`` needs none.
+    trustpoint_id: uuid.UUID | None
+    enrollment: str | None
+    steps: list
+    #: Called with the final outcome once committed (or lost).
+    then: Callable[[JobOutcome], None] | None = None
+
+
+def commit_finishes(ctx: WorkerContext, finishes: list[Finish]) -> list[JobOutcome]:
+    """Commit successes in one transaction: every job's fence first, in id order (a job another
+    holder took over records nothing), then the trustpoints of the jobs still held, locked in id
+    order with one statement, then each job's record. Job rows before trustpoints, each in id order,
+    as every writer takes them, so two batches never wait on each other in a cycle."""
+    ordered = sorted(finishes, key=lambda f: f.run.claimed.id)
+    held: list[Finish] = []
+    with session_scope(ctx.engine) as session:
+        now = ctx.clock()
+        for finish in ordered:
+            if jobstore.finish_job(session, finish.run.claimed, now=now, steps=finish.steps):
+                held.append(finish)
+        locked = persist.lock_trustpoints(session, [f.trustpoint_id for f in held if f.trustpoint_id is not None])
+        for finish in held:
+            finish.record(session, locked.get(finish.trustpoint_id) if finish.trustpoint_id is not None else None)
+        session.commit()
+    kept = {id(f) for f in held}
+    return [f.run.finished(f, held=id(f) in kept) for f in finishes]
+
+
 def gave_up_message(error: TransientError, attempts: int) -> str:
     if isinstance(error, DeviceTransientError):
         return error.after_attempts(attempts)
@@ -195,9 +243,13 @@ class _JobRun:
     """One attempt at one claimed job."""
 
     def __init__(self, ctx: WorkerContext, claimed: ClaimedJob, subject: Subject, *,
-                 broker: dramatiq.Broker | None, queue: str) -> None:
+                 broker: dramatiq.Broker | None, queue: str, finishing: list[Finish] | None = None) -> None:
         self.ctx, self.claimed = ctx, claimed
         self.broker, self.queue = broker, queue
+        #: Where a batch collects its successes, committed together (None: each commits at once).
+        self.finishing = finishing
+        #: Why the job waited for its CA, when it did (a batch parks its other jobs of that CA too).
+        self.parked: CaWait | None = None
         self.kind = claimed.kind
         self.steps = StepLog(ctx.clock)
         self.started = time.perf_counter()
@@ -305,9 +357,10 @@ class _JobRun:
             policy_jobs.extend(health.regenerate_by_policy(session, invalid, settings=self.ctx.settings, now=now))
             return identity
 
-        outcome = self._succeed(write)
-        health.publish_policy_jobs(self.broker, policy_jobs if outcome.result == "succeeded" else [])
-        return outcome
+        def publish(outcome: JobOutcome) -> None:
+            health.publish_policy_jobs(self.broker, policy_jobs if outcome.result == "succeeded" else [])
+
+        return self._succeed(write, then=publish)
 
     def _install_identity(self) -> JobOutcome:
         trustpoint, device, obj = self._require_deployable()
@@ -357,7 +410,7 @@ class _JobRun:
             )
         version = bundle.version
         exchanges.push_ca_bundle(self.ctx.devices, device, version=version, pem=bundle.pem, steps=self.steps)
-        return self._commit_success(lambda session: persist.record_bundle_version(session, device.id, version))
+        return self._commit_success(lambda session, _: persist.record_bundle_version(session, device.id, version))
 
     def _regenerate_keyring(self) -> JobOutcome:
         device = self.subject.device
@@ -366,17 +419,18 @@ class _JobRun:
                                  code="device_gone")
         state = exchanges.regenerate_keyring(self.ctx.devices, device, steps=self.steps)
         reading = health.KeyringReading.of(device.id, state)
-        return self._commit_success(lambda session: health.record_readings(session, [reading], now=self.ctx.clock()))
+        return self._commit_success(
+            lambda session, _: health.record_readings(session, [reading], now=self.ctx.clock()))
 
     # --- outcomes --------------------------------------------------------------------------------
 
     def _succeed(
-        self, write: Callable[[Session, Trustpoint], persist.InstalledIdentity | None], *, enrollment: str | None = None
+        self, write: Callable[[Session, Trustpoint], persist.InstalledIdentity | None], *,
+        enrollment: str | None = None, then: Callable[[JobOutcome], None] | None = None,
     ) -> JobOutcome:
         """``write`` records the job's outcome on the locked trustpoint and returns its identity
         certificate's row as written (the renewal plan follows from it)."""
-        def record(session: Session) -> None:
-            locked = persist.lock_trustpoint(session, self.claimed.trustpoint_id)
+        def record(session: Session, locked: Trustpoint | None) -> None:
             if locked is not None:
                 identity = write(session, locked)
                 if self.kind is not JobKind.DELETE:
@@ -384,21 +438,35 @@ class _JobRun:
                         session, locked, self.subject.enrollment_object, identity=identity, job_id=self.claimed.id,
                         reason=self.claimed.reason, now=self.ctx.clock(), settings=self.ctx.settings)
 
-        return self._commit_success(record, enrollment=enrollment)
+        return self._commit_success(record, enrollment=enrollment, trustpoint_id=self.claimed.trustpoint_id,
+                                    then=then)
 
-    def _commit_success(self, record: Callable[[Session], None], *, enrollment: str | None = None) -> JobOutcome:
-        """Finish the job and ``record`` its outcome in one transaction, the fence first: it takes the
-        job's row lock, so what ``record`` reads is current; another holder's job records nothing."""
-        with session_scope(self.ctx.engine) as session:
-            if not jobstore.finish_job(session, self.claimed, now=self.ctx.clock(), steps=self.steps.drain()):
-                session.rollback()
-                return self._lost()
-            record(session)
-            session.commit()
-        self._finished("succeeded", enrollment=enrollment)
-        log().info("job succeeded", job_id=str(self.claimed.id), kind=self.kind.value,
-                 attempt=self.claimed.attempts, trustpoint=self.claimed.trustpoint_name)
-        return self._outcome("succeeded")
+    def _commit_success(self, record: Callable[[Session, Trustpoint | None], None], *, enrollment: str | None = None,
+                        trustpoint_id: uuid.UUID | None = None,
+                        then: Callable[[JobOutcome], None] | None = None) -> JobOutcome:
+        """Finish the job and ``record`` its outcome (with the job's trustpoint ``trustpoint_id`` locked,
+        when given) in one transaction: at once, or with the rest of the batch's successes when the job
+        runs in a batch (the outcome returned is then the expected one; the batch says the final one)."""
+        finish = Finish(run=self, record=record, trustpoint_id=trustpoint_id, enrollment=enrollment,
+                        steps=self.steps.drain(), then=then)
+        if self.finishing is not None:
+            self.finishing.append(finish)
+            return self._outcome("succeeded")
+        (outcome,) = commit_finishes(self.ctx, [finish])
+        return outcome
+
+    def finished(self, finish: Finish, *, held: bool) -> JobOutcome:
+        """After the commit of ``finish``: ``held`` when the job was still this worker's to finish."""
+        if not held:
+            outcome = self._lost()
+        else:
+            self._finished("succeeded", enrollment=finish.enrollment)
+            log().info("job succeeded", job_id=str(self.claimed.id), kind=self.kind.value,
+                       attempt=self.claimed.attempts, trustpoint=self.claimed.trustpoint_name)
+            outcome = self._outcome("succeeded")
+        if finish.then is not None:
+            finish.then(outcome)
+        return outcome
 
     def _transient(self, error: TransientError) -> JobOutcome:
         attempt = self.claimed.attempts
@@ -416,9 +484,14 @@ class _JobRun:
                  code=error.code, error=error.message, delay_ms=delay)
         return self._outcome("retry_scheduled", code=error.code, delay_ms=delay)
 
+    def park(self, wait: CaWait) -> JobOutcome:
+        """Wait for the CA as another job of the same batch was told to, without asking its gate."""
+        return self._park(wait)
+
     def _park(self, wait: CaWait) -> JobOutcome:
         """The CA is busy or down: back to queued until a jittered, growing delay has passed,
         the attempt given back (see :mod:`.ca_waiting`)."""
+        self.parked = wait
         delay = park_delay_ms(self.claimed.ca_waits, wait, self.ctx.settings, rng=self.ctx.rng)
         self.steps.add("waiting_for_ca", f"{wait.message}; next try in {delay / 1000:.1f} s")
         if not self._requeue(delay, wait.code, wait.message, waiting_for_ca=True):

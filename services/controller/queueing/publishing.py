@@ -8,6 +8,10 @@ a whole chunk, one HSET and one RPUSH inside MULTI/EXEC: a worker never pops an 
 message is not stored yet, and a chunk is published entirely or not at all. Other brokers
 (the in-process one) get one ``enqueue`` per message.
 
+Jobs for the bulk queue go out in batches, a ``run_jobs`` message naming up to
+:data:`shared.events.MAX_BATCH` of them, so that a worker claims and records them a batch per
+database transaction (:mod:`services.worker.batch`).
+
 Whatever does not get published is not lost: the jobs are in the database with a lease, and
 the reconciler re-publishes them when it runs out.
 """
@@ -23,7 +27,7 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from shared.enums import JobKind
-from shared.events import job_message
+from shared.events import BULK_QUEUE, batch_message, batch_size, job_message
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
 
@@ -51,26 +55,49 @@ def publish_jobs(
     for queue in {queue for _, _, queue in jobs}:
         if queue not in broker.get_declared_queues():
             broker.declare_queue(queue)
+    units = message_units(jobs)
     sent = 0
     try:
-        for start in range(0, len(jobs), CHUNK):
+        for start in range(0, len(units), CHUNK):
             # Built chunk by chunk: fifty thousand messages never sit in memory at once.
-            chunk = [job_message(kind, job_id, queue=queue).copy(**stamp)
-                     for kind, job_id, queue in jobs[start:start + CHUNK]]
+            chunk = [(len(unit), _message(unit).copy(**stamp)) for unit in units[start:start + CHUNK]]
             if isinstance(broker, RedisBroker):
-                _enqueue_on_redis(broker, chunk)  # the whole chunk or none of it
-                sent += len(chunk)
-                for actor, count in _count_by_actor(chunk).items():
+                _enqueue_on_redis(broker, [message for _, message in chunk])  # the whole chunk or none of it
+                sent += sum(count for count, _ in chunk)
+                for actor, count in _count_by_actor([message for _, message in chunk]).items():
                     EVENTS_PUBLISHED.labels(actor=actor).inc(count)
                 continue
-            for message in chunk:  # one at a time: each counted, should a later one fail
+            for count, message in chunk:  # one at a time: each counted, should a later one fail
                 broker.enqueue(message)
-                sent += 1
+                sent += count
                 EVENTS_PUBLISHED.labels(actor=message.actor_name).inc()
     except Exception as exc:  # the broker's errors vary by backend; the stored jobs are what counts
         log.warning("jobs stored but not all published; the reconciler will re-publish the rest",
                     published=sent, unpublished=len(jobs) - sent, error=f"{type(exc).__name__}: {exc}")
     return sent
+
+
+def message_units(jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+    """The jobs as messages go out, in order: on the bulk queue, batches of
+    :func:`~shared.events.batch_size` jobs (one ``run_jobs`` message each, see
+    :mod:`services.worker.batch`); on any other queue, one job a message."""
+    size = batch_size(sum(1 for _, _, queue in jobs if queue == BULK_QUEUE))
+    units: list[list[JobRef]] = []
+    for job in jobs:
+        last = units[-1] if units else None
+        if (size > 1 and job[2] == BULK_QUEUE and last is not None and last[0][2] == BULK_QUEUE
+                and len(last) < size):
+            last.append(job)
+        else:
+            units.append([job])
+    return units
+
+
+def _message(unit: list[JobRef]) -> Message:
+    if len(unit) == 1:
+        kind, job_id, queue = unit[0]
+        return job_message(kind, job_id, queue=queue)
+    return batch_message([job_id for _, job_id, _ in unit], queue=unit[0][2])
 
 
 def _enqueue_on_redis(broker: RedisBroker, messages: Sequence[Message]) -> None:
