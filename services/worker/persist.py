@@ -142,37 +142,89 @@ def replace_certificates(
     it stands afterwards (kept or new), so that what follows need not read it back.
 
     A certificate already stored in the same slot (role, chain position) with the same
-    fingerprint keeps its row; every other row goes, and the new certificates are added. Plain
-    rows, not ORM objects: nothing later in the transaction needs them as objects.
+    fingerprint keeps its row; every other row goes, and the new certificates are added. Written
+    at once, or, when the transaction has a :class:`CertificateBook` for the trustpoint, with the
+    book's other writes.
     """
-    existing = session.execute(
-        select(CERTIFICATE.c.id, CERTIFICATE.c.role, CERTIFICATE.c.chain_position, CERTIFICATE.c.fingerprint_sha256,
-               CERTIFICATE.c.job_id, CERTIFICATE.c.serial_number, CERTIFICATE.c.not_before, CERTIFICATE.c.not_after)
-        .where(CERTIFICATE.c.trustpoint_id == trustpoint.id)
-    ).all()
-    wanted = {(c.role.value, c.chain_position): c for c in reported}
-    identities: dict[tuple[str, int], InstalledIdentity] = {}
-    drop = []
-    for row in existing:
-        new = wanted.get((row.role, row.chain_position))
-        if new is not None and new.info.fingerprint_sha256 == row.fingerprint_sha256:
-            identities[(row.role, row.chain_position)] = InstalledIdentity(
-                job_id=row.job_id, serial_number=row.serial_number, not_before=row.not_before,
-                not_after=row.not_after)
-        else:
-            drop.append(row.id)
-    if drop:
-        # Deleted first: the unique slot key must be free for the inserts.
-        session.execute(delete(Certificate).where(Certificate.id.in_(drop)))  # type: ignore[attr-defined]
-    added = [_certificate_row(trustpoint.id, cert, job_id=job_id, now=now)
-             for slot, cert in wanted.items() if slot not in identities]
-    if added:
-        session.execute(insert(CERTIFICATE), added)
-    for row in added:
-        identities[(row["role"], row["chain_position"])] = InstalledIdentity(
-            job_id=job_id, serial_number=row["serial_number"], not_before=row["not_before"],
-            not_after=row["not_after"])
-    return identities.get((CertificateRole.IDENTITY.value, 0))
+    book = session.info.get(CertificateBook.KEY)
+    if isinstance(book, CertificateBook) and book.covers(trustpoint.id):
+        return book.replace(trustpoint.id, reported, job_id=job_id, now=now)
+    single = CertificateBook(session, [trustpoint.id])
+    identity = single.replace(trustpoint.id, reported, job_id=job_id, now=now)
+    single.write(session)
+    return identity
+
+
+class CertificateBook:
+    """The certificate rows of several trustpoints, read with one statement; the rows to delete and
+    to add are collected and written with one statement each (:meth:`write`). Plain rows, not ORM
+    objects: nothing later in the transaction needs them as objects.
+
+    A transaction that records many jobs opens a book for their trustpoints (:meth:`open_for`):
+    :func:`replace_certificates` then writes through it, and the transaction calls :meth:`write`
+    before it commits.
+    """
+
+    KEY = "certfleet.certificate_book"
+
+    def __init__(self, session: Session, trustpoint_ids: list[uuid.UUID]) -> None:
+        self._existing: dict[uuid.UUID, list[Any]] = {tp: [] for tp in trustpoint_ids}
+        if trustpoint_ids:
+            rows = session.execute(
+                select(CERTIFICATE.c.id, CERTIFICATE.c.trustpoint_id, CERTIFICATE.c.role, CERTIFICATE.c.chain_position,
+                       CERTIFICATE.c.fingerprint_sha256, CERTIFICATE.c.job_id, CERTIFICATE.c.serial_number,
+                       CERTIFICATE.c.not_before, CERTIFICATE.c.not_after)
+                .where(CERTIFICATE.c.trustpoint_id.in_(trustpoint_ids))
+            ).all()
+            for row in rows:
+                self._existing[row.trustpoint_id].append(row)
+        self._drop: list[uuid.UUID] = []
+        self._add: list[dict[str, Any]] = []
+
+    @classmethod
+    def open_for(cls, session: Session, trustpoint_ids: list[uuid.UUID]) -> CertificateBook:
+        book = cls(session, trustpoint_ids)
+        session.info[cls.KEY] = book
+        return book
+
+    def covers(self, trustpoint_id: uuid.UUID) -> bool:
+        return trustpoint_id in self._existing
+
+    def replace(
+        self, trustpoint_id: uuid.UUID, reported: tuple[ReportedCertificate, ...] | list[ReportedCertificate], *,
+        job_id: uuid.UUID | None, now: datetime,
+    ) -> InstalledIdentity | None:
+        wanted = {(c.role.value, c.chain_position): c for c in reported}
+        identities: dict[tuple[str, int], InstalledIdentity] = {}
+        kept = []
+        for row in self._existing[trustpoint_id]:
+            new = wanted.get((row.role, row.chain_position))
+            if new is not None and new.info.fingerprint_sha256 == row.fingerprint_sha256:
+                identities[(row.role, row.chain_position)] = InstalledIdentity(
+                    job_id=row.job_id, serial_number=row.serial_number, not_before=row.not_before,
+                    not_after=row.not_after)
+                kept.append(row)
+            else:
+                self._drop.append(row.id)
+        self._existing[trustpoint_id] = kept
+        added = [_certificate_row(trustpoint_id, cert, job_id=job_id, now=now)
+                 for slot, cert in wanted.items() if slot not in identities]
+        self._add += added
+        for row in added:
+            identities[(row["role"], row["chain_position"])] = InstalledIdentity(
+                job_id=job_id, serial_number=row["serial_number"], not_before=row["not_before"],
+                not_after=row["not_after"])
+        return identities.get((CertificateRole.IDENTITY.value, 0))
+
+    def write(self, session: Session) -> None:
+        """Deletes first: the unique slot key must be free for the inserts."""
+        if self._drop:
+            session.execute(delete(Certificate).where(Certificate.id.in_(self._drop)))  # type: ignore[attr-defined]
+        if self._add:
+            session.execute(insert(CERTIFICATE), self._add)
+        self._drop, self._add = [], []
+        if session.info.get(self.KEY) is self:
+            del session.info[self.KEY]
 
 
 def move_statuses(

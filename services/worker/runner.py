@@ -222,8 +222,12 @@ def commit_finishes(ctx: WorkerContext, finishes: list[Finish]) -> list[JobOutco
             if jobstore.finish_job(session, finish.run.claimed, now=now, steps=finish.steps):
                 held.append(finish)
         locked = persist.lock_trustpoints(session, [f.trustpoint_id for f in held if f.trustpoint_id is not None])
+        # Their certificates read and written a statement each for the whole batch.
+        book = persist.CertificateBook.open_for(session, list(locked)) if len(held) > 1 else None
         for finish in held:
             finish.record(session, locked.get(finish.trustpoint_id) if finish.trustpoint_id is not None else None)
+        if book is not None:
+            book.write(session)
         session.commit()
     kept = {id(f) for f in held}
     return [f.run.finished(f, held=id(f) in kept) for f in finishes]
