@@ -1,9 +1,8 @@
-"""A device proving it holds its endpoint credential, before certfleet sends it a secret.
+"""A device proving it holds its endpoint credential.
 
 Each device has a credential an admin gave certfleet (at registration, approval or an admin's
-inventory import; stored sealed, never returned). Before a configuration carrying an EST
-password, a SCEP challenge or a PKCS#12 file goes out, the worker sends the device a fresh
-random nonce (``POST …/authenticate``) and the device answers
+inventory import; stored sealed, never returned). certfleet seals a configuration's secrets to it
+under a fresh random nonce (:mod:`shared.sealed_secrets`), and the device that opened them answers
 
     proof = hex(HMAC-SHA256(key=credential, msg=nonce || serial))
 

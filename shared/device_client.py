@@ -10,6 +10,9 @@ real devices can replace it without touching the actors or the API:
   Retry-After asks for (:mod:`shared.protocols.retry_after`);
 - 4xx -> :class:`~shared.errors.PermanentError` carrying the device's own code and message;
 - an answer that does not parse -> ``PermanentError`` with code ``device_bad_response``.
+
+A trustpoint configuration carrying a secret goes out only sealed (:class:`SealedConfiguration`,
+made by the worker's endpoint gate); one with a secret in clear is refused before it is sent.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from shared.device_auth import encode_nonce
 from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
 from shared.protocols.retry_after import parse_retry_after
+from shared.sealed_secrets import SealedConfiguration, carries_secret
 from shared.settings import Settings
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -69,6 +73,10 @@ TRANSIENT_CODES = {
 }
 
 
+#: A trustpoint configuration as a device client sends it.
+Configuration = EnrollmentParameters | SealedConfiguration
+
+
 class DeviceAddress(Protocol):
     """Whatever says where a device is: ``shared.models.Device`` does."""
 
@@ -77,13 +85,11 @@ class DeviceAddress(Protocol):
 
 
 class DeviceClient(Protocol):
-    def configure_trustpoint(
-        self, device: DeviceAddress, params: EnrollmentParameters
-    ) -> TrustpointState: ...
+    def configure_trustpoint(self, device: DeviceAddress, params: Configuration) -> TrustpointState: ...
 
     def enroll(
         self, device: DeviceAddress, name: str, mode: Literal["enroll", "re_enroll"] = "enroll", *,
-        configuration: EnrollmentParameters | None = None,
+        configuration: Configuration | None = None,
     ) -> TrustpointState: ...
 
     def get_trustpoint(self, device: DeviceAddress, name: str) -> TrustpointState | None: ...
@@ -175,20 +181,20 @@ class HttpDeviceClient:
 
     # --- the device-management API ---------------------------------------------------------
 
-    def configure_trustpoint(self, device: DeviceAddress, params: EnrollmentParameters) -> TrustpointState:
+    def configure_trustpoint(self, device: DeviceAddress, params: Configuration) -> TrustpointState:
         path = f"/trustpoints/{quote(params.name, safe='')}"
-        return self._call(device, "PUT", path, TrustpointState, body=params.to_wire())
+        return self._call(device, "PUT", path, TrustpointState, body=_wire(device, params))
 
     def enroll(
         self, device: DeviceAddress, name: str, mode: Literal["enroll", "re_enroll"] = "enroll", *,
-        configuration: EnrollmentParameters | None = None,
+        configuration: Configuration | None = None,
     ) -> TrustpointState:
         """Have the device enroll the trustpoint; with ``configuration``, it applies that first, in
         the same request (one round trip fewer than configuring, then enrolling)."""
         path = f"/trustpoints/{quote(name, safe='')}/enroll"
         body: dict[str, Any] = {"mode": mode}
         if configuration is not None:
-            body["configuration"] = configuration.to_wire()
+            body["configuration"] = _wire(device, configuration)
         return self._call(device, "POST", path, TrustpointState, body=body)
 
     def get_trustpoint(self, device: DeviceAddress, name: str) -> TrustpointState | None:
@@ -319,6 +325,17 @@ class HttpDeviceClient:
                 f"device-management API ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})",
                 code="device_bad_response",
             ) from None
+
+
+def _wire(device: DeviceAddress, configuration: Configuration) -> dict[str, Any]:
+    """The configuration's wire form; a secret goes only sealed to the device's credential."""
+    if isinstance(configuration, EnrollmentParameters) and carries_secret(configuration):
+        raise PermanentError(
+            f"certfleet refused to send trustpoint {configuration.name}'s secret options to device "
+            f"{device.serial} in clear; secrets go sealed to the device's endpoint credential (the worker's "
+            "endpoint gate seals them): nothing was sent",
+            code="secret_not_sealed")
+    return configuration.to_wire()
 
 
 def _transport_reason(exc: BaseException) -> str:

@@ -43,6 +43,7 @@ from services.device_sim.faults import FaultPlan, Outcome
 from services.device_sim.fleet import Device, Fleet, Trustpoint
 from services.device_sim.partition import Partition
 from services.device_sim.peers import Peers, merged_stats
+from shared import sealed_secrets
 from shared.clock import utcnow
 from shared.device_api import (
     AuthChallenge,
@@ -292,9 +293,11 @@ class DeviceSim:
 
     async def configure_trustpoint(self, request: Request) -> Response:
         device = await self._reach(request, "configure_trustpoint")
-        params = trustpoints.parse_configuration(request.path_params["name"], await _body(request))
-        trustpoint = trustpoints.configure(device, params, now=self.clock())
-        return _json(wire.trustpoint_state(trustpoint))
+        name = request.path_params["name"]
+        configuration, nonce = self._opened(device, name, await _body(request))
+        trustpoint = trustpoints.configure(device, trustpoints.parse_configuration(name, configuration),
+                                           now=self.clock())
+        return self._answer(device, trustpoint, nonce)
 
     async def get_trustpoint(self, request: Request) -> Response:
         device = await self._reach(request, "get_trustpoint")
@@ -316,10 +319,26 @@ class DeviceSim:
                 "trustpoint's configuration to apply first", code="invalid_request"
             ) from None
         name = request.path_params["name"]
-        if asked.configuration is not None:  # configure and enroll in one request
-            trustpoints.configure(device, trustpoints.parse_configuration(name, asked.configuration), now=self.clock())
+        configuration, nonce = self._opened(device, name, asked.configuration)
+        if configuration is not None:  # configure and enroll in one request
+            trustpoints.configure(device, trustpoints.parse_configuration(name, configuration), now=self.clock())
         trustpoint = await self._enroll(device, name, asked.mode)
-        return _json(wire.trustpoint_state(trustpoint))
+        return self._answer(device, trustpoint, nonce)
+
+    def _opened(self, device: Device, name: str, configuration: Any) -> tuple[Any, bytes | None]:
+        """A trustpoint configuration as received, its sealed secret options opened with the device's
+        credential (401 sealed_configuration_unreadable, before anything is applied, when they do not
+        open), and the nonce they were sealed under (None: nothing was sealed)."""
+        return sealed_secrets.open_configuration(configuration, credential=self.credential(device.serial),
+                                                 serial=device.serial, trustpoint=name)
+
+    def _answer(self, device: Device, trustpoint: Trustpoint, nonce: bytes | None) -> Response:
+        """The trustpoint's state; for a configuration that came sealed, with the device's proof that
+        it opened it with its credential."""
+        state = wire.trustpoint_state(trustpoint)
+        if nonce is not None:
+            state = state.model_copy(update={"proof": proof(self.credential(device.serial), nonce, device.serial)})
+        return _json(state)
 
     async def import_identity(self, request: Request) -> Response:
         device = await self._reach(request, "import_identity")
