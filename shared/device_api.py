@@ -20,7 +20,6 @@ client interface. All paths are relative to a device's management URL,
     POST   ./keyring/default/regenerate        KeyringState
     GET    ./ca-bundle                         DeviceCaBundle
     PUT    ./ca-bundle                         CaBundleUpload -> DeviceCaBundle
-    POST   ./authenticate                      AuthChallenge -> AuthProof
 
 A secret (an EST password, a SCEP challenge, a PKCS#12 file and its passphrase) reaches a device
 only sealed to its endpoint credential: a trustpoint configuration (``PUT`` of the trustpoint, or
@@ -191,16 +190,6 @@ class DeviceCaBundle(_Wire):
     version: str = ""
     certificates: int = 0
     sha256: str = ""
-
-
-class AuthChallenge(_Wire):
-    #: A fresh random nonce, base64 (at least 16 bytes).
-    nonce: str
-
-
-class AuthProof(_Wire):
-    #: HMAC-SHA256(credential, nonce || serial), hex.
-    proof: str
 
 
 class ErrorBody(_Wire):

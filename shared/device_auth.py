@@ -14,7 +14,6 @@ simulator, use these functions.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -25,19 +24,6 @@ NONCE_BYTES = 32
 
 def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
-
-
-def encode_nonce(nonce: bytes) -> str:
-    return base64.b64encode(nonce).decode()
-
-
-def decode_nonce(text: str) -> bytes | None:
-    """The nonce a challenge carries, or None when it is not base64 of at least 16 bytes."""
-    try:
-        nonce = base64.b64decode(text, validate=True)
-    except (ValueError, TypeError):
-        return None
-    return nonce if len(nonce) >= 16 else None
 
 
 def proof(credential: str, nonce: bytes, serial: str) -> str:

@@ -40,8 +40,6 @@ from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from shared.clock import utcnow
 from shared.device_api import (
-    AuthChallenge,
-    AuthProof,
     CaBundleUpload,
     DeviceCaBundle,
     ErrorBody,
@@ -53,7 +51,6 @@ from shared.device_api import (
     PeerValidationRequest,
     TrustpointState,
 )
-from shared.device_auth import encode_nonce
 from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
 from shared.protocols.retry_after import parse_retry_after
@@ -116,8 +113,6 @@ class DeviceClient(Protocol):
     def get_ca_bundle(self, device: DeviceAddress) -> DeviceCaBundle: ...
 
     def put_ca_bundle(self, device: DeviceAddress, version: str, pem: str) -> DeviceCaBundle: ...
-
-    def authenticate(self, device: DeviceAddress, nonce: bytes) -> str: ...
 
 
 class DeviceTransientError(TransientError):
@@ -245,12 +240,6 @@ class HttpDeviceClient:
     def put_ca_bundle(self, device: DeviceAddress, version: str, pem: str) -> DeviceCaBundle:
         body = CaBundleUpload(version=version, pem=pem).model_dump()
         return self._call(device, "PUT", "/ca-bundle", DeviceCaBundle, body=body)
-
-    def authenticate(self, device: DeviceAddress, nonce: bytes) -> str:
-        """The device's proof that it holds its endpoint credential, for ``nonce`` (see
-        :mod:`shared.device_auth`); the worker checks it."""
-        body = AuthChallenge(nonce=encode_nonce(nonce)).model_dump()
-        return self._call(device, "POST", "/authenticate", AuthProof, body=body).proof
 
     # --- transport and error mapping -------------------------------------------------------
 

@@ -46,8 +46,6 @@ from services.device_sim.peers import Peers, merged_stats
 from shared import sealed_secrets
 from shared.clock import utcnow
 from shared.device_api import (
-    AuthChallenge,
-    AuthProof,
     CaBundleUpload,
     DeviceInfo,
     EnrollRequest,
@@ -57,7 +55,7 @@ from shared.device_api import (
     PeerValidationRequest,
     TrustpointState,
 )
-from shared.device_auth import decode_nonce, proof
+from shared.device_auth import proof
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
 from shared.logging import get_logger
@@ -403,15 +401,6 @@ class DeviceSim:
         device.ca_bundle = self.bundles.receive(upload.version, upload.pem)
         return _json(wire.ca_bundle_state(device.ca_bundle))
 
-    async def authenticate(self, request: Request) -> Response:
-        """Prove the device holds its endpoint credential: HMAC over certfleet's nonce and the serial."""
-        device = await self._reach(request, "authenticate")
-        body = _wire_body(AuthChallenge, await _body(request), 'send {"nonce": "<at least 16 random bytes, base64>"}')
-        nonce = decode_nonce(body.nonce)
-        if nonce is None:
-            raise ValidationError("the nonce must be base64 of at least 16 bytes", code="invalid_request")
-        return _json(AuthProof(proof=proof(self.credential(device.serial), nonce, device.serial)))
-
     def _ca_client(self, device: Device) -> enrollers.CaClientSettings:
         """How the device reaches CAs: trusting the fleet's anchors and its own CA bundle."""
         return device.ca_bundle.ca if device.ca_bundle is not None else self.ca_client
@@ -538,7 +527,6 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
         Route(device + "/ca-bundle", sim.get_ca_bundle, methods=["GET"]),
         Route(device + "/ca-bundle", sim.put_ca_bundle, methods=["PUT"]),
-        Route(device + "/authenticate", sim.authenticate, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {
         CertfleetError: _certfleet_error,
