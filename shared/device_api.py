@@ -20,12 +20,14 @@ client interface. All paths are relative to a device's management URL,
     POST   ./keyring/default/regenerate        KeyringState
     GET    ./ca-bundle                         DeviceCaBundle
     PUT    ./ca-bundle                         CaBundleUpload -> DeviceCaBundle
-    POST   ./authenticate                      AuthChallenge -> AuthProof
 
-Before certfleet sends a device a secret (an EST password, a SCEP challenge, a PKCS#12 file and
-its passphrase) the device proves it holds its endpoint credential: ``authenticate`` answers a
-fresh nonce with HMAC-SHA256(credential, nonce || serial) in hex (:mod:`shared.device_auth`).
-A device that cannot answer refuses with a 4xx, which certfleet takes as not authenticated.
+A secret (an EST password, a SCEP challenge, a PKCS#12 file and its passphrase) reaches a device
+only sealed to its endpoint credential: a trustpoint configuration (``PUT`` of the trustpoint, or
+an enroll request's ``configuration``) carries the secret options under ``sealed``, {"nonce",
+"ciphertext"} in base64 (:mod:`shared.sealed_secrets`). The device opens them with its credential
+and answers with ``TrustpointState.proof``, HMAC-SHA256(credential, nonce || serial) in hex
+(:mod:`shared.device_auth`), which certfleet checks. A device that cannot open them applies nothing
+and answers 401 ``sealed_configuration_unreadable``; sealed options over 64 KiB: 413.
 
 A device trusts, for HTTPS CA servers (EST), its own trust anchors plus the CA bundle certfleet
 pushed to it (``ca-bundle``): a version label and a set of PEM certificates, replaced whole by
@@ -68,8 +70,8 @@ class DeviceInfo(_Wire):
     weak_crypto: bool = False
     #: The version of the CA bundle the device holds ("" for none).
     ca_bundle_version: str = ""
-    #: The credential the device proves it holds before it is sent a secret (inventory only; a
-    #: secret: hidden from repr, written out only in JSON).
+    #: The credential the device holds, which its secrets are sealed to (inventory only; a secret:
+    #: hidden from repr, written out only in JSON).
     endpoint_credential: SecretStr | None = None
 
     @field_serializer("endpoint_credential", when_used="json-unless-none")
@@ -101,14 +103,17 @@ class TrustpointState(_Wire):
     retry_after: float | None = None
     certificates: list[InstalledCertificate] = []
     csr_pem: str | None = None
+    #: In the answer to a configuration with sealed secret options only: the device's proof that it
+    #: opened them, HMAC-SHA256(credential, nonce || serial) in hex, for the nonce they were sealed under.
+    proof: str | None = None
 
 
 class EnrollRequest(_Wire):
     #: "enroll" for a new key pair and certificate; "re_enroll" renews with a new key pair.
     mode: Literal["enroll", "re_enroll"] = "enroll"
     #: The trustpoint configuration to apply first, as a PUT of the trustpoint takes it
-    #: (``EnrollmentParameters.to_wire()``): configure and enroll in one request. Absent: the
-    #: trustpoint as configured before.
+    #: (``EnrollmentParameters.to_wire()``, secret options sealed): configure and enroll in one
+    #: request. Absent: the trustpoint as configured before.
     configuration: dict[str, Any] | None = None
 
 
@@ -185,16 +190,6 @@ class DeviceCaBundle(_Wire):
     version: str = ""
     certificates: int = 0
     sha256: str = ""
-
-
-class AuthChallenge(_Wire):
-    #: A fresh random nonce, base64 (at least 16 bytes).
-    nonce: str
-
-
-class AuthProof(_Wire):
-    #: HMAC-SHA256(credential, nonce || serial), hex.
-    proof: str
 
 
 class ErrorBody(_Wire):

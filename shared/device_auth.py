@@ -1,9 +1,8 @@
-"""A device proving it holds its endpoint credential, before certfleet sends it a secret.
+"""A device proving it holds its endpoint credential.
 
 Each device has a credential an admin gave certfleet (at registration, approval or an admin's
-inventory import; stored sealed, never returned). Before a configuration carrying an EST
-password, a SCEP challenge or a PKCS#12 file goes out, the worker sends the device a fresh
-random nonce (``POST …/authenticate``) and the device answers
+inventory import; stored sealed, never returned). certfleet seals a configuration's secrets to it
+under a fresh random nonce (:mod:`shared.sealed_secrets`), and the device that opened them answers
 
     proof = hex(HMAC-SHA256(key=credential, msg=nonce || serial))
 
@@ -15,7 +14,6 @@ simulator, use these functions.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -26,19 +24,6 @@ NONCE_BYTES = 32
 
 def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
-
-
-def encode_nonce(nonce: bytes) -> str:
-    return base64.b64encode(nonce).decode()
-
-
-def decode_nonce(text: str) -> bytes | None:
-    """The nonce a challenge carries, or None when it is not base64 of at least 16 bytes."""
-    try:
-        nonce = base64.b64decode(text, validate=True)
-    except (ValueError, TypeError):
-        return None
-    return nonce if len(nonce) >= 16 else None
 
 
 def proof(credential: str, nonce: bytes, serial: str) -> str:

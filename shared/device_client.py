@@ -10,6 +10,9 @@ real devices can replace it without touching the actors or the API:
   Retry-After asks for (:mod:`shared.protocols.retry_after`);
 - 4xx -> :class:`~shared.errors.PermanentError` carrying the device's own code and message;
 - an answer that does not parse -> ``PermanentError`` with code ``device_bad_response``.
+
+A trustpoint configuration carrying a secret goes out only sealed (:class:`SealedConfiguration`,
+made by the worker's endpoint gate); one with a secret in clear is refused before it is sent.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from shared.clock import utcnow
 from shared.device_api import (
-    AuthChallenge,
-    AuthProof,
     CaBundleUpload,
     DeviceCaBundle,
     ErrorBody,
@@ -50,10 +51,10 @@ from shared.device_api import (
     PeerValidationRequest,
     TrustpointState,
 )
-from shared.device_auth import encode_nonce
 from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
 from shared.protocols.retry_after import parse_retry_after
+from shared.sealed_secrets import SealedConfiguration, carries_secret
 from shared.settings import Settings
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -69,6 +70,10 @@ TRANSIENT_CODES = {
 }
 
 
+#: A trustpoint configuration as a device client sends it.
+Configuration = EnrollmentParameters | SealedConfiguration
+
+
 class DeviceAddress(Protocol):
     """Whatever says where a device is: ``shared.models.Device`` does."""
 
@@ -77,13 +82,11 @@ class DeviceAddress(Protocol):
 
 
 class DeviceClient(Protocol):
-    def configure_trustpoint(
-        self, device: DeviceAddress, params: EnrollmentParameters
-    ) -> TrustpointState: ...
+    def configure_trustpoint(self, device: DeviceAddress, params: Configuration) -> TrustpointState: ...
 
     def enroll(
         self, device: DeviceAddress, name: str, mode: Literal["enroll", "re_enroll"] = "enroll", *,
-        configuration: EnrollmentParameters | None = None,
+        configuration: Configuration | None = None,
     ) -> TrustpointState: ...
 
     def get_trustpoint(self, device: DeviceAddress, name: str) -> TrustpointState | None: ...
@@ -110,8 +113,6 @@ class DeviceClient(Protocol):
     def get_ca_bundle(self, device: DeviceAddress) -> DeviceCaBundle: ...
 
     def put_ca_bundle(self, device: DeviceAddress, version: str, pem: str) -> DeviceCaBundle: ...
-
-    def authenticate(self, device: DeviceAddress, nonce: bytes) -> str: ...
 
 
 class DeviceTransientError(TransientError):
@@ -175,20 +176,20 @@ class HttpDeviceClient:
 
     # --- the device-management API ---------------------------------------------------------
 
-    def configure_trustpoint(self, device: DeviceAddress, params: EnrollmentParameters) -> TrustpointState:
+    def configure_trustpoint(self, device: DeviceAddress, params: Configuration) -> TrustpointState:
         path = f"/trustpoints/{quote(params.name, safe='')}"
-        return self._call(device, "PUT", path, TrustpointState, body=params.to_wire())
+        return self._call(device, "PUT", path, TrustpointState, body=_wire(device, params))
 
     def enroll(
         self, device: DeviceAddress, name: str, mode: Literal["enroll", "re_enroll"] = "enroll", *,
-        configuration: EnrollmentParameters | None = None,
+        configuration: Configuration | None = None,
     ) -> TrustpointState:
         """Have the device enroll the trustpoint; with ``configuration``, it applies that first, in
         the same request (one round trip fewer than configuring, then enrolling)."""
         path = f"/trustpoints/{quote(name, safe='')}/enroll"
         body: dict[str, Any] = {"mode": mode}
         if configuration is not None:
-            body["configuration"] = configuration.to_wire()
+            body["configuration"] = _wire(device, configuration)
         return self._call(device, "POST", path, TrustpointState, body=body)
 
     def get_trustpoint(self, device: DeviceAddress, name: str) -> TrustpointState | None:
@@ -239,12 +240,6 @@ class HttpDeviceClient:
     def put_ca_bundle(self, device: DeviceAddress, version: str, pem: str) -> DeviceCaBundle:
         body = CaBundleUpload(version=version, pem=pem).model_dump()
         return self._call(device, "PUT", "/ca-bundle", DeviceCaBundle, body=body)
-
-    def authenticate(self, device: DeviceAddress, nonce: bytes) -> str:
-        """The device's proof that it holds its endpoint credential, for ``nonce`` (see
-        :mod:`shared.device_auth`); the worker checks it."""
-        body = AuthChallenge(nonce=encode_nonce(nonce)).model_dump()
-        return self._call(device, "POST", "/authenticate", AuthProof, body=body).proof
 
     # --- transport and error mapping -------------------------------------------------------
 
@@ -319,6 +314,17 @@ class HttpDeviceClient:
                 f"device-management API ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})",
                 code="device_bad_response",
             ) from None
+
+
+def _wire(device: DeviceAddress, configuration: Configuration) -> dict[str, Any]:
+    """The configuration's wire form; a secret goes only sealed to the device's credential."""
+    if isinstance(configuration, EnrollmentParameters) and carries_secret(configuration):
+        raise PermanentError(
+            f"certfleet refused to send trustpoint {configuration.name}'s secret options to device "
+            f"{device.serial} in clear; secrets go sealed to the device's endpoint credential (the worker's "
+            "endpoint gate seals them): nothing was sent",
+            code="secret_not_sealed")
+    return configuration.to_wire()
 
 
 def _transport_reason(exc: BaseException) -> str:

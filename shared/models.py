@@ -108,8 +108,8 @@ class Device(SQLModel, table=True):
     endpoint_approved_url: str | None = Field(default=None, max_length=512)
     endpoint_approved_by: str | None = Field(default=None, max_length=255)
     endpoint_approved_at: datetime | None = _ts(nullable=True)
-    #: The credential the device proves it holds before a secret is sent to it (shared.device_auth),
-    #: sealed: never returned, never on a queue.
+    #: The credential the device holds, which its secrets are sealed to (shared.sealed_secrets),
+    #: stored sealed: never returned, never on a queue.
     endpoint_credential_blob: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     created_at: datetime = _ts()
 

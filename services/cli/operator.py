@@ -105,8 +105,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     trust.add_argument("device", metavar="DEVICE", help="device id, name or serial")
     vouch = trust.add_mutually_exclusive_group()
     vouch.add_argument("--credential-file", metavar="FILE",
-                       help="file whose first line is the credential the device proves it holds before it is sent "
-                            "a secret ('-': standard input)")
+                       help="file whose first line is the credential the device holds, which its secrets are sealed "
+                            "to ('-': standard input)")
     vouch.add_argument("--withdraw", action="store_true", help="withdraw the approval instead")
     _common(trust)
     trust.set_defaults(func=_on_device(_device_trust))

@@ -43,10 +43,9 @@ from services.device_sim.faults import FaultPlan, Outcome
 from services.device_sim.fleet import Device, Fleet, Trustpoint
 from services.device_sim.partition import Partition
 from services.device_sim.peers import Peers, merged_stats
+from shared import sealed_secrets
 from shared.clock import utcnow
 from shared.device_api import (
-    AuthChallenge,
-    AuthProof,
     CaBundleUpload,
     DeviceInfo,
     EnrollRequest,
@@ -56,7 +55,7 @@ from shared.device_api import (
     PeerValidationRequest,
     TrustpointState,
 )
-from shared.device_auth import decode_nonce, proof
+from shared.device_auth import proof
 from shared.enums import CertificateRole
 from shared.errors import CertfleetError, ConflictError, NotFoundError, ValidationError
 from shared.logging import get_logger
@@ -292,9 +291,11 @@ class DeviceSim:
 
     async def configure_trustpoint(self, request: Request) -> Response:
         device = await self._reach(request, "configure_trustpoint")
-        params = trustpoints.parse_configuration(request.path_params["name"], await _body(request))
-        trustpoint = trustpoints.configure(device, params, now=self.clock())
-        return _json(wire.trustpoint_state(trustpoint))
+        name = request.path_params["name"]
+        configuration, nonce = self._opened(device, name, await _body(request))
+        trustpoint = trustpoints.configure(device, trustpoints.parse_configuration(name, configuration),
+                                           now=self.clock())
+        return self._answer(device, trustpoint, nonce)
 
     async def get_trustpoint(self, request: Request) -> Response:
         device = await self._reach(request, "get_trustpoint")
@@ -316,10 +317,26 @@ class DeviceSim:
                 "trustpoint's configuration to apply first", code="invalid_request"
             ) from None
         name = request.path_params["name"]
-        if asked.configuration is not None:  # configure and enroll in one request
-            trustpoints.configure(device, trustpoints.parse_configuration(name, asked.configuration), now=self.clock())
+        configuration, nonce = self._opened(device, name, asked.configuration)
+        if configuration is not None:  # configure and enroll in one request
+            trustpoints.configure(device, trustpoints.parse_configuration(name, configuration), now=self.clock())
         trustpoint = await self._enroll(device, name, asked.mode)
-        return _json(wire.trustpoint_state(trustpoint))
+        return self._answer(device, trustpoint, nonce)
+
+    def _opened(self, device: Device, name: str, configuration: Any) -> tuple[Any, bytes | None]:
+        """A trustpoint configuration as received, its sealed secret options opened with the device's
+        credential (401 sealed_configuration_unreadable, before anything is applied, when they do not
+        open), and the nonce they were sealed under (None: nothing was sealed)."""
+        return sealed_secrets.open_configuration(configuration, credential=self.credential(device.serial),
+                                                 serial=device.serial, trustpoint=name)
+
+    def _answer(self, device: Device, trustpoint: Trustpoint, nonce: bytes | None) -> Response:
+        """The trustpoint's state; for a configuration that came sealed, with the device's proof that
+        it opened it with its credential."""
+        state = wire.trustpoint_state(trustpoint)
+        if nonce is not None:
+            state = state.model_copy(update={"proof": proof(self.credential(device.serial), nonce, device.serial)})
+        return _json(state)
 
     async def import_identity(self, request: Request) -> Response:
         device = await self._reach(request, "import_identity")
@@ -383,15 +400,6 @@ class DeviceSim:
         upload = _wire_body(CaBundleUpload, body, 'send {"version": "7", "pem": "<the CA certificates in PEM>"}')
         device.ca_bundle = self.bundles.receive(upload.version, upload.pem)
         return _json(wire.ca_bundle_state(device.ca_bundle))
-
-    async def authenticate(self, request: Request) -> Response:
-        """Prove the device holds its endpoint credential: HMAC over certfleet's nonce and the serial."""
-        device = await self._reach(request, "authenticate")
-        body = _wire_body(AuthChallenge, await _body(request), 'send {"nonce": "<at least 16 random bytes, base64>"}')
-        nonce = decode_nonce(body.nonce)
-        if nonce is None:
-            raise ValidationError("the nonce must be base64 of at least 16 bytes", code="invalid_request")
-        return _json(AuthProof(proof=proof(self.credential(device.serial), nonce, device.serial)))
 
     def _ca_client(self, device: Device) -> enrollers.CaClientSettings:
         """How the device reaches CAs: trusting the fleet's anchors and its own CA bundle."""
@@ -519,7 +527,6 @@ def create_app(sim: DeviceSim) -> Starlette:
         Route(device + "/keyring/default/regenerate", sim.regenerate_keyring, methods=["POST"]),
         Route(device + "/ca-bundle", sim.get_ca_bundle, methods=["GET"]),
         Route(device + "/ca-bundle", sim.put_ca_bundle, methods=["PUT"]),
-        Route(device + "/authenticate", sim.authenticate, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {
         CertfleetError: _certfleet_error,

@@ -1,7 +1,8 @@
 """The simulated devices' endpoint credentials: each device's is derived from one fleet-wide key,
 HMAC-SHA256(key, serial) in hex, so 50,000 devices need no stored credential and a restarted
 simulator given the same key holds the same credentials. The inventory hands them out (an admin's
-import stores them); a device uses its own to answer certfleet's challenge (:mod:`shared.device_auth`).
+import stores them); a device uses its own to open the secret options certfleet seals to it, and to
+prove in its answer that it did (:mod:`shared.sealed_secrets`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ The sequence for every kind:
    object (for a CA-bundle push, which is about a device alone: the device and certfleet's
    current CA bundle; for a keyring regeneration, the device), in one transaction committed at once;
 2. run the exchange for the job's kind with the device; no database connection is held
-   meanwhile (a configuration carrying a secret goes only to a trusted endpoint that proved it
-   holds the device's credential: :mod:`.endpoint_gate`);
+   meanwhile (a configuration carrying a secret goes only to a trusted endpoint, sealed to the
+   device's credential, and the device's answer must prove it holds it: :mod:`.endpoint_gate`);
 3. in one transaction fenced by the claim's attempt number: record the outcome on the job
    and the trustpoint (certificates, statuses) or the device (its CA bundle version, its
    default keyring), then commit.
@@ -328,10 +328,10 @@ class _JobRun:
         self._note_override()
         check_secret_present(obj, renewal=self.kind is JobKind.RE_ENROLL, override=self.subject.override)
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
-        ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
+        devices = ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
         with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock):
-            report = exchanges.enroll(self.ctx.devices, device, params, mode=mode, steps=self.steps)
+            report = exchanges.enroll(devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 
         def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
@@ -375,9 +375,9 @@ class _JobRun:
                 code="nothing_to_install",
             )
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
-        ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
+        devices = ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
         report = exchanges.install_identity(
-            self.ctx.devices, device, params, certificate_pem=trustpoint.pending_identity_pem,
+            devices, device, params, certificate_pem=trustpoint.pending_identity_pem,
             ca_certificate_pem=trustpoint.pending_ca_pem, steps=self.steps,
         )
         self.steps.add("installed", _installed(report))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -108,7 +109,11 @@ def test_a_child_domains_override_enrolls_its_devices_at_its_own_ca_with_its_own
     # One bulk enrollment from Global: each trustpoint deploys its own domain's values.
     api.ok("POST", f"/domains/{GLOBAL}/bulk-enrollments",
            {"enrollment_object_id": obj, "selection": {"device_ids": [devices["a1"], devices["a"]]}}, status=202)
+    before = Counter(sim.sim.requests)
     jobs = run_queued(api, worker)
+    # One device request per EST enrollment: its configuration travels with the enroll request, the
+    # password sealed to the device's credential, and the device's answer proves it opened it.
+    assert Counter(sim.sim.requests) - before == Counter(enroll=2)
     assert {job.state for job in jobs.values()} == {"succeeded"}, [j.error_message for j in jobs.values()]
     assert issued_by(api, a1, devices["a1"]) == issuing_ca_fingerprint(branch_ca)
     assert issued_by(api, a, devices["a"]) == issuing_ca_fingerprint(global_ca)

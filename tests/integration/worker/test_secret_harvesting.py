@@ -1,9 +1,10 @@
 """The secret-harvesting device, reproduced and failing: a network admin registers a device whose
 management URL points at a host they control (a real HTTP server in a thread on loopback that
 records every byte it receives), adds a trustpoint with an EST object an admin made at Global, and
-the worker runs the job. No secret may reach that host unless an admin trusted the endpoint and the
-endpoint proved it holds the device's credential; the legitimate simulated device, imported by an
-admin with its credential, still gets its secrets.
+the worker runs the job. Nothing goes to that host unless an admin trusted the endpoint, and what
+goes is sealed to the device's credential: the host never reads the secret, and its answer, which
+cannot prove the credential, fails the job. The legitimate simulated device, imported by an admin
+with its credential, still gets its secrets, in one request.
 
 The controller's API (real HTTP through FastAPI's TestClient, SQLite), the worker's runner with its
 real device client, and the device simulator on loopback."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import threading
 import uuid
@@ -35,6 +37,7 @@ from services.worker.ca_gate import MemoryCaGate
 from services.worker.context import WorkerContext
 from services.worker.retry_policy import RetryPolicy
 from services.worker.runner import run_job
+from shared.device_auth import proof
 from shared.device_client import HttpDeviceClient
 from shared.logging import configure_logging
 from shared.models import Device, Job, Trustpoint
@@ -47,12 +50,14 @@ EST_URL = "https://127.0.0.1:1/.well-known/est/"  # never reached: the gate stop
 
 
 class Recorder:
-    """A host an attacker controls, posing as a device: it keeps the raw bytes of every request and
-    answers whatever a device would, with a made-up proof to the challenge."""
+    """A host an attacker controls, posing as a device: it keeps the raw bytes and the JSON body of
+    every request and answers what a device would, with ``proof`` (None: none) as its proof."""
 
     def __init__(self) -> None:
         self.raw = bytearray()
         self.paths: list[str] = []
+        self.bodies: list[dict] = []
+        self.proof: str | None = None
         self._lock = threading.Lock()
         recorder = self
 
@@ -63,14 +68,12 @@ class Recorder:
 
             def _answer(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
-                self.rfile.read(length)
+                received = self.rfile.read(length)
                 with recorder._lock:
                     recorder.paths.append(f"{self.command} {self.path}")
-                if self.path.endswith("/authenticate"):
-                    body = {"proof": "0" * 64}
-                else:
-                    body = {"name": self.path.rsplit("/", 1)[-1], "enrollment_type": "est",
-                            "ca_status": "in_progress", "identity_status": "in_progress"}
+                    recorder.bodies.append(json.loads(received) if received else {})
+                body = {"name": "corp-est", "enrollment_type": "est", "ca_status": "available",
+                        "identity_status": "available", "proof": recorder.proof}
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -198,7 +201,7 @@ def test_a_network_admins_device_at_a_host_they_control_never_gets_the_inherited
         "endpoint_credential": CREDENTIAL}), 403, "forbidden")
 
 
-def test_an_approved_or_allowed_endpoint_that_cannot_prove_the_credential_never_gets_the_password(
+def test_an_approved_or_allowed_endpoint_without_the_credential_never_reads_the_password(
         api, worker, recorder, attack):
     a, net, device = attack
     est = global_est_object(api)
@@ -217,31 +220,41 @@ def test_an_approved_or_allowed_endpoint_that_cannot_prove_the_credential_never_
     assert any(e.get("code") == "device_endpoint_unauthenticated" for e in logs)  # the logs were read
     assert CREDENTIAL not in seen and EST_PASSWORD not in seen
 
+    # The host got the enroll request, one, and in it the password sealed: nothing it can read.
     assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
-    assert "did not prove it holds its endpoint credential" in job.error_message
-    assert recorder.paths == ["POST /api/devices/EVIL-1/authenticate"]  # the challenge, and nothing after it
+    assert "did not prove it holds its endpoint credential: its answer carries no proof" in job.error_message
+    assert "nothing readable was sent" in job.error_message
+    assert recorder.paths == ["POST /api/devices/EVIL-1/trustpoints/corp-est/enroll"]
     assert EST_PASSWORD.encode() not in recorder.raw and CREDENTIAL.encode() not in recorder.raw
-    assert b'"nonce"' in recorder.raw  # what it saw was a fresh nonce
+    configuration = recorder.bodies[0]["configuration"]
+    assert "password" not in configuration["options"] and set(configuration["sealed"]) == {"nonce", "ciphertext"}
+    assert "endpoint_authenticated" not in {s["step"] for s in job.steps}
+    with Session(api.engine) as session:  # what the host answered is not recorded
+        trustpoint = session.get(Trustpoint, uuid.UUID(added.json()["trustpoint"]["id"]))
+        assert (trustpoint.identity_status, trustpoint.error_code) == ("failed", "device_endpoint_unauthenticated")
 
     # Withdrawn, the approval no longer counts; the allow-list can trust the endpoint instead, and the
-    # endpoint must still prove the credential.
+    # endpoint must still prove the credential: a proof the real device gave for another nonce, replayed, does not.
     withdrawn = api.ok("DELETE", f"/domains/{a}/devices/{device['id']}/trust")["endpoint_trust"]
     assert (withdrawn["trusted"], withdrawn["has_credential"]) == (False, True)
     port = int(recorder.url("x").split(":")[2].split("/")[0])
     entry = api.ok("POST", "/management-endpoints", {"scheme": "http", "host": "127.0.0.0/8", "port": port,
                                                       "description": "lab"}, status=201)
     assert api.ok("GET", f"/domains/{a}/devices/{device['id']}")["endpoint_trust"]["basis"] == "allow_list"
+    recorder.proof = proof(CREDENTIAL, os.urandom(32), "EVIL-1")
     again = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints/corp-est/re-enroll")
     job = run(worker, api, again.json()["job"]["id"])
     assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
+    assert "the proof in its answer does not match the credential" in job.error_message
     assert EST_PASSWORD.encode() not in recorder.raw
+    assert recorder.bodies[1]["configuration"]["sealed"]["nonce"] != configuration["sealed"]["nonce"]  # fresh
 
     # The allow-list is read when the secret is about to go: an entry removed stops it at once.
     api.ok("DELETE", f"/management-endpoints/{entry['id']}", status=204)
     again = call(api, net, "POST", f"/domains/{a}/devices/{device['id']}/trustpoints/corp-est/re-enroll")
     job = run(worker, api, again.json()["job"]["id"])
     assert (job.state, job.error_code) == ("failed", "device_endpoint_untrusted")
-    assert recorder.paths == ["POST /api/devices/EVIL-1/authenticate"] * 2
+    assert recorder.paths == ["POST /api/devices/EVIL-1/trustpoints/corp-est/enroll"] * 2
 
 
 def test_a_trusted_device_without_a_credential_gets_no_secret(api, worker, recorder, attack):
@@ -281,6 +294,7 @@ def test_the_simulated_device_an_admin_imported_with_its_credential_gets_its_pkc
         job = run(worker, api, added["job"]["id"])
 
     assert (job.state, job.error_code) == ("succeeded", None), job.error_message
+    assert [s["step"] for s in job.steps][2:4] == ["endpoint_authenticated", "configured"]
     authenticated = next(s for s in job.steps if s["step"] == "endpoint_authenticated")
     assert authenticated["detail"] == (f"device {devices[0]['serial']} proved it holds its endpoint credential "
                                        "(endpoint approved by an admin)")
@@ -299,6 +313,19 @@ def test_the_simulated_device_an_admin_imported_with_its_credential_gets_its_pkc
     for secret in (*credentials, passphrase):
         assert secret not in listed and secret not in queued and secret not in str(logs)
         assert secret not in json.dumps(job.steps)
+
+
+def test_a_device_that_cannot_open_its_sealed_secrets_applies_nothing_and_the_job_says_check_the_credential(
+        api, worker, sim):
+    serial = "FTD-000004"
+    url = f"{sim.url}/api/devices/{serial}"
+    device = api.device(serial, management_url=url, endpoint_credential="not-the-credential-the-device-holds")
+    added = api.add(device["id"], global_est_object(api)["id"])
+    job = run(worker, api, added["job"]["id"])
+    assert (job.state, job.error_code) == ("failed", "device_endpoint_unauthenticated")
+    assert "it could not open the sealed secrets with the credential it holds" in job.error_message
+    assert "nothing readable was sent" in job.error_message and "credential" in job.error_message
+    assert worker.devices.get_trustpoint(SimpleNamespace(serial=serial, management_url=url), "corp-est") is None
 
 
 def test_a_network_admins_import_stores_no_credential_and_trusts_only_what_the_allow_list_matches(api, sim):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import concurrent.futures
 import os
 import signal
@@ -13,13 +14,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from pydantic import TypeAdapter
 
@@ -28,8 +31,10 @@ from services.device_sim.config import SimConfig
 from services.device_sim.server import RunningSim, start_in_thread
 from shared.clock import utcnow
 from shared.device_api import DeviceInfo, Inventory, KeyringState, TrustpointState
-from shared.device_auth import encode_nonce, proof_matches
+from shared.device_auth import proof_matches
+from shared.enrollment import EnrollmentParameters
 from shared.errors import ConfigurationError
+from shared.sealed_secrets import SealedConfiguration, seal_configuration
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -128,20 +133,90 @@ def test_inventory_pages_through_the_whole_fleet(sim: RunningSim, client: httpx.
     assert own == first.model_copy(update={"endpoint_credential": None})  # the device itself never shows it
 
 
-def test_each_device_proves_the_credential_the_inventory_hands_out_and_no_other(client: httpx.Client) -> None:
+def test_each_device_has_its_own_credential_and_the_inventory_hands_it_out(sim: RunningSim,
+                                                                          client: httpx.Client) -> None:
     items = Inventory.model_validate_json(client.get("/api/inventory", params={"limit": 2}).content).items
     credentials = [d.endpoint_credential.get_secret_value() for d in items]
     assert len(set(credentials)) == 2 and all(len(c) == 64 for c in credentials)
-    nonce = os.urandom(32)
-    answer = client.post(f"/api/devices/{items[0].serial}/authenticate", json={"nonce": encode_nonce(nonce)})
-    assert answer.status_code == 200
-    proof = answer.json()["proof"]
-    assert proof_matches(credentials[0], nonce, items[0].serial, proof)
-    assert not proof_matches(credentials[1], nonce, items[0].serial, proof)  # another device's credential
-    assert not proof_matches(credentials[0], os.urandom(32), items[0].serial, proof)  # another nonce
-    assert credentials[0] not in answer.text
-    short = client.post(f"/api/devices/{items[0].serial}/authenticate", json={"nonce": encode_nonce(b"x" * 8)})
-    assert (short.status_code, short.json()["code"]) == (422, "invalid_request")
+    assert credentials == [sim.sim.credential(d.serial) for d in items]  # what the devices open seals with
+
+
+EST_PASSWORD = "est-Password-sealed-only-4K"
+
+
+def est_configuration(name: str = "vpn-est") -> EnrollmentParameters:
+    return EnrollmentParameters(name=name, enrollment_type="est", options={
+        "enrollment_url": "https://ca.example.net/.well-known/est/", "username": "fw", "password": EST_PASSWORD})
+
+
+def self_signed_pkcs12(passphrase: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vpn.example.com")])
+    now = utcnow()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    return pkcs12.serialize_key_and_certificates(b"vpn", key, cert, None,
+                                                 serialization.BestAvailableEncryption(passphrase.encode()))
+
+
+def flipped(sealed: SealedConfiguration) -> dict:
+    """The sealed configuration with one bit of its ciphertext changed."""
+    ciphertext = bytearray(base64.b64decode(sealed.wire["sealed"]["ciphertext"]))
+    ciphertext[-1] ^= 1
+    return {**sealed.wire, "sealed": {**sealed.wire["sealed"], "ciphertext": base64.b64encode(ciphertext).decode()}}
+
+
+def test_a_device_opens_secrets_sealed_to_its_credential_and_proves_it(sim: RunningSim, client: httpx.Client) -> None:
+    serial = "FTD-000101"
+    credential, params = sim.sim.credential(serial), est_configuration()
+    sealed = seal_configuration(params, credential=credential, serial=serial)
+    answer = client.put(f"/api/devices/{serial}/trustpoints/vpn-est", json=sealed.wire)
+    assert answer.status_code == 200, answer.text
+    proof = TrustpointState.model_validate_json(answer.content).proof
+    assert proof_matches(credential, sealed.nonce, serial, proof)
+    assert not proof_matches(credential, os.urandom(32), serial, proof)  # a proof for this nonce only
+    assert sim.sim.fleet.get(serial).trustpoints["vpn-est"].params == params  # the password opened, as sent
+    assert EST_PASSWORD not in answer.text and credential not in answer.text
+    assert client.get(f"/api/devices/{serial}/trustpoints/vpn-est").json()["proof"] is None  # nothing sealed asked
+
+    # An enroll request carrying its configuration: a PKCS#12 file and its passphrase, sealed.
+    file = base64.b64encode(self_signed_pkcs12("p12-Passphrase-9")).decode()
+    p12 = EnrollmentParameters(name="vpn-p12", enrollment_type="pkcs12",
+                               options={"pkcs12_base64": file, "passphrase": "p12-Passphrase-9"})
+    sealed = seal_configuration(p12, credential=credential, serial=serial)
+    enrolled = client.post(f"/api/devices/{serial}/trustpoints/vpn-p12/enroll",
+                           json={"mode": "enroll", "configuration": sealed.wire})
+    assert enrolled.status_code == 200, enrolled.text
+    state = TrustpointState.model_validate_json(enrolled.content)
+    assert state.identity_status == "available" and proof_matches(credential, sealed.nonce, serial, state.proof)
+
+
+def test_a_device_refuses_sealed_secrets_it_cannot_open_and_applies_nothing(sim: RunningSim,
+                                                                            client: httpx.Client) -> None:
+    serial, other = "FTD-000102", "FTD-000103"
+    sealed = seal_configuration(est_configuration(), credential=sim.sim.credential(serial), serial=serial)
+    not_its_own = seal_configuration(est_configuration(), credential=sim.sim.credential(other), serial=serial)
+    unreadable = {
+        # Replayed to another device, or to another trustpoint of the same device.
+        "another device": client.put(f"/api/devices/{other}/trustpoints/vpn-est", json=sealed.wire),
+        "another trustpoint": client.put(f"/api/devices/{serial}/trustpoints/vpn-other",
+                                         json={**sealed.wire, "name": "vpn-other"}),
+        "changed ciphertext": client.put(f"/api/devices/{serial}/trustpoints/vpn-est", json=flipped(sealed)),
+        "changed in an enroll request": client.post(f"/api/devices/{serial}/trustpoints/vpn-est/enroll",
+                                                    json={"mode": "enroll", "configuration": flipped(sealed)}),
+        "sealed to another credential": client.put(f"/api/devices/{serial}/trustpoints/vpn-est", json=not_its_own.wire),
+    }
+    for why, answer in unreadable.items():
+        assert (answer.status_code, answer.json()["code"]) == (401, "sealed_configuration_unreadable"), why
+        assert "could not open the sealed secret options" in answer.json()["message"], why
+    too_large = {**sealed.wire, "sealed": {"nonce": sealed.wire["sealed"]["nonce"], "ciphertext": "A" * 100_000}}
+    answer = client.put(f"/api/devices/{serial}/trustpoints/vpn-est", json=too_large)
+    assert (answer.status_code, answer.json()["code"]) == (413, "payload_too_large")
+    answer = client.put(f"/api/devices/{serial}/trustpoints/vpn-est", json={**sealed.wire, "sealed": "x"})
+    assert (answer.status_code, answer.json()["code"]) == (422, "invalid_sealed_configuration")
+    for device in (serial, other):
+        assert client.get(f"/api/devices/{device}/trustpoints").json() == []
 
 
 def test_a_fleet_key_gives_the_same_credentials_at_every_start() -> None:

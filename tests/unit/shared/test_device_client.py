@@ -17,6 +17,7 @@ import pytest
 from shared.device_client import DeviceTransientError, HttpDeviceClient
 from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
+from shared.sealed_secrets import seal_configuration
 
 WEAK_CRYPTO_MESSAGE = "weak crypto: RSA-1024; enable weak-crypto on the device to accept it"
 BUNDLE = {"version": "7", "certificates": 2, "sha256": "ab" * 32}
@@ -117,6 +118,21 @@ def test_configure_puts_the_trustpoint_configuration_to_the_device_path(client, 
     client.enroll(device, "vpn", "re_enroll")
     assert device_server.requests[-1][:2] == ("POST", "/api/devices/FTD-000042/trustpoints/vpn/enroll")
     assert json.loads(device_server.requests[-1][2]) == {"mode": "re_enroll"}
+
+
+def test_a_secret_in_clear_is_refused_before_anything_is_sent_and_a_sealed_one_goes(client, device, device_server):
+    params = EnrollmentParameters(name="vpn", enrollment_type="est", options={
+        "enrollment_url": "https://ca.example.net/.well-known/est/", "username": "fw", "password": "est-Secret-1"})
+    for send in (lambda: client.configure_trustpoint(device, params),
+                 lambda: client.enroll(device, "vpn", configuration=params)):
+        with pytest.raises(PermanentError) as caught:
+            send()
+        assert caught.value.code == "secret_not_sealed" and "est-Secret-1" not in caught.value.message
+    assert device_server.requests == []
+    sealed = seal_configuration(params, credential="device-credential-0042-abcdef", serial=device.serial)
+    client.enroll(device, "vpn", configuration=sealed)
+    body = device_server.requests[-1][2]
+    assert json.loads(body) == {"mode": "enroll", "configuration": sealed.wire} and b"est-Secret-1" not in body
 
 
 def test_refused_connection_is_transient_and_names_device_and_url(client):

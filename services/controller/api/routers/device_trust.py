@@ -1,7 +1,7 @@
 """``/api/v1/domains/{d}/devices/{id}/trust``: an admin vouching for a device's management endpoint.
 
 ``POST`` approves the device at its current management URL (recording who and when), optionally with
-the credential the device proves it holds before certfleet sends it a secret; ``DELETE`` withdraws
+the credential the device holds, which certfleet seals its secrets to; ``DELETE`` withdraws
 the approval. Admin only: a network admin's device whose URL the allow-list does not match gets no
 secret until an admin approves it."""
 
@@ -30,7 +30,7 @@ def approve_device(device_id: uuid.UUID, body: DeviceTrust | None = None, scope:
                    session: Session = Depends(get_session), box: SecretBox = Depends(get_secret_box),
                    principal: Principal = Depends(require_admin)):
     """Approve the device's management endpoint at its current URL (admin), recording who and when; with
-    ``credential``, the credential the device proves it holds before a secret is sent to it."""
+    ``credential``, the credential the device holds: its secrets go sealed to it."""
     device = crud.get_device(session, scope=scope, device_id=device_id)
     device_trust.approve(device, principal=principal, now=utcnow(), credential=body.credential if body else None,
                          box=box)

@@ -1,7 +1,7 @@
 """``/api/v1/management-endpoints``: the installation's allow-list of device management endpoints.
 
-A device whose management URL matches an entry is trusted with secrets (once it proves it holds its
-credential) even if no admin approved it. Any valid token may read the list; only an admin homed at
+A device whose management URL matches an entry is trusted with secrets (sealed to its credential, which
+it must prove it holds) even if no admin approved it. Any valid token may read the list; only an admin homed at
 Global may add or remove entries, since they decide where every domain's secrets may go. An entry
 removed stops secrets at once: the workers read the list when each secret is about to be sent."""
 

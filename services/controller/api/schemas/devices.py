@@ -23,7 +23,7 @@ class DeviceCreate(InputModel):
     fqdn: str = Field(default="", max_length=255, json_schema_extra={"pattern": FQDN_PATTERN})
     #: Base URL of the device's management API (http or https).
     management_url: str = Field(min_length=1, max_length=512, json_schema_extra={"pattern": HTTP_URL_PATTERN})
-    #: The credential the device proves it holds before certfleet sends it a secret (admin only; write-only:
+    #: The credential the device holds, which its secrets are sealed to (admin only; write-only:
     #: stored encrypted, never shown again). A device an admin registers is trusted at this URL.
     endpoint_credential: SecretStr | None = Field(default=None, **CREDENTIAL)
 
