@@ -13,14 +13,14 @@ import pytest
 from dramatiq.common import dq_name
 from sqlalchemy import event
 
+from services.device_sim.config import SimConfig
+from services.device_sim.server import RunningSim, start_in_thread
 from services.worker import batch, jobstore, persist
 from services.worker.batch import run_jobs
 from services.worker.ca_waiting import permit_lease_ms
 from shared.db import session_scope
 from shared.events import BULK_QUEUE
 from shared.models import GLOBAL_DOMAIN_ID, Device, EnrollmentObject, Job, Trustpoint
-from services.device_sim.config import SimConfig
-from services.device_sim.server import RunningSim, start_in_thread
 from tests.integration.worker.test_runner import EST_URL, LEASE, EnrollsWith, World, ca_failing, make_world, step_names
 from tests.support.jobs import drain
 
