@@ -55,12 +55,9 @@ def run_jobs(
     now = ctx.clock()
     with session_scope(ctx.engine) as session:
         held = prefetch_many(session, ids)  # noqa: F841  (the session keeps only weak references)
-        claims: list[tuple[ClaimedJob, Subject]] = []
-        for job_id in ids:
-            claimed = jobstore.take_claim(session, job_id, now=now, lease_seconds=ctx.settings.job_lease_seconds,
-                                          holder=ctx.holder)
-            if claimed is not None:
-                claims.append((claimed, load_subject(session, claimed)))
+        taken = jobstore.take_claims(session, ids, now=now, lease_seconds=ctx.settings.job_lease_seconds,
+                                     holder=ctx.holder)
+        claims = [(claimed, load_subject(session, claimed)) for claimed in taken]
         session.commit()
     skipped = [JobOutcome(job_id=job_id, result="skipped") for job_id in ids
                if job_id not in {claimed.id for claimed, _ in claims}]

@@ -92,6 +92,37 @@ def take_claim(
     live worker, or another worker claimed it a moment earlier. The message is then
     acknowledged and dropped; the reason is logged.
     """
+    plan = _plan_claim(session, job_id, now=now, lease_seconds=lease_seconds, holder=holder)
+    if plan is None:
+        return None
+    params, claimed = plan
+    if session.execute(CLAIM, params).rowcount != 1:  # nothing written: the transaction may go on
+        log().info("job claimed by another worker first; duplicate message dropped", job_id=str(job_id))
+        return None
+    return claimed
+
+
+def take_claims(
+    session: Session, job_ids: list[uuid.UUID], *, now: datetime, lease_seconds: float, holder: str = ""
+) -> list[ClaimedJob]:
+    """:func:`take_claim` for the jobs of a batch, with one statement executed for all of them (not
+    committed). Should another worker have claimed one in between (the statement changed fewer rows
+    than it was given), the transaction is rolled back and each job is claimed on its own."""
+    plans = [plan for job_id in job_ids
+             if (plan := _plan_claim(session, job_id, now=now, lease_seconds=lease_seconds, holder=holder))]
+    if len(plans) > 1:
+        if session.execute(CLAIM, [params for params, _ in plans]).rowcount == len(plans):
+            return [claimed for _, claimed in plans]
+        session.rollback()
+        log().info("another worker claimed some of a batch's jobs first; claiming them one by one")
+    return [claimed for job_id in job_ids
+            if (claimed := take_claim(session, job_id, now=now, lease_seconds=lease_seconds, holder=holder))]
+
+
+def _plan_claim(
+    session: Session, job_id: uuid.UUID, *, now: datetime, lease_seconds: float, holder: str
+) -> tuple[dict[str, Any], ClaimedJob] | None:
+    """The claim's statement values and the job as claimed, or None (logged) when it may not be claimed."""
     job = session.get(Job, job_id)
     if job is None:
         log().warning("job not found; message dropped", job_id=str(job_id))
@@ -113,16 +144,13 @@ def take_claim(
     if holder:
         detail += f", by {holder}"
     steps = [*job.steps, {"at": now.isoformat(), "step": "claimed", "detail": detail}]
-    result = session.execute(CLAIM, {
+    params = {
         "b_id": job_id, "b_attempts": job.attempts, "b_now": now,
         "state": JobState.RUNNING.value, "attempts": attempts,
         "lease_expires_at": now + timedelta(seconds=lease_seconds), "started_at": job.started_at or now,
         "steps": steps,
-    })
-    if result.rowcount != 1:  # nothing written: the transaction may go on (a batch claims more in it)
-        log().info("job claimed by another worker first; duplicate message dropped", job_id=str(job_id))
-        return None
-    return ClaimedJob(
+    }
+    return params, ClaimedJob(
         id=job.id, kind=JobKind(job.kind), attempts=attempts, max_attempts=job.max_attempts,
         trustpoint_id=job.trustpoint_id, device_id=job.device_id, trustpoint_name=job.trustpoint_name,
         steps=steps, ca_waits=job.ca_waits, reason=JobReason(job.reason),
@@ -145,6 +173,23 @@ def finish_job(session: Session, claimed: ClaimedJob, *, now: datetime, steps: l
         session, claimed, state=JobState.SUCCEEDED.value, finished_at=now, lease_expires_at=None,
         next_attempt_at=None, error_code=None, error_message=None, steps=[*claimed.steps, *steps],
     )
+
+
+def finish_jobs(session: Session, finished: list[tuple[ClaimedJob, list[Step]]], *, now: datetime) -> list[bool]:
+    """:func:`finish_job` for several jobs (with the steps each took), one statement executed for all
+    (not committed); for each, whether this worker still held it. When one was lost (the statement
+    changed fewer rows than it was given), the transaction is rolled back and each is fenced on its
+    own: call this first in the transaction."""
+    def values(claimed: ClaimedJob, steps: list[Step]) -> dict[str, Any]:
+        return {"b_id": claimed.id, "b_attempts": claimed.attempts, "state": JobState.SUCCEEDED.value,
+                "finished_at": now, "lease_expires_at": None, "next_attempt_at": None, "error_code": None,
+                "error_message": None, "steps": [*claimed.steps, *steps]}
+
+    if len(finished) > 1:
+        if session.execute(FENCED, [values(c, steps) for c, steps in finished]).rowcount == len(finished):
+            return [True] * len(finished)
+        session.rollback()
+    return [finish_job(session, claimed, now=now, steps=steps) for claimed, steps in finished]
 
 
 def fail_job(

@@ -215,12 +215,10 @@ def commit_finishes(ctx: WorkerContext, finishes: list[Finish]) -> list[JobOutco
     order with one statement, then each job's record. Job rows before trustpoints, each in id order,
     as every writer takes them, so two batches never wait on each other in a cycle."""
     ordered = sorted(finishes, key=lambda f: f.run.claimed.id)
-    held: list[Finish] = []
     with session_scope(ctx.engine) as session:
         now = ctx.clock()
-        for finish in ordered:
-            if jobstore.finish_job(session, finish.run.claimed, now=now, steps=finish.steps):
-                held.append(finish)
+        fenced = jobstore.finish_jobs(session, [(f.run.claimed, f.steps) for f in ordered], now=now)
+        held = [finish for finish, kept in zip(ordered, fenced, strict=True) if kept]
         locked = persist.lock_trustpoints(session, [f.trustpoint_id for f in held if f.trustpoint_id is not None])
         # Their certificates read and written a statement each for the whole batch.
         book = persist.CertificateBook.open_for(session, list(locked)) if len(held) > 1 else None

@@ -191,3 +191,27 @@ def test_batch_outcomes_keep_the_order_and_kind_of_the_jobs(world):
     _, _, job_ids = jobs_for(world, ["FTD-000024", "FTD-000025"])
     outcomes = batch.run_jobs(world.ctx, job_ids, broker=world.broker)
     assert [(o.job_id, o.kind.value) for o in outcomes] == [(j, "enroll") for j in job_ids]
+
+
+@pytest.mark.parametrize("db_engine", ["postgres"], indirect=True)
+def test_a_job_claimed_by_another_worker_while_the_batch_claims_is_left_to_it(world, monkeypatch):
+    _, trustpoints, job_ids = jobs_for(world, ["FTD-000026", "FTD-000027", "FTD-000028"])
+    plan, b_claimed = jobstore._plan_claim, []
+
+    def planned_then_taken(session, job_id, **kw):
+        planned = plan(session, job_id, **kw)
+        if job_id == job_ids[1] and not b_claimed:  # read as queued by the batch, then claimed by B first
+            b_claimed.append(job_id)
+            with session_scope(world.engine) as other:
+                assert jobstore.take_claim(other, job_id, now=world.clock(), lease_seconds=LEASE, holder="worker B")
+                other.commit()
+        return planned
+
+    monkeypatch.setattr(jobstore, "_plan_claim", planned_then_taken)
+    outcomes = {o.job_id: o.result for o in run_jobs(world.ctx, job_ids, broker=world.broker)}
+
+    assert outcomes == {job_ids[0]: "succeeded", job_ids[1]: "skipped", job_ids[2]: "succeeded"}
+    taken = world.row(Job, job_ids[1])
+    assert (taken.state, taken.attempts) == ("running", 1)
+    assert taken.steps[-1]["detail"] == "attempt 1 of 5, by worker B"
+    assert world.certificates(trustpoints[1]) == []
