@@ -18,7 +18,8 @@ Time: every job of a batch is claimed at its start, so the batch starts no job t
 within the lease (its last start leaves one permit's worth, the longest an exchange may take): jobs
 left then are handed back, their attempt returned, and published again one message each. When one
 job must wait for its CA, the batch's other jobs for that CA wait with it rather than each asking
-the gate in turn.
+the gate in turn; and a permit from an enrollment that went well is given back in the same step
+as the next enrollment with that CA asks for its own (:class:`~services.worker.ca_waiting.PermitCarry`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import structlog
 
 from services.worker import jobstore
 from services.worker.ca_gate import ca_endpoint
-from services.worker.ca_waiting import CA_TYPES, permit_lease_ms
+from services.worker.ca_waiting import CA_TYPES, PermitCarry, permit_lease_ms
 from services.worker.context import WorkerContext
 from services.worker.jobstore import ClaimedJob
 from services.worker.runner import Finish, JobOutcome, Subject, _JobRun, commit_finishes, load_subject, prefetch_many
@@ -72,8 +73,15 @@ class _Batch:
         #: After this, a job started could outlast its lease.
         self.last_start = claimed_at + lease - timedelta(milliseconds=permit_lease_ms(ctx.settings))
         self.finishing: list[Finish] = []
+        self.permits = PermitCarry(ctx.ca_gate, ctx.settings)
 
     def run(self) -> list[JobOutcome]:
+        try:
+            return self._run()
+        finally:
+            self.permits.flush()
+
+    def _run(self) -> list[JobOutcome]:
         outcomes: list[JobOutcome] = []
         parked: dict[str, object] = {}
         for index, (claimed, subject) in enumerate(self.claims):
@@ -81,8 +89,10 @@ class _Batch:
                 outcomes += self._hand_back(self.claims[index:])
                 break
             run = _JobRun(self.ctx, claimed, subject, broker=self.broker, queue=self.queue,
-                          finishing=self.finishing)
+                          finishing=self.finishing, permits=self.permits)
             endpoint = _ca_endpoint(claimed, subject)
+            if endpoint != self.permits.endpoint:
+                self.permits.flush()  # no job of this batch holds on to a CA it no longer talks to
             structlog.contextvars.bind_contextvars(job_id=str(claimed.id))
             try:
                 if endpoint is not None and endpoint in parked:

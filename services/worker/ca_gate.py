@@ -110,7 +110,10 @@ Outcome = Literal["ok", "down", "unknown"]
 
 
 class CaGate(Protocol):
-    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float) -> Decision: ...
+    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float, releasing: str = "") -> Decision:
+        """A permit, or why not now. ``releasing``: the token of a permit whose exchange went well,
+        given back first in the same step (as ``finish`` with "ok" would)."""
+        ...
 
     def finish(self, endpoint: str, token: str, *, outcome: Outcome, cap_ms: float, jitter: float) -> Circuit:
         """Give the permit back and record the outcome (``jitter`` in [0, 1] spreads the
@@ -150,10 +153,12 @@ class MemoryCaGate:
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
 
-    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float) -> Decision:
+    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float, releasing: str = "") -> Decision:
         with self._lock:
             now = self._clock_ms()
             e = self._endpoints.setdefault(endpoint, _Endpoint())
+            if releasing:
+                self._release_ok(e, releasing)
             probe = False
             if e.failures >= CIRCUIT_THRESHOLD:
                 if now < e.open_until:
@@ -180,14 +185,13 @@ class MemoryCaGate:
         with self._lock:
             now = self._clock_ms()
             e = self._endpoints.setdefault(endpoint, _Endpoint())
+            if outcome == "ok":
+                self._release_ok(e, token)
+                return Circuit(open=False)
             e.holders.pop(token, None)
             if token == e.probe:  # the probe ended, whatever it found: the next one may start
                 e.probing_until, e.probe = 0.0, ""
             if outcome == "unknown":
-                return Circuit(open=False)
-            if outcome == "ok":
-                e.failures = e.openings = 0
-                e.open_until = e.probing_until = e.down_since = 0.0
                 return Circuit(open=False)
             e.failures += 1
             e.down_since = e.down_since or now
@@ -198,6 +202,15 @@ class MemoryCaGate:
             is_open = now < e.open_until
             return Circuit(open=is_open, retry_in_ms=max(0.0, e.open_until - now) if is_open else 0.0,
                            down_since_ms=e.down_since)
+
+    @staticmethod
+    def _release_ok(e: _Endpoint, token: str) -> None:
+        """The permit back after the CA answered: the circuit closes."""
+        e.holders.pop(token, None)
+        if token == e.probe:
+            e.probe = ""
+        e.failures = e.openings = 0
+        e.open_until = e.probing_until = e.down_since = 0.0
 
     def open_circuits(self) -> dict[str, float]:
         with self._lock:

@@ -44,10 +44,20 @@ end
 """
 
 
+#: Giving back ARGV[n], the permit of an exchange that went well: the circuit closes.
+def _release_ok(arg: int) -> str:
+    return f"""
+redis.call('ZREM', KEYS[2], ARGV[{arg}])
+if redis.call('HGET', KEYS[1], 'probe') == ARGV[{arg}] then redis.call('HDEL', KEYS[1], 'probe') end
+redis.call('HDEL', KEYS[1], 'failures', 'openings', 'open_until', 'probing_until', 'down_since')
+"""
+
+
 # KEYS: state, holders. ARGV: concurrency, interval_ms, tolerance_ms, lease_ms, token, threshold,
-# base_ms, ttl_ms, now_ms ("": the server's clock). Returns {code, retry_in_ms, down_since}: 0 granted,
+# base_ms, ttl_ms, now_ms ("": the server's clock), releasing ("" none: the token of a permit whose
+# exchange went well, given back first). Returns {code, retry_in_ms, down_since}: 0 granted,
 # 1 rate, 2 circuit, 3 concurrency.
-_ACQUIRE = _now(9) + """
+_ACQUIRE = _now(9) + "if ARGV[10] ~= '' then" + _release_ok(10) + "end" + """
 local limit, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease, token, threshold, base = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local s = redis.call('HMGET', KEYS[1], 'failures', 'open_until', 'probing_until', 'down_since', 'tat')
@@ -76,14 +86,10 @@ return {0, '0', '0'}
 
 # KEYS: state, holders. ARGV: token, outcome (ok/down/unknown), threshold, base_ms, cap_ms, jitter,
 # ttl_ms, now_ms ("": the server's clock). Returns {open (1/0), retry_in_ms, down_since}.
-_FINISH = _now(8) + """
+_FINISH = _now(8) + "if ARGV[2] == 'ok' then" + _release_ok(1) + "return {0, '0', '0'} end" + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then redis.call('HDEL', KEYS[1], 'probing_until', 'probe') end
 if ARGV[2] == 'unknown' then return {0, '0', '0'} end
-if ARGV[2] == 'ok' then
-  redis.call('HDEL', KEYS[1], 'failures', 'openings', 'open_until', 'probing_until', 'down_since')
-  return {0, '0', '0'}
-end
 local threshold, base = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cap, jitter = tonumber(ARGV[5]), tonumber(ARGV[6])
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
@@ -128,11 +134,11 @@ class RedisCaGate:
     def _keys(self, endpoint: str) -> list[str]:
         return [f"{self.prefix}:{endpoint}:state", f"{self.prefix}:{endpoint}:holders"]
 
-    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float) -> Decision:
+    def acquire(self, endpoint: str, limits: CaLimits, *, lease_ms: float, releasing: str = "") -> Decision:
         token = uuid.uuid4().hex
         code, retry_in, down_since = self._acquire(keys=self._keys(endpoint), args=[
             limits.concurrency, repr(limits.interval_ms), repr(limits.tolerance_ms), repr(lease_ms), token,
-            CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, STATE_TTL_MS, self._now(),
+            CIRCUIT_THRESHOLD, CIRCUIT_BASE_MS, STATE_TTL_MS, self._now(), releasing,
         ])
         if int(code) == 0:
             return Decision(granted=True, token=token)

@@ -33,7 +33,7 @@ import dramatiq
 from sqlmodel import Session, select
 
 from services.worker import exchanges, health, job_metrics, jobstore, persist, renewal_state
-from services.worker.ca_waiting import CaWait, park_delay_ms, through_ca_gate
+from services.worker.ca_waiting import CaWait, PermitCarry, park_delay_ms, through_ca_gate
 from services.worker.context import WorkerContext
 from services.worker.endpoint_gate import ensure_may_receive_secrets
 from services.worker.exchanges import DeviceReport
@@ -245,11 +245,14 @@ class _JobRun:
     """One attempt at one claimed job."""
 
     def __init__(self, ctx: WorkerContext, claimed: ClaimedJob, subject: Subject, *,
-                 broker: dramatiq.Broker | None, queue: str, finishing: list[Finish] | None = None) -> None:
+                 broker: dramatiq.Broker | None, queue: str, finishing: list[Finish] | None = None,
+                 permits: PermitCarry | None = None) -> None:
         self.ctx, self.claimed = ctx, claimed
         self.broker, self.queue = broker, queue
         #: Where a batch collects its successes, committed together (None: each commits at once).
         self.finishing = finishing
+        #: A batch's CA permit carried from one enrollment to the next (None: given back at once).
+        self.permits = permits
         #: Why the job waited for its CA, when it did (a batch parks its other jobs of that CA too).
         self.parked: CaWait | None = None
         self.kind = claimed.kind
@@ -328,7 +331,8 @@ class _JobRun:
         params = trustpoint_configuration(obj, device, name=trustpoint.name, secrets=self.ctx.secrets)
         devices = ensure_may_receive_secrets(self.ctx, device, params, steps=self.steps)
         mode = "re_enroll" if self.kind is JobKind.RE_ENROLL else "enroll"
-        with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock):
+        with through_ca_gate(self.ctx.ca_gate, obj, self.ctx.settings, rng=self.ctx.rng, wall_clock=self.ctx.clock,
+                             carry=self.permits):
             report = exchanges.enroll(devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 

@@ -127,6 +127,24 @@ def a_probe_whose_worker_died_lets_another_probe_once_its_lease_ends(gate: CaGat
     assert gate.acquire(CA, WIDE, lease_ms=LEASE_MS).granted
 
 
+def a_permit_given_back_with_the_next_acquire_frees_its_slot_and_closes_the_circuit(
+        gate: CaGate, clock: ManualClock) -> None:
+    one = CaLimits(concurrency=1, rate_per_second=100_000)
+    first = gate.acquire(CA, one, lease_ms=LEASE_MS)
+    assert first.granted and not gate.acquire(CA, one, lease_ms=LEASE_MS).granted
+    second = gate.acquire(CA, one, lease_ms=LEASE_MS, releasing=first.token)  # one step: back, then anew
+    assert second.granted and second.token != first.token
+    assert not gate.acquire(CA, one, lease_ms=LEASE_MS).granted  # the slot is the new permit's
+    # A probe that went well, given back with the next acquire: the circuit closes, failures start afresh.
+    clock.advance(ms=open_circuit(gate).retry_in_ms)
+    gate.finish(CA, second.token, outcome="unknown", cap_ms=60_000, jitter=0)
+    probe = gate.acquire(CA, WIDE, lease_ms=LEASE_MS)
+    assert probe.granted
+    assert gate.acquire(CA, WIDE, lease_ms=LEASE_MS, releasing=probe.token).granted
+    assert all(gate.acquire(CA, WIDE, lease_ms=LEASE_MS).granted for _ in range(5))
+    assert not down(gate).open
+
+
 RULES = [
     concurrency_is_capped_and_a_finished_permit_frees_a_slot,
     a_permit_of_a_killed_worker_frees_itself_when_its_lease_ends,
@@ -135,4 +153,5 @@ RULES = [
     the_circuit_stays_open_longer_after_each_failed_probe_up_to_the_cap,
     a_probe_that_learns_nothing_lets_the_next_probe_start_at_once,
     a_probe_whose_worker_died_lets_another_probe_once_its_lease_ends,
+    a_permit_given_back_with_the_next_acquire_frees_its_slot_and_closes_the_circuit,
 ]

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.worker.ca_gate import CIRCUIT_THRESHOLD, CaLimits, MemoryCaGate, ca_endpoint
-from services.worker.ca_waiting import CaWait, limits_for, park_delay_ms, through_ca_gate
+from services.worker.ca_waiting import CaWait, PermitCarry, limits_for, park_delay_ms, through_ca_gate
 from shared.errors import PermanentError, TransientError, ValidationError
 from shared.settings import Settings
 from tests.support.ca_gate_rules import CA, RULES
@@ -272,3 +272,29 @@ def test_every_exchange_outcome_of_an_endpoint_is_exported_from_its_first_enroll
     enroll(gate, obj, Settings(), look, clock)
     assert seen == {"succeeded": 0.0, "ca_unavailable": 0.0, "failed": 0.0}
     assert counts(endpoint)["exchanges succeeded"] == 1.0
+
+
+def test_a_batch_gives_a_permit_back_with_its_next_enrollment_with_that_ca(gate, clock):
+    """One gate round trip per enrollment in a batch: a permit that went well is given back when the
+    batch's next enrollment with the CA asks for its own, or when the batch ends."""
+    calls = []
+    real_acquire, real_finish = gate.acquire, gate.finish
+    gate.acquire = lambda *a, **kw: calls.append(("acquire", kw.get("releasing", ""))) or real_acquire(*a, **kw)
+    gate.finish = lambda *a, **kw: calls.append(("finish", kw["outcome"])) or real_finish(*a, **kw)
+    settings = Settings(ca_concurrency=1)
+    carry = PermitCarry(gate, settings)
+    obj = est_object()
+    for _ in range(3):  # concurrency 1: each enrollment needs the permit the one before held
+        enroll(gate, obj, settings, lambda: None, clock, carry=carry)
+    assert [name for name, _ in calls] == ["acquire", "acquire", "acquire"]
+    assert [releasing != "" for _, releasing in calls] == [False, True, True]
+    carry.flush()
+    assert calls[-1] == ("finish", "ok")
+    left = real_acquire(ca_endpoint(obj.enrollment_url), CaLimits(concurrency=1, rate_per_second=100),
+                        lease_ms=60_000)
+    assert left.granted  # nothing was left held
+    real_finish(ca_endpoint(obj.enrollment_url), left.token, outcome="ok", cap_ms=1000, jitter=0)
+    # A failure is given back at once, as outside a batch.
+    with pytest.raises(TransientError):
+        enroll(gate, obj, settings, refused_by_ca, clock, carry=carry)
+    assert calls[-1] == ("finish", "down")
