@@ -130,8 +130,10 @@ class Settings:
     inventory_max_pages: int = 1000
     inventory_max_bytes: int = 64 << 20
     inventory_deadline_seconds: float = 300.0
-    #: Messages a worker process fetches ahead from Redis.
-    queue_prefetch: int = 64
+    #: Messages a worker process holds per queue, fetched ahead from Redis (a bulk action's message
+    #: is a batch of up to 20 jobs: twice the threads keeps every thread fed, and a worker that is
+    #: killed leaves few jobs waiting for their leases).
+    queue_prefetch: int = 16
     #: Log level and format ("json" or "console").
     log_level: str = "INFO"
     log_format: str = "json"

@@ -58,6 +58,10 @@ def dramatiq_command(*, processes: int, threads: int) -> list[str]:
     ]
 
 
+#: The longest an idle queue's consumer waits before asking Redis again, in milliseconds.
+CONSUMER_IDLE_MS = 100
+
+
 def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, str], *,
                        insecure_dev_key: bool = False) -> dict[str, str]:
     env = dict(base)
@@ -74,6 +78,10 @@ def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, 
     # threads (dramatiq's default is twice the threads), so a thread that finishes a job finds the
     # next one waiting instead of waiting on a Redis round trip.
     env.setdefault("dramatiq_queue_prefetch", str(settings.queue_prefetch))
+    # How long an idle queue's consumer waits at most before asking Redis again (dramatiq's default
+    # is a second): an operator's single action is picked up within a tenth of a second while a bulk
+    # action keeps every thread busy, for a few cheap Redis calls a second when idle.
+    env.setdefault("dramatiq_worker_timeout", str(CONSUMER_IDLE_MS))
     return env
 
 
@@ -129,7 +137,7 @@ def _stop_with_parent() -> None:
 
 
 def start_embedded_worker(
-    broker: dramatiq.Broker, context: WorkerContext, threads: int = 8, *, worker_timeout_ms: int = 1000
+    broker: dramatiq.Broker, context: WorkerContext, threads: int = 8, *, worker_timeout_ms: int = CONSUMER_IDLE_MS
 ) -> dramatiq.Worker:
     """Worker threads in this process, for the embedded stack (the in-process broker, or
     Redis in tests). Declare the actors first (:func:`services.worker.actors.declare_actors`).
