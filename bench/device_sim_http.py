@@ -42,11 +42,12 @@ def serve(tree: str, devices: int, pipe: Connection) -> None:
     """The simulator's process, from the source tree ``tree``: serve, and answer each message on
     ``pipe`` with the CPU the process has used so far."""
     sys.path.insert(0, tree)
+    import services
     from services.device_sim.config import SimConfig
     from services.device_sim.server import start_in_thread
 
     with start_in_thread(SimConfig(devices=devices, seed=1)) as running:
-        pipe.send(running.url)
+        pipe.send((running.url, services.__file__))
         while pipe.recv() != "stop":
             pipe.send(time.process_time())
 
@@ -60,7 +61,10 @@ class Simulator:
         self.process = multiprocessing.get_context("spawn").Process(
             target=serve, args=(tree, devices, theirs), daemon=True)
         self.process.start()
-        parts = urlsplit(self.pipe.recv())
+        url, source = self.pipe.recv()
+        if not Path(source).is_relative_to(tree):
+            raise RuntimeError(f"the simulator for {tree} runs the code in {source}")
+        parts = urlsplit(url)
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port)
 
     def cpu(self) -> float:
@@ -68,9 +72,15 @@ class Simulator:
         return self.pipe.recv()
 
     def call(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        """The answer's body, read in full; anything but 200 stops the run."""
-        headers = {"content-type": "application/json"} if body is not None else {}
-        self.connection.request(method, path, body=body, headers=headers)
+        """The answer's body, read in full; anything but 200 stops the run. As certfleet's device
+        client (urllib3) does, the head and the body go in separate writes."""
+        self.connection.putrequest(method, path, skip_accept_encoding=True)
+        if body is not None:
+            self.connection.putheader("content-type", "application/json")
+            self.connection.putheader("content-length", str(len(body)))
+        self.connection.endheaders()
+        if body is not None:
+            self.connection.send(body)
         response = self.connection.getresponse()
         answer = response.read()
         if response.status != 200:
