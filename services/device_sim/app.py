@@ -564,7 +564,9 @@ async def _internal_error(_request: Request, _exc: Exception) -> Response:
 
 
 def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
+    # The serializer's bytes as they come (what model_dump_json decodes to a str, which the
+    # Response would encode again).
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
 
 async def _body(request: Request) -> Any:
