@@ -1,6 +1,8 @@
 """The device simulator's CPU per request on the endpoints a fleet run calls most, measured in
 the simulator's own process (started as the tests start it, with start_in_thread) while a lean
-client in this process drives it over one keep-alive connection.
+client in this process drives it over one keep-alive connection: enroll of a self-signed
+trustpoint (ECDSA P-256, its configuration in the request), authenticate, GET trustpoint, GET
+keyring/default, PUT and GET ca-bundle.
 
 Not part of `make test` nor `make bench`: a quick check of the simulator's HTTP overhead. It
 prints one JSON line per endpoint (and source tree) with the median over the rounds, in
@@ -97,15 +99,19 @@ def device(number: int) -> str:
     return f"/api/devices/FTD-{number:06d}"
 
 
-def endpoints(sim: Simulator) -> dict[str, Callable[[int], object]]:
-    """Each measured endpoint as a call on device ``n``; a round enrolls its devices first."""
+def endpoints(sim: Simulator, spare: int) -> dict[str, Callable[[int], object]]:
+    """Each measured endpoint as a call on device ``n``; a round enrolls its devices first. The
+    CA bundle pushed is the certificate device ``spare`` (measured on no endpoint) enrolls."""
     enroll_body = json.dumps({"mode": "enroll", "configuration": CONFIGURATION}).encode()
     nonce_body = json.dumps({"nonce": NONCE}).encode()
+    enrolled = json.loads(sim.call("POST", f"{device(spare)}/trustpoints/{TRUSTPOINT}/enroll", enroll_body))
+    bundle_body = json.dumps({"version": "1", "pem": enrolled["certificates"][0]["pem"]}).encode()
     return {
         "enroll_self_signed": lambda n: sim.call("POST", f"{device(n)}/trustpoints/{TRUSTPOINT}/enroll", enroll_body),
         "authenticate": lambda n: sim.call("POST", f"{device(n)}/authenticate", nonce_body),
         "get_trustpoint": lambda n: sim.call("GET", f"{device(n)}/trustpoints/{TRUSTPOINT}"),
         "get_keyring": lambda n: sim.call("GET", f"{device(n)}/keyring/default"),
+        "put_ca_bundle": lambda n: sim.call("PUT", f"{device(n)}/ca-bundle", bundle_body),
         "get_ca_bundle": lambda n: sim.call("GET", f"{device(n)}/ca-bundle"),
     }
 
@@ -126,8 +132,9 @@ def main() -> None:
                         "default: this one)")
     args = parser.parse_args()
     trees = [str(Path(t).resolve()) for t in args.tree or [HERE]]
-    sims = [Simulator(tree, args.requests * args.rounds) for tree in trees]
-    calls = {sim.tree: endpoints(sim) for sim in sims}
+    spare = args.requests * args.rounds + 1
+    sims = [Simulator(tree, spare) for tree in trees]
+    calls = {sim.tree: endpoints(sim, spare) for sim in sims}
     names = list(calls[trees[0]])
     figures: dict[tuple[str, str], list[float]] = {(tree, name): [] for tree in trees for name in names}
     try:
