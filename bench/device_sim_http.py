@@ -6,7 +6,8 @@ keyring/default, PUT and GET ca-bundle.
 
 Not part of `make test` nor `make bench`: a quick check of the simulator's HTTP overhead. It
 prints one JSON line per endpoint (and source tree) with the median over the rounds, in
-microseconds of the simulator process's CPU (user + system, every thread) per request.
+microseconds of the simulator process's CPU (user + system, every thread) per request, and with
+several trees the median of each round's ratio to the first tree's.
 
 On a shared machine the figures drift by tens of percent from minute to minute, so to compare
 two versions give both source trees: their simulators run side by side and take turns, round by
@@ -156,7 +157,13 @@ def main() -> None:
         line = {"benchmark": "device_sim_http", "endpoint": name, "requests": args.requests,
                 "sim_cpu_us_per_request": round(statistics.median(rounds), 1),
                 "rounds_us": [round(f, 1) for f in rounds]}
-        print(json.dumps({**line, "tree": tree} if len(trees) > 1 else line))
+        if len(trees) > 1:
+            # Round by round against the first tree's simulator, which ran beside it.
+            first = figures[(trees[0], name)]
+            line["tree"] = tree
+            ratios = [ours / theirs for ours, theirs in zip(rounds, first, strict=True)]
+            line["ratio_to_first_tree"] = round(statistics.median(ratios), 3)
+        print(json.dumps(line))
 
 
 if __name__ == "__main__":
