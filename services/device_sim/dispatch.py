@@ -65,7 +65,8 @@ class DeviceDispatch:
         handlers = dict(app.exception_handlers)
         #: The last resort for an unexpected exception: answered (500), then raised for the
         #: server to log, as Starlette's ServerErrorMiddleware does.
-        self.server_error: ErrorHandler | None = handlers.pop(Exception, None) or handlers.pop(500, None)
+        at_500, at_exception = handlers.pop(500, None), handlers.pop(Exception, None)
+        self.server_error: ErrorHandler | None = at_exception or at_500
         self.error_handlers: dict[type, ErrorHandler] = {k: v for k, v in handlers.items() if isinstance(k, type)}
         #: Handlers of HTTPException by status code, which come first.
         self.status_handlers: dict[int, ErrorHandler] = {k: v for k, v in handlers.items() if isinstance(k, int)}
