@@ -12,14 +12,18 @@ import uvicorn
 
 
 class ServerThread:
-    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
-        """Serve on ``sock`` when given (bound to ``host``), else on a socket bound here to ``host``:``port``."""
+    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None,
+                 proxy_headers: bool = True) -> None:
+        """Serve on ``sock`` when given (bound to ``host``), else on a socket bound here to ``host``:``port``.
+        ``proxy_headers``: take the client's address and scheme from X-Forwarded-For and -Proto when
+        a proxy on loopback sends them (uvicorn's default); off, every request skips that middleware."""
         self.sock = sock if sock is not None else bind(host, port)
         self.host = host
         self.port = self.sock.getsockname()[1]
         # Idle connections are kept longer than certfleet's API client keeps them (10 s), so that
         # client never sends a request on a connection the server is closing.
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30,
+                                proxy_headers=proxy_headers)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
 

@@ -39,6 +39,7 @@ from services.device_sim import export as exports
 from services.device_sim import keyring as keyrings
 from services.device_sim.ca_client.trust import load_trust_anchors
 from services.device_sim.config import SimConfig
+from services.device_sim.dispatch import DeviceDispatch
 from services.device_sim.faults import FaultPlan, Outcome
 from services.device_sim.fleet import Device, Fleet, Trustpoint
 from services.device_sim.partition import Partition
@@ -505,7 +506,7 @@ class DeviceSim:
 
 # --- the ASGI application ---------------------------------------------------------------------
 
-def create_app(sim: DeviceSim) -> Starlette:
+def create_app(sim: DeviceSim) -> DeviceDispatch:
     device = "/api/devices/{serial}"
     trustpoint = device + "/trustpoints/{name}"
     routes = [
@@ -533,7 +534,7 @@ def create_app(sim: DeviceSim) -> Starlette:
         HTTPException: _http_error,
         Exception: _internal_error,
     }
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=sim.lifespan)
+    return DeviceDispatch(Starlette(routes=routes, exception_handlers=handlers, lifespan=sim.lifespan))
 
 
 def _partition_routes(sim: DeviceSim) -> list[Route]:
@@ -570,7 +571,9 @@ async def _internal_error(_request: Request, _exc: Exception) -> Response:
 
 
 def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
+    # The serializer's bytes as they come (what model_dump_json decodes to a str, which the
+    # Response would encode again).
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
 
 async def _body(request: Request) -> Any:
