@@ -1,7 +1,7 @@
 """The device simulator's CPU per request on the endpoints a fleet run calls most, measured in
 the simulator's own process (started as the tests start it, with start_in_thread) while a lean
 client in this process drives it over one keep-alive connection: enroll of a self-signed
-trustpoint (ECDSA P-256, its configuration in the request), authenticate, GET trustpoint, GET
+trustpoint (ECDSA P-256, its configuration in the request), GET trustpoint, GET
 keyring/default, PUT and GET ca-bundle.
 
 Not part of `make test` nor `make bench`: a quick check of the simulator's HTTP overhead. It
@@ -38,7 +38,6 @@ CONFIGURATION = {
     "include_fqdn": True, "validity_days": 30, "options": {},
 }
 #: A nonce as certfleet sends it (base64 of 32 bytes); the simulator only decodes and MACs it.
-NONCE = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA="
 
 
 def serve(tree: str, devices: int, pipe: Connection) -> None:
@@ -104,12 +103,10 @@ def endpoints(sim: Simulator, spare: int) -> dict[str, Callable[[int], object]]:
     """Each measured endpoint as a call on device ``n``; a round enrolls its devices first. The
     CA bundle pushed is the certificate device ``spare`` (measured on no endpoint) enrolls."""
     enroll_body = json.dumps({"mode": "enroll", "configuration": CONFIGURATION}).encode()
-    nonce_body = json.dumps({"nonce": NONCE}).encode()
     enrolled = json.loads(sim.call("POST", f"{device(spare)}/trustpoints/{TRUSTPOINT}/enroll", enroll_body))
     bundle_body = json.dumps({"version": "1", "pem": enrolled["certificates"][0]["pem"]}).encode()
     return {
         "enroll_self_signed": lambda n: sim.call("POST", f"{device(n)}/trustpoints/{TRUSTPOINT}/enroll", enroll_body),
-        "authenticate": lambda n: sim.call("POST", f"{device(n)}/authenticate", nonce_body),
         "get_trustpoint": lambda n: sim.call("GET", f"{device(n)}/trustpoints/{TRUSTPOINT}"),
         "get_keyring": lambda n: sim.call("GET", f"{device(n)}/keyring/default"),
         "put_ca_bundle": lambda n: sim.call("PUT", f"{device(n)}/ca-bundle", bundle_body),
