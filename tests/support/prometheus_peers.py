@@ -35,8 +35,11 @@ def start_prometheus(config: dict, folder: Path, *, port: int | None = None) -> 
     them over at that pace."""
     port = port or free_port()
     path = _write_config(config, folder)
+    # Firing alerts go to Alertmanager again every 2 s, not every minute: one sent while the notifier
+    # sets up its Alertmanager list again (a reload) would otherwise reach it a minute late.
     proc = Proc("prometheus", [f"--config.file={path}", f"--storage.tsdb.path={folder / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                               "--rules.alert.resend-delay=2s"],
                 {}, folder, program=[prometheus_binary()])
     return proc, f"http://127.0.0.1:{port}"
 
