@@ -211,8 +211,9 @@ def _row(info: DeviceInfo, *, url: str, domain_id: uuid.UUID, now: datetime, tru
         row.update(approval(trust.principal, row["management_url"], now))
         credential = info.endpoint_credential.get_secret_value() if info.endpoint_credential is not None else ""
         if credential:
-            if not 16 <= len(credential) <= 256:
-                raise ValidationError("its endpoint credential must be 16 to 256 characters")
+            if not 32 <= len(credential) <= 256:
+                raise ValidationError("its endpoint credential must be 32 to 256 characters (secrets are sealed "
+                                      "to it: use a random one)")
             row["endpoint_credential_blob"] = trust.box.seal(credential.encode())
         return row
     except ValidationError as exc:

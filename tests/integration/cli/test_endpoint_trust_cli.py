@@ -13,7 +13,7 @@ from services.cli.main import main
 from shared.http_thread import ServerThread
 from tests.support.api import GLOBAL
 
-CREDENTIAL = "cli-device-credential-0042"
+CREDENTIAL = "cli-device-credential-0042-0123456789"
 
 
 @pytest.fixture

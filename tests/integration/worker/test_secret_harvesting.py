@@ -45,7 +45,7 @@ from shared.secrets import SecretBox
 from tests.support.api import GLOBAL, SECRET_KEY, Api, make_settings, problem, published
 
 EST_PASSWORD = "est-Password-harvest-me-7Q"
-CREDENTIAL = "the-real-device-credential-0001"
+CREDENTIAL = "the-real-device-credential-0001-0123456789"
 EST_URL = "https://127.0.0.1:1/.well-known/est/"  # never reached: the gate stops the job first
 
 
@@ -342,3 +342,21 @@ def test_a_network_admins_import_stores_no_credential_and_trusts_only_what_the_a
                       {"credential": sim.sim.credential(device["serial"])})["endpoint_trust"]
     assert approved["basis"] == "approved" and approved["has_credential"] is True
     assert datetime.fromisoformat(approved["approved_at"]) > datetime.now(UTC) - timedelta(minutes=1)
+
+
+def test_an_admin_cannot_give_a_device_a_credential_short_enough_to_guess(api):
+    """Secrets travel sealed to the credential, so an endpoint that is not the device could try guesses
+    at it offline: a short one is refused at registration and at approval, and not stored."""
+    admin = token(api, "admin", str(GLOBAL))
+    short = "x" * 31
+    problem(call(api, admin, "POST", f"/domains/{GLOBAL}/devices", {
+        "name": "fw-short-1", "serial": "SHORT-1", "management_url": "http://198.51.100.9/api/devices/SHORT-1",
+        "endpoint_credential": short}), 422, "validation_error")
+    device = call(api, admin, "POST", f"/domains/{GLOBAL}/devices", {
+        "name": "fw-short-2", "serial": "SHORT-2", "management_url": "http://198.51.100.9/api/devices/SHORT-2"}).json()
+    problem(call(api, admin, "POST", f"/domains/{GLOBAL}/devices/{device['id']}/trust",
+                 {"credential": short}), 422, "validation_error")
+    with Session(api.engine) as session:
+        assert session.get(Device, uuid.UUID(device["id"])).endpoint_credential_blob is None
+    assert call(api, admin, "POST", f"/domains/{GLOBAL}/devices/{device['id']}/trust",
+                {"credential": "x" * 32}).status_code == 200

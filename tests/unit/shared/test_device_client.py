@@ -129,7 +129,7 @@ def test_a_secret_in_clear_is_refused_before_anything_is_sent_and_a_sealed_one_g
             send()
         assert caught.value.code == "secret_not_sealed" and "est-Secret-1" not in caught.value.message
     assert device_server.requests == []
-    sealed = seal_configuration(params, credential="device-credential-0042-abcdef", serial=device.serial)
+    sealed = seal_configuration(params, credential="device-credential-0042-abcdef-0123456789", serial=device.serial)
     client.enroll(device, "vpn", configuration=sealed)
     body = device_server.requests[-1][2]
     assert json.loads(body) == {"mode": "enroll", "configuration": sealed.wire} and b"est-Secret-1" not in body

@@ -11,8 +11,9 @@ from services.controller.api.schemas.common import InputModel
 from services.controller.rules.checks import FQDN_PATTERN, HTTP_URL_PATTERN, IP_ADDRESS_PATTERN, url_pattern
 from shared.endpoint_trust import EndpointRule, TrustBasis, trust_basis
 
-#: A device endpoint credential's length limits (the simulator's are 64 hex digits).
-CREDENTIAL = {"min_length": 16, "max_length": 256}
+#: A device endpoint credential's length limits (the simulator's are 64 hex digits). Secrets travel
+#: sealed to it, so an endpoint that is not the device could try guesses at it offline: no short ones.
+CREDENTIAL = {"min_length": 32, "max_length": 256}
 
 
 class DeviceCreate(InputModel):

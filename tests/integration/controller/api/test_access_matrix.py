@@ -83,7 +83,7 @@ def body_for(method: str, path: str, certificate_pem: str) -> dict | None:
         ("POST", "/keyring-regenerations"): {"device_ids": ["{device}"]},
         ("POST", "/tokens"): {"name": f"t-{n}", "role": "read_only", "domain_id": "{domain}"},
         ("POST", "/management-endpoints"): {"scheme": "https", "host": f"fw-{n}.example.net"},
-        ("POST", "/trust"): {"credential": "matrix-endpoint-credential"},
+        ("POST", "/trust"): {"credential": "matrix-endpoint-credential-0123456789"},
     }
     for (verb, suffix), body in bodies.items():
         if verb == method and (path.endswith(suffix) or path == suffix):
