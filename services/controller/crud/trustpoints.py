@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Uuid, bindparam, func, true, update
+from sqlalchemy import Row, Uuid, bindparam, func, true, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -29,6 +29,15 @@ from shared.states import Status, transition
 #: List totals worth remembering for a moment (see :mod:`..short_cache`).
 _TOTALS = ShortCache(1.0)
 CACHE_TOTALS_FROM = 10_000
+
+#: The trustpoint columns a list shows: not the stored CSR and pending PEMs, which can be large.
+LIST_COLUMNS = (
+    Trustpoint.id, Trustpoint.name, Trustpoint.device_id, Trustpoint.domain_id, Trustpoint.enrollment_object_id,
+    Trustpoint.enrollment_type, Trustpoint.ca_status, Trustpoint.identity_status, Trustpoint.error_code,
+    Trustpoint.error_message, Trustpoint.created_at, Trustpoint.updated_at, Trustpoint.status_changed_at,
+    Trustpoint.renewal_due_at, Trustpoint.last_renewal_at, Trustpoint.renewal_failures, Trustpoint.renewal_error_code,
+    Trustpoint.renewal_error_message, Trustpoint.revoked_at, Trustpoint.revocation_reason,
+)
 
 #: The certificate columns a list shows (no PEM, no parsing).
 SUMMARY_COLUMNS = (
@@ -54,9 +63,10 @@ def get_trustpoint(
 def list_trustpoints(
     session: Session, *, scope: DomainScope, offset: int, limit: int, device_id: uuid.UUID | None = None,
     ca_status: Status | None = None, identity_status: Status | None = None,
-) -> tuple[list[tuple[Trustpoint, str]], int]:
-    """Trustpoints of the scope's subtree with their device names: one filtered count and one
-    page query on indexed columns (domain, statuses, device)."""
+) -> tuple[list[Row], int]:
+    """Trustpoints of the scope's subtree as rows of :data:`LIST_COLUMNS` and ``device_name``: one
+    filtered count and one page query on indexed columns (domain, statuses, device). Plain rows, not
+    ORM objects: a polled list only reads them."""
     conditions = [] if scope.is_root else [Trustpoint.domain_id.in_(scope.subtree)]
     if device_id is not None:
         conditions.append(Trustpoint.device_id == device_id)
@@ -68,15 +78,15 @@ def list_trustpoints(
     key = (session.get_bind().url, scope.domain_id, device_id, ca_status, identity_status)
     count = select(func.count()).select_from(Trustpoint).where(*conditions)
     total = _TOTALS.get(key, lambda: session.exec(count).one(), keep=lambda n: n >= CACHE_TOTALS_FROM)
-    rows = session.exec(
-        select(Trustpoint, Device.name)
+    rows = session.execute(
+        select(*LIST_COLUMNS, Device.name.label("device_name"))
         .join(Device, Device.id == Trustpoint.device_id)
         .where(*conditions)
         .order_by(Trustpoint.id)
         .offset(offset)
         .limit(limit)
     ).all()
-    return [(tp, device_name) for tp, device_name in rows], total
+    return list(rows), total
 
 
 def certificate_summaries(session: Session, trustpoint_ids: list[uuid.UUID]) -> dict[uuid.UUID, list]:

@@ -16,7 +16,7 @@ from services.controller.api.schemas.trustpoints import (
     TrustpointPublic,
     TrustpointSummary,
 )
-from services.controller.api.views import trustpoint_public, trustpoint_summary
+from services.controller.api.views import trustpoint_public, trustpoint_summaries
 from services.controller.crud import trustpoints as crud
 from services.controller.crud.devices import get_device
 from services.controller.crud.enrollment_overrides import applied_to_trustpoint
@@ -33,10 +33,10 @@ _DEVICE_TRUSTPOINTS = "/devices/{device_id}/trustpoints"
 
 
 def _page(session: Session, rows, total: int, paging: Paging) -> Response:
-    certificates = crud.certificate_summaries(session, [tp.id for tp, _ in rows])
-    items = [trustpoint_summary(tp, device_name=name, certificates=certificates.get(tp.id, ()))
-             for tp, name in rows]
-    page = Page[TrustpointSummary](items=items, total=total, offset=paging.offset, limit=paging.limit)
+    certificates = crud.certificate_summaries(session, [row.id for row in rows])
+    items = trustpoint_summaries(rows, certificates, now=utcnow())
+    page = Page[TrustpointSummary].model_validate(
+        {"items": items, "total": total, "offset": paging.offset, "limit": paging.limit})
     # Serialised here, once: FastAPI would validate the page again against the response model,
     # a third of a polled list's cost (the model still documents the answer).
     return Response(page.model_dump_json(), media_type="application/json")

@@ -55,7 +55,7 @@ def test_each_trustpoint_lists_its_own_certificates_in_chain_order(db_engine):
     with Session(db_engine) as session:
         ids = fleet(session, 30)
         rows, total = list_trustpoints(session, scope=ROOT, offset=0, limit=10)
-        page = [tp.id for tp, _ in rows]
+        page = [row.id for row in rows]
         found = certificate_summaries(session, page)
 
     assert total == 30 and len(page) == 10 and set(page) <= set(ids)
@@ -83,7 +83,7 @@ def test_certificate_lookup_uses_the_index_without_statistics(pg_engine):
 
 
 def remove_trustpoints(session: Session, count: int) -> None:
-    ids = [tp.id for tp, _ in list_trustpoints(session, scope=ROOT, offset=0, limit=count)[0]]
+    ids = [row.id for row in list_trustpoints(session, scope=ROOT, offset=0, limit=count)[0]]
     session.execute(Certificate.__table__.delete().where(Certificate.trustpoint_id.in_(ids)))
     session.execute(Trustpoint.__table__.delete().where(Trustpoint.id.in_(ids)))
 
