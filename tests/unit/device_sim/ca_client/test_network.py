@@ -1,8 +1,8 @@
 """How a device names a CA it cannot talk to, from real sockets on loopback and the device's own
 TLS (:mod:`services.device_sim.ca_client.tls`): a CA that goes away in the middle of a TLS
-handshake (stopping, restarting), resets the connection or does not answer in time is worth
-trying again; a server that does not speak TLS at all, or refuses the device in the handshake,
-is not."""
+handshake (stopping, restarting), resets the connection or does not answer in time (in the
+handshake or after the request) is worth trying again; a server that does not speak TLS at
+all, or refuses the device in the handshake, is not."""
 
 from __future__ import annotations
 
@@ -114,6 +114,14 @@ def test_a_ca_that_never_finishes_the_handshake_is_a_timeout_worth_retrying():
     assert failure.message == f"CA at https://127.0.0.1:{port}/ unreachable: no answer within 0.2 s"
 
 
+def test_a_ca_that_takes_the_request_and_never_answers_is_a_timeout_worth_retrying():
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with server_with_certificate(context, make_leaf(make_ca("Silent CA Root"))) as port:
+        failure = handshake_failure(port, timeout=0.2)  # the server reads the request, answers nothing
+    assert failure.code == "ca_timeout" and failure.retryable, failure.message
+    assert failure.message == f"CA at https://127.0.0.1:{port}/ unreachable: no answer within 0.2 s"
+
+
 def test_a_ca_that_wants_a_client_certificate_the_device_lacks_is_a_tls_failure():
     root = make_ca("Client Certificate Root")
     leaf = make_leaf(root)
@@ -129,7 +137,8 @@ def test_a_ca_that_wants_a_client_certificate_the_device_lacks_is_a_tls_failure(
 
 @contextmanager
 def server_with_certificate(context: ssl.SSLContext, leaf) -> Iterator[int]:
-    """A TLS server with ``leaf`` that completes (or fails) its side of one handshake."""
+    """A TLS server with ``leaf`` that completes (or fails) its side of one handshake, then
+    reads what the device sends until it closes, answering nothing."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "server.pem"
         path.write_text(leaf.key_pem + leaf.pem)
