@@ -52,6 +52,7 @@ HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH = 62, 64
 #: Most bytes one read asks OpenSSL for: a TLS record holds at most 16 KiB, and pyOpenSSL
 #: allocates a buffer of the size asked for on every read.
 READ_CHUNK = 64 * 1024
+_OPENSSL = Binding()
 
 
 class CertificateRejected(ssl.SSLCertVerificationError):
@@ -64,9 +65,13 @@ class CertificateRejected(ssl.SSLCertVerificationError):
 
 
 def verify_message(code: int) -> str:
-    """OpenSSL's text for an X509_V_ERR code, as the ``ssl`` module's ``verify_message``."""
-    text = Binding.lib.X509_verify_cert_error_string(code)
-    return Binding.ffi.string(text).decode("utf-8", "replace") if text else f"certificate verify error {code}"
+    """OpenSSL's text for an X509_V_ERR code, as the ``ssl`` module's ``verify_message``.
+    pyOpenSSL hands its verify callback the code only; the text comes from cryptography's OpenSSL
+    binding (its public ``Binding``, which pyOpenSSL itself runs on), the code alone should a
+    later cryptography drop that function."""
+    error_string = getattr(_OPENSSL.lib, "X509_verify_cert_error_string", None)
+    text = error_string(code) if error_string is not None else None
+    return _OPENSSL.ffi.string(text).decode("utf-8", "replace") if text else f"certificate verify error {code}"
 
 
 def check_server(connection: SSL.Connection, cert: crypto.X509, code: int, depth: int, ok: int) -> bool:
@@ -78,12 +83,14 @@ def check_server(connection: SSL.Connection, cert: crypto.X509, code: int, depth
     peer = connection.get_app_data()
     if not isinstance(peer, TlsSocket):
         return False
-    if not ok:
-        peer.refuse(code, verify_message(code))
+    try:
+        if not ok:
+            peer.refuse(code, verify_message(code))
+            return False
+        return peer.check_name(cert) if depth == 0 else True
+    except Exception as exc:
+        peer.refuse(code, f"cannot check the server's certificate: {exc}")
         return False
-    if depth == 0:
-        return peer.check_name(cert)
-    return True
 
 
 class TlsSocket:
@@ -133,11 +140,8 @@ class TlsSocket:
         """Whether the server's certificate names the host the device asked for."""
         if self._name_checked:
             return True
-        try:
-            refusal = _name_refusal(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.host,
-                                    None if self._ip is None else str(self._ip))
-        except Exception as exc:  # never out of the callback: see check_server
-            refusal = HOSTNAME_MISMATCH, f"cannot check the certificate's names: {exc}"
+        refusal = _name_refusal(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.host,
+                                None if self._ip is None else str(self._ip))
         if refusal is not None:
             self.refuse(*refusal)
             return False
