@@ -3,6 +3,7 @@ tests of how a device trusts and talks to a CA's TLS server. P-256 keys througho
 
 from __future__ import annotations
 
+import socket
 import ssl
 import tempfile
 import threading
@@ -110,12 +111,26 @@ class TlsHandler(BaseHTTPRequestHandler):
         pass
 
 
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (a container may have no IPv6)."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+class _Ipv6HttpServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 @contextmanager
 def https_server(handler: type[TlsHandler], *, leaf: Issued, chain: Sequence[Issued] = (),
-                 client_cas: Sequence[Issued] = ()) -> Iterator[ThreadingHTTPServer]:
-    """``handler`` served over HTTPS on 127.0.0.1 with ``leaf`` and its ``chain``; asking for a
-    client certificate (optional) that chains to ``client_cas`` when given. The server's port is
-    ``server.server_address[1]``; a failed handshake leaves the server serving."""
+                 client_cas: Sequence[Issued] = (), host: str = "127.0.0.1") -> Iterator[ThreadingHTTPServer]:
+    """``handler`` served over HTTPS on ``host`` (an IPv4 or IPv6 address) with ``leaf`` and its
+    ``chain``; asking for a client certificate (optional) that chains to ``client_cas`` when
+    given. The server's port is ``server.server_address[1]``; ``server.server_names`` lists the
+    name each client sent in SNI (None: it sent none); a failed handshake leaves the server serving."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.TemporaryDirectory(prefix="tls-server-") as folder:
         path = Path(folder) / "server.pem"
@@ -124,8 +139,11 @@ def https_server(handler: type[TlsHandler], *, leaf: Issued, chain: Sequence[Iss
     if client_cas:
         context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(cadata=pem(*client_cas))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server_class = _Ipv6HttpServer if ":" in host else ThreadingHTTPServer
+    server = server_class((host, 0), handler)
     server.daemon_threads = True
+    server.server_names = []
+    context.sni_callback = lambda _conn, name, _context: server.server_names.append(name)
     server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     server.handshakes = 0
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -3,19 +3,21 @@ connection per enrollment, and the CA's unexpected answers as a :class:`CaFailur
 stable code :mod:`shared.protocols.ca_failures` gives it (network causes are told apart by
 :mod:`.network`, shared with the SCEP client) and a hint that fits EST.
 
-Plain ``http.client`` over ``ssl``: the socket errors arrive as they are, so each cause is
-told apart without digging through wrapped exceptions.
+Plain ``http.client`` over :mod:`.tls` (pyOpenSSL, for a cheaper handshake): the socket and
+TLS errors arrive as the ``ssl`` module's, so each cause is told apart without digging through
+wrapped exceptions.
 """
 
 from __future__ import annotations
 
-import http.client
-import ssl
 from base64 import b64encode
 from dataclasses import dataclass
 
+from OpenSSL import SSL
+
 from services.device_sim.ca_client.connection import Answer, CaConnection, CaUrl
 from services.device_sim.ca_client.network import CaFailure, network_failure
+from services.device_sim.ca_client.tls import HttpsConnection
 from shared.protocols.ca_failures import status_problem
 from shared.protocols.est import PKCS10
 
@@ -54,10 +56,10 @@ class EstSession:
     ``trust`` says what the server was checked against, for the message when that fails.
     """
 
-    def __init__(self, endpoint: EstEndpoint, context: ssl.SSLContext, *, timeout: float, trust: str) -> None:
+    def __init__(self, endpoint: EstEndpoint, context: SSL.Context, *, timeout: float, trust: str) -> None:
         self.endpoint, self.context, self.timeout, self.trust = endpoint, context, timeout, trust
         self.connection = CaConnection(
-            lambda: http.client.HTTPSConnection(endpoint.host, endpoint.port, context=context, timeout=timeout),
+            lambda: HttpsConnection(endpoint.host, endpoint.port, context=context, timeout=timeout),
             url=endpoint.url, failure=self._network_failure,
         )
 

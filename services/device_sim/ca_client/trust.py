@@ -18,9 +18,6 @@ The enrollment object chooses one of three ways:
 from __future__ import annotations
 
 import hashlib
-import os
-import ssl
-import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +25,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
 
 from services.device_sim.ca_client.network import CaFailure
+from services.device_sim.ca_client.tls import check_server
 from services.device_sim.tasks import CurrentIdentity
 from shared.certificate_import import has_ca_flag
 from shared.errors import ConfigurationError
@@ -142,54 +141,44 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 # --- TLS contexts -------------------------------------------------------------------------------
 
+#: TLS 1.2 cipher suites as the ``ssl`` module offered them (its default string), so moving to
+#: pyOpenSSL changed no device's offer; TLS 1.3 suites are OpenSSL's defaults either way.
+TLS12_CIPHERS = b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+
+
 def client_context(*, verify: bool, anchors_pem: str = "", identity: CurrentIdentity | None = None
-                   ) -> ssl.SSLContext:
-    """A TLS client context: verifying the server against ``anchors_pem`` (none: nothing is
-    trusted) or not at all; presenting ``identity`` as client certificate when given."""
+                   ) -> SSL.Context:
+    """A TLS client context for :class:`.tls.TlsSocket`: verifying the server against
+    ``anchors_pem`` (none: nothing is trusted) and the URL's host, or not at all; presenting
+    ``identity`` as client certificate when given."""
     if identity is None:
         return _shared_context(verify, anchors_pem)
     ctx = _new_context(verify, anchors_pem)
-    _load_identity(ctx, identity)
+    # pyOpenSSL takes the certificate and key as they are: they never touch a file.
+    ctx.use_certificate(identity.certificate)
+    ctx.use_privatekey(identity.private_key)
     return ctx
 
 
 @lru_cache(maxsize=32)
-def _shared_context(verify: bool, anchors_pem: str) -> ssl.SSLContext:
-    # Contexts are thread-safe once built; building one per enrollment would waste the CPU.
+def _shared_context(verify: bool, anchors_pem: str) -> SSL.Context:
+    # Contexts are thread-safe once built (the verify callback keeps its state on the connection);
+    # building one per enrollment would waste the CPU.
     return _new_context(verify, anchors_pem)
 
 
-def _new_context(verify: bool, anchors_pem: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+def _new_context(verify: bool, anchors_pem: str) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_cipher_list(TLS12_CIPHERS)
     if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_verify(SSL.VERIFY_NONE)
         return ctx
-    if anchors_pem:
-        ctx.load_verify_locations(cadata=anchors_pem)
+    store = ctx.get_cert_store()
+    assert store is not None  # a new context has its store
+    for cert in x509.load_pem_x509_certificates(anchors_pem.encode()) if anchors_pem else ():
+        store.add_cert(crypto.X509.from_cryptography(cert))
     # A pinned issuing CA is a trust anchor by itself: no need to reach a self-signed root.
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    ctx.set_verify(SSL.VERIFY_PEER, check_server)
     return ctx
-
-
-def _load_identity(ctx: ssl.SSLContext, identity: CurrentIdentity) -> None:
-    """Load the client certificate and key. Python's ssl reads them only from a file, so they
-    go into an anonymous in-memory file (Linux), or else a private temporary file removed at once."""
-    pem = identity.certificate.public_bytes(serialization.Encoding.PEM) + identity.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("device-identity", os.MFD_CLOEXEC)
-        try:
-            os.write(fd, pem)
-            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="device-identity-") as folder:  # mode 0700
-        path = Path(folder) / "identity.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        ctx.load_cert_chain(str(path))

@@ -2,7 +2,8 @@
 receives and answers as told: where an enrollment URL leads, what each request carries (method,
 path, content type, basic auth), that an enrollment's requests share one TLS connection, and
 how each answer other than success becomes a failure with a stable code, a message naming the
-cause, and whether trying again later may help."""
+cause, and whether trying again later may help. An IPv6 literal URL reaches a server whose
+certificate names that address, and a kept-alive connection the CA closed is opened anew."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from services.device_sim.ca_client.est_transport import CaFailure, EstEndpoint, EstSession
 from services.device_sim.ca_client.trust import client_context
 from tests.support.procs import free_port
-from tests.support.tls import TlsHandler, https_server, make_ca, make_leaf
+from tests.support.tls import TlsHandler, https_server, ipv6_loopback, make_ca, make_leaf
 
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 CSR = b"MIIBIjCByAIBADAaMRgwFgYDVQQDDA92cG4uZXhhbXBsZS5jb20w\n"
@@ -47,6 +48,8 @@ class RecordingCa(TlsHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+        # A CA that closes each kept-alive connection after one answer, without saying so.
+        self.close_connection = self.server.quietly_closing
 
     do_GET = do_POST = _answer
 
@@ -60,7 +63,7 @@ def pki():
 @pytest.fixture
 def ca(pki) -> Iterator:
     with https_server(RecordingCa, leaf=pki["server"]) as server:
-        server.received, server.answers = [], {}
+        server.received, server.answers, server.quietly_closing = [], {}, False
         yield server
 
 
@@ -147,6 +150,35 @@ def test_an_enrollments_requests_share_one_tls_connection(ca, session):
     session.post_csr("simpleenroll", CSR, auth=("u", "p"))
     assert [r.path.rsplit("/", 1)[1] for r in ca.received] == ["cacerts", "csrattrs", "simpleenroll"]
     assert ca.handshakes == 1
+
+
+def test_a_kept_alive_connection_the_ca_closed_is_opened_anew(ca, session):
+    ca.quietly_closing = True
+    ca.answers["/.well-known/est/cacerts"] = (200, {"Content-Type": CERTS_ONLY}, b"MII")
+    answers = [session.get("cacerts") for _ in range(3)]
+    assert [(a.status, a.body) for a in answers] == [(200, b"MII")] * 3
+    assert ca.handshakes == 3
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize(("names", "trusted"), [(["::1"], True), (["127.0.0.1", "localhost"], False)])
+def test_an_ipv6_literal_url_reaches_a_server_that_names_the_address(pki, names, trusted):
+    with https_server(RecordingCa, leaf=make_leaf(pki["root"], hosts=names), host="::1") as server:
+        server.received, server.quietly_closing = [], False
+        server.answers = {"/.well-known/est/cacerts": (200, {"Content-Type": CERTS_ONLY}, b"MII")}
+        endpoint = EstEndpoint.parse(f"https://[::1]:{server.server_address[1]}/")
+        context = client_context(verify=True, anchors_pem=pki["root"].pem)
+        with EstSession(endpoint, context, timeout=5, trust="the test's root") as est:
+            if trusted:
+                assert est.get("cacerts").body == b"MII"
+                assert [r.headers["host"] for r in server.received] == [f"[::1]:{server.server_address[1]}"]
+                return
+            with pytest.raises(CaFailure) as refused:
+                est.get("cacerts")
+    assert refused.value.code == "ca_tls_verification_failed"
+    assert refused.value.message == (f"CA at {endpoint.url}: TLS verification failed: IP address mismatch, "
+                                     "certificate is not valid for '::1'. (server checked against the test's root)")
+    assert server.received == []
 
 
 # --- answers other than success ----------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """How a device decides to trust a CA's HTTPS server, with certificates made here and real TLS
 handshakes on loopback: trust anchors read from files, a server that chains to an anchor and
-names the host is trusted and any other is not, a pinned issuing CA is trusted on its own
-(no root needed), ignoring validation trusts anything, and a renewing device presents its
-current certificate. Fingerprints are read as operators write them, and the CA chain a
-server sends as a set comes out ordered from the issuing CA to the root."""
+names the host (a DNS name or an IPv4 or IPv6 address) is trusted and any other is not, SNI
+carries DNS names only, a pinned issuing CA is trusted on its own (no root needed), ignoring
+validation trusts anything, and a renewing device presents its current certificate.
+Fingerprints are read as operators write them, and the CA chain a server sends as a set comes
+out ordered from the issuing CA to the root."""
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import random
 import ssl
 from collections.abc import Iterator
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 
 from services.device_sim.ca_client.network import CaFailure
+from services.device_sim.ca_client.tls import HttpsConnection
 from services.device_sim.ca_client.trust import (
     client_context,
     configured_fingerprint,
@@ -32,7 +34,7 @@ from services.device_sim.ca_client.trust import (
 from services.device_sim.tasks import CurrentIdentity
 from shared.errors import ConfigurationError
 from tests.support.revocation_ca import TestCa
-from tests.support.tls import TlsHandler, https_server, make_ca, make_leaf, pem
+from tests.support.tls import TlsHandler, https_server, ipv6_loopback, make_ca, make_leaf, pem
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +137,9 @@ class Hello(TlsHandler):
         self.wfile.write(b"hello")
 
 
-def talk(server, context: ssl.SSLContext, host: str = "127.0.0.1") -> bytes:
-    """GET / over ``context``; the body, or the ssl error raised."""
-    conn = http.client.HTTPSConnection(host, server.server_address[1], context=context, timeout=5)
+def talk(server, context: SSL.Context, host: str = "127.0.0.1") -> bytes:
+    """GET / over ``context`` as the device's EST client connects; the body, or the ssl error raised."""
+    conn = HttpsConnection(host, server.server_address[1], context=context, timeout=5)
     try:
         conn.request("GET", "/")
         return conn.getresponse().read()
@@ -146,8 +148,8 @@ def talk(server, context: ssl.SSLContext, host: str = "127.0.0.1") -> bytes:
 
 
 @contextmanager
-def serving(leaf, chain=(), client_cas=()) -> Iterator:
-    with https_server(Hello, leaf=leaf, chain=chain, client_cas=client_cas) as server:
+def serving(leaf, chain=(), client_cas=(), host: str = "127.0.0.1") -> Iterator:
+    with https_server(Hello, leaf=leaf, chain=chain, client_cas=client_cas, host=host) as server:
         server.client_certificates = []
         yield server
 
@@ -175,12 +177,46 @@ def test_a_server_chaining_to_no_anchor_is_not_trusted(pki, ca_server, anchors):
     assert ca_server.handshakes == 0
 
 
-def test_a_trusted_server_must_also_name_the_host_the_device_asked_for(pki):
-    elsewhere = make_leaf(pki["issuing"], hosts=["ca.example.com"])
-    with serving(elsewhere, chain=[pki["issuing"], pki["intermediate"]]) as server:
-        with pytest.raises(ssl.SSLCertVerificationError) as refused:
-            talk(server, client_context(verify=True, anchors_pem=pki["root"].pem))
-    assert "IP address mismatch" in refused.value.verify_message
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+@pytest.mark.parametrize(("listen", "host", "says"), [
+    ("127.0.0.1", "127.0.0.1", "IP address mismatch, certificate is not valid for '127.0.0.1'."),
+    ("127.0.0.1", "localhost", "Hostname mismatch, certificate is not valid for 'localhost'."),
+    pytest.param("::1", "::1", "IP address mismatch, certificate is not valid for '::1'.", marks=needs_ipv6),
+])
+def test_a_trusted_server_must_also_name_the_host_the_device_asked_for(pki, listen, host, says):
+    elsewhere = make_leaf(pki["issuing"], hosts=["ca.example.com", "192.0.2.7"])
+    device = make_leaf(pki["issuing"], hosts=["ftd-000001.fleet.example"], client=True)
+    renewing = CurrentIdentity(certificate=device.cert, private_key=device.key)
+    for identity in (None, renewing):
+        context = client_context(verify=True, anchors_pem=pki["root"].pem, identity=identity)
+        with serving(elsewhere, chain=[pki["issuing"], pki["intermediate"]], host=listen) as server:
+            with pytest.raises(ssl.SSLCertVerificationError) as refused:
+                talk(server, context, host=host)
+        assert refused.value.verify_message == says
+        # Refused within the handshake: a renewing device showed its certificate to no such server.
+        assert server.handshakes == 0
+
+
+@pytest.mark.parametrize(("listen", "names", "host", "sni"), [
+    ("127.0.0.1", ["localhost"], "localhost", "localhost"),
+    ("127.0.0.1", ["LocalHost"], "localhost", "localhost"),  # DNS names compare without case
+    ("127.0.0.1", ["127.0.0.1"], "127.0.0.1", None),  # no IP address in SNI
+    pytest.param("::1", ["::1"], "::1", None, marks=needs_ipv6),
+    pytest.param("::1", ["0:0:0:0:0:0:0:1"], "::1", None, marks=needs_ipv6),  # the address, however written
+])
+def test_a_server_naming_the_host_is_trusted_and_sni_carries_dns_names_only(pki, listen, names, host, sni):
+    leaf = make_leaf(pki["issuing"], hosts=names)
+    with serving(leaf, chain=[pki["issuing"], pki["intermediate"]], host=listen) as server:
+        assert talk(server, client_context(verify=True, anchors_pem=pki["root"].pem), host=host) == b"hello"
+    assert server.server_names == [sni]
+
+
+def test_without_verification_the_host_is_not_checked_either(pki):
+    stranger = make_leaf(pki["issuing"], hosts=["ca.example.com"])
+    with serving(stranger, chain=[pki["issuing"]]) as server:
+        assert talk(server, client_context(verify=False)) == b"hello"
 
 
 def test_ignoring_validation_talks_to_any_server(pki):
