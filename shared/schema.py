@@ -32,12 +32,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlmodel import SQLModel
 
-from shared import models  # noqa: F401  registers the tables on SQLModel.metadata
 from shared.errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -77,12 +75,30 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
+def model_metadata() -> MetaData:
+    """certfleet's tables as the models declare them. The models are imported here, on first use,
+    not with this module: a database at the head revision passes the checks without them, so
+    ``certfleet worker``, which checks the database and then only supervises its worker processes,
+    never loads them (some 300 ms of CPU)."""
+    from sqlmodel import SQLModel
+
+    from shared import models  # noqa: F401  registers the tables on SQLModel.metadata
+
+    return SQLModel.metadata
+
+
 @dataclass(frozen=True)
 class SchemaState:
-    """What a database holds: the revision it records and which of certfleet's tables exist."""
+    """What a database holds: the revision it records and the tables it has."""
 
     revision: str | None
-    tables: frozenset[str]
+    #: Every table of the database, certfleet's or not.
+    names: frozenset[str]
+
+    @property
+    def tables(self) -> frozenset[str]:
+        """Which of certfleet's tables exist."""
+        return self.names & model_metadata().tables.keys()
 
     @property
     def empty(self) -> bool:
@@ -95,11 +111,11 @@ class SchemaState:
 
 
 def read_state(connection: Connection) -> SchemaState:
-    names = set(inspect(connection).get_table_names())
+    names = frozenset(inspect(connection).get_table_names())
     revision = None
     if VERSION_TABLE in names:
         revision = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-    return SchemaState(revision=revision, tables=frozenset(names & SQLModel.metadata.tables.keys()))
+    return SchemaState(revision=revision, names=names)
 
 
 def ensure_current(engine: Engine) -> None:
@@ -119,7 +135,7 @@ def ensure_current(engine: Engine) -> None:
             if state.empty:
                 # create_all and a stamp take a fraction of the time replaying the revisions does;
                 # the schema test holds both to the same tables.
-                SQLModel.metadata.create_all(connection)
+                model_metadata().create_all(connection)
                 MigrationContext.configure(connection).stamp(current.scripts, current.head)
                 connection.commit()
                 return
@@ -207,8 +223,8 @@ def upgrade_to_head(engine: Engine) -> Upgrade:
             # added, as start-up used to). Recorded as that revision, it then takes the rest.
             check_columns(connection)
             first = first_revision_columns()
-            SQLModel.metadata.create_all(
-                connection, tables=[t for t in SQLModel.metadata.sorted_tables if t.name in first])
+            metadata = model_metadata()
+            metadata.create_all(connection, tables=[t for t in metadata.sorted_tables if t.name in first])
             MigrationContext.configure(connection).stamp(current.scripts, FIRST_REVISION)
             command.upgrade(alembic_config(connection), current.head)
         elif state.revision != current.head:
@@ -240,7 +256,7 @@ def check_columns(connection: Connection) -> None:
     inspector = inspect(connection)
     first = first_revision_columns()
     missing = []
-    for table in SQLModel.metadata.sorted_tables:
+    for table in model_metadata().sorted_tables:
         if table.name not in first or not inspector.has_table(table.name):
             continue
         present = {column["name"] for column in inspector.get_columns(table.name)}

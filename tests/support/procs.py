@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import httpx
@@ -116,11 +117,16 @@ class Proc:
             self.kill()
 
     def _session_ends(self, timeout: float) -> bool:
+        """Whether every process of the session ended within ``timeout`` seconds. All of /proc is
+        read again only once the members seen last have ended (a process joins the session only
+        when a member forks it): a stack stops several commands at a time, each waited for here."""
         deadline = time.monotonic() + timeout
-        while self.session():
+        members = self.session()
+        while members:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+            members = [pid for pid in members if in_session(pid, self.popen.pid)] or self.session()
         return True
 
     def _signal_session(self, sig: int) -> None:
@@ -145,18 +151,18 @@ def _stop_leftovers() -> None:
 def session_members(session: int) -> list[int]:
     """Processes whose session is ``session`` (a session leader's pid), except those that have
     exited and wait to be reaped."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        state, _ppid, _group, sid = stat.rsplit(")", 1)[1].split()[:4]
-        if int(sid) == session and state not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+    return [int(entry.name) for entry in os.scandir("/proc")
+            if entry.name.isdigit() and in_session(entry.name, session)]
+
+
+def in_session(pid: int | str, session: int) -> bool:
+    """Whether process ``pid`` runs in session ``session`` and has not exited."""
+    try:
+        stat = Path("/proc", str(pid), "stat").read_text()
+    except OSError:  # gone meanwhile
+        return False
+    state, _ppid, _group, sid = stat.rsplit(")", 1)[1].split()[:4]
+    return int(sid) == session and state not in ("Z", "X")
 
 
 def ca_ready_urls(ca: Proc, timeout: float = 60) -> dict[str, list[str]]:
@@ -170,9 +176,17 @@ def ca_ready_urls(ca: Proc, timeout: float = 60) -> dict[str, list[str]]:
     return urls
 
 
+@cache
+def _probe() -> httpx.Client:
+    """One client for every probe of this process. A new client loads the CA certificates of the
+    system (some 30 ms of CPU), and the waits below ask every tenth of a second; without
+    keep-alive, each probe still opens a connection of its own, as a probe from outside would."""
+    return httpx.Client(timeout=2, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def answers_200(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return _probe().get(url).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -219,3 +219,19 @@ def test_worker_command_leaves_an_empty_postgresql_database_empty():
     assert done.stderr.startswith("error: database_empty: the database at postgresql+psycopg://")
     assert "start the controller first" in done.stderr
     assert tables == []
+
+
+def test_the_command_s_check_loads_no_models_and_a_worker_process_no_alembic(sqlite_engine):
+    # Every worker start pays for what its processes import: the command only checks the database
+    # and then supervises its worker processes; a worker process never changes the schema.
+    env = with_test_key({**os.environ, "CERTFLEET_DATABASE_URL": sqlite_engine.url.render_as_string(False),
+                         "CERTFLEET_BROKER_URL": "redis://127.0.0.1:9/0"})  # importing connects to nothing
+    loaded = "print(' '.join(m for m in {names!r} if m in sys.modules))"
+    check = ("import sys\nfrom services.worker.cli import check_database\nfrom shared.settings import Settings\n"
+             "check_database(Settings.from_env())\n" + loaded.format(names=("sqlmodel", "shared.models")))
+    worker = "import sys\nimport services.worker.main\n" + loaded.format(names=("alembic", "shared.schema"))
+    for script in (check, worker):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [], script
