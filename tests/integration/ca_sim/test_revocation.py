@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import http.client
-import importlib
-import io
 import json
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -39,7 +36,7 @@ from services.ca_sim.service import start_in_thread
 from services.cli.main import main as certfleet
 from shared.protocols import est as est_codec
 from shared.protocols import scep
-from tests.support.ca_peers import p256_csr, run, tool, write_pem
+from tests.support.ca_peers import p256_csr, pkilint, run, write_pem
 from tests.support.scep_peers import csr_for, now, rsa_key
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -111,19 +108,6 @@ def re_enroll(ca, tmp_path: Path, key, cert: x509.Certificate, *, label: str = "
 def openssl_ocsp(files, cert_file: Path, url: str, *args: str) -> str:
     done = run(["openssl", "ocsp", "-issuer", str(files["issuing"]), "-cert", str(cert_file), "-url", url, *args])
     return done.stdout.decode() + done.stderr.decode()
-
-
-def pkilint(linter: str, *args: str) -> str:
-    """pkilint's findings at WARNING and above ('' when clean), run in this process (its
-    command-line entry point without the interpreter start and imports of a subprocess)."""
-    tool(linter, "pip install pkilint")  # skipped (failed under CI) when pkilint is missing
-    entry = importlib.import_module(f"pkilint.bin.{linter}").main
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        code = entry(["lint", "-s", "WARNING", *args])
-    findings = printed.getvalue().strip()
-    assert code == 0 or findings, f"{linter} exited {code}"
-    return findings
 
 
 def lint_ocsp(response: Path) -> str:
