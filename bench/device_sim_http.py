@@ -75,14 +75,12 @@ class Simulator:
 
     def call(self, method: str, path: str, body: bytes | None = None) -> bytes:
         """The answer's body, read in full; anything but 200 stops the run. As certfleet's device
-        client (urllib3) does, the head and the body go in separate writes."""
+        client (shared/device_http.py) does, the head and the body go in one write."""
         self.connection.putrequest(method, path, skip_accept_encoding=True)
         if body is not None:
             self.connection.putheader("content-type", "application/json")
             self.connection.putheader("content-length", str(len(body)))
-        self.connection.endheaders()
-        if body is not None:
-            self.connection.send(body)
+        self.connection.endheaders(body)
         response = self.connection.getresponse()
         answer = response.read()
         if response.status != 200:

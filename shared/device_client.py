@@ -25,19 +25,10 @@ from functools import cache
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
-import urllib3
 from pydantic import BaseModel
 from pydantic import ValidationError as WireError
-from urllib3.exceptions import (
-    HTTPError,
-    LocationValueError,
-    NameResolutionError,
-    NewConnectionError,
-    ProtocolError,
-    URLSchemeUnknown,
-)
-from urllib3.exceptions import TimeoutError as UrllibTimeout
 
+from shared import device_http
 from shared.clock import utcnow
 from shared.device_api import (
     CaBundleUpload,
@@ -141,9 +132,8 @@ def _default_tls() -> ssl.SSLContext:
 
 
 class HttpDeviceClient:
-    """One pooled, thread-safe urllib3 pool manager for every device a worker process talks to:
-    it costs about half the CPU per request of a general-purpose async-capable client, and a
-    worker makes one to three device requests per job.
+    """Kept-alive connections to every device a worker process talks to, shared by its threads
+    (:mod:`shared.device_http`); a worker makes one to three device requests per job.
 
     ``clock`` says when an answer arrived: a Retry-After given as a date counts from then.
     """
@@ -154,25 +144,20 @@ class HttpDeviceClient:
         timeout_seconds: float,
         max_connections: int = 64,
         clock: Callable[[], datetime] = utcnow,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: how HTTPS devices are verified (default: the system's trust store)."""
         self.timeout_seconds, self.clock = timeout_seconds, clock
-        self._http = urllib3.PoolManager(
-            # A pool per device endpoint (scheme, host, port); every worker thread may hold one
-            # request in flight, and the connections stay alive between jobs.
-            num_pools=max_connections, maxsize=max_connections, block=False,
-            timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
-            # Never retried here: a job's retry is the worker's decision, with its backoff.
-            retries=False,
-            headers={"accept": "application/json"},
-            ssl_context=_default_tls(),
-        )
+        # Never retried here: a job's retry is the worker's decision, with its backoff.
+        self._http = device_http.DeviceHttp(timeout_seconds=timeout_seconds, tls=tls or _default_tls(),
+                                            idle_per_endpoint=max_connections)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, max_connections: int = 64) -> HttpDeviceClient:
         return cls(timeout_seconds=settings.device_timeout_seconds, max_connections=max_connections)
 
     def close(self) -> None:
-        self._http.clear()
+        self._http.close()
 
     # --- the device-management API ---------------------------------------------------------
 
@@ -254,32 +239,30 @@ class HttpDeviceClient:
         missing_ok: bool = False,
     ) -> Any:
         base = device.management_url.rstrip("/")
-        headers = None if body is None else {"content-type": "application/json"}
+        headers = None if body is None else {"Content-Type": "application/json"}
         try:
-            if not base.startswith(("http://", "https://")):
-                raise URLSchemeUnknown(base.partition(":")[0] or base)
-            response = self._http.request(method, base + path, body=None if body is None else json.dumps(body),
+            response = self._http.request(method, base, path, body=None if body is None else json.dumps(body).encode(),
                                           headers=headers)
-        except NewConnectionError as exc:  # before TimeoutError: urllib3 counts it as a connect timeout
+        except device_http.Unreachable as exc:
             raise DeviceTransientError(
-                code="device_unreachable", serial=device.serial, url=base, what="unreachable",
-                reason=_transport_reason(exc),
+                code="device_unreachable", serial=device.serial, url=base, what="unreachable", reason=exc.reason,
             ) from None
-        except UrllibTimeout:
+        except device_http.NoAnswer:
             raise DeviceTransientError(
                 code="device_timeout", serial=device.serial, url=base, what="did not answer",
                 reason=f"no answer within {self.timeout_seconds:g} s",
             ) from None
-        except LocationValueError as exc:
+        except device_http.BadUrl as exc:
             raise PermanentError(
-                f"device {device.serial} has an unusable management URL {base!r}: {_url_problem(exc)}; correct "
+                f"device {device.serial} has an unusable management URL {base!r}: {exc.problem}; correct "
                 "the device's management URL",
                 code="invalid_management_url",
             ) from None
-        except (HTTPError, OSError) as exc:
-            raise DeviceTransientError(
-                code="device_unreachable", serial=device.serial, url=base, what="unreachable",
-                reason=_transport_reason(exc),
+        except device_http.AnswerTooLarge:
+            raise PermanentError(
+                f"device {device.serial} answered {method} {path} with more than "
+                f"{device_http.MAX_ANSWER_BYTES // (1024 * 1024)} MiB; certfleet reads no more",
+                code="device_bad_response",
             ) from None
 
         status = response.status
@@ -307,7 +290,7 @@ class HttpDeviceClient:
         if model is None:
             return None
         try:
-            return model.model_validate_json(response.data)
+            return model.model_validate_json(response.body)
         except WireError as exc:
             raise PermanentError(
                 f"device {device.serial} sent an answer to {method} {path} that does not follow the "
@@ -327,29 +310,8 @@ def _wire(device: DeviceAddress, configuration: Configuration) -> dict[str, Any]
     return configuration.to_wire()
 
 
-def _transport_reason(exc: BaseException) -> str:
-    """What a person should read for a connection that failed: refused, reset, a name that does
-    not resolve, or the transport's own words."""
-    text = str(exc) or type(exc).__name__
-    lowered = text.lower()
-    if "refused" in lowered:
-        return "connection refused"
-    if isinstance(exc, NameResolutionError) or "name or service not known" in lowered \
-            or "nodename nor servname" in lowered:
-        return "host name does not resolve"
-    if "reset" in lowered or "aborted" in lowered or "disconnected" in lowered or isinstance(exc, ProtocolError):
-        return "connection reset"
-    return text
-
-
-def _url_problem(exc: LocationValueError) -> str:
-    if isinstance(exc, URLSchemeUnknown):
-        return f"scheme {exc.scheme!r} is not http or https"
-    return str(exc) or "it does not parse"
-
-
-def _error_body(response: urllib3.BaseHTTPResponse) -> ErrorBody | None:
+def _error_body(response: device_http.Answer) -> ErrorBody | None:
     try:
-        return ErrorBody.model_validate_json(response.data)
+        return ErrorBody.model_validate_json(response.body)
     except WireError:
         return None

@@ -29,7 +29,7 @@ def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
     configure_logging(settings.log_level, settings.log_format)
     require_own_secret_key(settings, service="worker", insecure_dev_key=os.environ.get(INSECURE_DEV_KEY_ENV) == "1")
     # The dramatiq CLI logs at INFO; httpx (CRL and OCSP fetches) logs every request there, and a
-    # line per request would cost more than the request. (The device client, urllib3, logs at DEBUG.)
+    # line per request would cost more than the request. (The device client logs nothing per request.)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not settings.broker_url:
         raise ConfigurationError(

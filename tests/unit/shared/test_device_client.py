@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from shared.device_client import DeviceTransientError, HttpDeviceClient
 from shared.enrollment import EnrollmentParameters
 from shared.errors import PermanentError, TransientError
 from shared.sealed_secrets import seal_configuration
+from tests.support.tls import TlsHandler, https_server, make_ca, make_leaf
 
 WEAK_CRYPTO_MESSAGE = "weak crypto: RSA-1024; enable weak-crypto on the device to accept it"
 BUNDLE = {"version": "7", "certificates": 2, "sha256": "ab" * 32}
@@ -265,3 +267,165 @@ def test_ca_bundle_calls_fail_as_every_other_call_does(client, device, device_se
             call()
         assert caught.value.code == code
         assert isinstance(caught.value, TransientError) == (error is DeviceTransientError)
+
+
+# --- the transport: framing, kept-alive connections, bounds ------------------------------------------
+
+class KeepAliveDevice(BaseHTTPRequestHandler):
+    """An HTTP/1.1 device that keeps connections open, framing answers as ``server.framing`` says;
+    it records each request with the client's port, so a reused connection shows as the same port."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.requests.append((self.client_address[1], self.path))
+        payload = json.dumps(TRUSTPOINT).encode()
+        framing = self.server.framing
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if framing == "chunked":
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for piece in (payload[:10], payload[10:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif framing == "until_close":
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(payload)
+            self.close_connection = True
+        elif framing == "huge":
+            self.send_header("content-length", str(3 * 1024 * 1024))
+            self.end_headers()
+            self.wfile.write(b" " * (3 * 1024 * 1024))
+        else:
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        if self.server.close_after:
+            self.close_connection = True
+
+
+@pytest.fixture
+def keep_alive_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveDevice)
+    server.framing, server.close_after, server.requests = "length", False, []
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _device_at(server, host: str = "127.0.0.1") -> Device:
+    shown = f"[{host}]" if ":" in host else host
+    return Device("FTD-000042", f"http://{shown}:{server.server_address[1]}/api/devices/FTD-000042")
+
+
+def test_answers_chunked_or_ended_by_the_connection_read_whole(client, keep_alive_server):
+    device = _device_at(keep_alive_server)
+    for framing in ("chunked", "until_close", "length"):
+        keep_alive_server.framing = framing
+        state = client.get_trustpoint(device, "vpn")
+        assert (state.name, state.ca_status) == ("vpn", "in_progress"), framing
+
+
+def test_a_kept_alive_connection_serves_the_next_request_and_one_the_device_closed_is_replaced(
+        client, keep_alive_server):
+    device = _device_at(keep_alive_server)
+    client.get_trustpoint(device, "vpn")
+    client.get_trustpoint(device, "vpn")
+    first, second = (port for port, _ in keep_alive_server.requests)
+    assert first == second  # one connection, kept alive between the requests
+    keep_alive_server.close_after = True
+    client.get_trustpoint(device, "vpn")  # the device closes this connection after answering
+    keep_alive_server.close_after = False
+    assert client.get_trustpoint(device, "vpn").name == "vpn"  # not sent on the closed one
+    assert keep_alive_server.requests[3][0] != first
+
+
+def test_an_answer_over_the_bound_is_refused_not_read_into_memory(client, keep_alive_server, monkeypatch):
+    from shared import device_http
+
+    monkeypatch.setattr(device_http, "MAX_ANSWER_BYTES", 1024 * 1024)
+    keep_alive_server.framing = "huge"
+    with pytest.raises(PermanentError) as caught:
+        client.get_trustpoint(_device_at(keep_alive_server), "vpn")
+    assert caught.value.code == "device_bad_response" and "more than 1 MiB" in str(caught.value)
+
+
+def test_a_device_at_an_ipv6_address_is_reached():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+
+    class V6Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        server = V6Server(("::1", 0), KeepAliveDevice)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    server.framing, server.close_after, server.requests = "length", False, []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    client = HttpDeviceClient(timeout_seconds=2)
+    try:
+        assert client.get_trustpoint(_device_at(server, "::1"), "vpn").name == "vpn"
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("ftp://device.example/api", "scheme 'ftp' is not http or https"),
+    ("http:///api/devices/FTD-1", "it names no host"),
+    ("http://device.example:99999/api", "Port out of range"),
+])
+def test_each_unusable_management_url_says_what_is_wrong(client, url, problem):
+    with pytest.raises(PermanentError) as caught:
+        client.get_keyring(Device("FTD-1", url))
+    assert caught.value.code == "invalid_management_url" and problem in str(caught.value)
+
+
+def test_a_name_that_does_not_resolve_is_unreachable(client):
+    with pytest.raises(DeviceTransientError) as caught:
+        client.get_keyring(Device("FTD-1", "http://no-such-device.invalid/api/devices/FTD-1"))
+    assert caught.value.code == "device_unreachable" and "host name does not resolve" in str(caught.value)
+
+
+class TlsDevice(TlsHandler):
+    def do_GET(self) -> None:
+        self.server.requests = getattr(self.server, "requests", 0) + 1
+        payload = json.dumps(TRUSTPOINT).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def test_an_https_device_is_verified_against_the_trust_store_and_its_connection_kept():
+    device_ca, other_ca = make_ca("Device CA"), make_ca("Other CA")
+    with https_server(TlsDevice, leaf=make_leaf(device_ca)) as server:
+        url = f"https://127.0.0.1:{server.server_address[1]}/api/devices/FTD-000042"
+        trusting = ssl.create_default_context(cadata=device_ca.pem)
+        client = HttpDeviceClient(timeout_seconds=2, tls=trusting)
+        try:
+            for _ in range(3):
+                assert client.get_trustpoint(Device("FTD-000042", url), "vpn").name == "vpn"
+        finally:
+            client.close()
+        assert (server.handshakes, server.requests) == (1, 3)  # one TLS connection for all three
+        stranger = HttpDeviceClient(timeout_seconds=2, tls=ssl.create_default_context(cadata=other_ca.pem))
+        try:
+            with pytest.raises(DeviceTransientError) as caught:
+                stranger.get_trustpoint(Device("FTD-000042", url), "vpn")
+        finally:
+            stranger.close()
+    assert caught.value.code == "device_unreachable" and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert server.requests == 3  # nothing reached the device over the unverified connection
