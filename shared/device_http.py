@@ -73,6 +73,11 @@ class Endpoint:
     base_path: str
 
     @property
+    def origin(self) -> tuple[str, str, int]:
+        """What connections are kept by: every device behind one host and port shares them."""
+        return self.scheme, self.host, self.port
+
+    @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
@@ -159,7 +164,7 @@ class DeviceHttp:
     def __init__(self, *, timeout_seconds: float, tls: ssl.SSLContext,
                  idle_per_endpoint: int = DEFAULT_IDLE_PER_ENDPOINT) -> None:
         self.timeout, self.tls, self.idle_per_endpoint = timeout_seconds, tls, idle_per_endpoint
-        self._idle: dict[Endpoint, list[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -191,7 +196,7 @@ class DeviceHttp:
     def _take(self, endpoint: Endpoint) -> _Connection:
         while True:
             with self._lock:
-                idle = self._idle.get(endpoint)
+                idle = self._idle.get(endpoint.origin)
                 connection = idle.pop() if idle else None
             if connection is None:
                 return self._open(endpoint)
@@ -202,7 +207,7 @@ class DeviceHttp:
     def _give_back(self, connection: _Connection) -> None:
         connection.used = True
         with self._lock:
-            idle = self._idle.setdefault(connection.endpoint, [])
+            idle = self._idle.setdefault(connection.endpoint.origin, [])
             if len(idle) < self.idle_per_endpoint:
                 idle.append(connection)
                 return

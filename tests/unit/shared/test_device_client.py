@@ -337,10 +337,12 @@ def test_answers_chunked_or_ended_by_the_connection_read_whole(client, keep_aliv
 def test_a_kept_alive_connection_serves_the_next_request_and_one_the_device_closed_is_replaced(
         client, keep_alive_server):
     device = _device_at(keep_alive_server)
+    neighbour = Device("FTD-000043", device.management_url.replace("FTD-000042", "FTD-000043"))
     client.get_trustpoint(device, "vpn")
-    client.get_trustpoint(device, "vpn")
-    first, second = (port for port, _ in keep_alive_server.requests)
-    assert first == second  # one connection, kept alive between the requests
+    client.get_trustpoint(neighbour, "vpn")
+    (first, path), (second, neighbours_path) = keep_alive_server.requests
+    # One connection, kept alive between the requests, for every device behind this host and port.
+    assert first == second and neighbours_path == "/api/devices/FTD-000043/trustpoints/vpn"
     keep_alive_server.close_after = True
     client.get_trustpoint(device, "vpn")  # the device closes this connection after answering
     keep_alive_server.close_after = False
