@@ -122,18 +122,36 @@ class TlsConnection(asyncio.Protocol):
     async def open(cls, host: str, port: int, context: SSL.Context, *, timeout: float) -> TlsConnection:
         """A connection to ``host`` (a DNS name or an IP address) after a completed handshake."""
         tls = cls(context, host=host, timeout=timeout)
-        sock = await _connected_socket(host, port, timeout)
-        try:
-            await tls._loop.create_connection(lambda: tls, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
+        await tls._connect(port)
         try:
             await tls.handshake()
         except BaseException:
             tls.close()
             raise
         return tls
+
+    async def _connect(self, port: int) -> None:
+        """The transport to ``host``: an IP address as it is (both asyncio and uvloop read an
+        address literal without getaddrinfo, which costs CPU at every connection), a DNS name's
+        addresses from the loop's resolver, tried in turn as :func:`socket.create_connection`
+        does (each failure keeps its errno); TimeoutError("timed out") after ``timeout``."""
+        if self._ip is not None:
+            addresses = [self.host]
+        else:
+            infos = await self._loop.getaddrinfo(self.host, port, type=socket.SOCK_STREAM)
+            addresses = [address[0] for _, _, _, _, address in infos]
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._loop.create_connection(lambda: self, address, port)
+                return
+            except TimeoutError:
+                error = TimeoutError("timed out")
+            except OSError as exc:
+                error = exc
+        assert error is not None  # getaddrinfo answers at least one address or raises
+        raise error
 
     @property
     def closed(self) -> bool:
@@ -288,39 +306,6 @@ def _is_eof(exc: SSL.Error) -> bool:
     errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
     return bool(errors) and len(errors[-1]) == 3 and "unexpected eof" in str(errors[-1][2])
 
-
-async def _connected_socket(host: str, port: int, timeout: float) -> socket.socket:
-    """A socket connected to ``host``: an IP address as it is (resolving one costs CPU at every
-    connection), a DNS name by the loop's resolver, its addresses tried in turn as
-    :func:`socket.create_connection` does; TimeoutError("timed out") after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    ip = _ip_literal(host)
-    if ip is not None:
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        addresses: list[tuple[int, Any]] = [(family, (host, port))]
-    else:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [(family, address) for family, _, _, _, address in infos]
-    error: OSError | None = None
-    for family, address in addresses:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                async with asyncio.timeout(timeout):
-                    await loop.sock_connect(sock, address)
-            except TimeoutError:
-                raise TimeoutError("timed out") from None
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-        except BaseException:
-            sock.close()
-            raise
-    assert error is not None  # getaddrinfo answers at least one address or raises
-    raise error
 
 @lru_cache(maxsize=256)
 def _name_refusal(der: bytes, host: str, ip: str | None) -> tuple[int, str] | None:
