@@ -122,8 +122,8 @@ class TlsConnection(asyncio.Protocol):
     async def open(cls, host: str, port: int, context: SSL.Context, *, timeout: float) -> TlsConnection:
         """A connection to ``host`` (a DNS name or an IP address) after a completed handshake."""
         tls = cls(context, host=host, timeout=timeout)
-        await tls._connect(port)
         try:
+            await tls._connect(port)
             await tls.handshake()
         except BaseException:
             tls.close()
@@ -159,6 +159,7 @@ class TlsConnection(asyncio.Protocol):
         return self._ended or self._transport is None or self._transport.is_closing()
 
     def close(self) -> None:
+        self.connection.set_app_data(None)  # no reference cycle left behind
         if self._transport is not None:
             self._transport.close()
 
