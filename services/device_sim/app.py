@@ -2,7 +2,8 @@
 
 Every device request first meets the fault plan (latency, then maybe an injected 500,
 503 or hang-then-504), then the device handles it. All state lives on the event loop's
-thread, so nothing needs a lock; slow work (RSA key generation, talking to a CA) runs in a
+thread, so nothing needs a lock; EST enrollment runs on the loop itself (its TLS on memory
+buffers); other slow work (RSA key generation, SCEP's blocking exchanges with a CA) runs in a
 thread pool and its result is installed back on the loop. A request a CA holds for approval
 is asked about again in the background (:meth:`DeviceSim._keep_polling`), as a real device
 does. Errors answer ``{"code", "message"}``.
@@ -69,7 +70,8 @@ MAX_PAGE = 5000
 DEFAULT_PAGE = 1000
 #: Bound of a PUT /api/offline body: tens of thousands of serials.
 OFFLINE_BODY_BYTES = 2 * 1024 * 1024
-#: Enrollments talking to CAs at once: they mostly wait on the network, not the CPU.
+#: SCEP enrollments and peer validations talking to CAs at once: they mostly wait on the network,
+#: not the CPU (EST enrollments wait on the event loop, without a thread).
 CA_THREADS = 32
 _TRUSTPOINT_LIST = TypeAdapter(list[TrustpointState])
 
@@ -451,6 +453,8 @@ class DeviceSim:
 
     async def _run(self, task: enrollers.EnrollmentTask) -> enrollers.Outcome:
         try:
+            if enrollers.runs_on_loop(task.params):
+                return await enrollers.enroll_on_loop(task)
             if task.params.enrollment_type in enrollers.NETWORK_TYPES:
                 return await asyncio.get_running_loop().run_in_executor(self._network, enrollers.enroll, task)
             if enrollers.runs_off_loop(task.params):

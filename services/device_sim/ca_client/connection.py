@@ -1,6 +1,8 @@
-"""One kept-alive HTTP(S) connection from a device to its CA, as the EST and SCEP clients use
-it: opened on the first request, reused for the enrollment's next ones, opened once more when
-the CA had closed the kept-alive one meanwhile, and every answer read whole (up to a limit)."""
+"""What the device's CA clients share: the enrollment URL, the CA's answers, and the SCEP
+client's kept-alive HTTP connection (:class:`CaConnection`): opened on the first request, reused
+for the enrollment's next ones, opened once more when the CA had closed the kept-alive one
+meanwhile, and every answer read whole (up to a limit). The EST client keeps its HTTPS
+connection the same way on the event loop (:mod:`.https`)."""
 
 from __future__ import annotations
 
@@ -103,6 +105,12 @@ class Answer:
         return text[:300] or "no explanation given"
 
 
+def too_large(url: str, operation: str) -> CaFailure:
+    """The failure of an answer longer than :data:`MAX_ANSWER_BYTES`."""
+    return CaFailure(f"CA at {url} answered {operation} with more than {MAX_ANSWER_BYTES // 1024} KiB",
+                     code="ca_bad_response")
+
+
 class CaConnection:
     """The connection; ``open_connection`` makes a new one, ``failure`` names a network error
     (the protocol knows what the device was checking it against), ``clock`` stamps each answer
@@ -133,8 +141,7 @@ class CaConnection:
                 if len(data) > MAX_ANSWER_BYTES or response.will_close:
                     self.close()
                 if len(data) > MAX_ANSWER_BYTES:
-                    raise CaFailure(f"CA at {self.url} answered {operation} with more than "
-                                    f"{MAX_ANSWER_BYTES // 1024} KiB", code="ca_bad_response")
+                    raise too_large(self.url, operation)
                 return Answer(status=response.status, reason=response.reason,
                               headers={k.lower(): v for k, v in response.getheaders()}, body=data,
                               received_at=self.clock())

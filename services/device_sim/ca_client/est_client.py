@@ -18,10 +18,14 @@ One enrollment:
    signature.
 
 Private keys never leave the device: only the certificate request is sent.
+
+The enrollment runs on the simulator's event loop; only an RSA key pair (20-100 ms to make)
+is made in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,7 +51,7 @@ from services.device_sim.tasks import (
     Slot,
 )
 from shared.enrollment import EnrollmentParameters
-from shared.enums import CertificateRole
+from shared.enums import CertificateRole, KeyType
 from shared.errors import CertfleetError, WeakCryptoError
 from shared.pki import PrivateKey
 from shared.protocols.csr import build_csr
@@ -83,7 +87,7 @@ class EstOptions:
                    fingerprint=fp, ignore_server_validation=ignore)
 
 
-def enroll_est(task: EnrollmentTask) -> Outcome:
+async def enroll_est(task: EnrollmentTask) -> Outcome:
     try:
         options = EstOptions.of(task.params)
         endpoint = EstEndpoint.parse(options.enrollment_url)
@@ -91,7 +95,7 @@ def enroll_est(task: EnrollmentTask) -> Outcome:
         return Refused(code=exc.code, message=exc.message)
     enrollment = _EstEnrollment(task, options, endpoint)
     try:
-        return enrollment.run()
+        return await enrollment.run()
     except CaFailure as exc:
         return Refused(code=exc.code, message=exc.message, retryable=exc.retryable, retry_after=exc.retry_after,
                        ca_certificates=enrollment.ca_slots)
@@ -111,23 +115,23 @@ class _EstEnrollment:
         #: The CA chain once cacerts answered: installed even if the enrollment then fails.
         self.ca_slots: tuple[Slot, ...] = ()
 
-    def run(self) -> Outcome:
+    async def run(self) -> Outcome:
         # With a fingerprint, the first connection only fetches the CA certificates to pin.
-        with self._session(pinned=None, identity=None) as first:
-            chain = self._ca_chain(first)
+        async with self._session(pinned=None, identity=None) as first:
+            chain = await self._ca_chain(first)
             pinned = self._pin(chain)
             identity = self._renewal_identity(chain)
             if pinned is None and identity is None:
-                return self._enroll(first, chain, identity=None)
-        with self._session(pinned=pinned, identity=identity) as second:
+                return await self._enroll(first, chain, identity=None)
+        async with self._session(pinned=pinned, identity=identity) as second:
             try:
-                return self._enroll(second, chain, identity=identity)
+                return await self._enroll(second, chain, identity=identity)
             except _RenewalRefused:
                 pass
         # The CA would not take the current certificate (it may have expired between the device's
         # look at it and the CA's): enroll anew with the password, as a device without one does.
-        with self._session(pinned=pinned, identity=None) as third:
-            return self._enroll(third, chain, identity=None)
+        async with self._session(pinned=pinned, identity=None) as third:
+            return await self._enroll(third, chain, identity=None)
 
     # --- trusting the server -----------------------------------------------------------------
 
@@ -166,8 +170,8 @@ class _EstEnrollment:
 
     # --- the CA certificates ---------------------------------------------------------------------
 
-    def _ca_chain(self, session: EstSession) -> list[x509.Certificate]:
-        answer = session.get("cacerts")
+    async def _ca_chain(self, session: EstSession) -> list[x509.Certificate]:
+        answer = await session.get("cacerts")
         if answer.status != 200:
             raise session.http_failure(answer, "cacerts")
         try:
@@ -187,22 +191,22 @@ class _EstEnrollment:
         with its password."""
         return issued.renewal_identity(self.task, chain[0])
 
-    def _enroll(self, session: EstSession, chain: list[x509.Certificate],
+    async def _enroll(self, session: EstSession, chain: list[x509.Certificate],
                 identity: CurrentIdentity | None) -> Outcome:
         task = self.task
         held = task.held if task.held is not None and task.held.params == task.params else None
         if held is not None:
             key, csr, first_asked = held.private_key, held.csr, held.first_asked_at
         else:
-            key = generate_device_key(task.params, weak_crypto=task.weak_crypto)
-            csr, first_asked = build_csr(key, task.params, task.device), task.now
+            key, csr = await _new_request(task)
+            first_asked = task.now
         operation = REENROLL if identity is not None else ENROLL
         use_password = operation == ENROLL and bool(self.options.username)
         auth = (self.options.username, self.options.password) if use_password else None
         body = encode_csr(csr)
         deadline = time.monotonic() + task.ca.wait_seconds
         while True:
-            answer = session.post_csr(operation, body, auth=auth)
+            answer = await session.post_csr(operation, body, auth=auth)
             if answer.status == 200:
                 break
             if answer.status == 401 and identity is not None and self.options.username:
@@ -216,7 +220,7 @@ class _EstEnrollment:
                                       renewal=identity is not None, retry_after=wait,
                                       first_asked_at=first_asked)
                 return HeldByCa(request=request, ca_certificates=self.ca_slots)
-            time.sleep(wait)
+            await asyncio.sleep(wait)
         cert = self._issued(answer.body, key, chain, operation)
         return Enrolled(private_key=key, certificates=((CertificateRole.IDENTITY, 0, cert), *self.ca_slots))
 
@@ -232,6 +236,19 @@ class _EstEnrollment:
         return issued.accept_issued(certs, key, chain[0], url=url, weak_crypto=self.task.weak_crypto,
                                     ignore_ipsec_key_usage=issued.validation_setting(self.task,
                                                                                      "ignore_ipsec_key_usage"))
+
+
+async def _new_request(task: EnrollmentTask) -> tuple[PrivateKey, x509.CertificateSigningRequest]:
+    """The device's new key pair and its certificate request: made in a worker thread for RSA,
+    whose key generation would stall every other device on the loop."""
+    if task.params.key_type is KeyType.RSA:
+        return await asyncio.to_thread(_key_and_csr, task)
+    return _key_and_csr(task)
+
+
+def _key_and_csr(task: EnrollmentTask) -> tuple[PrivateKey, x509.CertificateSigningRequest]:
+    key = generate_device_key(task.params, weak_crypto=task.weak_crypto)
+    return key, build_csr(key, task.params, task.device)
 
 
 def _anchors_described(ca: CaClientSettings) -> str:
@@ -252,5 +269,5 @@ def _anchors_described(ca: CaClientSettings) -> str:
 def _ordered_ca_chain(cacerts: bytes) -> tuple[x509.Certificate, ...]:
     """The CA chain of a cacerts answer, issuing CA first. A CA gives every device the same bytes:
     the simulated fleet parses each distinct answer once (certificates are immutable, so sharing
-    them between devices and threads is safe); a refused answer raises again every time."""
+    them between devices is safe); a refused answer raises again every time."""
     return tuple(ca_trust.order_ca_chain(decode_certs_only(cacerts)))

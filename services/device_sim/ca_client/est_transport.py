@@ -3,9 +3,9 @@ connection per enrollment, and the CA's unexpected answers as a :class:`CaFailur
 stable code :mod:`shared.protocols.ca_failures` gives it (network causes are told apart by
 :mod:`.network`, shared with the SCEP client) and a hint that fits EST.
 
-Plain ``http.client`` over :mod:`.tls` (pyOpenSSL, for a cheaper handshake): the socket and
-TLS errors arrive as the ``ssl`` module's, so each cause is told apart without digging through
-wrapped exceptions.
+HTTP/1.1 (:mod:`.https`) over :mod:`.tls` (pyOpenSSL, for a cheaper handshake), on the event
+loop: the socket and TLS errors arrive as the ``ssl`` module's, so each cause is told apart
+without digging through wrapped exceptions.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from OpenSSL import SSL
 
-from services.device_sim.ca_client.connection import Answer, CaConnection, CaUrl
+from services.device_sim.ca_client.connection import Answer, CaUrl
+from services.device_sim.ca_client.https import CaHttpsConnection
 from services.device_sim.ca_client.network import CaFailure, network_failure
-from services.device_sim.ca_client.tls import HttpsConnection
 from shared.protocols.ca_failures import status_problem
 from shared.protocols.est import PKCS10
 
@@ -51,39 +51,38 @@ class EstEndpoint:
 
 
 class EstSession:
-    """One HTTPS connection to the CA's EST server, kept alive across an enrollment's requests.
+    """One HTTPS connection to the CA's EST server, kept alive across an enrollment's requests
+    (``async with``, on the event loop).
 
     ``trust`` says what the server was checked against, for the message when that fails.
     """
 
     def __init__(self, endpoint: EstEndpoint, context: SSL.Context, *, timeout: float, trust: str) -> None:
         self.endpoint, self.context, self.timeout, self.trust = endpoint, context, timeout, trust
-        self.connection = CaConnection(
-            lambda: HttpsConnection(endpoint.host, endpoint.port, context=context, timeout=timeout),
-            url=endpoint.url, failure=self._network_failure,
-        )
+        self.connection = CaHttpsConnection(endpoint.host, endpoint.port, context=context, timeout=timeout,
+                                            url=endpoint.url, failure=self._network_failure)
 
-    def __enter__(self) -> EstSession:
+    async def __aenter__(self) -> EstSession:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self.connection.close()
 
-    def get(self, operation: str) -> Answer:
-        return self._request("GET", operation, None, {})
+    async def get(self, operation: str) -> Answer:
+        return await self._request("GET", operation, None, {})
 
-    def post_csr(self, operation: str, csr_base64: bytes, *, auth: tuple[str, str] | None) -> Answer:
+    async def post_csr(self, operation: str, csr_base64: bytes, *, auth: tuple[str, str] | None) -> Answer:
         headers = {"Content-Type": PKCS10, "Content-Transfer-Encoding": "base64"}
         if auth is not None:
             headers["Authorization"] = "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        return self._request("POST", operation, csr_base64, headers)
+        return await self._request("POST", operation, csr_base64, headers)
 
-    def _request(self, method: str, operation: str, body: bytes | None, headers: dict[str, str]) -> Answer:
-        return self.connection.request(method, self.endpoint.path(operation), operation=operation, body=body,
-                                       headers=headers)
+    async def _request(self, method: str, operation: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        return await self.connection.request(method, self.endpoint.path(operation), operation=operation,
+                                             body=body, headers=headers)
 
     # --- turning failures into messages ------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""TLS from a device to its CA's HTTPS server, over pyOpenSSL.
+"""TLS from a device to its CA's HTTPS server, over pyOpenSSL, on the event loop.
 
 Why not the standard library's ``ssl``: it is linked to the system's OpenSSL (3.0 here), whose
 client handshake cost 1.27 ms of CPU per connection against the CA simulator; pyOpenSSL runs on
@@ -19,21 +19,20 @@ What the ``ssl`` module did for the device is done here the same way:
   with OpenSSL's verify message, :class:`ssl.SSLEOFError`, :class:`ssl.SSLError` with
   OpenSSL's reason mnemonic), ``OSError`` by errno, and :class:`TimeoutError`, so
   :func:`.network.cause_of` names each cause as it did;
-- :class:`TlsSocket` is socket enough for :mod:`http.client` (``sendall``, ``makefile``,
-  ``close``), and a peer's end of the stream reads as the end, ragged or not, as the ``ssl``
-  module's default ``suppress_ragged_eofs`` has it.
+- a peer's end of the stream reads as the end, ragged or not, as the ``ssl`` module's default
+  ``suppress_ragged_eofs`` has it.
+
+The connection runs on the event loop, OpenSSL on memory buffers (``SSL.Connection(context,
+None)``): a device's wait for its CA costs no thread, and reading costs no poll() per record.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
+import asyncio
 import ipaddress
 import os
-import select
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -78,10 +77,10 @@ def check_server(connection: SSL.Connection, cert: crypto.X509, code: int, depth
     """The verify callback of a verifying context: OpenSSL's verdict on each certificate of the
     chain, and the URL's host at the server's own certificate once the chain verified.
 
-    pyOpenSSL keeps a callback's exception on the context, which devices share between threads:
-    this callback never raises, and a connection that is not a :class:`TlsSocket`'s is refused."""
+    pyOpenSSL keeps a callback's exception on the context, which devices share:
+    this callback never raises, and a connection that is not a :class:`TlsConnection`'s is refused."""
     peer = connection.get_app_data()
-    if not isinstance(peer, TlsSocket):
+    if not isinstance(peer, TlsConnection):
         return False
     try:
         if not ok:
@@ -93,37 +92,82 @@ def check_server(connection: SSL.Connection, cert: crypto.X509, code: int, depth
         return False
 
 
-class TlsSocket:
-    """A client TLS connection over a connected socket, shaped as :mod:`http.client` uses a socket."""
+class TlsConnection(asyncio.Protocol):
+    """A client TLS connection on the event loop: OpenSSL works on memory buffers (no socket of
+    its own), fed with what the transport receives, its output written to the transport.
 
-    def __init__(self, sock: socket.socket, context: SSL.Context, *, host: str) -> None:
-        self.sock, self.host, self.timeout = sock, host, sock.gettimeout()
+    Opened by :meth:`open` (connect and handshake); then :meth:`send` and :meth:`recv`.
+    """
+
+    def __init__(self, context: SSL.Context, *, host: str, timeout: float) -> None:
+        self.host, self.timeout = host, timeout
         self._ip = _ip_literal(host)
         self._rejected: CertificateRejected | None = None
         self._name_checked = False
-        self._readers, self._closed = 0, False
-        self.connection = SSL.Connection(context, sock)
+        self.connection = SSL.Connection(context, None)
         self.connection.set_app_data(self)
         if self._ip is None:
             self.connection.set_tlsext_host_name(host.encode("idna"))
         self.connection.set_connect_state()
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        #: Whom data, the end of the stream or room to write wakes up.
+        self._waiter: asyncio.Future[bool] | None = None
+        #: The peer ended the stream (or the transport closed); ``_lost`` is why, when an error.
+        self._ended = False
+        self._lost: BaseException | None = None
+        self._paused = False
 
     @classmethod
-    def connect(cls, sock: socket.socket, context: SSL.Context, *, host: str) -> TlsSocket:
-        """``sock`` after a completed handshake with the server at ``host``; closed on failure."""
+    async def open(cls, host: str, port: int, context: SSL.Context, *, timeout: float) -> TlsConnection:
+        """A connection to ``host`` (a DNS name or an IP address) after a completed handshake."""
+        tls = cls(context, host=host, timeout=timeout)
         try:
-            tls = cls(sock, context, host=host)
-            tls.handshake()
+            await tls._connect(port)
+            await tls.handshake()
         except BaseException:
-            sock.close()
+            tls.close()
             raise
         return tls
 
+    async def _connect(self, port: int) -> None:
+        """The transport to ``host``: an IP address as it is (both asyncio and uvloop read an
+        address literal without getaddrinfo, which costs CPU at every connection), a DNS name's
+        addresses from the loop's resolver, tried in turn as :func:`socket.create_connection`
+        does (each failure keeps its errno); TimeoutError("timed out") after ``timeout``."""
+        if self._ip is not None:
+            addresses = [self.host]
+        else:
+            infos = await self._loop.getaddrinfo(self.host, port, type=socket.SOCK_STREAM)
+            addresses = [address[0] for _, _, _, _, address in infos]
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._loop.create_connection(lambda: self, address, port)
+                return
+            except TimeoutError:
+                error = TimeoutError("timed out")
+            except OSError as exc:
+                error = exc
+        assert error is not None  # getaddrinfo answers at least one address or raises
+        raise error
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection can carry no more request: closed by either side."""
+        return self._ended or self._transport is None or self._transport.is_closing()
+
+    def close(self) -> None:
+        self.connection.set_app_data(None)  # no reference cycle left behind
+        if self._transport is not None:
+            self._transport.close()
+
     # --- the handshake and the server's identity ------------------------------------------------
 
-    def handshake(self) -> None:
+    async def handshake(self) -> None:
         try:
-            self._call("handshake", self.connection.do_handshake)
+            await self._call("handshake", self.connection.do_handshake)
         except SSL.Error as exc:
             if self._rejected is not None:
                 raise self._rejected from None
@@ -148,107 +192,120 @@ class TlsSocket:
         self._name_checked = True
         return True
 
-    # --- the socket http.client sees ---------------------------------------------------------------
+    # --- application data ------------------------------------------------------------------------
 
-    def sendall(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
-                sent = self._call("write", self.connection.send, view)
+                sent = await self._call("write", self.connection.send, view)
             except SSL.Error as exc:
                 raise _as_stdlib(exc) from None
             view = view[sent:]
+        if self._paused:  # the transport holds much unsent: wait until the peer takes it
+            await self._wait("write", self._loop.time() + self.timeout)
 
-    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
-        """Bytes read into ``buffer``; 0 at the end of the stream."""
-        size = min(nbytes or len(buffer), READ_CHUNK)
+    async def recv(self) -> bytes:
+        """The next bytes the server sent; b"" at the end of the stream, ragged or not (as the
+        ``ssl`` module's ``suppress_ragged_eofs`` has it)."""
         try:
-            return self._call("read", self.connection.recv_into, buffer, size)
-        except (SSL.ZeroReturnError, SSL.SysCallError) as exc:
-            if isinstance(exc, SSL.ZeroReturnError) or exc.args[0] == -1:
-                return 0  # the server closed the connection, with or without telling TLS first
-            raise _as_stdlib(exc) from None
+            return await self._call("read", self.connection.recv, READ_CHUNK)
+        except SSL.ZeroReturnError:
+            return b""
         except SSL.Error as exc:
+            if self._ended and self._lost is None and _is_eof(exc):
+                return b""  # the server closed the connection without telling TLS first
             raise _as_stdlib(exc) from None
-
-    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        if mode not in ("r", "rb"):
-            raise ValueError(f"a TLS connection to the CA reads its answers only, not {mode!r}")
-        self._readers += 1
-        return io.BufferedReader(_Reader(self))
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def close(self) -> None:
-        """Close the connection, once the answer being read (if any) is read: http.client closes
-        the connection it hands to an answer that closes it."""
-        self._closed = True
-        if self._readers <= 0:
-            self.sock.close()
-
-    def reader_closed(self) -> None:
-        self._readers -= 1
-        if self._closed and self._readers <= 0:
-            self.sock.close()
 
     # --- waiting ---------------------------------------------------------------------------------
 
-    def _call(self, what: str, operation: Callable[..., T], *args: Any) -> T:
-        """``operation`` tried again as the socket becomes ready, for the timeout at most
-        (the socket has a timeout, so it does not block: OpenSSL asks to wait instead)."""
+    async def _call(self, what: str, operation: Callable[..., T], *args: Any) -> T:
+        """``operation`` tried again as the server's bytes arrive, for the timeout at most; what
+        OpenSSL has to send goes to the transport after each try."""
         deadline: float | None = None
         while True:
             try:
-                return operation(*args)
+                result = operation(*args)
             except SSL.WantReadError:
-                events = select.POLLIN
-            except SSL.WantWriteError:
-                events = select.POLLOUT
-            wait: float | None = None
-            if self.timeout is not None:
-                now = time.monotonic()
-                deadline = now + self.timeout if deadline is None else deadline
-                wait = deadline - now
-            poller = select.poll()
-            poller.register(self.sock, events)
-            if (wait is not None and wait <= 0) or not poller.poll(None if wait is None else wait * 1000):
+                self._flush()
+                if self._ended:  # OpenSSL was told of the end (bio_shutdown); a lost transport says why
+                    raise self._lost or SSL.SysCallError(-1, "Unexpected EOF") from None
+                deadline = self._loop.time() + self.timeout if deadline is None else deadline
+                await self._wait(what, deadline)
+                continue
+            except SSL.Error as exc:
+                self._flush()  # an alert telling the server why
+                if self._lost is not None and _is_eof(exc):
+                    raise self._lost from None  # the connection was reset, say, not closed
+                raise
+            self._flush()
+            return result
+
+    async def _wait(self, what: str, deadline: float) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_at(deadline, _time_up, waiter)
+        try:
+            if not await waiter:
                 raise TimeoutError(f"The {what} operation timed out")
+        finally:
+            self._waiter = None
+            timer.cancel()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                data = self.connection.bio_read(READ_CHUNK)
+            except SSL.WantReadError:
+                return
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
+
+    # --- the transport's side --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
+
+    def data_received(self, data: bytes) -> None:
+        self.connection.bio_write(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._end(None)
+        return False  # nothing more to say to a server that has closed: the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if not self._ended:
+            self._ended, self._lost = True, exc
+            self.connection.bio_shutdown()
+        self._paused = False
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
 
 
-class _Reader(io.RawIOBase):
-    """The answer stream :meth:`TlsSocket.makefile` buffers."""
-
-    def __init__(self, tls: TlsSocket) -> None:
-        self.tls: TlsSocket | None = tls
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.tls is None:
-            raise ValueError("read of a closed answer stream")
-        return self.tls.recv_into(buffer)
-
-    def close(self) -> None:
-        if self.tls is not None:
-            tls, self.tls = self.tls, None
-            tls.reader_closed()
-        super().close()
+def _time_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
-class HttpsConnection(http.client.HTTPConnection):
-    """:class:`http.client.HTTPSConnection` with TLS by :class:`TlsSocket`."""
-
-    default_port = http.client.HTTPS_PORT
-
-    def __init__(self, host: str, port: int, *, context: SSL.Context, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.context = context
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = TlsSocket.connect(self.sock, self.context, host=self.host)
+def _is_eof(exc: SSL.Error) -> bool:
+    """Whether ``exc`` is OpenSSL's word for a stream that ended without a close_notify."""
+    if isinstance(exc, SSL.SysCallError):
+        return exc.args[0] == -1
+    errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    return bool(errors) and len(errors[-1]) == 3 and "unexpected eof" in str(errors[-1][2])
 
 
 @lru_cache(maxsize=256)

@@ -148,7 +148,7 @@ TLS12_CIPHERS = b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:
 
 def client_context(*, verify: bool, anchors_pem: str = "", identity: CurrentIdentity | None = None
                    ) -> SSL.Context:
-    """A TLS client context for :class:`.tls.TlsSocket`: verifying the server against
+    """A TLS client context for :class:`.tls.TlsConnection`: verifying the server against
     ``anchors_pem`` (none: nothing is trusted) and the URL's host, or not at all; presenting
     ``identity`` as client certificate when given."""
     if identity is None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.ca_sim.pending import approve, list_requests
@@ -144,6 +144,19 @@ def test_enrollment_installs_the_ca_chain_and_a_certificate_for_the_device_key(c
         assert eku == [ExtendedKeyUsageOID.CLIENT_AUTH]
     else:
         assert eku == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_an_rsa_device_key_is_made_and_enrolled(ca, sim):
+    # RSA key generation runs off the event loop the enrollment itself runs on.
+    device = Device(sim, "FTD-000011")
+    body = {"name": "rsa", "enrollment_type": "est", "key_type": "rsa", "key_size": 2048, "subject": SUBJECT,
+            "options": {"enrollment_url": f"{ca.est_url}/", "username": USER, "password": PASSWORD}}
+    assert device.http.put("/trustpoints/rsa", json=body).status_code == 200
+    state = device.enroll("rsa")
+    assert (state.ca_status, state.identity_status) == ("available", "available"), state.error_message
+    key = device.key_of("rsa")
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert spki(certificates(state)["identity", 0].public_key()) == spki(key.public_key())
 
 
 def test_re_enrollment_renews_with_a_new_key_over_the_current_certificate(ca, sim, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +18,8 @@ from services.device_sim.ca_client.est_transport import CaFailure, EstEndpoint, 
 from services.device_sim.ca_client.trust import client_context
 from tests.support.procs import free_port
 from tests.support.tls import TlsHandler, https_server, ipv6_loopback, make_ca, make_leaf
+
+pytestmark = pytest.mark.anyio
 
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 CSR = b"MIIBIjCByAIBADAaMRgwFgYDVQQDDA92cG4uZXhhbXBsZS5jb20w\n"
@@ -68,10 +70,10 @@ def ca(pki) -> Iterator:
 
 
 @pytest.fixture
-def session(ca, pki) -> Iterator[EstSession]:
+async def session(ca, pki) -> AsyncIterator[EstSession]:
     endpoint = EstEndpoint.parse(f"https://127.0.0.1:{ca.server_address[1]}/")
     context = client_context(verify=True, anchors_pem=pki["root"].pem)
-    with EstSession(endpoint, context, timeout=5, trust="the test's root") as est:
+    async with EstSession(endpoint, context, timeout=5, trust="the test's root") as est:
         yield est
 
 
@@ -110,11 +112,11 @@ def test_an_enrollment_url_est_cannot_use_is_refused(url, says):
 
 # --- what the device sends ---------------------------------------------------------------------------
 
-def test_the_ca_certificates_are_asked_for_with_a_get_and_read_whole(ca, session):
+async def test_the_ca_certificates_are_asked_for_with_a_get_and_read_whole(ca, session):
     chain = b"MIIGAQYJKoZIhvcNAQcCoIIF8jCCBe4CAQExADALBgkqhkiG9w0BBwGgggXU" * 100
     ca.answers["/.well-known/est/cacerts"] = (200, {"Content-Type": CERTS_ONLY,
                                                     "Content-Transfer-Encoding": "base64"}, chain)
-    answer = session.get("cacerts")
+    answer = await session.get("cacerts")
     assert (answer.status, answer.reason, answer.body) == (200, "OK", chain)
     assert answer.headers["content-type"] == CERTS_ONLY  # header names in lower case
     assert answer.headers["content-transfer-encoding"] == "base64"
@@ -123,9 +125,9 @@ def test_the_ca_certificates_are_asked_for_with_a_get_and_read_whole(ca, session
     assert "authorization" not in request.headers
 
 
-def test_a_csr_is_posted_in_base64_with_the_enrollment_objects_credentials(ca, session):
+async def test_a_csr_is_posted_in_base64_with_the_enrollment_objects_credentials(ca, session):
     ca.answers["/.well-known/est/simpleenroll"] = (200, {"Content-Type": CERTS_ONLY}, b"MIIC")
-    answer = session.post_csr("simpleenroll", CSR, auth=("ftd-enroller", "pässword:with-colon"))
+    answer = await session.post_csr("simpleenroll", CSR, auth=("ftd-enroller", "pässword:with-colon"))
     assert answer.status == 200
     (request,) = ca.received
     assert (request.method, request.path, request.body) == ("POST", "/.well-known/est/simpleenroll", CSR)
@@ -136,45 +138,45 @@ def test_a_csr_is_posted_in_base64_with_the_enrollment_objects_credentials(ca, s
     assert base64.b64decode(credentials).decode() == "ftd-enroller:pässword:with-colon"
 
 
-def test_a_renewal_authenticated_by_the_certificate_sends_no_password(ca, session):
-    session.post_csr("simplereenroll", CSR, auth=None)
+async def test_a_renewal_authenticated_by_the_certificate_sends_no_password(ca, session):
+    await session.post_csr("simplereenroll", CSR, auth=None)
     (request,) = ca.received
     assert request.path == "/.well-known/est/simplereenroll" and "authorization" not in request.headers
 
 
-def test_an_enrollments_requests_share_one_tls_connection(ca, session):
+async def test_an_enrollments_requests_share_one_tls_connection(ca, session):
     for path in ("cacerts", "csrattrs", "simpleenroll"):
         ca.answers[f"/.well-known/est/{path}"] = (200, {"Content-Type": CERTS_ONLY}, b"MII")
-    session.get("cacerts")
-    session.get("csrattrs")
-    session.post_csr("simpleenroll", CSR, auth=("u", "p"))
+    await session.get("cacerts")
+    await session.get("csrattrs")
+    await session.post_csr("simpleenroll", CSR, auth=("u", "p"))
     assert [r.path.rsplit("/", 1)[1] for r in ca.received] == ["cacerts", "csrattrs", "simpleenroll"]
     assert ca.handshakes == 1
 
 
-def test_a_kept_alive_connection_the_ca_closed_is_opened_anew(ca, session):
+async def test_a_kept_alive_connection_the_ca_closed_is_opened_anew(ca, session):
     ca.quietly_closing = True
     ca.answers["/.well-known/est/cacerts"] = (200, {"Content-Type": CERTS_ONLY}, b"MII")
-    answers = [session.get("cacerts") for _ in range(3)]
+    answers = [await session.get("cacerts") for _ in range(3)]
     assert [(a.status, a.body) for a in answers] == [(200, b"MII")] * 3
     assert ca.handshakes == 3
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 @pytest.mark.parametrize(("names", "trusted"), [(["::1"], True), (["127.0.0.1", "localhost"], False)])
-def test_an_ipv6_literal_url_reaches_a_server_that_names_the_address(pki, names, trusted):
+async def test_an_ipv6_literal_url_reaches_a_server_that_names_the_address(pki, names, trusted):
     with https_server(RecordingCa, leaf=make_leaf(pki["root"], hosts=names), host="::1") as server:
         server.received, server.quietly_closing = [], False
         server.answers = {"/.well-known/est/cacerts": (200, {"Content-Type": CERTS_ONLY}, b"MII")}
         endpoint = EstEndpoint.parse(f"https://[::1]:{server.server_address[1]}/")
         context = client_context(verify=True, anchors_pem=pki["root"].pem)
-        with EstSession(endpoint, context, timeout=5, trust="the test's root") as est:
+        async with EstSession(endpoint, context, timeout=5, trust="the test's root") as est:
             if trusted:
-                assert est.get("cacerts").body == b"MII"
+                assert (await est.get("cacerts")).body == b"MII"
                 assert [r.headers["host"] for r in server.received] == [f"[::1]:{server.server_address[1]}"]
                 return
             with pytest.raises(CaFailure) as refused:
-                est.get("cacerts")
+                await est.get("cacerts")
     assert refused.value.code == "ca_tls_verification_failed"
     assert refused.value.message == (f"CA at {endpoint.url}: TLS verification failed: IP address mismatch, "
                                      "certificate is not valid for '::1'. (server checked against the test's root)")
@@ -192,9 +194,9 @@ def problem(detail: str) -> tuple[dict[str, str], bytes]:
     ({}, "the CA wants a username and password: set them in the enrollment object"),
     ({"renewing": True}, "the CA did not accept the device's current certificate; enroll the trustpoint anew"),
 ])
-def test_401_is_an_authentication_failure_whose_hint_fits_what_the_device_sent(ca, session, flags, hint):
+async def test_401_is_an_authentication_failure_whose_hint_fits_what_the_device_sent(ca, session, flags, hint):
     ca.answers["/.well-known/est/simpleenroll"] = (401, *problem("credentials   not\naccepted"))
-    answer = session.post_csr("simpleenroll", CSR, auth=("u", "wrong"))
+    answer = await session.post_csr("simpleenroll", CSR, auth=("u", "wrong"))
     failure = session.http_failure(answer, "simpleenroll", **flags)
     assert failure.code == "ca_auth_failed" and not failure.retryable
     assert failure.message == (f"CA at {session.endpoint.url} refused simpleenroll: 401 Unauthorized; {hint} "
@@ -209,11 +211,11 @@ def test_401_is_an_authentication_failure_whose_hint_fits_what_the_device_sent(c
     (400, {}, False, None),
     (404, {"Retry-After": "5"}, False, None),  # a wait is honoured only from a busy CA
 ])
-def test_other_statuses_are_http_errors_retryable_when_the_ca_is_busy_or_failing(
+async def test_other_statuses_are_http_errors_retryable_when_the_ca_is_busy_or_failing(
         ca, session, status, headers, retryable, retry_after):
     ca.answers["/.well-known/est/simpleenroll"] = (status, {"Content-Type": "text/plain", **headers},
                                                    b"the CA's own words")
-    answer = session.post_csr("simpleenroll", CSR, auth=("u", "p"))
+    answer = await session.post_csr("simpleenroll", CSR, auth=("u", "p"))
     failure = session.http_failure(answer, "simpleenroll")
     assert failure.code == "ca_http_error"
     assert (failure.retryable, failure.retry_after) == (retryable, retry_after)
@@ -221,31 +223,31 @@ def test_other_statuses_are_http_errors_retryable_when_the_ca_is_busy_or_failing
                                f"{status} {answer.reason}: the CA's own words")
 
 
-def test_an_answer_without_explanation_says_so(ca, session):
+async def test_an_answer_without_explanation_says_so(ca, session):
     ca.answers["/.well-known/est/cacerts"] = (500, {}, b"")
-    failure = session.http_failure(session.get("cacerts"), "cacerts")
+    failure = session.http_failure(await session.get("cacerts"), "cacerts")
     assert failure.message.endswith("answered cacerts with 500 Internal Server Error: no explanation given")
 
 
 # --- a server the device cannot use ----------------------------------------------------------------
 
-def test_a_server_the_device_does_not_trust_fails_naming_what_it_was_checked_against(ca):
+async def test_a_server_the_device_does_not_trust_fails_naming_what_it_was_checked_against(ca):
     endpoint = EstEndpoint.parse(f"https://127.0.0.1:{ca.server_address[1]}/")
     context = client_context(verify=True, anchors_pem=make_ca("Some Other Root").pem)
-    with EstSession(endpoint, context, timeout=5, trust="the fingerprint-pinned CA") as est:
+    async with EstSession(endpoint, context, timeout=5, trust="the fingerprint-pinned CA") as est:
         with pytest.raises(CaFailure) as refused:
-            est.get("cacerts")
+            await est.get("cacerts")
     assert refused.value.code == "ca_tls_verification_failed" and not refused.value.retryable
     assert refused.value.message == (f"CA at {endpoint.url}: TLS verification failed: unable to get local "
                                      "issuer certificate (server checked against the fingerprint-pinned CA)")
     assert ca.received == []  # nothing reached a server the device does not trust
 
 
-def test_a_port_nobody_listens_on_is_a_refused_connection_worth_retrying():
+async def test_a_port_nobody_listens_on_is_a_refused_connection_worth_retrying():
     port = free_port()
     endpoint = EstEndpoint.parse(f"https://127.0.0.1:{port}/")
-    with EstSession(endpoint, client_context(verify=False), timeout=5, trust="") as est:
+    async with EstSession(endpoint, client_context(verify=False), timeout=5, trust="") as est:
         with pytest.raises(CaFailure) as refused:
-            est.get("cacerts")
+            await est.get("cacerts")
     assert refused.value.code == "ca_connection_refused" and refused.value.retryable
     assert f"is its EST service listening on port {port}?" in refused.value.message

@@ -1,11 +1,12 @@
 """How a device names a CA it cannot talk to, from real sockets on loopback and the device's own
-TLS (:mod:`services.device_sim.ca_client.tls`): a CA that goes away in the middle of a TLS
-handshake (stopping, restarting), resets the connection or does not answer in time (in the
-handshake or after the request) is worth trying again; a server that does not speak TLS at
-all, or refuses the device in the handshake, is not."""
+TLS and HTTP (:mod:`services.device_sim.ca_client.tls`, :mod:`services.device_sim.ca_client.https`):
+a CA that goes away in the middle of a TLS handshake (stopping, restarting), resets the
+connection or does not answer in time (in the handshake or after the request) is worth trying
+again; a server that does not speak TLS at all, or refuses the device in the handshake, is not."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import struct
@@ -15,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.device_sim.ca_client.https import CaHttpsConnection
 from services.device_sim.ca_client.network import CaFailure, network_failure
-from services.device_sim.ca_client.tls import HttpsConnection
 from services.device_sim.ca_client.trust import client_context
 from tests.support.tls import make_ca, make_leaf
 
@@ -47,16 +48,23 @@ def server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
 
 def handshake_failure(port: int, *, timeout: float = 5) -> CaFailure:
     """What the device reports when it asks the server at ``port`` for its CA certificates."""
-    conn = HttpsConnection("127.0.0.1", port, context=client_context(verify=False), timeout=timeout)
-    try:
-        conn.request("GET", "/.well-known/est/cacerts")
-        conn.getresponse().read()
-    except OSError as exc:  # ssl.SSLError is an OSError
-        return network_failure(exc, url=f"https://127.0.0.1:{port}/", host="127.0.0.1", port=port,
-                               timeout=timeout, service="EST")
-    finally:
-        conn.close()
-    raise AssertionError("the request succeeded")
+    url = f"https://127.0.0.1:{port}/"
+
+    def failure(exc: BaseException) -> CaFailure:
+        return network_failure(exc, url=url, host="127.0.0.1", port=port, timeout=timeout, service="EST")
+
+    async def ask() -> CaFailure:
+        conn = CaHttpsConnection("127.0.0.1", port, context=client_context(verify=False), timeout=timeout, url=url,
+                                 failure=failure)
+        try:
+            await conn.request("GET", "/.well-known/est/cacerts", operation="cacerts")
+        except CaFailure as exc:
+            return exc
+        finally:
+            conn.close()
+        raise AssertionError("the request succeeded")
+
+    return asyncio.run(ask())
 
 
 def read_hello_then_close(conn: socket.socket) -> None:

@@ -6,7 +6,7 @@ the operation, the CA's own words and what to check."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -86,10 +86,10 @@ def scep(scep_ca) -> Iterator[ScepSession]:
 
 
 @pytest.fixture
-def est(est_ca, pki) -> Iterator[EstSession]:
+async def est(est_ca, pki) -> AsyncIterator[EstSession]:
     endpoint = EstEndpoint.parse(f"https://127.0.0.1:{est_ca.server_address[1]}/")
     context = client_context(verify=True, anchors_pem=pki["root"].pem)
-    with EstSession(endpoint, context, timeout=5, trust="the test's root") as session:
+    async with EstSession(endpoint, context, timeout=5, trust="the test's root") as session:
         yield session
 
 
@@ -112,10 +112,11 @@ TEXT = {"Content-Type": "text/plain"}
     (403, {}, "ca_http_error", False, None),
     (401, {}, "ca_auth_failed", False, None),
 ])
-def test_est_and_scep_classify_the_same_ca_answer_alike(scep_ca, scep, est_ca, est, status, headers, code,
-                                                         retryable, retry_after):
+@pytest.mark.anyio
+async def test_est_and_scep_classify_the_same_ca_answer_alike(scep_ca, scep, est_ca, est, status, headers, code,
+                                                               retryable, retry_after):
     scep_ca.answer = est_ca.answer = (status, {**TEXT, **headers}, b"the CA's own words")
-    by_est = est.http_failure(est.get("cacerts"), "cacerts")
+    by_est = est.http_failure(await est.get("cacerts"), "cacerts")
     by_scep = scep_failure(scep)
     assert (by_scep.code, by_scep.retryable, by_scep.retry_after) == (code, retryable, retry_after)
     assert (by_est.code, by_est.retryable, by_est.retry_after) == (code, retryable, retry_after)

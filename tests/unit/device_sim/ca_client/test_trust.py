@@ -8,6 +8,7 @@ out ordered from the issuing CA to the root."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import ssl
@@ -19,8 +20,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
+from services.device_sim.ca_client.https import exchange, request_bytes
 from services.device_sim.ca_client.network import CaFailure
-from services.device_sim.ca_client.tls import HttpsConnection
+from services.device_sim.ca_client.tls import TlsConnection
 from services.device_sim.ca_client.trust import (
     client_context,
     configured_fingerprint,
@@ -139,12 +141,15 @@ class Hello(TlsHandler):
 
 def talk(server, context: SSL.Context, host: str = "127.0.0.1") -> bytes:
     """GET / over ``context`` as the device's EST client connects; the body, or the ssl error raised."""
-    conn = HttpsConnection(host, server.server_address[1], context=context, timeout=5)
-    try:
-        conn.request("GET", "/")
-        return conn.getresponse().read()
-    finally:
-        conn.close()
+    async def get() -> bytes:
+        tls = await TlsConnection.open(host, server.server_address[1], context, timeout=5)
+        try:
+            request = request_bytes("GET", "/", host="ca", headers={}, body=None)
+            return (await exchange(tls, request, limit=1024)).body
+        finally:
+            tls.close()
+
+    return asyncio.run(get())
 
 
 @contextmanager
