@@ -41,7 +41,7 @@ def make_engine(settings: Settings) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=settings.db_pool_size, max_overflow=20)
     event.listen(engine, "checkin", _note_idle)
     dialect = engine.dialect
     event.listen(engine, "checkout", lambda dbapi_connection, record, _proxy: _ping_if_idle(

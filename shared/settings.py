@@ -134,6 +134,10 @@ class Settings:
     #: is a batch of up to 20 jobs: twice the threads keeps every thread fed, and a worker that is
     #: killed leaves few jobs waiting for their leases).
     queue_prefetch: int = 16
+    #: PostgreSQL connections a process keeps open for reuse. Beyond them a connection is opened
+    #: for one transaction and closed after it, which costs PostgreSQL a new backend each time:
+    #: ``certfleet worker`` raises it to its threads and two more.
+    db_pool_size: int = 10
     #: Log level and format ("json" or "console").
     log_level: str = "INFO"
     log_format: str = "json"
@@ -171,7 +175,7 @@ class Settings:
             raise ConfigurationError(f"{PREFIX}JOB_MAX_ATTEMPTS must be at least 1")
         # Zero, negative or NaN durations would make leases, retries and timeouts meaningless.
         for name in ("job_lease_seconds", "retry_backoff_ms", "retry_backoff_max_ms",
-                     "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch",
+                     "device_timeout_seconds", "reconcile_interval_seconds", "queue_prefetch", "db_pool_size",
                      "ca_concurrency", "ca_rate_per_second", "ca_backoff_max_ms",
                      "ca_outage_give_up_seconds", "renewal_retry_seconds", "renewal_retry_max_seconds",
                      "renewal_interval_seconds", "scheduler_lease_seconds", "scheduler_tick_seconds",

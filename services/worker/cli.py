@@ -60,10 +60,14 @@ def dramatiq_command(*, processes: int, threads: int) -> list[str]:
 
 #: The longest an idle queue's consumer waits before asking Redis again, in milliseconds.
 CONSUMER_IDLE_MS = 250
+DB_POOL_SIZE_ENV = "CERTFLEET_DB_POOL_SIZE"
+#: Pooled database connections beyond one per worker thread (a job's claim and its finish may
+#: overlap another session briefly, as when a batch hands jobs back).
+POOL_SPARE_CONNECTIONS = 2
 
 
 def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, str], *,
-                       insecure_dev_key: bool = False) -> dict[str, str]:
+                       insecure_dev_key: bool = False, threads: int = 8) -> dict[str, str]:
     env = dict(base)
     env.pop(INSECURE_DEV_KEY_ENV, None)
     if insecure_dev_key:
@@ -83,6 +87,10 @@ def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, 
     # bulk action keeps every thread busy. An idle worker process spends 1.3 % of a core on it
     # (0.4 % at a second, 3 % at a tenth).
     env.setdefault("dramatiq_worker_timeout", str(CONSUMER_IDLE_MS))
+    # Every worker thread holds a database connection through a job's transactions: with fewer
+    # kept in the pool, connections would be opened and closed job after job (PostgreSQL forks a
+    # backend for each).
+    env.setdefault(DB_POOL_SIZE_ENV, str(max(settings.db_pool_size, threads + POOL_SPARE_CONNECTIONS)))
     return env
 
 
@@ -101,7 +109,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         child = subprocess.Popen(
             dramatiq_command(processes=args.processes, threads=args.threads),
-            env=worker_environment(settings, metrics_dir, os.environ, insecure_dev_key=args.insecure_dev_key),
+            env=worker_environment(settings, metrics_dir, os.environ, insecure_dev_key=args.insecure_dev_key,
+                                   threads=args.threads),
             # Its own process group: a signal to ours reaches dramatiq once, through us
             # (dramatiq kills its workers outright on a second SIGTERM).
             process_group=0,
