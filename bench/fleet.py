@@ -1,5 +1,5 @@
-"""Fleet enrollment benchmark: the multi-process stack (Redis, PostgreSQL, two worker
-processes, the device simulator with 20 ms latency per request) enrolling N devices with
+"""Fleet enrollment benchmark: the multi-process stack (Redis, PostgreSQL, one worker
+process of 16 threads, the device simulator with 20 ms latency per request) enrolling N devices with
 P-256 keys, started as one bulk enrollment by ``certfleet enroll --all`` (on a pseudo-terminal,
 drawing its live progress bar), while a dashboard polls the trustpoint list. Prints one JSON
 line per run, scaling lines comparing the runs, and a verdict.
@@ -311,8 +311,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, action="append", help="fleet size (repeat for a scaling run)")
     parser.add_argument("--latency-ms", type=int, default=20)
     parser.add_argument("--workers", type=int, action="append", metavar="N",
-                        help="worker processes (default 2; repeat to run each fleet size once per count)")
-    parser.add_argument("--threads", type=int, default=8)
+                        help="worker processes (default 1; repeat to run each fleet size once per count)")
+    parser.add_argument("--threads", type=int, default=16, help="threads per worker process (default 16)")
     parser.add_argument("--enrollment", choices=["self-signed", "est"], default="self-signed",
                         help="est: every device enrolls with the CA simulator (RSA-2048 CA) over EST")
     parser.add_argument("--floor", action="store_true",
@@ -351,7 +351,7 @@ def fleet_runs(args: argparse.Namespace, floor: dict | None) -> list[dict]:
     """Every fleet size once per worker count, each printed as it ends."""
     results = []
     for n in args.devices or [5000]:
-        for workers in args.workers or [2]:
+        for workers in args.workers or [1]:
             result = run(n, latency_ms=args.latency_ms, workers=workers, threads=args.threads,
                          enrollment=args.enrollment, sim_processes=args.sim_processes, ca_processes=args.ca_processes)
             if floor is not None:
