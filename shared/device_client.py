@@ -258,10 +258,9 @@ class HttpDeviceClient:
                 "the device's management URL",
                 code="invalid_management_url",
             ) from None
-        except device_http.AnswerTooLarge:
+        except device_http.AnswerTooLarge as exc:
             raise PermanentError(
-                f"device {device.serial} answered {method} {path} with more than "
-                f"{device_http.MAX_ANSWER_BYTES // (1024 * 1024)} MiB; certfleet reads no more",
+                f"device {device.serial} answered {method} {path} with {exc.what}; certfleet reads no more",
                 code="device_bad_response",
             ) from None
 

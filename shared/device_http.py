@@ -27,6 +27,9 @@ import httptools
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 #: Idle connections kept per device endpoint.
 DEFAULT_IDLE_PER_ENDPOINT = 64
+#: Most bytes of an answer's status line and headers: a device streaming headers without end
+#: is cut off like one sending too large a body.
+MAX_HEAD_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024
 
 
@@ -51,7 +54,12 @@ class BadUrl(Exception):
 
 
 class AnswerTooLarge(Exception):
-    """The answer is over :data:`MAX_ANSWER_BYTES`."""
+    """The answer's body is over :data:`MAX_ANSWER_BYTES`, or its head over :data:`MAX_HEAD_BYTES`;
+    ``what`` says which, for a message."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
 
 
 @dataclass(frozen=True)
@@ -120,18 +128,19 @@ class _Parsed:
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        # Read now: llhttp's verdict is reset once the answer is complete.
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size > MAX_ANSWER_BYTES:
             self.too_large = True
-            raise AnswerTooLarge  # httptools stops parsing, and raises its own error
+            raise AnswerTooLarge("")  # httptools stops parsing, and raises its own error
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
-        assert self.parser is not None
-        self.keep_alive = self.parser.should_keep_alive()
 
     @property
     def until_close(self) -> bool:
@@ -256,6 +265,7 @@ class DeviceHttp:
         parsed.parser = parser
         buffer = bytearray(_READ_CHUNK)
         view = memoryview(buffer)
+        received = 0
         while not parsed.complete:
             try:
                 count = connection.sock.recv_into(buffer)
@@ -263,6 +273,7 @@ class DeviceHttp:
                 raise NoAnswer from None
             except OSError as exc:
                 raise Unreachable(_reason(exc)) from None
+            received += count
             if count == 0:
                 if parsed.headers_done and parsed.until_close:
                     break  # the end of the connection ends this answer
@@ -271,8 +282,10 @@ class DeviceHttp:
                 parser.feed_data(view[:count])
             except httptools.HttpParserError as exc:
                 if parsed.too_large:
-                    raise AnswerTooLarge from None
+                    raise AnswerTooLarge(f"a body of more than {_size(MAX_ANSWER_BYTES)}") from None
                 raise Unreachable(f"the device's answer is not HTTP: {exc}") from None
+            if not parsed.headers_done and received > MAX_HEAD_BYTES:
+                raise AnswerTooLarge(f"a status line and headers of more than {_size(MAX_HEAD_BYTES)}")
         answer = Answer(status=parser.get_status_code(), reason=parsed.reason, headers=parsed.headers,
                         body=b"".join(parsed.chunks))
         return answer, parsed.complete and parsed.keep_alive
@@ -294,6 +307,10 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MiB" if count >= 1024 * 1024 else f"{count // 1024} KiB"
 
 
 def _reason(exc: OSError) -> str:

@@ -431,3 +431,28 @@ def test_an_https_device_is_verified_against_the_trust_store_and_its_connection_
             stranger.close()
     assert caught.value.code == "device_unreachable" and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
     assert server.requests == 3  # nothing reached the device over the unverified connection
+
+
+def test_headers_without_end_are_cut_off(client):
+    """A device that streams header lines and never ends its head: refused once the head passes
+    its bound, not read for as long as each line keeps coming within the timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def endless_head() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                try:
+                    for n in range(100_000):
+                        connection.sendall(b"X-Filler-%d: %s\r\n" % (n, b"a" * 100))
+                except OSError:
+                    pass  # the client gave up: what the test expects
+
+        thread = threading.Thread(target=endless_head, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/api/devices/FTD-1"
+        with pytest.raises(PermanentError) as caught:
+            client.get_keyring(Device("FTD-1", url))
+        thread.join(10)
+    assert caught.value.code == "device_bad_response"
+    assert "status line and headers of more than 64 KiB" in str(caught.value)
