@@ -175,10 +175,12 @@ class DeviceHttp:
         self.timeout, self.tls, self.idle_per_endpoint = timeout_seconds, tls, idle_per_endpoint
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
+        """Close the idle connections; one in use is closed when its request ends."""
         with self._lock:
-            idle, self._idle = self._idle, {}
+            idle, self._idle, self._closed = self._idle, {}, True
         for connections in idle.values():
             for connection in connections:
                 connection.close()
@@ -216,8 +218,8 @@ class DeviceHttp:
     def _give_back(self, connection: _Connection) -> None:
         connection.used = True
         with self._lock:
-            idle = self._idle.setdefault(connection.endpoint.origin, [])
-            if len(idle) < self.idle_per_endpoint:
+            idle = None if self._closed else self._idle.setdefault(connection.endpoint.origin, [])
+            if idle is not None and len(idle) < self.idle_per_endpoint:
                 idle.append(connection)
                 return
         connection.close()

@@ -456,3 +456,14 @@ def test_headers_without_end_are_cut_off(client):
         thread.join(10)
     assert caught.value.code == "device_bad_response"
     assert "status line and headers of more than 64 KiB" in str(caught.value)
+
+
+def test_a_request_ending_after_close_does_not_keep_its_connection(keep_alive_server):
+    client = HttpDeviceClient(timeout_seconds=2)
+    device = _device_at(keep_alive_server)
+    client.get_trustpoint(device, "vpn")
+    client.close()
+    assert client._http._idle == {}
+    client.get_trustpoint(device, "vpn")  # still answers, on a connection it does not keep
+    assert client._http._idle == {}
+    assert len({port for port, _ in keep_alive_server.requests}) == 2
