@@ -102,6 +102,7 @@ class DeviceSim:
         self.faults = FaultPlan.from_config(config)
         #: What every device's endpoint credential derives from (never logged).
         self._credential_key = config.credential_key or credentials.new_fleet_key()
+        self._credentials: dict[str, str] = {}
         self.clock = clock
         #: How the simulator waits on its event loop: latency, hung requests, a CA's Retry-After.
         self.sleep = sleep
@@ -200,7 +201,10 @@ class DeviceSim:
 
     def credential(self, serial: str) -> str:
         """The endpoint credential device ``serial`` holds."""
-        return credentials.device_credential(self._credential_key, serial)
+        held = self._credentials.get(serial)
+        if held is None:  # derived once per device: every sealed request needs it twice
+            held = self._credentials[serial] = credentials.device_credential(self._credential_key, serial)
+        return held
 
     # --- fleet-wide endpoints (no device faults) ---------------------------------------------
 

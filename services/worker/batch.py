@@ -60,8 +60,8 @@ def run_jobs(
                                      holder=ctx.holder)
         claims = [(claimed, load_subject(session, claimed)) for claimed in taken]
         session.commit()
-    skipped = [JobOutcome(job_id=job_id, result="skipped") for job_id in ids
-               if job_id not in {claimed.id for claimed, _ in claims}]
+    taken_ids = {claimed.id for claimed, _ in claims}
+    skipped = [JobOutcome(job_id=job_id, result="skipped") for job_id in ids if job_id not in taken_ids]
     return skipped + _Batch(ctx, claims, claimed_at=now, broker=broker, queue=queue).run()
 
 
@@ -169,16 +169,15 @@ class _Batch:
 
 
 def _job_ids(job_ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
-    ids: list[uuid.UUID] = []
+    ids: dict[uuid.UUID, None] = {}  # in message order, each once
     for job_id in job_ids:
         try:
             parsed = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
         except ValueError:
             log().error("a batch names something that is not a job id; skipped", job_id=str(job_id)[:64])
             continue
-        if parsed not in ids:
-            ids.append(parsed)
-    return ids
+        ids[parsed] = None
+    return list(ids)
 
 
 def _ca_endpoint(claimed: ClaimedJob, subject: Subject) -> str | None:

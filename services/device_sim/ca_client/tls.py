@@ -326,7 +326,9 @@ def _name_refusal(der: bytes, host: str, ip: str | None) -> tuple[int, str] | No
     return None
 
 
+@lru_cache(maxsize=256)
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The host as an IP address, None for a name (every connection asks; a fleet has few CAs)."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:

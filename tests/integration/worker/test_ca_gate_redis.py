@@ -78,6 +78,19 @@ def test_two_worker_processes_share_one_ca_s_limits_and_its_outage(gates, clock)
         "circuit", 750, clock.ms())
 
 
+def test_a_redis_that_forgot_the_gate_s_scripts_still_gates(gates, clock):
+    """After a Redis restart (or SCRIPT FLUSH) the scripts are gone from the server: the gate loads
+    them again instead of failing the enrollment, and keeps counting as before."""
+    gate = gates[0]
+    limits = CaLimits(concurrency=1, rate_per_second=100_000)
+    first = gate.acquire(CA, limits, lease_ms=60_000)
+    gate.client.script_flush()
+    assert (first.granted, gate.acquire(CA, limits, lease_ms=60_000).reason) == (True, "concurrency")
+    gate.client.script_flush()
+    assert not gate.finish(CA, first.token, outcome="ok", cap_ms=60_000, jitter=0).open
+    assert gate.acquire(CA, limits, lease_ms=60_000).granted
+
+
 def test_without_a_clock_the_redis_servers_time_counts(prefix):
     client = redis.Redis.from_url(REDIS_URL)
     gate = RedisCaGate(client, prefix=prefix)
