@@ -3,7 +3,6 @@ view of a certificate that the API shows. Pure functions over ``cryptography`` o
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from ipaddress import ip_address
@@ -116,7 +115,10 @@ def self_signed_certificate(
 # --- the parsed view ------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
-class CertificateInfo:
+class CertificateSummary:
+    """What a certificate's row records: read without its extensions, which the worker, writing a
+    row per certificate a device reports, does not need."""
+
     subject: str
     issuer: str
     serial_number: str
@@ -125,8 +127,14 @@ class CertificateInfo:
     key_algorithm: str
     key_size: int
     signature_algorithm: str
-    fingerprint_sha1: str
     fingerprint_sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateInfo(CertificateSummary):
+    """The whole parsed view: the summary, the SHA-1 fingerprint and the extensions an operator reads."""
+
+    fingerprint_sha1: str
     key_usage: list[str] = field(default_factory=list)
     extended_key_usage: list[str] = field(default_factory=list)
     subject_alt_names: list[str] = field(default_factory=list)
@@ -159,10 +167,13 @@ _KEY_USAGE_FLAGS = (
 _READABLE_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress", NameOID.SERIAL_NUMBER: "serialNumber"}
 
 
-def describe(cert: x509.Certificate) -> CertificateInfo:
+def summarize(cert: x509.Certificate) -> CertificateSummary:
+    return CertificateSummary(**_summary_fields(cert))
+
+
+def _summary_fields(cert: x509.Certificate) -> dict[str, object]:
     key_algorithm, key_size = key_description(cert.public_key())
-    der = cert.public_bytes(serialization.Encoding.DER)
-    info = dict(
+    return dict(
         subject=cert.subject.rfc4514_string(_READABLE_NAMES),
         issuer=cert.issuer.rfc4514_string(_READABLE_NAMES),
         serial_number=format(cert.serial_number, "x"),
@@ -172,9 +183,13 @@ def describe(cert: x509.Certificate) -> CertificateInfo:
         key_size=key_size,
         signature_algorithm=getattr(cert.signature_algorithm_oid, "_name", None)
         or cert.signature_algorithm_oid.dotted_string,
-        fingerprint_sha1=hashlib.sha1(der).hexdigest(),
-        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
     )
+
+
+def describe(cert: x509.Certificate) -> CertificateInfo:
+    info = _summary_fields(cert)
+    info["fingerprint_sha1"] = cert.fingerprint(hashes.SHA1()).hex()  # shown to operators, never relied on
     ext = cert.extensions
     extras: dict[str, object] = {}
     for e in ext:

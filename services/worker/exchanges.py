@@ -20,7 +20,7 @@ from shared.device_client import DeviceAddress, DeviceClient
 from shared.enrollment import EnrollmentParameters
 from shared.enums import CertificateRole, EnrollmentType
 from shared.errors import PermanentError, TransientError, ValidationError
-from shared.pki import CertificateInfo, describe, load_certificates
+from shared.pki import CertificateSummary, load_certificates, summarize
 from shared.protocols.ca_bundle import sha256_hex
 from shared.states import Status
 
@@ -30,7 +30,7 @@ class ReportedCertificate:
     role: CertificateRole
     chain_position: int
     pem: str
-    info: CertificateInfo
+    info: CertificateSummary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,11 +111,11 @@ def read_report(state: TrustpointState, *, serial: str) -> DeviceReport:
 
 
 @lru_cache(maxsize=256)
-def _described(pem: str) -> CertificateInfo:
-    """One certificate in PEM, described; a CA certificate every device of a CA reports is parsed
+def _described(pem: str) -> CertificateSummary:
+    """One certificate in PEM, summarized for its row; a CA certificate every device of a CA reports is parsed
     once per process (the description is read, never changed). A bad one raises every time."""
     (cert,) = load_certificates(pem.encode())
-    return describe(cert)
+    return summarize(cert)
 
 
 def raise_if_failed(state: TrustpointState, report: DeviceReport, *, serial: str) -> None:
