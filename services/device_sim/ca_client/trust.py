@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
@@ -32,6 +33,8 @@ from services.device_sim.ca_client.tls import check_server
 from services.device_sim.tasks import CurrentIdentity
 from shared.certificate_import import has_ca_flag
 from shared.errors import ConfigurationError
+
+_OPENSSL = Binding()
 
 #: Digest lengths in hex digits -> the hash they come from.
 FINGERPRINT_HASHES = {32: "md5", 40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}
@@ -145,6 +148,14 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 #: pyOpenSSL changed no device's offer; TLS 1.3 suites are OpenSSL's defaults either way.
 TLS12_CIPHERS = b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
 
+#: Key-exchange groups the device offers, the post-quantum hybrid first, but with a key share for
+#: X25519 alone (``*``): a CA that has the hybrid asks for it (one more round trip), and every other
+#: CA takes X25519 at once. OpenSSL's default sends an ML-KEM share as well, a key pair made on every
+#: connection (about 90 us of the device's CPU) that such a CA never uses.
+TLS_GROUPS = b"X25519MLKEM768:*X25519:P-256:X448:P-384:P-521"
+#: The same offer for an OpenSSL without the hybrid or the ``*`` syntax (before 3.5).
+TLS_GROUPS_CLASSIC = b"X25519:P-256:X448:P-384:P-521"
+
 
 def client_context(*, verify: bool, anchors_pem: str = "", identity: CurrentIdentity | None = None
                    ) -> SSL.Context:
@@ -167,10 +178,20 @@ def _shared_context(verify: bool, anchors_pem: str) -> SSL.Context:
     return _new_context(verify, anchors_pem)
 
 
+def _offer_groups(ctx: SSL.Context) -> None:
+    # pyOpenSSL has no call for the group list; OpenSSL's, under its older name, is in the binding.
+    for groups in (TLS_GROUPS, TLS_GROUPS_CLASSIC):
+        if _OPENSSL.lib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1:  # noqa: SLF001
+            return
+        _OPENSSL.lib.ERR_clear_error()  # the refusal must not surface as a later call's error
+    raise RuntimeError("OpenSSL took neither list of TLS key-exchange groups")
+
+
 def _new_context(verify: bool, anchors_pem: str) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_cipher_list(TLS12_CIPHERS)
+    _offer_groups(ctx)
     if not verify:
         ctx.set_verify(SSL.VERIFY_NONE)
         return ctx
