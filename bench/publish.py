@@ -28,7 +28,7 @@ from dramatiq import Message  # noqa: E402
 
 from bench.stopping import stoppable  # noqa: E402
 from services.cli.api_client import CertfleetClient  # noqa: E402
-from shared.events import BULK_QUEUE, batch_size  # noqa: E402
+from shared.events import BULK_QUEUE, batch_sizes  # noqa: E402
 from tests.support.pg import fresh_database  # noqa: E402
 from tests.support.procs import Stack  # noqa: E402
 
@@ -53,7 +53,7 @@ def run(devices: int) -> dict:
                 answered = time.perf_counter() - started
                 # Publishing may finish after the answer (it must not lose anything): wait for all of it.
                 key = f"dramatiq:{BULK_QUEUE}"
-                messages = -(-batch["total"] // batch_size(batch["total"]))
+                messages = len(batch_sizes(batch["total"]))
                 while queue.llen(key) < messages and time.perf_counter() - started < 60:
                     time.sleep(0.01)
                 all_published = time.perf_counter() - started

@@ -131,7 +131,7 @@ class Settings:
     inventory_max_bytes: int = 64 << 20
     inventory_deadline_seconds: float = 300.0
     #: Messages a worker process holds per queue, fetched ahead from Redis (a bulk action's message
-    #: is a batch of up to 20 jobs: twice the threads keeps every thread fed, and a worker that is
+    #: is a batch of up to 40 jobs: twice the threads keeps every thread fed, and a worker that is
     #: killed leaves few jobs waiting for their leases).
     queue_prefetch: int = 16
     #: PostgreSQL connections a process keeps open for reuse. Beyond them a connection is opened

@@ -79,17 +79,22 @@ def publish_jobs(
 
 def message_units(jobs: Sequence[JobRef]) -> list[list[JobRef]]:
     """The jobs as messages go out, in order: on the bulk queue, batches of
-    :func:`~shared.events.batch_size` jobs (one ``run_jobs`` message each, see
-    :mod:`services.worker.batch`); on any other queue, one job a message."""
-    size = batch_size(sum(1 for _, _, queue in jobs if queue == BULK_QUEUE))
+    :func:`~shared.events.batch_size` jobs, smaller toward the end (one ``run_jobs`` message each,
+    see :mod:`services.worker.batch`); on any other queue, one job a message."""
+    total = remaining = sum(1 for _, _, queue in jobs if queue == BULK_QUEUE)
     units: list[list[JobRef]] = []
+    size = 0  # of the bulk batch being filled
     for job in jobs:
         last = units[-1] if units else None
-        if (size > 1 and job[2] == BULK_QUEUE and last is not None and last[0][2] == BULK_QUEUE
-                and len(last) < size):
-            last.append(job)
-        else:
+        if job[2] != BULK_QUEUE:
             units.append([job])
+            continue
+        if last is None or last[0][2] != BULK_QUEUE or len(last) >= size:
+            size = batch_size(total, remaining)
+            units.append([job])
+        else:
+            last.append(job)
+        remaining -= 1
     return units
 
 
