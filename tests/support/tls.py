@@ -7,7 +7,7 @@ import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -153,4 +153,28 @@ def https_server(handler: type[TlsHandler], *, leaf: Issued, chain: Sequence[Iss
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(5)
+
+
+@contextmanager
+def one_connection_server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback TCP server that hands its one connection to ``answer``; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        listener.close()
         thread.join(5)

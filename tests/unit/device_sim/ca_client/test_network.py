@@ -12,38 +12,14 @@ import ssl
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from services.device_sim.ca_client.https import CaHttpsConnection
 from services.device_sim.ca_client.network import CaFailure, network_failure
 from services.device_sim.ca_client.trust import client_context
-from tests.support.tls import make_ca, make_leaf
-
-
-@contextmanager
-def server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A loopback TCP server that hands its one connection to ``answer``; yields its port."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(5)
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            answer(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        listener.close()
-        thread.join(5)
+from tests.support.tls import make_ca, make_leaf, one_connection_server
 
 
 def handshake_failure(port: int, *, timeout: float = 5) -> CaFailure:
@@ -77,7 +53,7 @@ def answer_in_plain_http(conn: socket.socket) -> None:
 
 
 def test_a_ca_gone_mid_handshake_is_a_lost_connection_worth_retrying():
-    with server(read_hello_then_close) as port:
+    with one_connection_server(read_hello_then_close) as port:
         failure = handshake_failure(port)
     assert failure.code == "ca_connection_lost", failure.message
     assert failure.retryable
@@ -85,7 +61,7 @@ def test_a_ca_gone_mid_handshake_is_a_lost_connection_worth_retrying():
 
 
 def test_a_server_that_does_not_speak_tls_is_a_permanent_tls_failure():
-    with server(answer_in_plain_http) as port:
+    with one_connection_server(answer_in_plain_http) as port:
         failure = handshake_failure(port)
     assert failure.code == "ca_tls_failed", failure.message
     assert not failure.retryable
@@ -99,7 +75,7 @@ def test_a_ca_that_resets_the_connection_in_the_handshake_dropped_it_worth_retry
         conn.recv(4096)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
 
-    with server(reset) as port:
+    with one_connection_server(reset) as port:
         failure = handshake_failure(port)
     assert failure.code == "ca_connection_lost" and failure.retryable, failure.message
     assert failure.message.startswith(f"CA at https://127.0.0.1:{port}/ dropped the connection: ")
@@ -113,7 +89,7 @@ def test_a_ca_that_never_finishes_the_handshake_is_a_timeout_worth_retrying():
         done.wait(10)  # answers nothing until the device has given up
 
     try:
-        with server(hold) as port:
+        with one_connection_server(hold) as port:
             failure = handshake_failure(port, timeout=0.2)
             done.set()
     finally:
@@ -164,5 +140,5 @@ def server_with_certificate(context: ssl.SSLContext, leaf) -> Iterator[int]:
             while raw.recv(4096):
                 pass
 
-    with server(handshake) as port:
+    with one_connection_server(handshake) as port:
         yield port

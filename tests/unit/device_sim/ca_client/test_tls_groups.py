@@ -8,44 +8,20 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
 from services.device_sim.ca_client.trust import client_context
-from tests.support.tls import make_ca, make_leaf
+from tests.support.tls import make_ca, make_leaf, one_connection_server
 
 X25519, X25519MLKEM768, P256 = 0x001D, 0x11EC, 0x0017
 SUPPORTED_GROUPS, KEY_SHARE = 10, 51
 _OPENSSL = Binding()
 ROOT = make_ca("Groups Test Root")
 LEAF = make_leaf(ROOT, hosts=["127.0.0.1"])
-
-
-@contextmanager
-def server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A loopback TCP server handing its first connection to ``handle``; yields the port."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def accept() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            handle(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        thread.join(5)
 
 
 def handshake(port: int) -> SSL.Connection:
@@ -109,7 +85,7 @@ def test_the_device_offers_the_hybrid_first_but_makes_a_key_share_for_x25519_alo
     def capture(conn: socket.socket) -> None:
         seen.update(extensions(read_client_hello(conn)))
 
-    with server(capture) as port:
+    with one_connection_server(capture) as port:
         handshake(port)
     assert groups_offered(seen[SUPPORTED_GROUPS])[:3] == [X25519MLKEM768, X25519, P256]
     assert key_shares(seen[KEY_SHARE]) == [X25519]
@@ -126,7 +102,7 @@ def answer_once(context_wrap: Callable[[socket.socket], object]) -> Callable[[so
 
 def device_handshake(handle: Callable[[socket.socket], None]) -> str:
     """The group a complete handshake with ``handle``'s server agreed on, read on the device's side."""
-    with server(handle) as port:
+    with one_connection_server(handle) as port:
         tls = handshake(port)
         try:
             assert tls.recv(1) == b"x", "the handshake completed"
