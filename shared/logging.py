@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -23,6 +24,15 @@ SECRET_TEXT = [
     (re.compile(r"(?i)(://[^:/@\s]*:)[^@\s]+@"), r"\1[REDACTED]@"),
 ]
 REDACTED = "[REDACTED]"
+#: What every pattern of SECRET_TEXT needs to match: text without it is left as it is after one
+#: search instead of a substitution per pattern (most values of most lines).
+SECRET_TEXT_HINT = re.compile(r"PRIVATE KEY|(?i:bearer)|://")
+
+
+@lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether values under ``key`` are secrets (log lines use a few dozen keys over and over)."""
+    return key != "event" and SECRET_KEYS.search(key) is not None
 
 
 class RedactSecrets:
@@ -32,11 +42,13 @@ class RedactSecrets:
         return {key: self._clean(key, value) for key, value in event_dict.items()}
 
     def _clean(self, key: str, value: Any) -> Any:
-        if key != "event" and SECRET_KEYS.search(key):
+        if _secret_key(key):
             return REDACTED
         if isinstance(value, bytes):  # the renderer would show their repr, key material included
             value = value.decode("utf-8", "replace")
         if isinstance(value, str):
+            if SECRET_TEXT_HINT.search(value) is None:
+                return value
             for pattern, replacement in SECRET_TEXT:
                 value = pattern.sub(replacement, value)
             return value
