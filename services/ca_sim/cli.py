@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from services.ca_sim.service import start_in_thread
-    from shared.heap import freeze_startup_objects
+    from shared.heap import settle_heap
     from shared.logging import configure_logging
     from shared.settings import Settings
 
@@ -197,7 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    freeze_startup_objects()
+    settle_heap()
     print(running.ready_line(), flush=True)
     try:
         stop.wait()
@@ -210,13 +210,13 @@ def _serve_processes(args: argparse.Namespace, options: dict) -> int:
     """Load the CA and bind once here, then serve from forked processes until SIGTERM or SIGINT."""
     from services.ca_sim.processes import serve_processes
     from services.ca_sim.service import log_started, prepare, ready_line
-    from shared.heap import freeze_startup_objects
+    from shared.heap import settle_heap
 
     with _listening(args):
         apps, listeners = prepare(args.state_dir, reuse_port=True, **options)
     line = ready_line(listeners, apps.ca.paths.state_dir, processes=args.processes)
     log_started(apps, listeners, processes=args.processes)  # here: the parent closes its sockets once forked
-    freeze_startup_objects()  # before the fork: the children share these pages instead of copying them
+    settle_heap()  # before the fork: the children share these pages instead of copying them
     serve_processes(apps, listeners, args.processes, on_ready=lambda: print(line, flush=True))
     return 0
 

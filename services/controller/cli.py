@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shared.heap import freeze_startup_objects
+    from shared.heap import settle_heap
     from shared.logging import configure_logging
 
     settings = Settings.from_env()
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     from services.controller.app import create_app
 
     app = create_app(settings, start_reconciler=not args.no_reconciler, start_scheduler=not args.no_scheduler)
-    freeze_startup_objects()
+    settle_heap()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False,
                 log_level=settings.log_level.lower(), lifespan="on", timeout_keep_alive=KEEP_ALIVE_SECONDS)
     return 0

@@ -30,7 +30,7 @@ from services.device_sim.config import SimConfig
 from services.device_sim.partition import Partition
 from services.device_sim.server import start_in_thread
 from shared.errors import CertfleetError, ConfigurationError
-from shared.heap import freeze_startup_objects
+from shared.heap import settle_heap
 from shared.http_thread import bind
 from shared.logging import get_logger
 
@@ -198,7 +198,7 @@ def _serve(config: SimConfig, partition: Partition, sockets: list[socket.socket]
         log.exception("simulator process failed to start")
         _tell(told, ("failed", "simulator_process_failed", f"{type(exc).__name__}: {exc}", False))
         sys.exit(1)
-    freeze_startup_objects()  # its share of the fleet is most of what the process holds
+    settle_heap()  # its share of the fleet is most of what the process holds
     try:
         if _tell(told, ("ready",)):
             # The parent's SIGKILL sends no signal here on systems without PR_SET_PDEATHSIG: look.

@@ -20,7 +20,7 @@ from services.device_sim.config import SimConfig
 from services.device_sim.fleet import Fleet
 from services.device_sim.partition import Partition
 from shared.clock import utcnow
-from shared.heap import freeze_startup_objects
+from shared.heap import settle_heap
 from shared.http_thread import ServerThread
 
 
@@ -86,7 +86,7 @@ def run(config: SimConfig, *, announce: Callable[[str], None] | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     running = start_in_thread(config)
-    freeze_startup_objects()  # the fleet, built once, is most of what the simulator holds
+    settle_heap()  # the fleet, built once, is most of what the simulator holds
     try:
         (announce or _print)(f"device-sim ready: {running.url} devices={len(running.fleet)}")
         # Poll: the signal may land on another thread, which does not wake a blocked wait().

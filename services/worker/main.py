@@ -15,7 +15,7 @@ import dramatiq
 
 from services.worker.context import WorkerContext
 from shared.errors import ConfigurationError
-from shared.heap import freeze_startup_objects
+from shared.heap import settle_heap
 from shared.logging import configure_logging
 from shared.settings import get_settings, require_own_secret_key
 
@@ -48,4 +48,4 @@ def build() -> tuple[dramatiq.Broker, WorkerContext, dict[str, dramatiq.Actor]]:
 
 
 broker, context, actors = build()
-freeze_startup_objects()
+settle_heap()
