@@ -31,8 +31,9 @@ test: $(STAMP) peers
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q
 
 # Not part of `make test`: each prints JSON lines (see README, Performance). Run on a quiet machine.
-# The fleet runs share one invocation with the EST floor (the CA simulator enrolled straight):
-# they are judged by ratios to it and to each other, measured on the same machine at the same time.
+# The fleet runs share one invocation with the EST floor (the CA simulator enrolled straight), run
+# before each fleet run and after the last: each run is judged by ratios to the floors around it and
+# to the other runs, measured on the same machine at the same time.
 bench: $(STAMP)
 	$(PY) bench/publish.py --devices 10000
 	$(PY) bench/fleet.py --enrollment est --floor --devices 5000 --devices 10000 --devices 50000

@@ -6,9 +6,11 @@ line per run, scaling lines comparing the runs, and a verdict.
 
 ``--enrollment est`` also starts ``certfleet ca serve`` (an RSA-2048 CA) as its own process:
 every device enrolls with it over EST (HTTPS, basic auth), through the workers' per-CA gate.
-``--floor`` first runs the EST floor (bench/est_floor.py: the same CA enrolled straight, with no
-queue, database or simulator) in the same invocation: the fleet is judged by ratios to it,
-measured on one machine in one run, so the verdict means the same on a fast machine and a slow one.
+``--floor`` runs the EST floor (bench/est_floor.py: the same CA enrolled straight, with no
+queue, database or simulator) in the same invocation, before each fleet run and after the last:
+each run is judged by ratios to the mean of the floors just before and just after it, measured on
+one machine in one run, so the verdict means the same on a fast machine and a slow one, and a
+machine whose pace drifts during the invocation moves both sides of the ratio alike.
 
 Each run reports the CPU every process spent from the command's start to the batch's end, per
 enrollment: the stack's, ``postgresql`` (the backends serving the run's database), ``bench``
@@ -316,7 +318,8 @@ def main() -> int:
     parser.add_argument("--enrollment", choices=["self-signed", "est"], default="self-signed",
                         help="est: every device enrolls with the CA simulator (RSA-2048 CA) over EST")
     parser.add_argument("--floor", action="store_true",
-                        help="first run the EST floor (bench/est_floor.py) and judge the EST runs by ratios to it")
+                        help="run the EST floor (bench/est_floor.py) before each EST run and after the last, "
+                             "and judge each run by ratios to the floors around it")
     parser.add_argument("--floor-devices", type=int, default=5000, metavar="N", help="devices the floor enrolls")
     parser.add_argument("--sim-processes", type=int, default=1, metavar="N",
                         help="device simulator processes (passed as its --processes when above 1)")
@@ -331,31 +334,40 @@ def main() -> int:
         parser.error("--devices, --workers, --floor-devices, --sim-processes and --ca-processes must be at least 1")
     try:
         claim_redis(REDIS_URL)  # before the floor: a run that cannot start says so at once
-        floor = None
-        if args.floor:
-            progress(f"EST floor: {args.floor_devices} devices straight at the CA")
-            floor = run_floor(args.floor_devices, ca_processes=args.ca_processes)
-            print(json.dumps(floor), flush=True)
-        results = fleet_runs(args, floor)
+        floors: list[dict] = []
+        results = fleet_runs(args, floors)
     except RedisDatabaseInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for scaling in size_scaling(results) + worker_scaling(results):
         print(json.dumps({**scaling, "enrollment": args.enrollment}), flush=True)
-    verdict = targets(results, floor)
+    verdict = targets(results, floors=floors)
     print(json.dumps({"benchmark": "fleet_targets", **verdict}), flush=True)
     return 0 if verdict["all_met"] else 1  # `make bench` fails on a missed target
 
 
-def fleet_runs(args: argparse.Namespace, floor: dict | None) -> list[dict]:
-    """Every fleet size once per worker count, each printed as it ends."""
+def fleet_runs(args: argparse.Namespace, floors: list[dict]) -> list[dict]:
+    """Every fleet size once per worker count, each printed as it ends; with ``--floor``, a floor
+    (appended to ``floors`` and printed) before the first run and after each, and each run's
+    ratios to the mean of the floors around it."""
+    def floor_run() -> dict:
+        progress(f"EST floor: {args.floor_devices} devices straight at the CA")
+        floor = run_floor(args.floor_devices, ca_processes=args.ca_processes)
+        print(json.dumps(floor), flush=True)
+        floors.append(floor)
+        return floor
+
     results = []
+    before = floor_run() if args.floor else None
     for n in args.devices or [5000]:
         for workers in args.workers or [1]:
             result = run(n, latency_ms=args.latency_ms, workers=workers, threads=args.threads,
                          enrollment=args.enrollment, sim_processes=args.sim_processes, ca_processes=args.ca_processes)
-            if floor is not None:
-                result["vs_floor"] = floor_ratios(result, floor)
+            if before is not None:
+                after = floor_run()
+                result["floor"] = around(before, after)
+                result["vs_floor"] = floor_ratios(result, result["floor"])
+                before = after
             results.append(result)
             print(json.dumps(result), flush=True)
     return results
@@ -375,6 +387,26 @@ def floor_ratios(run: dict, floor: dict) -> dict:
     if "cpu_ms_per_enrollment" in run and "cpu_ms_per_enrollment" in floor:
         ratios["attributed_cpu_ratio"] = round(_attributed(run) / _attributed(floor), 3)
     return ratios
+
+
+def around(before: dict, after: dict) -> dict:
+    """The floor a fleet run is judged against: the mean of the floors measured just before and
+    just after it (rates, CPU per enrollment, each process's share), with both rates kept."""
+    def mean(a: float, b: float) -> float:
+        return round((a + b) / 2, 3)
+
+    floor = {
+        "enrollments_per_second": mean(before["enrollments_per_second"], after["enrollments_per_second"]),
+        "machine_cpu_ms_per_enrollment": mean(before["machine_cpu_ms_per_enrollment"],
+                                              after["machine_cpu_ms_per_enrollment"]),
+        "failed": before["failed"] + after["failed"],
+        "enrollments_per_second_before_and_after": [before["enrollments_per_second"], after["enrollments_per_second"]],
+    }
+    if "cpu_ms_per_enrollment" in before and "cpu_ms_per_enrollment" in after:
+        shares = before["cpu_ms_per_enrollment"].keys() & after["cpu_ms_per_enrollment"].keys()
+        floor["cpu_ms_per_enrollment"] = {name: mean(before["cpu_ms_per_enrollment"][name],
+                                                     after["cpu_ms_per_enrollment"][name]) for name in sorted(shares)}
+    return floor
 
 
 def _attributed(result: dict) -> float:
@@ -419,24 +451,29 @@ def worker_scaling(results: list[dict]) -> list[dict]:
     return lines
 
 
-def targets(results: list[dict], floor: dict | None = None) -> dict:
+def targets(results: list[dict], floor: dict | None = None, *, floors: list[dict] | None = None) -> dict:
     """The performance targets, each judged on a ratio of figures from the same invocation, with
-    the figure and whether it was met (a target whose runs are missing is left out). With
-    several worker counts, each check's name ends with the count it judged."""
+    the figure and whether it was met (a target whose runs are missing is left out). A run is set
+    against the floor it carries (``floor``: the floors around it, see :func:`around`), else against
+    ``floor``; every one of ``floors`` (default: ``floor``) must be free of failures. With several
+    worker counts, each check's name ends with the count it judged."""
     several = len({r["worker_processes"] for r in results}) > 1
 
     def named(name: str, workers: int) -> str:
         return f"{name}_workers_{workers}" if several else name
 
     checks = {}
-    if floor is not None:
-        checks["floor_without_failures"] = (floor["failed"], floor["failed"] == 0)
+    floors = floors if floors is not None else [floor] if floor is not None else []
+    if floors:
+        failed = sum(f["failed"] for f in floors)
+        checks["floor_without_failures"] = (failed, failed == 0)
     for run in results:
         p99 = run["list_api_p99_ms"]
         checks[named(f"list_api_p99_under_{LIST_API_P99_LIMIT_MS}_ms_at_{run['devices']}", run["worker_processes"])] = (
             p99, p99 is not None and p99 < LIST_API_P99_LIMIT_MS)
-        if floor is not None and run["devices"] == JUDGED_DEVICES and run["benchmark"] == "fleet_est_enrollment":
-            ratios = floor_ratios(run, floor)
+        reference = run.get("floor", floor)
+        if reference is not None and run["devices"] == JUDGED_DEVICES and run["benchmark"] == "fleet_est_enrollment":
+            ratios = floor_ratios(run, reference)
             checks[named(f"est_throughput_ratio_to_floor_at_least_{THROUGHPUT_RATIO_TARGET}_at_{JUDGED_DEVICES}",
                          run["worker_processes"])] = (
                 ratios["throughput_ratio"], ratios["throughput_ratio"] >= THROUGHPUT_RATIO_TARGET)

@@ -136,3 +136,31 @@ def test_each_run_is_set_against_the_floor_also_on_the_cpu_of_its_own_processes_
     floor = {**FLOOR, "cpu_ms_per_enrollment": {"ca": 2.0, "driver": 2.0, "rest": 15.0}}
     assert fleet.floor_ratios(measured, floor) == {"throughput_ratio": 0.75, "machine_cpu_ratio": 1.2,
                                                    "attributed_cpu_ratio": 2.0}
+
+
+def test_a_run_is_judged_against_the_mean_of_the_floors_measured_just_before_and_after_it():
+    # The machine slowed during the invocation: the floor after the run is slower than the one before.
+    before = {**FLOOR, "enrollments_per_second": 600.0, "machine_cpu_ms_per_enrollment": 8.0,
+              "cpu_ms_per_enrollment": {"ca": 3.0, "driver": 4.0, "rest": 1.0}}
+    after = {**FLOOR, "enrollments_per_second": 400.0, "machine_cpu_ms_per_enrollment": 10.0,
+             "cpu_ms_per_enrollment": {"ca": 4.0, "driver": 5.0, "rest": 1.0}}
+    floor = fleet.around(before, after)
+    assert floor == {"enrollments_per_second": 500.0, "machine_cpu_ms_per_enrollment": 9.0, "failed": 0,
+                     "enrollments_per_second_before_and_after": [600.0, 400.0],
+                     "cpu_ms_per_enrollment": {"ca": 3.5, "driver": 4.5, "rest": 1.0}}
+
+    checks = judged_against([{**run(10_000, per_second=250.0, cpu_ms=18.0), "floor": floor}], [before, after])
+
+    assert checks["est_throughput_ratio_to_floor_at_least_0.5_at_10000"] == (0.5, True)  # 250 / 500, not 250 / 600
+    assert checks[f"machine_cpu_ratio_to_floor_at_most_{fleet.CPU_RATIO_TARGET}_at_10000"] == (2.0, True)
+
+
+def test_a_failed_enrollment_in_any_of_the_floors_misses():
+    failing = {**FLOOR, "failed": 2}
+    checks = judged_against([run(10_000)], [FLOOR, failing, FLOOR])
+    assert checks["floor_without_failures"] == (2, False)
+
+
+def judged_against(results: list[dict], floors: list[dict]) -> dict[str, tuple[float | None, bool]]:
+    verdict = fleet.targets(results, floors=floors)
+    return {name: (check["figure"], check["met"]) for name, check in verdict["checks"].items()}
