@@ -21,7 +21,7 @@ Progress goes to stderr, results (JSON) to stdout. SIGTERM or SIGINT (Ctrl-C) st
 every process the benchmark started is stopped and its throwaway database dropped; it then
 exits 128 + the signal's number.
 
-    make bench                                                          # floor, then EST at 5,000, 10,000, 50,000
+    make bench                                                          # a floor around each of 5,000, 10,000, 50,000
     .venv/bin/python bench/fleet.py --enrollment est --floor --devices 10000
     .venv/bin/python bench/fleet.py --enrollment est --devices 10000 --workers 1 --workers 2 --workers 4
     .venv/bin/python bench/fleet.py --devices 2000 --devices 20000      # self-signed scaling check
