@@ -1,5 +1,5 @@
 """Health alerts end to end, on the multi-process stack (PostgreSQL, Redis; the controller with its
-scheduler and alert relay, a worker process, the device simulator with 2,000 devices of which 5%
+scheduler and alert relay, a worker process, the device simulator with 800 devices of which 5%
 have an expired default keyring), with the consumers a user runs: ``certfleet alerts watch`` in
 its own process (a consumer group on the alert stream) and a real HTTP webhook receiver.
 
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NAMESPACE = "e2e-health-alerts"
 STREAM = f"{NAMESPACE}:stream"
-DEVICES = 2000
+DEVICES = 800
 EXPIRED_SHARE = 0.05
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
 RECEIVER_DOWN_SECONDS = 20.0

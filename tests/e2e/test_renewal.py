@@ -2,7 +2,7 @@
 certificates of 60 seconds, two controllers that both run the scheduler, two worker processes
 and the device simulator, each its own process (PostgreSQL, Redis).
 
-300 devices, half over EST and half over SCEP (P-256 keys), enrolled by two bulk enrollments,
+120 devices, half over EST and half over SCEP (P-256 keys), enrolled by two bulk enrollments,
 renew with no operator action. Mid-renewal the controller leading the scheduler is killed with
 SIGKILL; the other takes the lease over within one lease and goes on. In the end every
 trustpoint holds a new certificate for a new key, installed before the first one expired by
@@ -31,12 +31,12 @@ from tests.support.token_checks import assert_revocation_holds_on_every_controll
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
 REDIS_URL = "redis://127.0.0.1:6379/2"
-DEVICES = 300
+DEVICES = 120
 USER, PASSWORD, CHALLENGE = "ftd-renewer", "Renew-Est-Secret-19", "Renew-Scep-Challenge-23"
 #: Seconds every issued certificate lasts; the CA starts it a tenth of that before issuance. Long
 #: enough that the last trustpoint due still has some 20 s to renew on a machine busy with
 #: other tests: what is checked is that renewal runs before expiry, not how fast a loaded
-#: machine turns 300 exchanges round.
+#: machine turns the fleet's exchanges round.
 VALIDITY = 60
 LIFETIME = timedelta(seconds=VALIDITY * 1.1)
 #: The renewal window is the last half of the lifetime; renewal times spread over 40 % of it.

@@ -1,8 +1,8 @@
 """Revoked certificates found and replaced, end to end in one process: the embedded stack (API,
-workers, 500 simulated devices) enrolls over EST against the CA simulator, which serves its CRL
-and OCSP over HTTP; 50 certificates are revoked at the CA; the revocation scan marks exactly
+workers, 200 simulated devices) enrolls over EST against the CA simulator, which serves its CRL
+and OCSP over HTTP; 20 certificates are revoked at the CA; the revocation scan marks exactly
 those trustpoints revoked, fetching the CA's CRL once; a bulk re-enroll of the revoked ones
-leaves 500 valid certificates."""
+leaves 200 valid certificates."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from shared.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
-DEVICES, REVOKED = 500, 50
+DEVICES, REVOKED = 200, 20
 EST_USER, EST_PASSWORD = "ftd-enroller", "Revocation-Scan-42"
 
 
@@ -79,7 +79,7 @@ def test_revoked_certificates_are_found_and_replaced_in_one_command(stack):
     shown = client.trustpoint(chosen[0]["device_id"], "vpn-est")
     assert shown["error_code"] == "identity_revoked" and "keyCompromise" in shown["error_message"]
     assert shown["revocation_reason"] == "keyCompromise" and shown["revoked_at"]
-    assert "certfleet_certificates_revoked 50.0" in httpx.get(stack.api_url + "/metrics").text
+    assert f"certfleet_certificates_revoked {REVOKED:.1f}" in httpx.get(stack.api_url + "/metrics").text
 
     # certfleet re-enroll --object vpn-est --all --status revoked
     action = client.start_bulk_action("re_enroll", obj["id"], selection={"all": True},
