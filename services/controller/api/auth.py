@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +32,7 @@ from sqlmodel import Session, select
 from services.controller.api import audit_trail
 from services.controller.api.session import get_session
 from shared.clock import utcnow
+from shared.db import plain_rows
 from shared.domains import GLOBAL_DOMAIN_ID
 from shared.enums import Role
 from shared.errors import AuthError, ForbiddenError
@@ -91,9 +92,15 @@ def create_token(session: Session, *, role: Role, name: str = "", domain_id: uui
     return token
 
 
+#: What a request's token check reads of the token's row.
+_CHECKED = (ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.domain_id, ApiToken.revoked_at, ApiToken.expires_at,
+            ApiToken.last_used_at)
+
+
 def check_token(session: Session, token: str, *, now: datetime) -> Principal:
     """The caller a token stands for; 401 saying why when it does not stand for anyone."""
-    row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    found = plain_rows(session, select(*_CHECKED).where(ApiToken.token_hash == hash_token(token)))
+    row = found[0] if found else None
     if row is None:
         raise AuthError("the API token is not valid: create one with 'certfleet token create'")
     if row.revoked_at is not None:
@@ -141,10 +148,11 @@ def _needs(principal: Principal, role: Role, what: str) -> None:
         raise ForbiddenError(f"role {principal.role.value} may not {what}; this needs role {role.value}{higher}")
 
 
-def writes_need(role: Role) -> Callable[..., Principal]:
+def writes_need(role: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency: any valid token reads; changing something needs ``role`` or higher."""
 
-    def check(request: Request, principal: Principal = Depends(authenticate)) -> Principal:
+    async def check(request: Request, principal: Principal = Depends(authenticate)) -> Principal:
+        # A coroutine: it only reads the request, which needs no hand-over to the thread pool.
         if request.method not in _READ_METHODS:
             _needs(principal, role, "make this change")
         return principal
@@ -157,7 +165,7 @@ def writes_need(role: Role) -> Callable[..., Principal]:
 authorize = writes_need(Role.NETWORK_ADMIN)
 
 
-def require_admin(principal: Principal = Depends(authenticate)) -> Principal:
+async def require_admin(principal: Principal = Depends(authenticate)) -> Principal:
     """Admin only, whatever the method (tokens)."""
     _needs(principal, Role.ADMIN, "use this")
     return principal

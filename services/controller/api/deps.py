@@ -16,29 +16,34 @@ from services.controller.api.auth import Principal, authenticate
 from services.controller.api.schemas.common import DEFAULT_PAGE, MAX_PAGE
 from services.controller.api.session import get_session
 from services.controller.rules.scope import DomainScope, build_scope
+from shared.db import plain_rows
 from shared.models import Domain
 from shared.settings import Settings
 
 __all__ = ["Paging", "get_broker", "get_now", "get_paging", "get_scope", "get_session", "get_settings", "load_scope"]
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies that only read the request are coroutines: FastAPI runs a plain function on its
+# thread pool, a hand-over that costs more than these take.
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The app's clock (real time, unless a test injected one)."""
     return request.app.state.clock()
 
 
-def get_broker(request: Request) -> dramatiq.Broker:
+async def get_broker(request: Request) -> dramatiq.Broker:
     return request.app.state.broker
 
 
 def load_scope(session: Session, domain_id: uuid.UUID, *, within: uuid.UUID | None = None) -> DomainScope:
     """The scope of ``domain_id`` (404 when it does not exist, or is not ``within`` or below it).
     Domains are few: one small query."""
-    pairs = session.execute(select(Domain.id, Domain.parent_id)).all()
+    pairs = plain_rows(session, select(Domain.id, Domain.parent_id))
     return build_scope(((row[0], row[1]) for row in pairs), domain_id, within=within)
 
 
@@ -59,7 +64,7 @@ class Paging:
 MAX_OFFSET = 2**31 - 1
 
 
-def get_paging(
+async def get_paging(
     offset: int = Query(0, ge=0, le=MAX_OFFSET, description="items to skip"),
     limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description=f"page size, at most {MAX_PAGE}"),
 ) -> Paging:
