@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import dramatiq
 from sqlalchemy import update
@@ -30,6 +31,7 @@ from services.controller.scheduling import lease
 from services.controller.scheduling.schedules import RunContext, ScheduleSpec, installation_schedules
 from services.controller.scheduling.timing import Timing, next_run_after_run
 from shared.clock import utcnow
+from shared.db import plain_rows
 from shared.logging import get_logger
 from shared.metrics import SCHEDULER_LEADER, SCHEDULER_RUNS
 from shared.models import Schedule
@@ -89,11 +91,22 @@ class Scheduler(Periodic):
             if previous is None or previous.token != held.token:
                 log.info("leading the scheduler", holder=self.holder, token=held.token)
                 records += self._adopt(session, held)
+            due = self._due(session)
             for spec in self.specs.values():
-                record = self._fire_if_due(session, spec, held)
-                if record is not None:
-                    records.append(record)
+                if spec.name in due:
+                    record = self._fire(session, spec, held, due[spec.name])
+                    if record is not None:
+                        records.append(record)
             return records
+
+    def _due(self, session: Session) -> dict[str, Any]:
+        """The schedules due now, read with one query (a tick a second: reading each schedule's row
+        was most of an idle controller's database work); each is claimed on its own below."""
+        rows = plain_rows(session, select(Schedule.name, Schedule.next_run_at, Schedule.cron, Schedule.interval_seconds)
+                          .where(Schedule.enabled.is_(True), Schedule.run_id.is_(None),
+                                 Schedule.next_run_at <= self.clock()))
+        session.rollback()  # read only: the claims start their own transactions
+        return {row.name: row for row in rows}
 
     def _fence(self, leadership: lease.Leadership) -> Callable[[Session], None]:
         return lambda session: lease.fence(session, leadership, now=self.clock(),
@@ -130,15 +143,16 @@ class Scheduler(Periodic):
             return []
         return records
 
-    def _fire_if_due(self, session: Session, spec: ScheduleSpec, held: lease.Leadership) -> RunRecord | None:
+    def _fire(self, session: Session, spec: ScheduleSpec, held: lease.Leadership, row: Any) -> RunRecord | None:
+        """Claim the due schedule ``row`` (as read at the tick's start) and run it. The claim holds only
+        while the row is as read, still enabled and not running: an admin's change meanwhile, or
+        another leader's claim, wins."""
         now = self.clock()
-        row = session.get(Schedule, spec.name, populate_existing=True)
-        if row is None or not row.enabled or row.run_id is not None or row.next_run_at > now:
-            return None
         run_id = uuid.uuid4()
         claimed = session.execute(
             update(Schedule)
-            .where(Schedule.name == spec.name, Schedule.next_run_at == row.next_run_at, Schedule.run_id.is_(None))
+            .where(Schedule.name == spec.name, Schedule.next_run_at == row.next_run_at, Schedule.run_id.is_(None),
+                   Schedule.enabled.is_(True))
             .values(run_id=run_id, run_started_at=now, last_run_at=now,
                     next_run_at=next_run_after_run(Timing(cron=row.cron, interval_seconds=row.interval_seconds),
                                                    due=row.next_run_at, now=now))

@@ -242,3 +242,28 @@ def test_a_failing_run_is_recorded_and_the_scheduler_goes_on(sqlite_engine, stub
     with Session(sqlite_engine) as session:
         row = session.get(Schedule, "bundle")
         assert (row.last_outcome, row.run_id) == ("failed", None)
+
+
+@ON_BOTH
+def test_a_schedule_switched_off_while_an_earlier_one_of_the_same_tick_runs_does_not_run(db_engine, stub_broker):
+    # A tick reads which schedules are due once, then runs them one after the other: an admin who
+    # switches one off meanwhile (here: during the run before it) is obeyed.
+    clock = ManualClock()
+    calls: list[str] = []
+
+    def switch_off_the_next(ctx) -> str:
+        calls.append("first")
+        with Session(db_engine) as admin:
+            admin.get(Schedule, "second").enabled = False
+            admin.commit()
+        return "switched the second off"
+
+    specs = [ScheduleSpec("first", Timing(interval_seconds=60), switch_off_the_next),
+             ScheduleSpec("second", Timing(interval_seconds=60), lambda ctx: calls.append("second") or "ran")]
+    s = Scheduler(db_engine, stub_broker, SETTINGS, specs=specs, clock=clock, holder="a")
+    assert [r.schedule for r in s.tick()] == ["first"]
+    clock.advance(120)
+    assert [r.schedule for r in s.tick()] == ["first"]
+    assert calls == ["first", "first"]
+    with Session(db_engine) as session:
+        assert session.get(Schedule, "second").last_run_at is None
