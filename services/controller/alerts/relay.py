@@ -155,9 +155,7 @@ class AlertRelay(Periodic):
                         max_attempts=self.policy.max_attempts)
 
     def _relay(self, session: Session, report: PassReport) -> None:
-        tree = outbox.domain_tree(session)
-        subscribers = [outbox.subscriber(w) for w in outbox.enabled_webhooks(session)]
-        session.rollback()
+        tree = subscribers = None
         started = time.monotonic()
         while time.monotonic() - started < RELAY_BUDGET_SECONDS:
             self._fence(session)  # first: on PostgreSQL it locks the lease row until the commit
@@ -165,6 +163,9 @@ class AlertRelay(Periodic):
             if not events:
                 session.rollback()
                 return
+            if tree is None:  # read once there is something to relay: most passes find nothing
+                tree = outbox.domain_tree(session)
+                subscribers = [outbox.subscriber(w) for w in outbox.enabled_webhooks(session)]
             if self.stream is not None and not self._to_stream([outbox.event_json(e.cloudevent) for e in events]):
                 session.rollback()
                 return
