@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
 
-from services.worker.persist import InstalledIdentity
+from services.worker.persist import InstalledIdentity, LockedTrustpoint
 from shared.enums import CertificateRole, JobReason
 from shared.metrics import RENEWALS
-from shared.models import Certificate, EnrollmentObject, Trustpoint
+from shared.models import Certificate, EnrollmentObject
 from shared.renewal import RenewalPolicy, renewal_due_at, retry_at
 from shared.settings import Settings
 
@@ -40,7 +40,7 @@ def _identity(session: Session, trustpoint_id: uuid.UUID) -> Certificate | None:
     ).first()
 
 
-def _due(trustpoint: Trustpoint, identity: Certificate | InstalledIdentity, obj: EnrollmentObject | None,
+def _due(trustpoint: LockedTrustpoint, identity: Certificate | InstalledIdentity, obj: EnrollmentObject | None,
          settings: Settings) -> datetime:
     return renewal_due_at(
         not_before=identity.not_before, not_after=identity.not_after, policy=policy_of(obj),
@@ -49,7 +49,7 @@ def _due(trustpoint: Trustpoint, identity: Certificate | InstalledIdentity, obj:
 
 
 def after_success(
-    session: Session, trustpoint: Trustpoint, obj: EnrollmentObject | None, *, identity: InstalledIdentity | None,
+    session: Session, trustpoint: LockedTrustpoint, obj: EnrollmentObject | None, *, identity: InstalledIdentity | None,
     job_id: uuid.UUID, reason: JobReason, now: datetime, settings: Settings,
 ) -> None:
     """``identity``: the trustpoint's identity certificate as this job's write left it."""
@@ -73,11 +73,10 @@ def after_success(
           and trustpoint.renewal_error_code != PENDING):
         # A certificate certfleet has not planned yet (installed before renewal existed).
         trustpoint.renewal_due_at = _due(trustpoint, identity, obj, settings)
-    session.add(trustpoint)
 
 
 def after_failure(
-    session: Session, trustpoint: Trustpoint, *, reason: JobReason, code: str, message: str, now: datetime,
+    session: Session, trustpoint: LockedTrustpoint, *, reason: JobReason, code: str, message: str, now: datetime,
     settings: Settings,
 ) -> None:
     """A renewal job failed for good: try again later, while the certificate lasts."""
@@ -93,4 +92,3 @@ def after_failure(
         longest=timedelta(seconds=settings.renewal_retry_max_seconds),
     )
     RENEWALS.labels(method=trustpoint.enrollment_type, outcome="failed").inc()
-    session.add(trustpoint)

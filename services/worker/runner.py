@@ -39,6 +39,7 @@ from services.worker.endpoint_gate import ensure_may_receive_secrets
 from services.worker.exchanges import DeviceReport
 from services.worker.jobstore import ClaimedJob
 from services.worker.parameters import check_secret_present, trustpoint_configuration
+from services.worker.persist import LockedTrustpoint
 from services.worker.steps import StepLog
 from shared import object_reach
 from shared.db import session_scope
@@ -200,7 +201,7 @@ class Finish:
 
     run: _JobRun
     #: Writes the outcome, given the job's trustpoint locked (None: the job has none, or it is gone).
-    record: Callable[[Session, Trustpoint | None], None]
+    record: Callable[[Session, LockedTrustpoint | None], None]
     #: The trustpoint to lock for ``record``; None when ``record`` needs none.
     trustpoint_id: uuid.UUID | None
     enrollment: str | None
@@ -336,7 +337,7 @@ class _JobRun:
             report = exchanges.enroll(devices, device, params, mode=mode, steps=self.steps)
         self.steps.add("installed", _installed(report))
 
-        def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
+        def write(session: Session, locked: LockedTrustpoint) -> persist.InstalledIdentity | None:
             return persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
 
         enrollment = "pending" if Status.PENDING in (report.ca, report.identity) else "succeeded"
@@ -352,7 +353,7 @@ class _JobRun:
         invalid = health.invalid_keyrings([(device, keyring)])
         policy_jobs: list[uuid.UUID] = []
 
-        def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
+        def write(session: Session, locked: LockedTrustpoint) -> persist.InstalledIdentity | None:
             now = self.ctx.clock()
             identity = None
             if report is None:
@@ -384,7 +385,7 @@ class _JobRun:
         )
         self.steps.add("installed", _installed(report))
 
-        def write(session: Session, locked: Trustpoint) -> persist.InstalledIdentity | None:
+        def write(session: Session, locked: LockedTrustpoint) -> persist.InstalledIdentity | None:
             persist.clear_imported(locked)
             return persist.apply_report(session, locked, report, job_id=self.claimed.id, now=self.ctx.clock())
 
@@ -398,7 +399,7 @@ class _JobRun:
         else:
             exchanges.delete(self.ctx.devices, device, name, steps=self.steps)
         self.steps.add("deleted", f"removed trustpoint {name} and its certificates")
-        def write(session: Session, locked: Trustpoint) -> None:
+        def write(session: Session, locked: LockedTrustpoint) -> None:
             persist.remove_trustpoint(session, locked)
 
         return self._succeed(write)
@@ -431,12 +432,12 @@ class _JobRun:
     # --- outcomes --------------------------------------------------------------------------------
 
     def _succeed(
-        self, write: Callable[[Session, Trustpoint], persist.InstalledIdentity | None], *,
+        self, write: Callable[[Session, LockedTrustpoint], persist.InstalledIdentity | None], *,
         enrollment: str | None = None, then: Callable[[JobOutcome], None] | None = None,
     ) -> JobOutcome:
         """``write`` records the job's outcome on the locked trustpoint and returns its identity
         certificate's row as written (the renewal plan follows from it)."""
-        def record(session: Session, locked: Trustpoint | None) -> None:
+        def record(session: Session, locked: LockedTrustpoint | None) -> None:
             if locked is not None:
                 identity = write(session, locked)
                 if self.kind is not JobKind.DELETE:
@@ -447,8 +448,8 @@ class _JobRun:
         return self._commit_success(record, enrollment=enrollment, trustpoint_id=self.claimed.trustpoint_id,
                                     then=then)
 
-    def _commit_success(self, record: Callable[[Session, Trustpoint | None], None], *, enrollment: str | None = None,
-                        trustpoint_id: uuid.UUID | None = None,
+    def _commit_success(self, record: Callable[[Session, LockedTrustpoint | None], None], *,
+                        enrollment: str | None = None, trustpoint_id: uuid.UUID | None = None,
                         then: Callable[[JobOutcome], None] | None = None) -> JobOutcome:
         """Finish the job and ``record`` its outcome (with the job's trustpoint ``trustpoint_id`` locked,
         when given) in one transaction: at once, or with the rest of the batch's successes when the job
@@ -541,7 +542,6 @@ class _JobRun:
                     persist.apply_report(session, locked, report, job_id=self.claimed.id, now=now)
                 else:
                     persist.mark_failed(locked, now=now, code=code, message=message)
-                    session.add(locked)
                 renewal_state.after_failure(session, locked, reason=self.claimed.reason, code=code,
                                             message=message, now=now, settings=self.ctx.settings)
             session.commit()

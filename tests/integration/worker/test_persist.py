@@ -143,3 +143,41 @@ def test_two_certificates_in_one_slot_are_refused():
     pem = self_signed_pem()
     with pytest.raises(PermanentError, match="two identity certificates"):
         read_report(state(pems=[pem, pem]), serial="FTD-1")
+
+
+def test_locked_trustpoints_write_what_changed_at_commit_and_nothing_on_rollback(engine, trustpoint_id):
+    with session_scope(engine) as session:
+        other = Trustpoint(device_id=session.get(Trustpoint, trustpoint_id).device_id, domain_id=GLOBAL_DOMAIN_ID,
+                           enrollment_object_id=session.get(Trustpoint, trustpoint_id).enrollment_object_id,
+                           name="vpn-2", enrollment_type="self_signed")
+        session.add(other)
+        session.commit()
+        other_id = other.id
+    with session_scope(engine) as session:
+        locked = persist.lock_trustpoints(session, [other_id, trustpoint_id, uuid.uuid4()])
+        assert set(locked) == {trustpoint_id, other_id}  # one that does not exist is left out
+        persist.mark_failed(locked[trustpoint_id], now=NOW, code="device_error", message="the device said no")
+        locked[other_id].csr_pem = "a CSR"  # another set of columns: a statement of its own
+        with pytest.raises(AttributeError, match="no column 'csr'"):
+            locked[other_id].csr = "a typo is an error, not a lost write"
+        session.rollback()
+        session.commit()  # the next transaction of the session has nothing of the rolled-back one to write
+    assert rows(engine, trustpoint_id)[0].identity_status == "in_progress"
+    with session_scope(engine) as session:
+        locked = persist.lock_trustpoints(session, [trustpoint_id, other_id])
+        persist.mark_failed(locked[trustpoint_id], now=NOW, code="device_error", message="the device said no")
+        locked[other_id].csr_pem = "a CSR"
+        session.commit()
+    failed, other_row = rows(engine, trustpoint_id)[0], rows(engine, other_id)[0]
+    assert (failed.identity_status, failed.error_code, failed.updated_at) == ("failed", "device_error", NOW)
+    assert (other_row.csr_pem, other_row.identity_status, other_row.error_code) == ("a CSR", "in_progress", None)
+
+
+def test_a_removed_trustpoint_is_gone_and_writes_nothing_after(engine, trustpoint_id):
+    apply(engine, trustpoint_id, read_report(state(pems=[self_signed_pem()]), serial="FTD-1"))
+    with session_scope(engine) as session:
+        locked = persist.lock_trustpoint(session, trustpoint_id)
+        persist.remove_trustpoint(session, locked)
+        locked.updated_at = NOW  # after the delete: must not bring the row back or fail the commit
+        session.commit()
+    assert rows(engine, trustpoint_id) == (None, [])
