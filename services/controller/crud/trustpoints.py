@@ -85,7 +85,7 @@ def list_trustpoints(
 def _list_queries(filters: frozenset[str]) -> tuple[Select, Select]:
     """The count and the page of :func:`list_trustpoints` with these filters, each value a bound
     parameter of the same name: built once, so that a polled list neither builds its statements
-    again nor has the cached compilation fitted to new ones (a third of a page's database CPU)."""
+    again nor has the cached compilation fitted to new ones (about a third of their CPU)."""
     conditions = []
     if "subtree" in filters:
         conditions.append(Trustpoint.domain_id.in_(bindparam("subtree", expanding=True)))
