@@ -64,6 +64,16 @@ DB_POOL_SIZE_ENV = "CERTFLEET_DB_POOL_SIZE"
 #: Pooled database connections beyond one per worker thread (a job's claim and its finish may
 #: overlap another session briefly, as when a batch hands jobs back).
 POOL_SPARE_CONNECTIONS = 2
+#: Messages a worker process holds per queue for each of its threads, at least: with one each, a
+#: thread that finishes its batch waits until the consumer next asks Redis (up to
+#: CONSUMER_IDLE_MS); with two, the next message is already in the process.
+PREFETCH_PER_THREAD = 2
+
+
+def queue_prefetch(settings: Settings, threads: int) -> int:
+    """Messages a worker process of ``threads`` threads holds per queue: the setting, or twice the
+    threads when that is more."""
+    return max(settings.queue_prefetch, PREFETCH_PER_THREAD * threads)
 
 
 def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, str], *,
@@ -79,9 +89,9 @@ def worker_environment(settings: Settings, metrics_dir: str, base: Mapping[str, 
         dramatiq_prom_port=str(settings.worker_metrics_port),
     )
     # Read by dramatiq when it is imported: the messages a worker process holds ahead of its
-    # threads (dramatiq's default is twice the threads), so a thread that finishes a job finds the
-    # next one waiting instead of waiting on a Redis round trip.
-    env.setdefault("dramatiq_queue_prefetch", str(settings.queue_prefetch))
+    # threads, so a thread that finishes a batch finds the next one waiting instead of waiting for
+    # the consumer's next look at Redis.
+    env.setdefault("dramatiq_queue_prefetch", str(queue_prefetch(settings, threads)))
     # How long an idle queue's consumer waits at most before asking Redis again (dramatiq's default
     # is a second): an operator's single action is picked up within a quarter of a second while a
     # bulk action keeps every thread busy. An idle worker process spends 1.3 % of a core on it
@@ -160,6 +170,6 @@ def start_embedded_worker(
         # (shared.broker.make_broker has already done it for the in-process broker.)
         broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=worker_timeout_ms)
-    worker.queue_prefetch = max(context.settings.queue_prefetch, threads)
+    worker.queue_prefetch = queue_prefetch(context.settings, threads)
     worker.start()
     return worker

@@ -23,6 +23,15 @@ def test_the_worker_processes_pool_a_connection_per_thread(threads, expected):
     assert Settings.from_env(env).db_pool_size == int(expected)
 
 
+@pytest.mark.parametrize(("threads", "prefetch", "expected"), [(4, 16, "16"), (8, 16, "16"), (16, 16, "32"),
+                                                              (16, 64, "64")])
+def test_a_worker_process_holds_at_least_two_messages_per_thread(threads, prefetch, expected):
+    # With one message per thread, a thread that finishes its batch waits for the consumer's next
+    # look at Redis (a quarter of a second when the queue was at its limit) with work waiting there.
+    env = worker_environment(Settings(queue_prefetch=prefetch), "/tmp/metrics", {}, threads=threads)
+    assert env["dramatiq_queue_prefetch"] == expected
+
+
 def test_a_pool_size_the_operator_set_is_kept():
     env = worker_environment(Settings(), "/tmp/metrics", {DB_POOL_SIZE_ENV: "40"}, threads=16)
     assert env[DB_POOL_SIZE_ENV] == "40"
