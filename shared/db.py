@@ -9,15 +9,16 @@ start of every process that would otherwise import them for nothing.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import JSON, Column, Table, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.pool import NullPool
 
 from shared.settings import Settings
@@ -116,6 +117,83 @@ def init_db(engine: Engine) -> None:
                 session.commit()
             except Exception:  # another process created it first
                 session.rollback()
+
+
+def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (column key -> value, every row with the same keys) into ``table`` in the
+    session's transaction, with each column's Python-side default where a row leaves it out.
+
+    PostgreSQL gets them as one ``COPY``: an INSERT per row (psycopg's pipelined executemany)
+    cost the client about 30 µs of CPU and the server about as much per row, which a bulk action
+    of ten thousand jobs and trustpoints, and a worker batch's certificate rows, pay in full.
+    Other databases get an executemany INSERT.
+    """
+    if not rows:
+        return
+    given = rows[0].keys()
+    unknown = set(given) - set(table.columns.keys())
+    if unknown:
+        raise ValueError(f"table {table.name} has no column {', '.join(sorted(unknown))}")
+    session.flush()  # as session.execute would: rows pending in the session may be referenced
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        connection.execute(table.insert(), list(rows))
+        return
+    columns = [c for c in table.columns if c.key in given or _python_default(c) is not None]
+    dialect = connection.dialect
+    fills = [_filler(c, dialect) for c in columns]
+    names = ", ".join(dialect.identifier_preparer.format_column(c) for c in columns)
+    command = f"COPY {dialect.identifier_preparer.format_table(table)} ({names}) FROM STDIN"
+    driver = connection.connection.dbapi_connection
+    cursor = driver.cursor()
+    try:
+        with cursor.copy(command) as copy:
+            for row in rows:
+                copy.write_row([fill(row) for fill in fills])
+    except dialect.loaded_dbapi.Error as exc:
+        # As an INSERT's would be: SQLAlchemy's exception (IntegrityError for a duplicate key),
+        # and a connection that broke is not given back to the pool.
+        gone = dialect.is_disconnect(exc, driver, cursor)
+        if gone:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(command, None, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone,
+                                  dialect=dialect) from exc
+    finally:
+        cursor.close()
+
+
+def _python_default(column: Column) -> Any:
+    default = column.default
+    return default if default is not None and (default.is_scalar or default.is_callable) else None
+
+
+def _filler(column: Column, dialect) -> Callable[[Mapping[str, Any]], Any]:
+    """How one row's value of ``column`` goes into the COPY: the row's value or the column's
+    default, through the column type's own conversion (time zones, JSON) as an INSERT would."""
+    key = column.key
+    process = _json_text(column.type, dialect) if isinstance(column.type, JSON) else column.type.bind_processor(dialect)
+    default = _python_default(column)
+
+    def value(row: Mapping[str, Any]) -> Any:
+        if key in row:
+            return row[key]
+        if default.is_scalar:
+            return default.arg
+        return default.arg(None)  # SQLAlchemy calls a default with the execution context, unused here
+
+    if process is None:
+        return value
+    return lambda row: process(value(row))
+
+
+def _json_text(kind: JSON, dialect) -> Callable[[Any], str | None]:
+    """A JSON value as COPY takes it, its text (the driver would wrap it for an INSERT): None is
+    JSON null unless the column keeps it as SQL NULL, as SQLAlchemy stores it."""
+    serialize = dialect._json_serializer or json.dumps
+
+    def text(value: Any) -> str | None:
+        return None if value is None and kind.none_as_null else serialize(value)
+    return text
 
 
 def plain_rows(session: Session, statement, parameters: dict | None = None) -> list[Row]:

@@ -2,8 +2,8 @@
 
 Pages through ``{inventory_url}/api/inventory?offset=&limit=`` (see
 :class:`shared.device_api.Inventory`), within limits on pages, bytes and time
-(:class:`InventoryLimits`), and inserts the devices into a domain with batched
-INSERTs, skipping serials already registered: fifty thousand devices take seconds.
+(:class:`InventoryLimits`), and inserts the devices into a domain in batches (a COPY each on
+PostgreSQL), skipping serials already registered: fifty thousand devices take seconds.
 
 An admin's import (:class:`ImportTrust`) vouches for the devices at their management URLs and
 stores the endpoint credentials the inventory carries, sealed; another role's import stores
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pydantic
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlmodel import Session
 
 from services.controller.api.auth import Principal
@@ -29,6 +29,7 @@ from services.controller.api.schemas.devices import ImportResult
 from services.controller.crud.device_trust import approval
 from services.controller.rules.checks import check_fqdn, check_http_url, check_ip_address
 from services.controller.rules.scope import DomainScope
+from shared.db import insert_rows
 from shared.device_api import DeviceInfo, Inventory
 from shared.errors import ExchangeError, ValidationError
 from shared.logging import get_logger
@@ -246,7 +247,7 @@ def import_inventory(
             seen.add(info.serial)
             rows.append(_row(info, url=inventory_url, domain_id=scope.domain_id, now=now, trust=trust))
         if rows:
-            session.execute(insert(Device), rows)
+            insert_rows(session, Device.__table__, rows)
             imported += len(rows)
             credentials += sum(row["endpoint_credential_blob"] is not None for row in rows)
     approved = imported if trust is not None else 0

@@ -33,11 +33,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, select
 
 from services.worker.context import WorkerContext
-from shared.db import session_scope
+from shared.db import insert_rows, session_scope
 from shared.device_api import KeyringState
 from shared.device_client import DeviceAddress, DeviceClient
 from shared.enums import JobKind, JobReason, JobState
@@ -188,7 +188,7 @@ def regenerate_by_policy(session: Session, invalid: Sequence[InvalidKeyring], *,
             reason=JobReason.POLICY.value, created_at=now,
         ))
     if jobs:
-        session.execute(insert(Job), jobs)
+        insert_rows(session, Job.__table__, jobs)
     return [job["id"] for job in jobs]
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, event, insert, select, update
+from sqlalchemy import bindparam, delete, event, select, update
 from sqlmodel import Session
 
 from services.worker.exchanges import DeviceReport, ReportedCertificate
+from shared.db import insert_rows
 from shared.enums import CertificateRole
 from shared.models import Certificate, Device, Trustpoint
 from shared.states import Status, can_move, transition
@@ -284,7 +285,7 @@ class CertificateBook:
         if self._drop:
             session.execute(delete(Certificate).where(Certificate.id.in_(self._drop)))  # type: ignore[attr-defined]
         if self._add:
-            session.execute(insert(CERTIFICATE), self._add)
+            insert_rows(session, CERTIFICATE, self._add)
         self._drop, self._add = [], []
         if session.info.get(self.KEY) is self:
             del session.info[self.KEY]

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, exists, insert, update
+from sqlalchemy import delete, exists, update
 from sqlmodel import Session, select
 
 from services.controller.alerts.backoff import RetryPolicy
 from services.controller.alerts.fanout import DomainTree, Subscriber, recipients
 from services.controller.alerts.sender import Outcome
+from shared.db import insert_rows
 from shared.enums import DeliveryState
 from shared.models import AlertEvent, Domain, Webhook, WebhookDelivery
 
@@ -59,7 +60,7 @@ def queue_deliveries(session: Session, events: Sequence[AlertEvent], subscribers
             for webhook_id in recipients(subscribers, tree, domain_id=event.domain_id, code=event.code,
                                          severity=event.severity)]
     if rows:
-        session.execute(insert(WebhookDelivery), rows)
+        insert_rows(session, WebhookDelivery.__table__, rows)
     return len(rows)
 
 

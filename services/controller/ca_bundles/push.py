@@ -12,11 +12,12 @@ import uuid
 from datetime import datetime, timedelta
 
 import dramatiq
-from sqlalchemy import exists, insert
+from sqlalchemy import exists
 from sqlmodel import Session, select
 
 from services.controller.crud.batches import BUNDLE_UPDATE, chunks, progress_fields
 from services.controller.queueing.publishing import publish_jobs
+from shared.db import insert_rows
 from shared.domains import GLOBAL_DOMAIN_ID
 from shared.enums import JobKind, JobReason, JobState
 from shared.errors import NotFoundError
@@ -56,7 +57,7 @@ def push_to_devices(
                      max_attempts=settings.job_max_attempts, lease_expires_at=lease_until, steps=step,
                      batch_id=batch.id, reason=JobReason.BULK.value, created_at=now)
                 for device_id, domain_id in chunk]
-        session.execute(insert(Job), jobs)
+        insert_rows(session, Job.__table__, jobs)
         job_ids += [job["id"] for job in jobs]
     return batch, job_ids
 

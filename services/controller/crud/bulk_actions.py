@@ -1,7 +1,7 @@
 """Bulk actions: one trustpoint action (re-enroll, refresh, delete…) on the trustpoints of one
 enrollment object over a device selection, and weak-crypto switched on many devices at once.
 
-Like a bulk enrollment, the jobs are written with multi-row inserts in one transaction and
+Like a bulk enrollment, the jobs are written together (a COPY on PostgreSQL) in one transaction and
 published on the bulk queue after the commit; progress is read from the jobs. A trustpoint
 busy with an unfinished job is skipped (and counted), under the same guard a single action
 has, so no trustpoint ever gets two unfinished jobs.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.bulk_actions import BulkActionPublic, TrustpointFilters
@@ -25,6 +25,7 @@ from services.controller.crud.enrollment_objects import get_object
 from services.controller.queueing.jobs import UNFINISHED
 from services.controller.rules.scope import DomainScope
 from services.controller.rules.trustpoint_actions import TrustpointAction, check_confirmed
+from shared.db import insert_rows
 from shared.enums import CertificateRole, JobKind, JobReason, JobState
 from shared.errors import ConflictError, ValidationError
 from shared.models import Batch, Certificate, Device, Job, Trustpoint
@@ -149,7 +150,7 @@ def create_action_batch(
             lease_expires_at=lease_until, steps=step, batch_id=batch.id, reason=JobReason.BULK.value,
             created_at=now,
         ) for tp_id, device_id, domain_id, name in idle]
-        session.execute(insert(Job), jobs)
+        insert_rows(session, Job.__table__, jobs)
         job_ids += [job["id"] for job in jobs]
     batch.skipped = batch.selected - len(job_ids)
     session.add(batch)

@@ -1,6 +1,6 @@
 """Bulk enrollment: install one enrollment object on many devices at once.
 
-Trustpoints and jobs are written with multi-row inserts in one transaction, then the job
+Trustpoints and jobs are written in one transaction (a COPY each on PostgreSQL), then the job
 ids are published to the bulk queue, so an operator's single-device actions (on the jobs
 queue) are never stuck behind ten thousand bulk jobs. Progress is read from the jobs.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.bulk_enrollments import (
@@ -24,6 +23,7 @@ from services.controller.crud.batches import INSERT_CHUNK, chunks
 from services.controller.crud.domains import being_deleted, ensure_not_being_deleted
 from services.controller.crud.enrollment_objects import get_object
 from services.controller.rules.scope import DomainScope
+from shared.db import insert_rows
 from shared.enums import EnrollmentType, JobKind, JobReason, JobState
 from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.models import Batch, Device, Job, Trustpoint
@@ -116,8 +116,8 @@ def create_batch(
                 max_attempts=settings.job_max_attempts, lease_expires_at=lease_until, steps=step,
                 batch_id=batch.id, reason=JobReason.BULK.value, created_at=now,
             ))
-        session.execute(insert(Trustpoint), trustpoints)
-        session.execute(insert(Job), jobs)
+        insert_rows(session, Trustpoint.__table__, trustpoints)
+        insert_rows(session, Job.__table__, jobs)
         job_ids += [j["id"] for j in jobs]
     return batch, job_ids
 

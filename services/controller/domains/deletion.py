@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, or_, update
+from sqlalchemy import delete, func, or_, update
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.domains import DeletionJobs, DomainDeletionPublic
@@ -33,6 +33,7 @@ from services.controller.crud.domains import ensure_not_being_deleted
 from services.controller.queueing.jobs import UNFINISHED
 from services.controller.rules.domain_deletion import SHOWN, DeletionState, Holdings, detail, listed, state_of
 from services.controller.rules.scope import DomainScope
+from shared.db import insert_rows
 from shared.enums import JobKind, JobReason, JobState
 from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.models import (
@@ -240,7 +241,7 @@ def _delete_jobs(session: Session, domain: Domain, *, previous: uuid.UUID | None
             lease_expires_at=lease_until, steps=step, batch_id=batch.id, reason=JobReason.BULK.value, created_at=now,
         ) for tp_id, device_id, domain_id, name in lock_idle(session, list(chunk))]
         if jobs:
-            session.execute(insert(Job), jobs)
+            insert_rows(session, Job.__table__, jobs)
             job_ids += [job["id"] for job in jobs]
     batch.skipped = batch.selected - len(job_ids)
     session.add(batch)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, insert, or_
+from sqlalchemy import exists, func, or_
 from sqlmodel import Session, select
 
 from services.controller.api.schemas.bulk_enrollments import DeviceSelection, selection_summary
@@ -29,6 +29,7 @@ from services.controller.crud.devices import get_device
 from services.controller.queueing.jobs import UNFINISHED, JobInProgress
 from services.controller.rules.scope import DomainScope
 from shared import alerts
+from shared.db import insert_rows
 from shared.enums import AlertCode, JobKind, JobReason, JobState
 from shared.errors import NotFoundError, ValidationError
 from shared.models import Alert, Batch, Device, Job
@@ -143,7 +144,7 @@ def start_batch(
             continue
         jobs = [_job(device_id, domain_id, settings=settings, now=now, detail=detail, reason=JobReason.BULK,
                      batch_id=batch.id) for device_id, domain_id in idle]
-        session.execute(insert(Job), jobs)
+        insert_rows(session, Job.__table__, jobs)
         job_ids += [job["id"] for job in jobs]
     batch.skipped = batch.selected - len(job_ids)
     session.add(batch)

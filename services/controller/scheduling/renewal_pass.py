@@ -4,7 +4,7 @@ Due trustpoints are read through the index on (enrollment type, renewal time), a
 time, so a pass costs what is due, not what the fleet holds. Each page is one transaction:
 the fence on the scheduler's lease, a conditional UPDATE that clears the renewal time of the
 page's trustpoints (the claim: a trustpoint is renewed once, whoever else runs a pass), and the
-jobs, inserted in one statement. The jobs are published on the bulk queue after the commit;
+jobs, written together (a COPY on PostgreSQL). The jobs are published on the bulk queue after the commit;
 what the broker refuses, the reconciler publishes when their lease ends.
 
 Trustpoints busy with an unfinished job are left due: the next pass takes them. Trustpoints
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dramatiq
-from sqlalchemy import and_, exists, func, insert, update
+from sqlalchemy import and_, exists, func, update
 from sqlmodel import Session, select
 
 from services.controller.queueing.publishing import publish_jobs
 from shared import object_reach
+from shared.db import insert_rows
 from shared.enums import CertificateRole, JobKind, JobReason, JobState
 from shared.events import BULK_QUEUE
 from shared.models import Certificate, Device, EnrollmentObject, Job, Trustpoint
@@ -113,7 +114,7 @@ def claim_page(session: Session, *, now: datetime, settings: Settings, limit: in
             reason=JobReason.RENEWAL.value, created_at=now,
         ))
     if jobs:
-        session.execute(insert(Job), jobs)
+        insert_rows(session, Job.__table__, jobs)
     return Claimed([job["id"] for job in jobs], not_usable)
 
 
