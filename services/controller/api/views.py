@@ -55,25 +55,41 @@ def _summary(row: Any) -> CertificateSummary:
 
 def trustpoint_summaries(rows: Sequence[Any], certificates: dict[Any, list[Any]], *, now: datetime
                          ) -> list[dict[str, Any]]:
-    """The items of a trustpoint list as plain data, for the page's model to check in one call
-    (a model built per trustpoint and per certificate cost a polled list a third of its CPU).
-    ``rows`` carry the summary's columns and ``device_name``; ``certificates`` are summary rows by
-    trustpoint id. Every row of one query has the same fields: they are read once."""
-    fields = rows[0]._fields if rows else ()
-    certificate_fields: tuple[str, ...] | None = None
+    """The items of a trustpoint list as plain data, exactly as :class:`TrustpointSummary` shows
+    them: its fields, in its order (a model built per trustpoint and per certificate, or the page
+    validated again, cost a polled list a third of its CPU each; the rows come from the database,
+    in the columns the model names). ``rows`` carry the summary's columns and ``device_name``;
+    ``certificates`` are summary rows by trustpoint id."""
+    if not rows:
+        return []
+    columns = _positions(rows[0], _ROW_FIELDS)
+    certificate_columns: list[tuple[str, int]] = []
     items = []
     for row in rows:
-        item = dict(zip(fields, row, strict=True))
+        item: dict[str, Any] = {name: row[i] for name, i in columns}
         found = certificates.get(row.id, ())
-        if found and certificate_fields is None:
-            certificate_fields = found[0]._fields
+        if found and not certificate_columns:
+            certificate_columns = _positions(found[0], _CERTIFICATE_FIELDS)
         identity, cas = _split(found)
-        item["renewal_warning"] = renewal_warning(row, now=now)
-        item["identity_certificate"] = (dict(zip(certificate_fields, identity, strict=True))
+        item["identity_certificate"] = ({name: identity[i] for name, i in certificate_columns}
                                         if identity is not None else None)
-        item["ca_certificates"] = [dict(zip(certificate_fields, c, strict=True)) for c in cas]
-        items.append(item)
+        item["ca_certificates"] = [{name: c[i] for name, i in certificate_columns} for c in cas]
+        item["renewal_warning"] = renewal_warning(row, now=now)
+        items.append({name: item[name] for name in _SUMMARY_FIELDS})
     return items
+
+
+#: The fields of a list item, in the model's order; those read straight from a list row.
+_SUMMARY_FIELDS = tuple(TrustpointSummary.model_fields)
+_ROW_FIELDS = tuple(name for name in _SUMMARY_FIELDS
+                    if name not in ("identity_certificate", "ca_certificates", "renewal_warning"))
+_CERTIFICATE_FIELDS = tuple(CertificateSummary.model_fields)
+
+
+def _positions(row: Any, names: tuple[str, ...]) -> list[tuple[str, int]]:
+    """Where each of ``names`` is in rows shaped like ``row``: read once a page, not once a row."""
+    at = {name: i for i, name in enumerate(row._fields)}
+    return [(name, at[name]) for name in names]
 
 
 def certificate_public(cert: Certificate) -> CertificatePublic:

@@ -1,4 +1,5 @@
-"""The certificates a trustpoint list shows: each trustpoint's own, identity first and the CA
+"""The trustpoint list a dashboard polls: serialised without the page's model, yet exactly the
+answer the model documents. The certificates it shows: each trustpoint's own, identity first and the CA
 chain in order, on SQLite and PostgreSQL; and on PostgreSQL an index lookup per trustpoint
 even before the planner has statistics (as right after a bulk enrollment, or with autovacuum
 off), so a dashboard polling the list does not slow down with every certificate issued."""
@@ -12,10 +13,13 @@ import pytest
 from sqlalchemy import insert
 from sqlmodel import Session
 
+from services.controller.api.schemas.common import Page
+from services.controller.api.schemas.trustpoints import TrustpointSummary
 from services.controller.crud import trustpoints as crud
 from services.controller.crud.trustpoints import certificate_summaries, certificate_summaries_query, list_trustpoints
 from services.controller.rules.scope import DomainScope
 from shared.models import GLOBAL_DOMAIN_ID, Certificate, Device, EnrollmentObject, Trustpoint
+from tests.support.api import GLOBAL, finish_jobs, install_certificate
 
 ROOT = DomainScope(domain_id=GLOBAL_DOMAIN_ID, subtree=frozenset([GLOBAL_DOMAIN_ID]), ancestors=(GLOBAL_DOMAIN_ID,))
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -101,3 +105,40 @@ def test_a_large_total_is_remembered_for_a_moment_and_a_small_one_is_always_exac
         assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 28  # within the second
         monkeypatch.setattr(crud._TOTALS, "seconds", 0.0)  # the moment has passed
         assert list_trustpoints(session, scope=ROOT, offset=0, limit=5)[1] == 25
+
+
+@pytest.mark.parametrize("db_engine", ["sqlite", "postgres"], indirect=True)
+def test_the_list_is_byte_for_byte_what_its_model_serialises(api):
+    enrolled = api.enrollment_object("vpn")
+    manual = api.enrollment_object("vpn-manual", enrollment_type="manual")
+    devices = [api.device(f"LIST-{i}") for i in range(3)]
+    full = api.add(devices[0]["id"], enrolled["id"])["trustpoint"]
+    api.add(devices[1]["id"], enrolled["id"])  # no certificate yet: in progress
+    due = api.add(devices[2]["id"], manual["id"])["trustpoint"]
+    finish_jobs(api.engine)
+    install_certificate(api.engine, full["id"], expires_in_days=30)
+    install_certificate(api.engine, full["id"], expires_in_days=900, role="ca", position=1)
+    install_certificate(api.engine, full["id"], expires_in_days=400, role="ca", position=0)
+    with Session(api.engine) as session:
+        row = session.get(Trustpoint, uuid.UUID(due["id"]))
+        # A time with no fraction of a second, an error text beyond ASCII, a warning to show.
+        row.renewal_due_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        row.error_message, row.revoked_at = "CA a répondu «non»\u2028\"quoted\"", datetime.now(UTC) - timedelta(days=1)
+        session.add(row)
+        session.commit()
+
+    answer = api.get(f"/domains/{GLOBAL}/trustpoints", params={"limit": 10})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    page = Page[TrustpointSummary].model_validate_json(answer.content)
+    # Every field the model has, in its order and formats, and nothing else.
+    assert page.model_dump_json().encode() == answer.content
+    assert page.total == 3 and len(page.items) == 3
+    shown = {item.id: item for item in page.items}
+    chain = shown[uuid.UUID(full["id"])]
+    assert chain.identity_certificate is not None
+    assert [c.chain_position for c in chain.ca_certificates] == [0, 1]  # issuing CA first
+    warned = shown[uuid.UUID(due["id"])]
+    assert warned.renewal_warning.startswith("renewal_due:") and warned.error_message.startswith("CA a répondu")
+    device_page = api.get(f"/domains/{GLOBAL}/devices/{devices[0]['id']}/trustpoints")
+    assert Page[TrustpointSummary].model_validate_json(device_page.content).model_dump_json().encode() == \
+        device_page.content
