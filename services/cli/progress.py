@@ -81,13 +81,15 @@ def follow(client: CertfleetClient, batches: Sequence[dict], *, domain_id: str, 
         TextColumn("{task.fields[eta]}"), TimeElapsedColumn(),
     )
     latest = list(batches)
-    with Progress(*columns, console=console) as bar:
+    # Drawn after each read rather than ten times a second: what it shows changes once per read,
+    # and redrawing an unchanged bar cost the command a tenth of a second of CPU every ten seconds.
+    with Progress(*columns, console=console, auto_refresh=False) as bar:
         now = combined(latest)
         task = bar.add_task("enroll", total=now["total"], **_fields(now))
         answered = clock()
         while True:
             now = combined(latest)
-            bar.update(task, completed=now["succeeded"] + now["failed"], **_fields(now))
+            bar.update(task, completed=now["succeeded"] + now["failed"], **_fields(now), refresh=True)
             if now["finished"]:
                 return latest
             sleep(interval)

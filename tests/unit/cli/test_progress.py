@@ -1,9 +1,14 @@
 """Several bulk enrollments followed as one: counts added up, the ETA of the slowest, the
-failures merged by error code."""
+failures merged by error code; the bar drawn once per read of the batches."""
 
 from __future__ import annotations
 
-from services.cli.progress import combined, eta_text, failure_groups
+import io
+import threading
+
+from rich.console import Console
+
+from services.cli.progress import combined, eta_text, failure_groups, follow
 
 
 def batch(**fields) -> dict:
@@ -38,3 +43,24 @@ def test_failures_are_merged_by_code_the_commonest_first():
 def test_eta_reads_as_minutes_and_seconds():
     assert eta_text(None) == "ETA -"
     assert eta_text(75.4) == "ETA 1:15"
+
+
+def test_the_bar_is_drawn_once_per_read_and_not_on_a_timer():
+    states = iter([batch(succeeded=3, queued=5, running=2), batch(succeeded=7, queued=1, running=2),
+                   batch(succeeded=9, failed=1, queued=0, finished=True)])
+    timers: list[str] = []
+
+    def fetch(_batch_id, *, domain_id):
+        # A redraw timer would be a thread of its own, drawing whether or not anything changed.
+        timers.extend(t.name for t in threading.enumerate() if t is not threading.current_thread()
+                      and t.name != "MainThread" and "pytest" not in t.name.lower())
+        return next(states) | {"id": "b1"}
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160)
+    last = follow(None, [batch(id="b1")], domain_id="d", console=console, interval=0.5,  # type: ignore[arg-type]
+                  sleep=lambda _seconds: None, fetch=fetch)
+    assert last[0]["finished"] and timers == []
+    text = out.getvalue()
+    assert "9 succeeded" in text and "1 failed" in text
+    assert text.count("enrolling") <= 6  # on start, the first state, one per read (3), on stop
