@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from services.ca_sim.service import CaApps, Listeners, serve_on_loop, stop_serving
+from services.ca_sim.service import CaApps, Listeners, new_event_loop, serve_on_loop, stop_serving
 from shared.errors import CertfleetError
 from shared.logging import get_logger
 
@@ -258,7 +258,7 @@ def _run_child(index: int, apps: CaApps, own: Listeners, sets: list[Listeners], 
             if other is not own:
                 other.close()
         structlog.contextvars.bind_contextvars(ca_process=index)
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

