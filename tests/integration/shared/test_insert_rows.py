@@ -94,3 +94,21 @@ def test_rows_may_reference_a_row_added_to_the_session_and_not_yet_flushed(db_en
 def test_a_key_that_is_no_column_is_refused(db_engine):
     with session_scope(db_engine) as session, pytest.raises(ValueError, match="no column"):
         insert_rows(session, JOB, [{**job_rows(1, steps=[])[0], "colour": "blue"}])
+
+
+def test_bytes_booleans_and_text_with_copys_special_characters_arrive_unchanged(db_engine):
+    # COPY's text format has its own escapes (tab, newline, backslash, \N for NULL): values that
+    # contain them must still arrive as they were.
+    blob = bytes(range(256)) + b"\\N\t\n"
+    rows = [dict(id=uuid.uuid4(), domain_id=models.GLOBAL_DOMAIN_ID, name=f"fw-{i}", serial=f"SER-{uuid.uuid4().hex}",
+                 management_url="http://192.0.2.1/api", model="a\tb\\N\nc", keyring_valid=i == 0,
+                 endpoint_credential_blob=blob if i == 0 else None) for i in range(2)]
+    with session_scope(db_engine) as session:
+        insert_rows(session, models.Device.__table__, rows)
+        session.commit()
+    device = models.Device.__table__
+    with db_engine.connect() as connection:
+        stored = {r.name: r for r in connection.execute(select(device).where(device.c.id.in_([r["id"] for r in rows])))}
+    assert stored["fw-0"].endpoint_credential_blob == blob and stored["fw-1"].endpoint_credential_blob is None
+    assert stored["fw-0"].model == "a\tb\\N\nc" and stored["fw-0"].keyring_valid is True
+    assert stored["fw-1"].keyring_valid is False and stored["fw-1"].health_error is None
