@@ -100,3 +100,5 @@ def test_sigterm_stops_every_process_the_benchmark_started(tmp_path):
             bench.wait()
         for pid in still_running(started):  # a failed run leaves nothing behind either
             os.kill(pid, signal.SIGKILL)
+        # A run stopped midway leaves its queues, heartbeats and CA gate state: the test's own database.
+        redis.Redis.from_url(REDIS_URL).flushdb()
